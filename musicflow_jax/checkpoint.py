@@ -1,0 +1,76 @@
+"""Orbax checkpoints of a training run: async, keep the latest N plus every K-th step, auto-resume.
+
+One checkpoint (workdir/checkpoints/<step>/) is a composite of
+  "state":  the TrainState pytree (params, optimizer, EMA, counters), saved sharded;
+  "data":   the grain iterator state, one JSON file per process (each host reads its own shard);
+  "config": the resolved Config as JSON.
+Restoring takes the abstract state of the *current* mesh (ShapeDtypeStructs with shardings), so a
+checkpoint written on one mesh shape restores onto any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from musicflow_jax import config as config_lib
+from musicflow_jax.config import Config
+
+ITEMS = ("state", "data", "config")
+
+
+def make_manager(workdir: str | Path, cfg: Config, *, async_save: bool = True) -> ocp.CheckpointManager:
+    """CheckpointManager in workdir/checkpoints keeping train.keep latest and every train.keep_every-th step."""
+    policies: list[Any] = [ocm.LatestN(n=max(cfg.train.keep, 1))]
+    if cfg.train.keep_every > 0:
+        policies.append(ocm.EveryNSteps(interval_steps=cfg.train.keep_every))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    path = Path(workdir).resolve() / "checkpoints"
+    return ocp.CheckpointManager(path, item_names=ITEMS, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, cfg: Config,
+         *, force: bool = False) -> bool:
+    """Start saving (async); returns whether a save was started. Call `manager.wait_until_finished()`
+    before relying on it (the train loop does so before exit)."""
+    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_lib.to_dict(cfg))}
+    if data_iter is not None:
+        args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    return manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def latest_step(manager: ocp.CheckpointManager) -> int | None:
+    return manager.latest_step()
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
+            step: int | None = None) -> tuple[int, Any, Config]:
+    """Restore (step, state, saved config) onto the shardings in `abstract_state`; `data_iter`, when given,
+    is set to its saved position in place."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    args = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+    if data_iter is not None:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    out = manager.restore(step, args=ocp.args.Composite(**args))
+    return step, out["state"], config_lib.from_dict(out["config"])
+
+
+def read_config(workdir_or_ckpt: str | Path, step: int | None = None) -> Config:
+    """The resolved config stored with a checkpoint (workdir, or workdir/checkpoints)."""
+    path = Path(workdir_or_ckpt)
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint steps under {root}")
+    step = steps[-1] if step is None else step
+    return config_lib.from_json((root / str(step) / "config" / "metadata").read_text())

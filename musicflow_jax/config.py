@@ -1,0 +1,346 @@
+"""Typed, frozen experiment configuration and its command-line override/validation logic.
+
+A run is fully described by one `Config`. `configs/<name>.py` files expose `get_config()`;
+tiny variants are derived with `dataclasses.replace`, never copied. Overrides use dotted
+paths: `--set optim.lr=3e-4 --set mesh.shape=(2,4,1)`. The resolved config is serialised to
+JSON beside every checkpoint and exported model (`to_json` / `from_json`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+STAGES = ("semantic", "acoustic")  # stage 1: text -> semantic; stage 2: semantic+text -> acoustic
+DTYPES = ("float32", "bfloat16", "float16")
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_AXES = ("batch", "frames", "embed", "mlp", "heads", "kv", "text", "vocab", "layers")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the key and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Frozen T5 text encoder feeding cross-attention."""
+
+    checkpoint: str = ""  # converted Flax T5 folder; "" = embedded tiny byte-level T5 (random)
+    max_len: int = 64  # tokens; longer captions are truncated
+    dim: int = 768  # hidden size of the encoder output (T5-base: 768)
+    precomputed: bool = False  # use T5 embeddings stored in the data records instead
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One Voicebox-style flow transformer; stage 1 and stage 2 are two settings of it."""
+
+    stage: str = "semantic"
+    feature_dim: int = 768  # dim of the generated stream (HuBERT feature / Encodec latent)
+    cond_dim: int = 0  # dim of the frame-aligned condition stream (stage 2: semantic); 0 = none
+    dim: int = 768
+    depth: int = 8
+    heads: int = 12
+    mlp_dim: int = 3072
+    time_dim: int = 256  # sinusoidal time-embedding width before its MLP
+    rope_theta: float = 10_000.0
+    dropout: float = 0.0
+    dtype: str = "float32"  # activation/compute dtype
+    param_dtype: str = "float32"  # master weights
+    remat: bool = False  # rematerialise each block in the backward pass
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """Masked conditional flow matching (see flow.py for the convention)."""
+
+    sigma_min: float = 1e-5
+    time_sampler: str = "uniform"  # "uniform" | "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mask_min_frac: float = 0.7  # Voicebox: masked span covers 70-100% of the frames
+    mask_max_frac: float = 1.0
+    p_full_mask: float = 0.3  # probability the whole sequence is masked (pure text-to-music)
+    p_drop_text: float = 0.2  # CFG: drop the text (and the context with it)
+    p_drop_context: float = 0.2  # probability the audio context is dropped when text is kept
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" | "arrayrecord"
+    path: str = ""  # folder with *.array_record shards and index.json
+    split: str = "train"
+    frames: int = 500  # crop length in frames of the generated stream
+    batch_size: int = 16  # global batch
+    shuffle_seed: int = 0
+    num_workers: int = 0  # grain worker processes; 0 = in-process
+    prefetch: int = 2
+    normalize: bool = True  # normalise features with the index statistics
+    semantic_rate: float = 50.0  # Hz
+    acoustic_rate: float = 75.0  # Hz
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh over (data, fsdp, tensor); one entry may be -1 (fill with the rest)."""
+
+    shape: tuple[int, int, int] = (-1, 1, 1)
+    # logical axis -> mesh axis (or None = replicated). Data, not code: edit per run.
+    rules: tuple[tuple[str, str | None], ...] = (
+        ("batch", "data"),
+        ("frames", None),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv", None),
+        ("text", None),
+        ("vocab", None),
+        ("layers", None),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 5_000
+    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.9999
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 400_000
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 5_000
+    eval_batches: int = 8
+    ckpt_every: int = 5_000
+    keep: int = 3
+    keep_every: int = 50_000  # also keep every K-th step's checkpoint; 0 = off
+    sample_every: int = 25_000  # periodic sampling of fixed prompts; 0 = off
+    max_nan_in_row: int = 10
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = measure a matmul peak at start
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    solver: str = "midpoint"  # "euler" | "midpoint" | "heun" | "dopri5"
+    steps: int = 16
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    cfg_scale: float = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "unnamed"
+    text: TextConfig = TextConfig()
+    model: ModelConfig = ModelConfig()
+    flow: FlowConfig = FlowConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key '{key}': {msg}")
+
+
+def validate(cfg: Config) -> None:
+    m, f, d, o = cfg.model, cfg.flow, cfg.data, cfg.optim
+    _check(m.stage in STAGES, "model.stage", f"must be one of {STAGES}, got {m.stage!r}")
+    for k in ("dim", "depth", "heads", "mlp_dim", "feature_dim", "time_dim"):
+        _check(getattr(m, k) > 0, f"model.{k}", f"must be > 0, got {getattr(m, k)}")
+    _check(m.dim % m.heads == 0, "model.heads", f"must divide model.dim={m.dim}, got {m.heads}")
+    _check((m.dim // m.heads) % 2 == 0, "model.heads", "head dim (dim/heads) must be even for rotary embeddings")
+    _check(m.depth % 2 == 0, "model.depth", f"must be even for the U-Net skips, got {m.depth}")
+    _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
+    _check(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
+    if m.stage == "acoustic":
+        _check(m.cond_dim > 0, "model.cond_dim", "stage 'acoustic' needs the semantic feature dim (> 0)")
+    else:
+        _check(m.cond_dim == 0, "model.cond_dim", "stage 'semantic' is conditioned on text only: set 0")
+    _check(0.0 <= m.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+    _check(0.0 <= f.sigma_min < 1.0, "flow.sigma_min", "must be in [0, 1)")
+    _check(f.time_sampler in ("uniform", "logit_normal"), "flow.time_sampler", "uniform | logit_normal")
+    _check(0.0 < f.mask_min_frac <= f.mask_max_frac <= 1.0, "flow.mask_min_frac",
+           "need 0 < mask_min_frac <= mask_max_frac <= 1")
+    for k in ("p_full_mask", "p_drop_text", "p_drop_context"):
+        _check(0.0 <= getattr(f, k) <= 1.0, f"flow.{k}", "must be a probability in [0, 1]")
+    _check(d.source in ("synthetic", "arrayrecord"), "data.source", "synthetic | arrayrecord")
+    _check(d.source != "arrayrecord" or bool(d.path), "data.path", "required when data.source=arrayrecord")
+    _check(d.frames > 0 and d.batch_size > 0, "data.frames", "frames and batch_size must be > 0")
+    _check(cfg.text.max_len > 0 and cfg.text.dim > 0, "text.max_len", "max_len and dim must be > 0")
+    shape = cfg.mesh.shape
+    _check(len(shape) == 3, "mesh.shape", f"needs 3 entries for {MESH_AXES}, got {shape}")
+    _check(sum(s == -1 for s in shape) <= 1 and all(s == -1 or s > 0 for s in shape), "mesh.shape",
+           "entries must be > 0, with at most one -1")
+    for logical, mesh_axis in cfg.mesh.rules:
+        _check(logical in LOGICAL_AXES, "mesh.rules", f"unknown logical axis {logical!r}; valid: {LOGICAL_AXES}")
+        _check(mesh_axis is None or mesh_axis in MESH_AXES, "mesh.rules",
+               f"unknown mesh axis {mesh_axis!r} for {logical!r}; valid: {MESH_AXES} or None")
+    _check(o.lr > 0 and o.grad_accum >= 1, "optim.lr", "lr must be > 0 and grad_accum >= 1")
+    _check(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "cosine | linear | constant")
+    _check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", "must be in [0, 1)")
+    _check(cfg.train.steps > 0, "train.steps", "must be > 0")
+    _check(cfg.sample.solver in ("euler", "midpoint", "heun", "dopri5"), "sample.solver",
+           "euler | midpoint | heun | dopri5")
+    _check(cfg.sample.steps > 0, "sample.steps", "must be > 0")
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: str, typ: Any, key: str) -> Any:
+    """Parse the string `value` of an override into the field's declared type."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        low = value.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"config key '{key}': expected a bool (true/false), got {value!r}")
+    if typ is str:
+        return value
+    if typ in (int, float):
+        try:
+            num = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}") from None
+        if isinstance(num, bool) or not isinstance(num, (int, float)) or (typ is int and not isinstance(num, int)):
+            raise ConfigError(f"config key '{key}': expected {typ.__name__}, got {value!r}")
+        return typ(num)
+    if origin in (typing.Union, types.UnionType) or origin is tuple:
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        if origin is tuple and not isinstance(parsed, (tuple, list)):
+            raise ConfigError(f"config key '{key}': expected a tuple like (1, 2), got {value!r}")
+        return tuple(tuple(p) if isinstance(p, list) else p for p in parsed) if origin is tuple else parsed
+    raise ConfigError(f"config key '{key}': unsupported field type {typ}")
+
+
+def _set_in_dict(cls: type, data: dict[str, Any], path: list[str], value: str, full: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"unknown config key '{full}': no field '{head}' in {cls.__name__}; "
+                          f"valid keys: {', '.join(names)}")
+    typ = _field_types(cls)[head]
+    if dataclasses.is_dataclass(typ):
+        if len(path) == 1:
+            first = dataclasses.fields(typ)[0].name
+            raise ConfigError(f"config key '{full}' is a section; set one of its fields, e.g. '{full}.{first}=...'")
+        _set_in_dict(typ, data[head], path[1:], value, full)
+    elif len(path) > 1:
+        raise ConfigError(f"config key '{full}': '{head}' is a value, not a section")
+    else:
+        data[head] = _coerce(value, typ, full)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `a.b=value` overrides in order, then validate the result once.
+
+    Unknown keys, values of the wrong type and invalid combinations raise ConfigError naming the key.
+    """
+    data = to_dict(cfg)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like section.key=value (e.g. optim.lr=3e-4)")
+        key, value = ov.split("=", 1)
+        _set_in_dict(Config, data, key.strip().split("."), value.strip(), key.strip())
+    return from_dict(data)
+
+
+# --------------------------------------------------------------------------- files and JSON
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Import `configs/<name>.py` and call its `get_config()`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (expected configs/<name>.py with get_config())")
+    root = str(path.resolve().parent.parent)  # so configs can import their siblings: `from configs.x import`
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"musicflow_config_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config() function")
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: get_config() must return musicflow_jax.config.Config, got {type(cfg)}")
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    return apply_overrides(load_config_file(path), list(overrides or []))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    hints = _field_types(cls)
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)} for {cls.__name__}; valid: {sorted(names)}")
+    for name, val in data.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[name] = _from_dict(typ, val)
+        elif isinstance(val, list):
+            kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in val)
+        else:
+            kwargs[name] = val
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    return _from_dict(Config, data)
+
+
+def from_json(text: str) -> Config:
+    return from_dict(json.loads(text))
+
+
+def config_hash(cfg: Config) -> str:
+    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]

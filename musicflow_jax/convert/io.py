@@ -1,0 +1,100 @@
+"""Torch-free reading/writing of converted weights and strict assignment into NNX models.
+
+A converted folder holds `config.json` ({"format": FORMAT, "kind": "t5"|"encodec"|"hubert", "config": {...}
+model dataclass fields, "source": ...}) and `model.safetensors` whose keys are the NNX parameter paths joined
+with "." (e.g. "block.0.attn.q.kernel"), float32, in JAX layouts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+FORMAT = "musicflow_jax.converted/1"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+M = TypeVar("M", bound=nnx.Module)
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model: lists the offending keys and what to do."""
+
+
+def _key(path: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """Dotted parameter path -> shape for every nnx.Param of `model` (works on eval_shape'd models)."""
+    return {_key(p): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
+    return {_key(p): np.asarray(v[...], np.float32) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
+def check_params(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray], source: str) -> None:
+    """Raise ConversionError naming every missing, unexpected and wrongly shaped key."""
+    missing = sorted(set(expected) - set(flat))
+    unexpected = sorted(set(flat) - set(expected))
+    bad = sorted(f"{k}: checkpoint {tuple(flat[k].shape)} vs model {expected[k]}"
+                 for k in set(expected) & set(flat) if tuple(flat[k].shape) != expected[k])
+    if missing or unexpected or bad:
+        parts = [f"weights in {source} do not match the model (was it converted for this config?)"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if bad:
+            parts.append(f"shape mismatches ({len(bad)}): {'; '.join(bad)}")
+        parts.append("re-run tools/convert_weights.py on the original checkpoint and its config.json")
+        raise ConversionError("\n  ".join(parts))
+
+
+def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source: str) -> M:
+    """Build the model abstractly (no random init), check `flat` against it and fill it in."""
+    model = nnx.eval_shape(ctor)
+    check_params(param_shapes(model), flat, source)
+    state = nnx.state(model, nnx.Param)
+    new = [(p, v.replace(jnp.asarray(flat[_key(p)], jnp.float32))) for p, v in nnx.to_flat_state(state)]
+    nnx.update(model, nnx.from_flat_state(new))
+    leftovers = [_key(p) for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v[...], jax.ShapeDtypeStruct)]
+    if leftovers:
+        raise ConversionError(f"{source}: model state without values after loading: {leftovers}")
+    return model
+
+
+def save_converted(folder: str | Path, kind: str, config: dict[str, Any], flat: dict[str, np.ndarray],
+                   source: str = "") -> Path:
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, str(folder / WEIGHTS_FILE))
+    meta = {"format": FORMAT, "kind": kind, "config": config, "source": source}
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=list) + "\n")
+    return folder
+
+
+def load_converted(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(model config dict, flat weights) of a converted folder; clear errors for anything else."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    cfg_file, w_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not cfg_file.is_file() or not w_file.is_file():
+        raise ConversionError(f"{folder}: expected converted weights ({CONFIG_FILE} + {WEIGHTS_FILE}); "
+                              f"convert a PyTorch checkpoint first: python tools/convert_weights.py {kind} SRC DST")
+    meta = json.loads(cfg_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ConversionError(f"{cfg_file}: not a converted Flax checkpoint (format={meta.get('format')!r}, "
+                              f"want {FORMAT!r}); is this an original HF folder? run tools/convert_weights.py {kind}")
+    if meta.get("kind") != kind:
+        raise ConversionError(f"{cfg_file}: holds a {meta.get('kind')!r} model, expected {kind!r}")
+    return meta["config"], load_file(str(w_file))

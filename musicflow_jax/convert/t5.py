@@ -1,0 +1,55 @@
+"""T5 encoder conversion: HF T5EncoderModel / T5ForConditionalGeneration folder -> converted Flax folder.
+
+The decoder and LM head of full seq2seq checkpoints are dropped; `spiece.model` is copied when present so the
+converted folder carries its real tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from musicflow_jax.convert.checkpoint import apply_rules, linear_t, read_hf_config, read_state_dict
+from musicflow_jax.convert.io import build_with_params, load_converted, save_converted
+from musicflow_jax.models.t5 import T5Config, T5Encoder
+
+KIND = "t5"
+_B = r"encoder\.block\.(\d+)\.layer"
+RULES = [
+    (r"encoder\.embed_tokens\.weight", "embed_tokens.embedding", None),
+    (_B + r"\.0\.SelfAttention\.([qkvo])\.weight", r"block.\1.attn.\2.kernel", linear_t),
+    (_B + r"\.0\.SelfAttention\.relative_attention_bias\.weight", r"block.\1.attn.rel_bias.embedding", None),
+    (_B + r"\.0\.layer_norm\.weight", r"block.\1.attn_norm.scale", None),
+    (_B + r"\.1\.DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight", r"block.\1.ff.\2.kernel", linear_t),
+    (_B + r"\.1\.layer_norm\.weight", r"block.\1.ff_norm.scale", None),
+    (r"encoder\.final_layer_norm\.weight", "final_norm.scale", None),
+]
+IGNORE = [r"shared\.weight", r"decoder\..*", r"lm_head\..*"]
+
+
+def convert_t5(src: str | Path, dst: str | Path) -> Path:
+    hf_cfg = read_hf_config(src)
+    cfg = T5Config.from_hf(hf_cfg)
+    state = read_state_dict(src)
+    if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:  # tied, saved once
+        state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    flat = apply_rules(state, RULES, IGNORE, str(src))
+    build_with_params(lambda: T5Encoder(cfg, rngs=_rngs()), flat, str(src))  # validate before writing
+    out = save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src))
+    if Path(src).is_dir() and (Path(src) / "spiece.model").is_file():
+        shutil.copy(Path(src) / "spiece.model", out / "spiece.model")
+    return out
+
+
+def _rngs():
+    from flax import nnx
+
+    return nnx.Rngs(0)
+
+
+def load_t5(folder: str | Path) -> tuple[T5Config, T5Encoder]:
+    """Converted folder -> (config, filled T5Encoder). No torch needed."""
+    cfg_dict, flat = load_converted(folder, KIND)
+    cfg = T5Config(**cfg_dict)
+    return cfg, build_with_params(lambda: T5Encoder(cfg, rngs=_rngs()), flat, str(folder))

@@ -1,0 +1,268 @@
+"""The grain input pipeline: ArrayRecord shards (or a learnable synthetic source) -> batches of the contract.
+
+Batch (dict of numpy arrays, B = cfg.data.batch_size // process_count, T = cfg.data.frames, L = cfg.text.max_len):
+  x1 (B,T,feature_dim) f32 normalised target | frame_mask (B,T) bool | cond (B,T,cond_dim) f32 (stage "acoustic")
+  text_ids (B,L) i32 | text_mask (B,L) bool | text_emb (B,L,text.dim) f32 (only if cfg.text.precomputed)
+
+Pipeline (train): source -> host slice [process_index::process_count] (disjoint records) -> seeded global
+shuffle, reshuffled every epoch, repeated forever -> per-example random crop seeded by (seed, host, position)
+-> normalise -> pad + frame_mask -> batch (drop_remainder) -> optional worker processes. The returned
+grain IterDataset's iterators support get_state()/set_state() (grain's orbax checkpoint handler).
+Eval (`make_eval_dataset`): same, but no shuffle, crops from frame 0, a single pass.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+
+from musicflow_jax import features
+from musicflow_jax.config import Config
+from musicflow_jax.records import INDEX_FILE, SCHEMA_VERSION, Clip, RecordError, ShardSource
+from musicflow_jax.tokenizer import load_tokenizer
+
+# ----------------------------------------------------------------------------------------- synthetic source
+
+SYNTHETIC_CAPTIONS = (
+    "A slow Bach chorale in G minor played on a church organ",
+    "A fast piano sonata in C major",
+    "A gentle string quartet in D major at 72 BPM",
+    "A lively flute and harp duet in A minor",
+    "A solemn brass choir in E flat major",
+    "A playful clarinet melody in F major at 120 BPM",
+    "A dark cello solo in B minor",
+    "A bright marimba pattern in G major",
+)
+SYNTHETIC_SIZES = {"train": 4096, "valid": 64, "test": 64}
+
+
+class SyntheticSource:
+    """Learnable fake clips, deterministic in (seed, index), in the same form as decoded records.
+
+    The caption k (one of SYNTHETIC_CAPTIONS) fixes per-channel frequencies and phases of smooth sinusoids;
+    each clip adds a random time shift and a small noise, so text predicts the pattern and context predicts
+    the shift. The acoustic stream is a fixed seeded nonlinear map of the (75 Hz upsampled) semantic stream,
+    so stage 2 is learnable from `cond`. Clip lengths vary (some shorter than a crop) to exercise padding.
+    """
+
+    def __init__(self, cfg: Config, split: str, seed: int = 0):
+        stage2 = cfg.model.stage == "acoustic"
+        self.sem_dim = cfg.model.cond_dim if stage2 else cfg.model.feature_dim
+        self.ac_dim = cfg.model.feature_dim if stage2 else 0
+        self.rates = (cfg.data.semantic_rate, cfg.data.acoustic_rate)
+        self.frames = cfg.data.frames
+        self.size = SYNTHETIC_SIZES.get(split, 64)
+        self.seed = seed + {"train": 0, "valid": 1, "test": 2}.get(split, 3) * 1_000_003
+        crng = np.random.default_rng(1234)  # shared by all splits: the "music" itself
+        k = len(SYNTHETIC_CAPTIONS)
+        self.freq_kc = crng.uniform(0.2, 3.0, size=(k, self.sem_dim))  # Hz
+        self.phase_kc = crng.uniform(0, 2 * np.pi, size=(k, self.sem_dim))
+        self.w_cd = crng.normal(size=(max(self.sem_dim, 1), max(self.ac_dim, 1))) / np.sqrt(max(self.sem_dim, 1))
+        self.text_dim, self.text_len = cfg.text.dim, cfg.text.max_len
+        self.text_kle = crng.normal(size=(k, self.text_len, self.text_dim)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> Clip:
+        rng = np.random.default_rng([self.seed, index])
+        k = int(rng.integers(len(SYNTHETIC_CAPTIONS)))
+        sem_rate, ac_rate = self.rates
+        ac_over_sem = ac_rate / sem_rate
+        # semantic frames so that the acoustic stream (if any) spans ~[0.5, 2] crops
+        crop_sem = self.frames / ac_over_sem if self.ac_dim else self.frames
+        n_sem = int(rng.integers(max(2, int(crop_sem // 2)), int(2 * crop_sem) + 2))
+        t = (np.arange(n_sem) + rng.uniform(0, 10 * sem_rate)) / sem_rate
+        sem = np.sin(2 * np.pi * self.freq_kc[k] * t[:, None] + self.phase_kc[k]) * np.sqrt(2)
+        sem = (sem + 0.05 * rng.normal(size=sem.shape)).astype(np.float32)
+        if self.ac_dim:
+            n_ac = features.frames_at(n_sem / sem_rate, ac_rate)
+            up = features.upsample_nearest(sem, n_ac, sem_rate, ac_rate)
+            ac = (np.tanh(up @ self.w_cd) * 1.5).astype(np.float32)
+        else:
+            ac = np.zeros((0, 0), np.float32)
+        mask = np.zeros(self.text_len, bool)
+        mask[: min(self.text_len, len(SYNTHETIC_CAPTIONS[k]) + 1)] = True
+        return Clip(semantic=sem, units=np.zeros(n_sem, np.int32), acoustic=ac, caption=SYNTHETIC_CAPTIONS[k],
+                    duration=n_sem / sem_rate, source=f"synthetic:{index}", clip_id=f"syn-{index}",
+                    t5_emb=self.text_kle[k] * mask[:, None], t5_mask=mask)
+
+
+# ----------------------------------------------------------------------------------------- index + records
+
+
+def load_index(folder: str | Path) -> dict[str, Any]:
+    """Read and check `<folder>/index.json` written by tools/precompute_features.py."""
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run tools/precompute_features.py (all shards, then it merges "
+                                f"the index) or point data.path at the folder holding index.json")
+    index = json.loads(path.read_text())
+    if index.get("schema_version") != SCHEMA_VERSION:
+        raise RecordError(f"{path}: expected schema version {SCHEMA_VERSION}, found {index.get('schema_version')!r}; "
+                          "re-run tools/precompute_features.py with this code version")
+    return index
+
+
+def shard_paths(folder: str | Path, split: str) -> list[Path]:
+    paths = sorted(Path(folder).glob(f"{split}-*.array_record"))
+    if not paths:
+        raise FileNotFoundError(f"no shards {Path(folder)}/{split}-*.array_record: wrong data.path or data.split?")
+    return paths
+
+
+def _stats(index: dict[str, Any] | None, stream: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if index is None:
+        return None, None
+    s = index["stats"][stream]
+    return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
+
+
+class ToExample(grain.transforms.RandomMap):
+    """Clip -> one unbatched example of the contract (crop, normalise, pad, mask). rng None = crop at frame 0."""
+
+    def __init__(self, cfg: Config, index: dict[str, Any] | None, random_crop: bool = True):
+        self.stage2 = cfg.model.stage == "acoustic"
+        self.frames, self.rates = cfg.data.frames, (cfg.data.semantic_rate, cfg.data.acoustic_rate)
+        self.random_crop, self.precomputed = random_crop, cfg.text.precomputed
+        self.text_len, self.text_dim = cfg.text.max_len, cfg.text.dim
+        self.feature_dim, self.cond_dim = cfg.model.feature_dim, cfg.model.cond_dim
+        norm = cfg.data.normalize and index is not None
+        self.sem_stats = _stats(index, "semantic") if norm else (None, None)
+        self.ac_stats = _stats(index, "acoustic") if norm else (None, None)
+
+    def _check(self, clip: Clip, arr: np.ndarray, dim: int, name: str) -> None:
+        if arr.ndim != 2 or arr.shape[1] != dim:
+            raise RecordError(f"clip {clip.clip_id!r} ({clip.source}): {name} has shape {arr.shape}, the config "
+                              f"expects (T, {dim}); check model.feature_dim/cond_dim against the data index dims")
+
+    def random_map(self, clip: Clip, rng: np.random.Generator) -> dict[str, Any]:
+        rng = rng if self.random_crop else None
+        if self.stage2:
+            self._check(clip, clip.acoustic, self.feature_dim, "acoustic")
+            self._check(clip, clip.semantic, self.cond_dim, "semantic")
+            x1, cond, mask = features.crop_aligned(rng, clip.semantic, clip.acoustic, self.frames, *self.rates)
+            out = {"x1": features.normalize(x1, *self.ac_stats) * mask[:, None],
+                   "cond": features.normalize(cond, *self.sem_stats) * mask[:, None]}
+        else:
+            self._check(clip, clip.semantic, self.feature_dim, "semantic")
+            x1, mask = features.crop_semantic(rng, clip.semantic, self.frames)
+            out = {"x1": features.normalize(x1, *self.sem_stats) * mask[:, None]}
+        out["frame_mask"] = mask
+        out["caption"] = clip.caption
+        if self.precomputed:
+            if clip.t5_emb is None or clip.t5_mask is None:
+                raise RecordError(f"clip {clip.clip_id!r} ({clip.source}) has no stored T5 embedding but "
+                                  "text.precomputed=True: precompute with --t5 or set text.precomputed=false")
+            emb, tmask = features.pad_or_crop(clip.t5_emb.astype(np.float32), self.text_len)
+            if emb.shape[1] != self.text_dim:
+                raise RecordError(f"clip {clip.clip_id!r}: stored T5 dim {emb.shape[1]} != text.dim {self.text_dim}")
+            tmask &= features.pad_or_crop(clip.t5_mask.astype(bool), self.text_len)[0]
+            out["text_emb"], out["text_mask_pre"] = emb * tmask[:, None], tmask
+        return out
+
+
+class Collate:
+    """Stack examples and tokenize captions (tokenizer built lazily so the object pickles into workers)."""
+
+    def __init__(self, cfg: Config):
+        self.checkpoint, self.max_len = cfg.text.checkpoint or None, cfg.text.max_len
+        self._tok = None
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        if self._tok is None:
+            self._tok = load_tokenizer(self.checkpoint)
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "caption"}
+        for k in ("x1", "cond", "text_emb"):
+            if k in batch:
+                batch[k] = batch[k].astype(np.float32)
+        batch["text_ids"], batch["text_mask"] = self._tok([e["caption"] for e in examples], self.max_len)
+        if "text_mask_pre" in batch:  # stored T5 output: its own mask is the truth for text_emb
+            batch["text_mask"] = batch.pop("text_mask_pre")
+        return batch
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tok": None}
+
+
+# ----------------------------------------------------------------------------------------- datasets
+
+
+def _host_source(cfg: Config, split: str, process_index: int, process_count: int,
+                 seed: int) -> tuple[grain.MapDataset, dict[str, Any] | None]:
+    if cfg.data.source == "synthetic":
+        src, index = SyntheticSource(cfg, split, seed), None
+    else:
+        index = load_index(cfg.data.path)
+        src = ShardSource(shard_paths(cfg.data.path, split))
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    ds = grain.MapDataset.source(src)[process_index::process_count]
+    return ds, index
+
+
+def _per_host_batch(cfg: Config, process_count: int) -> int:
+    if cfg.data.batch_size % process_count:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the process count "
+                         f"{process_count}")
+    return cfg.data.batch_size // process_count
+
+
+def _check_batch(cfg: Config, ds: grain.MapDataset, split: str, process_index: int, process_count: int) -> int:
+    B = _per_host_batch(cfg, process_count)
+    if len(ds) < B:
+        raise ValueError(f"split {split!r} has {len(ds)} clips on host {process_index}/{process_count}, fewer than "
+                         f"one batch ({B}); use more data or a smaller data.batch_size")
+    return B
+
+
+def _finish(cfg: Config, ds: grain.MapDataset) -> grain.IterDataset:
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, cfg.data.prefetch)),
+                                              prefetch_buffer_size=max(1, cfg.data.prefetch)))
+    if cfg.data.num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's worker code reads absl flags; a non-absl main never parsed them
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.data.num_workers))
+    return it
+
+
+def _defaults(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    return process_index, process_count
+
+
+def make_dataset(cfg: Config, split: str | None = None, *, process_index: int | None = None,
+                 process_count: int | None = None, seed: int | None = None) -> grain.IterDataset:
+    """Infinite, shuffled training batches for this host. `iter(ds)` gives a checkpointable iterator.
+
+    seed defaults to cfg.data.shuffle_seed; process_index/count default to jax.process_index()/count().
+    """
+    split = split or cfg.data.split
+    process_index, process_count = _defaults(process_index, process_count)
+    seed = cfg.data.shuffle_seed if seed is None else seed
+    ds, index = _host_source(cfg, split, process_index, process_count, seed)
+    B = _check_batch(cfg, ds, split, process_index, process_count)
+    ds = ds.shuffle(seed=seed).repeat(None)
+    ds = ds.random_map(ToExample(cfg, index, random_crop=True), seed=(seed * 7919 + process_index) % 2**32)
+    ds = ds.batch(B, drop_remainder=True, batch_fn=Collate(cfg))
+    return _finish(cfg, ds)
+
+
+def make_eval_dataset(cfg: Config, split: str = "valid", *, process_index: int | None = None,
+                      process_count: int | None = None) -> grain.IterDataset:
+    """One deterministic pass over `split` for this host: no shuffle, crops from frame 0, drop_remainder."""
+    process_index, process_count = _defaults(process_index, process_count)
+    ds, index = _host_source(cfg, split, process_index, process_count, cfg.data.shuffle_seed)
+    ds = ds.random_map(ToExample(cfg, index, random_crop=False), seed=0)  # rng unused: crops start at frame 0
+    B = _check_batch(cfg, ds, split, process_index, process_count)
+    ds = ds.batch(B, drop_remainder=True, batch_fn=Collate(cfg))
+    return _finish(cfg, ds)

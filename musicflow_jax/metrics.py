@@ -1,0 +1,109 @@
+"""Training observability: TensorBoard + JSONL writers, loss by flow-time bin, FLOP counts and MFU.
+
+Only process 0 writes (other processes get a writer that drops everything). Model FLOPs per step come
+from XLA's cost analysis of the compiled train step (forward + backward as actually compiled); the
+peak is `train.peak_tflops` per device or, when 0, a matmul peak measured on the spot
+(`measure_matmul_peak`). MFU = achieved FLOP/s / (peak per device * devices).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+T_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def loss_by_t_bin(loss_b: np.ndarray, t_b: np.ndarray, edges: tuple[float, ...] = T_BINS) -> dict[str, float]:
+    """Mean per-example loss in each flow-time bin [e_i, e_{i+1}); empty bins are left out."""
+    loss_b, t_b = np.asarray(loss_b, np.float64), np.asarray(t_b, np.float64)
+    out = {}
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (t_b >= lo) & ((t_b < hi) if hi < edges[-1] else (t_b <= hi))
+        if sel.any():
+            out[f"loss_t{lo:.2f}-{hi:.2f}"] = float(loss_b[sel].mean())
+    return out
+
+
+def compiled_flops(compiled: Any) -> float:
+    """FLOPs of one call of a compiled jax function (XLA cost analysis, summed over devices' programs)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def measure_matmul_peak(n: int = 1024, dtype: Any = jnp.float32, repeats: int = 5,
+                        device: jax.Device | None = None) -> float:
+    """Achieved FLOP/s of an n x n x n matmul on one device (best of `repeats`): a practical peak."""
+    device = device or jax.local_devices()[0]
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    b = jax.device_put(jnp.ones((n, n), dtype), device)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def mfu(flops_per_step: float, steps_per_s: float, peak_flops_per_device: float, n_devices: int) -> float:
+    return flops_per_step * steps_per_s / max(peak_flops_per_device * n_devices, 1e-30)
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard event files (workdir/tb) and one JSON object per line (workdir/metrics.jsonl)."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: float(v) for k, v in values.items()}
+        for k, v in clean.items():
+            self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        self._jsonl.write(json.dumps({"step": int(step), "split": prefix, **clean}) + "\n")
+        self._jsonl.flush()
+
+    def audio(self, step: int, name: str, wav: np.ndarray, sample_rate: int) -> None:
+        if self.enabled:
+            self._tb.add_audio(name, np.asarray(wav, np.float32).reshape(-1), step, sample_rate=sample_rate)
+
+    def image(self, step: int, name: str, img_hw: np.ndarray) -> None:
+        if self.enabled:
+            x = np.asarray(img_hw, np.float32)
+            x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+            self._tb.add_image(name, x[None], step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+
+
+def read_jsonl(path: str | Path, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of one split; a torn last line (process killed mid-write) is ignored."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [r for r in rows if r.get("split") == split]

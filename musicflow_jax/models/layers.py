@@ -1,0 +1,195 @@
+"""Building blocks of the flow transformer: logical-axis helpers, LayerNorm, dense layers, rotary
+position embedding, masked multi-head attention (self and cross, with a learned null key/value),
+GELU MLP and the sinusoidal time embedding.
+
+Choices (see also models/transformer.py):
+- Norm: LayerNorm (scale + bias, as in Voicebox), pre-norm, always computed in float32.
+- Positions: rotary embedding (RoPE) on self-attention queries/keys only. It is relative (scores depend
+  on i - j only, see `apply_rope`), needs no learned table, so any crop length works and long-form
+  windows extrapolate; Voicebox's conv-pos + ALiBi play the same role. Cross-attention to text has no
+  positions (T5 already encodes them).
+- Precision: parameters are stored in `param_dtype` and cast to the compute `dtype` at use; attention
+  logits/softmax and norms run in float32.
+- Sharding: every parameter carries logical axis names (config.LOGICAL_AXES) as `out_sharding` metadata
+  with eager sharding off, so the model builds without a mesh; the train step maps the names with
+  cfg.mesh.rules (nnx.get_partition_spec under flax.core.spmd.logical_axis_rules). Activations get
+  `constrain`ed to logical names, a no-op unless rules and a mesh are active.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import spmd as core_spmd
+from jax.sharding import PartitionSpec
+
+Initializer = nnx.initializers.Initializer
+NEG_INF = -1e30  # additive mask value (float32); exp() underflows to exactly 0
+
+
+def param(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
+    """Wrap an initializer so the created nnx.Param carries logical axis `names` (not eagerly sharded)."""
+    return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+    """Sharding constraint on logical axis names; no-op without logical axis rules and an active mesh."""
+    rules = core_spmd.get_logical_axis_rules()
+    if not rules or jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*core_spmd.from_sharding_rules(names, rules)))
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis computed in float32; output in `dtype`."""
+
+    def __init__(self, dim: int, *, dtype: jnp.dtype, param_dtype: jnp.dtype, eps: float = 1e-5, rngs: nnx.Rngs):
+        del rngs  # deterministic init
+        self.scale = nnx.Param(param(nnx.initializers.ones, ("embed",))(None, (dim,), param_dtype))
+        self.bias = nnx.Param(param(nnx.initializers.zeros, ("embed",))(None, (dim,), param_dtype))
+        self.dtype, self.eps = dtype, eps
+
+    def __call__(self, x_btd: jax.Array) -> jax.Array:
+        x_btd = x_btd.astype(jnp.float32)
+        mean_bt1 = x_btd.mean(-1, keepdims=True)
+        var_bt1 = jnp.square(x_btd - mean_bt1).mean(-1, keepdims=True)
+        y_btd = (x_btd - mean_bt1) * jax.lax.rsqrt(var_bt1 + self.eps)
+        y_btd = y_btd * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y_btd.astype(self.dtype)
+
+
+class Dense(nnx.Module):
+    """y = x W + b over the last axis, with logical names (in_name, out_name) on W."""
+
+    def __init__(self, in_dim: int, out_dim: int, names: tuple[str, str], *, dtype: jnp.dtype,
+                 param_dtype: jnp.dtype, use_bias: bool = True, init_scale: float = 1.0, rngs: nnx.Rngs):
+        init = nnx.initializers.variance_scaling(init_scale, "fan_in", "truncated_normal")
+        self.kernel = nnx.Param(param(init, names)(rngs.params(), (in_dim, out_dim), param_dtype))
+        self.bias = (nnx.Param(param(nnx.initializers.zeros, (names[1],))(None, (out_dim,), param_dtype))
+                     if use_bias else nnx.data(None))
+        self.dtype = dtype
+
+    def __call__(self, x_bti: jax.Array) -> jax.Array:
+        y_bto = jnp.einsum("...i,io->...o", x_bti.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y_bto = y_bto + self.bias[...].astype(self.dtype)
+        return y_bto
+
+
+# --------------------------------------------------------------------------- rotary embedding
+
+
+def rope_tables(positions_bt: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables (B, T, head_dim/2) in float32 for integer or real positions."""
+    inv_freq_k = theta ** (-jnp.arange(0, head_dim // 2, dtype=jnp.float32) / (head_dim // 2))
+    ang_btk = positions_bt.astype(jnp.float32)[..., None] * inv_freq_k
+    return jnp.cos(ang_btk), jnp.sin(ang_btk)
+
+
+def apply_rope(x_bthk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    """Rotate channel pairs (k, k + K/2) of each head by angle position * theta^(-2k/K).
+
+    Relative: <rope(q, i), rope(k, j)> depends on i - j only, so shifting every position by the same
+    offset leaves attention scores unchanged. Computed in float32, returned in x's dtype.
+    """
+    cos_btk, sin_btk = rope_tables(positions_bt, x_bthk.shape[-1], theta)
+    cos_bt1k, sin_bt1k = cos_btk[:, :, None, :], sin_btk[:, :, None, :]
+    x1_bthk, x2_bthk = jnp.split(x_bthk.astype(jnp.float32), 2, axis=-1)
+    out_bthk = jnp.concatenate([x1_bthk * cos_bt1k - x2_bthk * sin_bt1k, x2_bthk * cos_bt1k + x1_bthk * sin_bt1k], -1)
+    return out_bthk.astype(x_bthk.dtype)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, key_mask_bs: jax.Array) -> jax.Array:
+    """Scaled dot-product attention; keys with key_mask False get exactly zero weight.
+
+    Logits and softmax in float32; a query whose keys are all masked gets a uniform (finite) average.
+    """
+    scale = 1.0 / math.sqrt(q_bthk.shape[-1])
+    logits_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk, preferred_element_type=jnp.float32) * scale
+    logits_bhts = jnp.where(key_mask_bs[:, None, None, :], logits_bhts, NEG_INF)
+    attn_bhts = jax.nn.softmax(logits_bhts, axis=-1)
+    return jnp.einsum("bhts,bshk->bthk", attn_bhts.astype(v_bshk.dtype), v_bshk)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head attention. Self-attention (rope=True) or cross-attention to a context sequence with
+    `null_kv=True`: one learned null key/value every query can see, so an all-False context mask (text
+    dropped for classifier-free guidance) is well defined."""
+
+    def __init__(self, dim: int, ctx_dim: int, heads: int, *, rope_theta: float | None, null_kv: bool,
+                 dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        head_dim = dim // heads
+        init_in = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2))
+        init_out = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
+        names_in, names_out = ("embed", "heads", "kv"), ("heads", "kv", "embed")
+        self.w_q = nnx.Param(param(init_in, names_in)(rngs.params(), (dim, heads, head_dim), param_dtype))
+        self.w_k = nnx.Param(param(init_in, names_in)(rngs.params(), (ctx_dim, heads, head_dim), param_dtype))
+        self.w_v = nnx.Param(param(init_in, names_in)(rngs.params(), (ctx_dim, heads, head_dim), param_dtype))
+        self.w_o = nnx.Param(param(init_out, names_out)(rngs.params(), (heads, head_dim, dim), param_dtype))
+        if null_kv:
+            init_null = nnx.initializers.normal(1.0)
+            self.null_k = nnx.Param(param(init_null, ("heads", "kv"))(rngs.params(), (heads, head_dim), param_dtype))
+            self.null_v = nnx.Param(param(init_null, ("heads", "kv"))(rngs.params(), (heads, head_dim), param_dtype))
+        else:
+            self.null_k = self.null_v = nnx.data(None)
+        self.rope_theta, self.dtype = rope_theta, dtype
+
+    def __call__(self, x_btd: jax.Array, ctx_bsc: jax.Array, key_mask_bs: jax.Array,
+                 positions_bt: jax.Array | None = None) -> jax.Array:
+        dt = self.dtype
+        x_btd, ctx_bsc = x_btd.astype(dt), ctx_bsc.astype(dt)
+        q_bthk = jnp.einsum("btd,dhk->bthk", x_btd, self.w_q[...].astype(dt))
+        k_bshk = jnp.einsum("bsc,chk->bshk", ctx_bsc, self.w_k[...].astype(dt))
+        v_bshk = jnp.einsum("bsc,chk->bshk", ctx_bsc, self.w_v[...].astype(dt))
+        if self.rope_theta is not None:
+            assert positions_bt is not None, "self-attention with rope needs positions_bt"
+            q_bthk = apply_rope(q_bthk, positions_bt, self.rope_theta)
+            k_bshk = apply_rope(k_bshk, positions_bt, self.rope_theta)
+        if self.null_k is not None:
+            b, h, k = k_bshk.shape[0], k_bshk.shape[2], k_bshk.shape[3]
+            null_k_b1hk = jnp.broadcast_to(self.null_k[...].astype(dt), (b, 1, h, k))
+            null_v_b1hk = jnp.broadcast_to(self.null_v[...].astype(dt), (b, 1, h, k))
+            k_bshk = jnp.concatenate([null_k_b1hk, k_bshk], axis=1)
+            v_bshk = jnp.concatenate([null_v_b1hk, v_bshk], axis=1)
+            key_mask_bs = jnp.concatenate([jnp.ones((b, 1), bool), key_mask_bs], axis=1)
+        o_bthk = attention(q_bthk, k_bshk, v_bshk, key_mask_bs)
+        return jnp.einsum("bthk,hkd->btd", o_bthk, self.w_o[...].astype(dt))
+
+
+class MLP(nnx.Module):
+    """Position-wise feed-forward: Dense(dim->mlp) -> GELU -> dropout -> Dense(mlp->dim)."""
+
+    def __init__(self, dim: int, mlp_dim: int, *, dropout: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
+                 rngs: nnx.Rngs):
+        self.fc_in = Dense(dim, mlp_dim, ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.fc_out = Dense(mlp_dim, dim, ("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else nnx.data(None)
+
+    def __call__(self, x_btd: jax.Array, *, deterministic: bool = True) -> jax.Array:
+        h_btf = constrain(jax.nn.gelu(self.fc_in(x_btd)), ("batch", "frames", "mlp"))
+        if self.drop is not None:
+            h_btf = self.drop(h_btf, deterministic=deterministic)
+        return self.fc_out(h_btf)
+
+
+# --------------------------------------------------------------------------- time embedding
+
+
+def sinusoidal_embedding(t_b: jax.Array, dim: int, scale: float = 1000.0, max_period: float = 10_000.0) -> jax.Array:
+    """[cos | sin] features of scale * t at geometric frequencies; (B,) -> (B, dim) float32.
+
+    t in [0, 1] is scaled by 1000 so the fastest frequencies resolve the small steps of an ODE solver.
+    """
+    half = dim // 2
+    freqs_k = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    ang_bk = scale * t_b.astype(jnp.float32)[:, None] * freqs_k
+    emb_bd = jnp.concatenate([jnp.cos(ang_bk), jnp.sin(ang_bk)], axis=-1)
+    if dim % 2:
+        emb_bd = jnp.pad(emb_bd, ((0, 0), (0, 1)))
+    return emb_bd

@@ -1,0 +1,135 @@
+"""Device mesh, logical-axis -> mesh-axis rules, parameter/batch shardings and global batch assembly.
+
+The mesh has the axes ("data", "fsdp", "tensor") with sizes from `cfg.mesh.shape` (one entry may be -1 =
+"the remaining devices"). Parameters carry logical axis names ("embed", "mlp", ...) in their `out_sharding`
+metadata; `cfg.mesh.rules` maps each logical name to a mesh axis or None (replicated). A mesh axis is used at
+most once per array and only on a dimension it divides; otherwise that dimension stays replicated.
+Batches are split along their leading axis over every mesh axis the "batch" rule names plus "fsdp"
+(FSDP shards the batch as well as the weights), and replicated over "tensor".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from musicflow_jax.config import MESH_AXES, ConfigError, MeshConfig
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+    """Fill the (at most one) -1 entry so the product equals `num_devices`."""
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ConfigError(f"config key 'mesh.shape': {tuple(shape)} cannot fill {num_devices} devices "
+                              f"({num_devices} is not a multiple of {known})")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ConfigError(f"config key 'mesh.shape': {tuple(shape)} needs {math.prod(shape)} devices but "
+                          f"{num_devices} are available; use -1 for one axis to fill the rest")
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all global devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(mesh_cfg.shape, len(devices))
+    auto = (jax.sharding.AxisType.Auto,) * 3  # shardings are given explicitly at jit boundaries
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
+
+
+def rules_dict(mesh_cfg: MeshConfig) -> dict[str, str | None]:
+    return dict(mesh_cfg.rules)
+
+
+def logical_to_spec(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                    rules: dict[str, str | None]) -> PartitionSpec:
+    """PartitionSpec for an array of `shape` whose dims have the logical names `logical`."""
+    if not logical:
+        return PartitionSpec()
+    if len(logical) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical)} do not match an array of shape {tuple(shape)}")
+    used: set[str] = set()
+    out: list[str | None] = []
+    for name, size in zip(logical, shape):
+        axis = rules.get(name) if name is not None else None
+        if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
+            out.append(None)
+        else:
+            used.add(axis)
+            out.append(axis)
+    return PartitionSpec(*out)
+
+
+def _logical_names(var: nnx.Variable) -> tuple[str | None, ...] | None:
+    meta = var.get_metadata()
+    names = meta.get("out_sharding") or meta.get("sharding_names")
+    return tuple(names) if names else None
+
+
+def state_specs(state: Any, mesh: Mesh, rules: dict[str, str | None]) -> Any:
+    """PartitionSpec tree (same structure as `state`, Variables kept) for an nnx.State of (abstract) arrays."""
+
+    def spec(var: Any) -> Any:
+        if isinstance(var, nnx.Variable):
+            value = var.get_value()
+            return var.replace(logical_to_spec(_logical_names(var), value.shape, mesh, rules))
+        return PartitionSpec()
+
+    return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: dict[str, str | None]) -> Any:
+    """NamedSharding tree for an nnx.State (see `state_specs`)."""
+    return jax.tree.map(lambda p: NamedSharding(mesh, p), state_specs(state, mesh, rules))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_axes(mesh: Mesh, rules: dict[str, str | None]) -> tuple[str, ...]:
+    """Mesh axes the leading (batch) dimension is split over: the "batch" rule's axis plus "fsdp"."""
+    axes = [a for a in (rules.get("batch"), "fsdp") if a is not None]
+    return tuple(dict.fromkeys(axes))
+
+
+def batch_sharding(mesh: Mesh, rules: dict[str, str | None], ndim: int = 1) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh, rules), *([None] * (ndim - 1))))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh, rules: dict[str, str | None],
+                 global_batch_size: int) -> dict[str, jax.Array]:
+    """Assemble per-process batches into global arrays split over the batch axes.
+
+    `local` holds this process's rows (global_batch_size // process_count of them).
+    """
+    n_split = math.prod(mesh.shape[a] for a in batch_axes(mesh, rules))
+    if global_batch_size % n_split:
+        raise ConfigError(f"config key 'data.batch_size': {global_batch_size} must be divisible by the "
+                          f"{n_split} batch shards of mesh {dict(mesh.shape)}")
+    out = {}
+    for k, v in local.items():
+        v = np.asarray(v)
+        sharding = batch_sharding(mesh, rules, v.ndim)
+        out[k] = jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
+    return out
+
+
+def sharded_fraction(state: Any, shardings: Any) -> float:
+    """Fraction of parameter bytes whose sharding is split over more than one device."""
+    total = split = 0
+    for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
+        nbytes = math.prod(x.shape) * np.dtype(x.dtype).itemsize
+        total += nbytes
+        if not s.is_fully_replicated:
+            split += nbytes
+    return split / max(total, 1)

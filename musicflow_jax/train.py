@@ -1,0 +1,266 @@
+"""Train one MusicFlow stage: `python -m musicflow_jax.train --config configs/stage1_tiny.py --workdir runs/x
+[--set optim.lr=3e-4 ...] [--multihost]`.
+
+`train()` is one linear loop: config -> (multi-host init) -> mesh -> sharded state (fresh or auto-resumed from
+workdir/checkpoints, onto whatever mesh this run has) -> data iterator (restored to its saved position) -> per
+step: global batch, jitted step (frozen text encoder inside, NaN/Inf skip), logging, eval, periodic samples,
+checkpoints -> final checkpoint. SIGTERM (e.g. TPU preemption) saves a checkpoint and returns cleanly; N
+non-finite steps in a row raise `TrainingDivergedError` without writing a checkpoint (the last good one stays).
+Outputs in workdir: config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/, samples/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from musicflow_jax import checkpoint, flow, metrics, sharding, train_state
+from musicflow_jax import config as config_lib
+from musicflow_jax.config import Config
+
+BatchHook = Callable[[int, dict[str, np.ndarray]], dict[str, np.ndarray]]
+SAMPLE_PROMPTS = ("a calm solo piano piece in C major", "an upbeat pop song with drums and bass",
+                  "a slow string quartet in a minor key")
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised after train.max_nan_in_row consecutive non-finite steps."""
+
+
+# --------------------------------------------------------------------------- multi-host
+
+
+def _multihost_env() -> bool:
+    env = os.environ
+    return bool(env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
+                or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+
+
+def maybe_initialize_distributed(flag: bool) -> None:
+    """jax.distributed.initialize() (auto-detects TPU pods, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS)."""
+    if flag or _multihost_env():
+        jax.distributed.initialize()
+
+
+# --------------------------------------------------------------------------- frozen text encoder
+
+
+def load_text_encoder(cfg: Config) -> tuple[Callable[[Any, jax.Array, jax.Array], jax.Array] | None, Any]:
+    """(encode(params, ids_bl, mask_bl) -> emb_bld, params) of the frozen T5, or (None, None) if precomputed."""
+    if cfg.text.precomputed:
+        return None, None
+    from musicflow_jax.text_encoder import TextEncoder
+
+    enc = TextEncoder.load(cfg.text, cfg.train.seed)
+    return enc.apply, enc.state
+
+
+# --------------------------------------------------------------------------- eval and samples
+
+
+def make_eval_fn(cfg: Config, setup: train_state.Setup, encode: Any) -> Callable[..., jax.Array]:
+    """Jitted flow loss of `params` on a batch with a fixed key per eval batch index."""
+
+    def eval_loss(params: Any, rest: Any, batch: dict[str, jax.Array], text_params: Any, i: jax.Array) -> jax.Array:
+        batch = dict(batch)
+        if "text_emb" not in batch:
+            batch["text_emb"] = encode(text_params, batch["text_ids"], batch["text_mask"])
+        model = nnx.merge(setup.graphdef, params, rest)
+        apply = lambda *a: model(*a, deterministic=True)  # noqa: E731
+        key = jax.random.fold_in(jax.random.key(cfg.train.seed + 1), i)
+        return flow.flow_loss(apply, key, batch, cfg.flow)[0]
+
+    return jax.jit(eval_loss)
+
+
+def evaluate(cfg: Config, eval_fn: Any, params: Any, rest: Any, text_params: Any, setup: train_state.Setup) -> float:
+    """Mean validation flow loss over train.eval_batches batches of the "valid" split."""
+    from musicflow_jax.data import make_eval_dataset
+
+    losses = []
+    for i, local in enumerate(make_eval_dataset(cfg, "valid")):
+        if i >= cfg.train.eval_batches:
+            break
+        batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
+        losses.append(float(jax.block_until_ready(eval_fn(params, rest, batch, text_params, jnp.int32(i)))))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.TrainState, encode: Any,
+                  text_params: Any, step: int, workdir: Path, writer: metrics.MetricsWriter,
+                  cond: np.ndarray | None) -> None:
+    """Sample the fixed prompts with the EMA weights: stage 1 -> features (.npy + image), stage 2 -> latents,
+    and WAV files when train.sample_codec names an Encodec folder."""
+    from musicflow_jax.sampling import sample
+    from musicflow_jax.tokenizer import load_tokenizer
+
+    ids, mask = load_tokenizer(cfg.text.checkpoint or None)(list(SAMPLE_PROMPTS), cfg.text.max_len)
+    text_emb = jax.jit(encode)(text_params, ids, mask) if encode else jnp.zeros((len(ids), cfg.text.max_len,
+                                                                                     cfg.text.dim))
+    model = nnx.merge(setup.graphdef, jax.device_get(state.ema), jax.device_get(state.rest))
+    n = len(SAMPLE_PROMPTS) if cond is None else min(len(SAMPLE_PROMPTS), cond.shape[0])
+    x1, _ = sample(model, jax.random.key(cfg.train.seed + 2), text_emb=text_emb[:n], text_mask=mask[:n],
+                   frames=cfg.data.frames, feature_dim=cfg.model.feature_dim,
+                   cond=None if cond is None else jnp.asarray(cond[:n]), solver=cfg.sample.solver,
+                   steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale, sigma_min=cfg.flow.sigma_min)
+    x1 = np.asarray(x1)
+    out = workdir / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"step{step:08d}.npy", x1)
+    for i in range(n):
+        writer.image(step, f"samples/{i}", x1[i].T)
+    codec_dir = getattr(cfg.train, "sample_codec", "")
+    if cfg.model.stage == "acoustic" and codec_dir:
+        import soundfile as sf
+
+        from musicflow_jax.codec import Codec
+
+        codec = Codec.load(codec_dir)
+        audio = np.asarray(codec.decode_latents(jnp.asarray(x1)))
+        sr = int(getattr(codec, "sample_rate", 24_000))
+        for i in range(n):
+            sf.write(out / f"step{step:08d}_{i}.wav", audio[i].reshape(-1), sr)
+            writer.audio(step, f"audio/{i}", audio[i], sr)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = None,
+          devices: list[jax.Device] | None = None, async_ckpt: bool = True) -> train_state.TrainState:
+    """Train (or resume) `cfg` in `workdir` up to cfg.train.steps; returns the final state.
+
+    batch_hook(step, local_batch) -> local_batch can alter batches (tests use it to inject NaNs).
+    """
+    from musicflow_jax.data import make_dataset
+
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    t_cfg = cfg.train
+
+    # Mesh, shardings, state: fresh or restored (onto this run's mesh, whatever the saved one was).
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    setup = train_state.make_setup(cfg, mesh)
+    encode, text_params = load_text_encoder(cfg)
+    if text_params is not None:
+        text_params = jax.device_put(text_params, sharding.replicated(mesh))
+    data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count()))
+    manager = checkpoint.make_manager(workdir, cfg, async_save=async_ckpt)
+    if manager.latest_step() is not None:
+        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, data_iter)
+        if is_main and config_lib.config_hash(saved_cfg) != config_lib.config_hash(cfg):
+            tqdm.write(f"resuming step {start} from {manager.directory} with a changed config "
+                       f"(saved {config_lib.config_hash(saved_cfg)}, now {config_lib.config_hash(cfg)})")
+    else:
+        start, state = 0, train_state.create_state(cfg, setup)
+    if is_main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config_lib.to_json(cfg))
+    writer = metrics.MetricsWriter(workdir, enabled=is_main)
+    step_fn = train_state.make_train_step(cfg, setup, encode)
+    eval_fn = make_eval_fn(cfg, setup, encode)
+
+    # SIGTERM (preemption): finish the current step, save, return.
+    stop = {"sigterm": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+
+    flops_per_step, peak, n_dev, compiled = 0.0, t_cfg.peak_tflops * 1e12, mesh.size, None
+    window: dict[str, list] = {}
+    t_window, sample_cond = 0.0, None  # t_window: seconds spent in data + steps since the last log
+    bar = tqdm(total=t_cfg.steps, initial=start, disable=not is_main, desc=cfg.name, dynamic_ncols=True)
+    try:
+        for step in range(start, t_cfg.steps):
+            t0 = time.perf_counter()
+            local = next(data_iter)
+            if batch_hook is not None:
+                local = batch_hook(step, local)
+            batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
+            if compiled is None:  # compile once; FLOPs (per device) from XLA's cost analysis, peak if not set
+                compiled = step_fn.lower(state, batch, text_params).compile()
+                flops_per_step = metrics.compiled_flops(compiled) * n_dev
+                peak = peak or metrics.measure_matmul_peak()
+                t0 = time.perf_counter()
+            if sample_cond is None and "cond" in local:
+                sample_cond = np.asarray(local["cond"][: len(SAMPLE_PROMPTS)])
+            state, m = compiled(state, batch, text_params)
+            m = jax.device_get(jax.block_until_ready(m))  # block every step (XLA CPU rendezvous, exact timing)
+            t_window += time.perf_counter() - t0
+            bar.update(1)
+            for k in ("loss", "grad_norm", "param_norm", "lr"):
+                window.setdefault(k, []).append(float(m[k]))
+            window.setdefault("loss_b", []).append(m["loss_per_example"])
+            window.setdefault("t_b", []).append(m["t"])
+            done = step + 1
+            if int(m["nan_in_row"]) >= t_cfg.max_nan_in_row:
+                raise TrainingDivergedError(
+                    f"step {done}: {int(m['nan_in_row'])} non-finite steps in a row (train.max_nan_in_row="
+                    f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
+                    f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
+            if done % t_cfg.log_every == 0 or done == t_cfg.steps:
+                dt, n = t_window, len(window["loss"])
+                finite = [x for x in window["loss"] if np.isfinite(x)]
+                scalars = {k: float(np.nanmean(v)) for k, v in window.items() if k not in ("loss_b", "t_b")}
+                scalars["loss"] = float(np.mean(finite)) if finite else float("nan")
+                scalars.update(metrics.loss_by_t_bin(np.concatenate(window["loss_b"]), np.concatenate(window["t_b"])))
+                sps = n / max(dt, 1e-9)
+                scalars.update(steps_per_s=sps, frames_per_s=sps * cfg.data.batch_size * cfg.data.frames,
+                               mfu=metrics.mfu(flops_per_step, sps, peak, n_dev),
+                               nan_skipped_total=float(m["nan_total"]),
+                               batch_crc=float(zlib.crc32(np.ascontiguousarray(local["x1"]).tobytes())))
+                writer.scalars(done, scalars)
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
+                window, t_window = {}, 0.0
+            if t_cfg.eval_every and done % t_cfg.eval_every == 0:
+                writer.scalars(done, {
+                    "loss": evaluate(cfg, eval_fn, state.params, state.rest, text_params, setup),
+                    "loss_ema": evaluate(cfg, eval_fn, state.ema, state.rest, text_params, setup)}, prefix="valid")
+            if t_cfg.sample_every and done % t_cfg.sample_every == 0:
+                write_samples(cfg, setup, state, encode, text_params, done, workdir, writer, sample_cond)
+            if int(m["nan_in_row"]) == 0 and (done % t_cfg.ckpt_every == 0 or done == t_cfg.steps
+                                              or stop["sigterm"]):
+                checkpoint.save(manager, done, state, data_iter, cfg, force=True)
+            if stop["sigterm"]:
+                tqdm.write(f"SIGTERM: saved step {done} to {manager.directory}; exiting")
+                break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+        bar.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="configs/<name>.py with get_config()")
+    ap.add_argument("--workdir", required=True, help="run folder; an existing checkpoint there is resumed")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    ap.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() (auto if the "
+                    "environment shows several processes)")
+    args = ap.parse_args(argv)
+    maybe_initialize_distributed(args.multihost)
+    try:
+        cfg = config_lib.load(args.config, args.set)
+        train(cfg, args.workdir)
+    except (config_lib.ConfigError, TrainingDivergedError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

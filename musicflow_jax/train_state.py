@@ -1,0 +1,237 @@
+"""The train state pytree, the optimizer (AdamW + schedule + clipping), EMA and the jitted train step.
+
+`TrainState` holds everything that changes during training (step, params, optimizer state, EMA of the
+params, non-trainable model state, NaN counters); it is created already sharded by `create_state` and
+updated by the step that `make_train_step` jits with explicit in/out shardings and a donated state.
+A step whose loss or gradient norm is not finite leaves params/optimizer/EMA untouched, bumps
+`nan_in_row` and `nan_total`, and still advances `step` (so the data and the RNG move on).
+The step's randomness is `fold_in(key(seed), step)`: resuming at step k replays exactly what an
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from musicflow_jax import flow, sharding
+from musicflow_jax.config import Config
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 (); number of steps taken (including skipped ones)
+    params: Any  # nnx.State of nnx.Param, fp32 master weights (cfg.model.param_dtype)
+    rest: Any  # nnx.State of the model's other variables (e.g. RNG counters); not optimised
+    opt_state: Any
+    ema: Any  # exponential moving average of params; used for sampling and export
+    nan_in_row: jax.Array  # int32 (); consecutive skipped (non-finite) steps
+    nan_total: jax.Array  # int32 (); all skipped steps
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def make_schedule(cfg: Config) -> optax.Schedule:
+    """Linear warmup from 0 to optim.lr, then cosine / linear decay to 0 at train.steps, or constant."""
+    o, total = cfg.optim, cfg.train.steps
+    warmup = min(o.warmup_steps, max(total - 1, 0))
+    if o.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(total, warmup + 1), end_value=0.0)
+    if o.schedule == "linear":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, o.lr, warmup), optax.linear_schedule(o.lr, 0.0, max(total - warmup, 1))],
+            [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, warmup), optax.constant_schedule(o.lr)], [warmup])
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW; no weight decay on vectors (biases, norm scales)."""
+    o = cfg.optim
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip) if o.grad_clip > 0 else optax.identity(),
+        optax.adamw(make_schedule(cfg), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask),
+    )
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    return jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), ema, params)
+
+
+# --------------------------------------------------------------------------- creation (already sharded)
+
+
+@dataclasses.dataclass
+class Setup:
+    """Static pieces around the state: graph definition, shardings and the optimizer."""
+
+    graphdef: Any
+    tx: optax.GradientTransformation
+    mesh: Mesh
+    rules: dict[str, str | None]
+    state_shardings: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings (restore target)
+
+
+def _build_model(cfg: Config, seed: int) -> nnx.Module:
+    from musicflow_jax.models.transformer import FlowTransformer
+
+    return FlowTransformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def _init_state(cfg: Config, seed: int, tx: optax.GradientTransformation,
+                build: Callable[[Config, int], nnx.Module]) -> tuple[Any, TrainState]:
+    with nnx.use_eager_sharding(False):
+        model = build(cfg, seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                       ema=jax.tree.map(jnp.copy, params), nan_in_row=jnp.zeros((), jnp.int32),
+                       nan_total=jnp.zeros((), jnp.int32))
+    return graphdef, state
+
+
+def _opt_shardings(tx: optax.GradientTransformation, abstract_opt: Any, param_shardings: Any,
+                   mesh: Mesh) -> Any:
+    """Optimizer-state leaves that mirror a param take that param's sharding; the rest are replicated."""
+    return optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_shardings,
+                                 transform_non_params=lambda _: sharding.replicated(mesh))
+
+
+def make_setup(cfg: Config, mesh: Mesh, build: Callable[[Config, int], nnx.Module] = _build_model) -> Setup:
+    """Abstract state + shardings from the config and mesh, without allocating any parameter."""
+    tx = make_optimizer(cfg)
+    rules = sharding.rules_dict(cfg.mesh)
+    graphdef, abstract = _abstract_init(cfg, tx, build)
+    param_sh = sharding.state_shardings(abstract.params, mesh, rules)
+    rest_sh = sharding.state_shardings(abstract.rest, mesh, rules)
+    rep = sharding.replicated(mesh)
+    shardings = TrainState(step=rep, params=param_sh, rest=rest_sh,
+                           opt_state=_opt_shardings(tx, abstract.opt_state, param_sh, mesh),
+                           ema=param_sh, nan_in_row=rep, nan_total=rep)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return Setup(graphdef=graphdef, tx=tx, mesh=mesh, rules=rules, state_shardings=shardings,
+                 abstract_state=abstract)
+
+
+def _abstract_init(cfg: Config, tx: optax.GradientTransformation,
+                   build: Callable[[Config, int], nnx.Module]) -> tuple[Any, TrainState]:
+    out: dict[str, Any] = {}
+
+    def f() -> TrainState:
+        graphdef, state = _init_state(cfg, 0, tx, build)
+        out["graphdef"] = graphdef
+        return state
+
+    abstract = jax.eval_shape(f)
+    return out["graphdef"], abstract
+
+
+def create_state(cfg: Config, setup: Setup, seed: int | None = None,
+                 build: Callable[[Config, int], nnx.Module] = _build_model) -> TrainState:
+    """Initialise the state inside jit with the target out_shardings: no full copy on one device."""
+    seed = cfg.train.seed if seed is None else seed
+    init = jax.jit(lambda: _init_state(cfg, seed, setup.tx, build)[1], out_shardings=setup.state_shardings)
+    return init()
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
+    return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
+
+
+def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.Array, jax.Array], jax.Array] | None,
+                    text_params_sharding: Any = None) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Jitted `step(state, batch, text_params) -> (state, metrics)`; the state is donated.
+
+    text_encode(text_params, ids_bl, mask_bl) -> emb_bld runs the frozen text encoder under stop_gradient
+    (None when cfg.text.precomputed: the batch carries "text_emb"). metrics are replicated scalars plus
+    the per-example "loss_per_example" and "t" (for loss-by-t-bin).
+    """
+    graphdef, tx = setup.graphdef, setup.tx
+    accum, decay, flow_cfg = cfg.optim.grad_accum, cfg.optim.ema_decay, cfg.flow
+    base_key = jax.random.key(cfg.train.seed)
+    schedule = make_schedule(cfg)
+    deterministic = cfg.model.dropout == 0.0
+
+    def loss_fn(params: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
+        model = nnx.merge(graphdef, params, rest)
+
+        def apply_fn(x_t, ctx, t, text, text_mask, cond, frame_mask):  # noqa: ANN001, ANN202
+            return model(x_t, ctx, t, text, text_mask, cond, frame_mask, deterministic=deterministic)
+
+        loss, aux = flow.flow_loss(apply_fn, key, mb, flow_cfg)
+        new_rest = nnx.state(model, nnx.Not(nnx.Param))
+        return loss, (aux, new_rest)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array], text_params: Any) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(base_key, state.step)
+        batch = dict(batch)
+        if "text_emb" not in batch:
+            batch["text_emb"] = jax.lax.stop_gradient(text_encode(text_params, batch["text_ids"], batch["text_mask"]))
+        batch.pop("text_ids", None)
+        if accum == 1:
+            (loss, (aux, rest)), grads = grad_fn(state.params, state.rest, key, batch)
+        else:
+            micro = _split_micro(batch, accum)
+
+            def body(carry, xs):  # noqa: ANN001, ANN202
+                g_acc, rest_c = carry
+                i, mb = xs
+                (l_i, (aux_i, rest_i)), g_i = grad_fn(state.params, rest_c, jax.random.fold_in(key, i), mb)
+                return (jax.tree.map(jnp.add, g_acc, g_i), rest_i), (l_i, aux_i)
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, rest), (losses, auxs) = jax.lax.scan(body, (zeros, state.rest), (jnp.arange(accum), micro))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            loss = losses.mean()
+            aux = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), auxs)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            rest=keep(rest, state.rest),
+            opt_state=keep(new_opt, state.opt_state),
+            ema=keep(ema_update(state.ema, new_params, decay), state.ema),
+            nan_in_row=jnp.where(finite, 0, state.nan_in_row + 1),
+            nan_total=state.nan_total + (~finite).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "param_norm": optax.global_norm(new_state.params),
+            "lr": schedule(_adam_count(new_opt)),
+            "finite": finite,
+            "nan_in_row": new_state.nan_in_row,
+            "nan_total": new_state.nan_total,
+            "loss_per_example": aux["loss_per_example"],
+            "t": aux["t"],
+        }
+        return new_state, metrics
+
+    rep = sharding.replicated(setup.mesh)
+    batch_sh = sharding.batch_sharding(setup.mesh, setup.rules)  # prefix: leading dim split, rest replicated
+    text_sh = rep if text_params_sharding is None else text_params_sharding
+    return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(setup.state_shardings, batch_sh, text_sh),
+                   out_shardings=(setup.state_shardings, rep))
+
+
+def _adam_count(opt_state: Any) -> jax.Array:
+    """The optimizer's step count (advances only on applied updates), for the logged learning rate."""
+    counts = [x for x in jax.tree.leaves(opt_state) if x.ndim == 0 and jnp.issubdtype(x.dtype, jnp.integer)]
+    return counts[0] if counts else jnp.zeros((), jnp.int32)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up the environment (cached venv outside the clone, keyed by the requirements' hash; Debian's
+# fluidsynth + soundfont) and runs lint and the whole test suite, slow tests included.
+# Fast local loop instead: $VENV/bin/python -m pytest -m "not slow"
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+venv="$(bash .ci/setup_env.sh)"
+export PATH="$venv/bin:$PATH"
+echo "== ruff ($venv)"
+ruff check .
+echo "== pytest"
+python -m pytest -q -p no:cacheprovider --durations=15 "$@"

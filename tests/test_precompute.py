@@ -1,0 +1,190 @@
+"""Offline precompute with tiny random HuBERT / Encodec / T5 (saved with save_pretrained, loaded like real weights):
+parity with direct PyTorch calls, frame alignment, reruns, shard splits, bad inputs, and the k-means codebook."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from tiny_models import save_tiny_encodec, save_tiny_hubert, save_tiny_t5
+
+from musicflow_jax import config, data, records
+from tools import fit_kmeans as fk
+from tools import precompute_features as pf
+
+LAYER, K, SEG = 2, 8, 2.0
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def tone(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    x = sum(0.2 * np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) for f in rng.uniform(100, 2000, 4))
+    x = (x + 0.01 * rng.normal(size=len(t))).astype(np.float32)
+    return np.stack([x, 0.5 * x], 1) if channels == 2 else x
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    ck = {"hubert": save_tiny_hubert(root / "hubert"), "encodec": save_tiny_encodec(root / "encodec"),
+          "t5": save_tiny_t5(root / "t5")}
+    au = root / "audio"
+    au.mkdir()
+    sf.write(au / "a.wav", tone(3.0, 24_000, seed=1), 24_000)
+    sf.write(au / "b.wav", tone(2.5, 44_100, channels=2, seed=2), 44_100)  # other rate, stereo
+    sf.write(au / "c.flac", tone(4.3, 16_000, seed=3), 16_000)
+    sf.write(au / "d.wav", tone(2.2, 24_000, seed=4), 24_000)
+    sf.write(au / "short.wav", tone(0.3, 24_000), 24_000)
+    sf.write(au / "silent.wav", np.zeros(48_000, np.float32), 24_000)
+    sf.write(au / "empty.wav", np.zeros(0, np.float32), 24_000)
+    (au / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    good = [("a.wav", "A Bach chorale in G minor on a church organ", "train"),
+            ("b.wav", "A piano sonata in C major", "train"), ("c.flac", "A string quartet in D major", "valid"),
+            ("d.wav", "A flute solo in A minor", "train")]
+    lines = [json.dumps({"path": f"audio/{p}", "caption": c, "split": s}) for p, c, s in good]
+    lines += [json.dumps({"path": f"audio/{p}", "caption": "bad"}) for p in
+              ("short.wav", "silent.wav", "empty.wav", "garbage.wav", "missing.wav")]
+    lines += [json.dumps({"path": "audio/a.wav", "caption": ["not", "a", "string"]}), "this is not json"]
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    # k-means codebook from the tiny HuBERT
+    feats = fk.hubert_sample(root / "manifest.jsonl", str(ck["hubert"]), LAYER, progress=False)
+    cents = fk.fit_kmeans(feats, K, seed=0)
+    fk.save_codebook(root / "km.safetensors", cents, layer=LAYER, hubert_sha256=pf.checkpoint_sha256(ck["hubert"]))
+    kw = dict(hubert=str(ck["hubert"]), encodec=str(ck["encodec"]), layer=LAYER, kmeans=str(root / "km.safetensors"),
+              t5=str(ck["t5"]), text_max_len=32, segment_seconds=SEG, threads=1, progress=False)
+    result = pf.precompute(root / "manifest.jsonl", root / "out1", **kw)
+    return root, ck, kw, result, feats
+
+
+def all_clips(folder: Path) -> dict[str, records.Clip]:
+    return {c.clip_id: c for p in sorted(folder.glob("*.array_record")) for c in map(records.decode_clip,
+                                                                                     records.read_shard(p))}
+
+
+def test_records_equal_direct_pytorch_calls(setup):
+    import torch
+    from transformers import EncodecModel, HubertModel, T5EncoderModel
+
+    from musicflow_jax.tokenizer import load_tokenizer
+
+    root, ck, _, result, _ = setup
+    assert result["clips_ok"] == 6 and result["merged"]["files_ok"] == 4
+    hub = HubertModel.from_pretrained(ck["hubert"]).eval()
+    codec = EncodecModel.from_pretrained(ck["encodec"]).eval()
+    t5 = T5EncoderModel.from_pretrained(ck["t5"]).eval()
+    cents, meta = pf.load_kmeans(root / "km.safetensors")
+    assert meta["layer"] == str(LAYER) and meta["hubert_sha256"] == pf.checkpoint_sha256(ck["hubert"])
+    clips = all_clips(root / "out1")
+    assert len(clips) == 6
+    for clip in clips.values():
+        x, sr = sf.read(clip.source, dtype="float32", always_2d=True)
+        x = x.mean(1)
+        a16 = pf.resample(x, sr, 16_000)[int(round(clip.start * 16_000)):][: int(round(clip.duration * 16_000))]
+        a24 = pf.resample(x, sr, 24_000)[int(round(clip.start * 24_000)):][: int(round(clip.duration * 24_000))]
+        with torch.no_grad():
+            h = hub(torch.from_numpy(a16)[None], output_hidden_states=True).hidden_states[LAYER][0].numpy()
+            z = codec.encoder(torch.from_numpy(a24)[None, None])
+            codes_direct = codec.encode(torch.from_numpy(a24)[None, None]).audio_codes[0, 0].numpy()
+            codes_from_latent = codec.quantizer.encode(z, None).transpose(0, 1)[0].numpy()
+        np.testing.assert_array_equal(codes_from_latent, codes_direct)  # the stored latent is the pre-RVQ one
+        np.testing.assert_allclose(clip.acoustic, z[0].T.numpy(), rtol=0, atol=1e-6)
+        units = np.linalg.norm(h[:, None] - cents[None], axis=-1).argmin(1)
+        np.testing.assert_array_equal(clip.units, units)
+        np.testing.assert_allclose(clip.semantic, cents[units], rtol=0, atol=1e-6)
+        ids, mask = load_tokenizer(ck["t5"])([clip.caption], 32)
+        with torch.no_grad():
+            e = t5(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())
+        np.testing.assert_allclose(clip.t5_emb, e.last_hidden_state[0].numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(clip.t5_mask, mask[0])
+        # frame counts follow the rates: Encodec ceil(n / 320) at 75 Hz, HuBERT conv stack at 50 Hz
+        n16, n24 = len(a16), len(a24)
+        assert len(clip.acoustic) == -(-n24 // 320) and len(clip.semantic) == (n16 - 400) // 320 + 1
+        assert abs(len(clip.acoustic) * 50 / 75 - len(clip.semantic)) <= 1.0
+        assert abs(clip.duration * 75 - len(clip.acoustic)) <= 1
+    starts = sorted((c.source.rsplit("/", 1)[1], c.start, round(c.duration, 3)) for c in clips.values())
+    # 2-s segments on a 40-ms grid; a tail shorter than min_seconds (1 s) is dropped
+    assert starts == [("a.wav", 0.0, 2.0), ("a.wav", 2.0, 1.0), ("b.wav", 0.0, 2.0), ("c.flac", 0.0, 2.0),
+                      ("c.flac", 2.0, 2.0), ("d.wav", 0.0, 2.0)]
+
+
+def test_bad_inputs_are_listed_with_reasons(setup):
+    root, *_ = setup
+    fails = [json.loads(x) for x in (root / "out1" / "failures.jsonl").read_text().splitlines()]
+    by_name = {Path(f["path"]).name if f["path"] else f["where"].rsplit(":", 1)[1]: f["reason"] for f in fails}
+    assert by_name["short.wav"].startswith("too short")
+    assert by_name["silent.wav"].startswith("silent")
+    assert by_name["empty.wav"].startswith("empty audio")
+    assert by_name["garbage.wav"].startswith("unreadable audio")
+    assert by_name["missing.wav"] == "missing file"
+    assert by_name["a.wav"].startswith("caption is not a string")
+    assert "not JSON" in by_name["11"]
+    assert len(fails) == 7
+    index = data.load_index(root / "out1")
+    assert index["totals"]["skipped"] == 7 and index["totals"]["clips_ok"] == 6
+    assert index["splits"]["train"]["clips"] == 4 and index["splits"]["valid"]["clips"] == 2
+
+
+def test_index_documents_encoders_and_stats(setup):
+    root, ck, _, _, _ = setup
+    index = data.load_index(root / "out1")
+    assert index["dims"] == {"semantic": 32, "acoustic": 16, "t5": 32}
+    assert index["rates"] == {"semantic": 50.0, "acoustic": 75.0}
+    enc = index["encoders"]
+    assert enc["hubert"]["sha256"] == pf.checkpoint_sha256(ck["hubert"]) and enc["hubert"]["layer"] == LAYER
+    assert enc["encodec"]["config"]["hidden_size"] == 16 and enc["kmeans"]["k"] == K
+    train = [c for c in all_clips(root / "out1").values() if Path(c.source).name in ("a.wav", "b.wav", "d.wav")]
+    ac = np.concatenate([c.acoustic for c in train]).astype(np.float64)
+    np.testing.assert_allclose(index["stats"]["acoustic"]["mean"], ac.mean(0), atol=1e-9)
+    np.testing.assert_allclose(index["stats"]["acoustic"]["std"], ac.std(0), rtol=1e-6)
+
+
+def test_rerun_skips_and_two_way_split_equals_one_way(setup):
+    root, _, kw, _, _ = setup
+    out1 = root / "out1"
+    mtimes = {p: p.stat().st_mtime_ns for p in out1.glob("*.array_record")}
+    again = pf.precompute(root / "manifest.jsonl", out1, **kw)
+    assert again["shards_run"] == [] and again["shards_skipped"] == [0]
+    assert {p: p.stat().st_mtime_ns for p in out1.glob("*.array_record")} == mtimes
+    out2 = root / "out2"
+    first = pf.precompute(root / "manifest.jsonl", out2, num_shards=2, shard_index=1, **kw)
+    assert first["merged"] is None and not (out2 / "index.json").exists()  # waits for shard 0, no coordination
+    (out2 / "train-00000-of-00002.array_record.tmp").write_bytes(b"left over by a killed run")
+    second = pf.precompute(root / "manifest.jsonl", out2, num_shards=2, shard_index=0, **kw)
+    assert second["merged"] is not None and second["merged"]["clips_ok"] == 6
+    c1, c2 = all_clips(out1), all_clips(out2)
+    assert c1.keys() == c2.keys()
+    for k in c1:
+        for f in ("semantic", "units", "acoustic", "t5_emb", "t5_mask"):
+            np.testing.assert_array_equal(getattr(c1[k], f), getattr(c2[k], f))
+    i1, i2 = data.load_index(out1), data.load_index(out2)
+    for s in ("semantic", "acoustic"):
+        np.testing.assert_allclose(i1["stats"][s]["mean"], i2["stats"][s]["mean"], atol=1e-9)
+        np.testing.assert_allclose(i1["stats"][s]["std"], i2["stats"][s]["std"], rtol=1e-9)
+    f1 = sorted((root / "out1" / "failures.jsonl").read_text().splitlines())
+    assert f1 == sorted((out2 / "failures.jsonl").read_text().splitlines())
+
+
+def test_kmeans_is_seeded_and_assigns_nearest(setup):
+    root, ck, _, _, feats = setup
+    again = fk.hubert_sample(root / "manifest.jsonl", str(ck["hubert"]), LAYER, progress=False)
+    np.testing.assert_array_equal(again, feats)
+    c1, c2 = fk.fit_kmeans(feats, K, seed=0), fk.fit_kmeans(feats, K, seed=0)
+    np.testing.assert_array_equal(c1, c2)
+    assert c1.shape == (K, 32) and c1.dtype == np.float32
+    units = pf.assign_units(feats, c1)
+    d = ((feats[:, None].astype(np.float64) - c1[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(units, d.argmin(1))
+    assert len(np.unique(units)) == K
+
+
+def test_loader_reads_precomputed_features(setup):
+    root, *_ = setup
+    cfg = config.load(CONFIGS / "stage2_tiny.py", ["data.source=arrayrecord", f"data.path={root / 'out1'}",
+                                                   "data.batch_size=2", "text.precomputed=true"])
+    b = next(iter(data.make_dataset(cfg, "train", process_index=0, process_count=1)))
+    assert b["x1"].shape == (2, 96, 16) and b["cond"].shape == (2, 96, 32) and b["text_emb"].shape == (2, 32, 32)
+    assert np.isfinite(b["x1"]).all() and b["frame_mask"].any()

@@ -10,17 +10,67 @@ checkpoint written on one mesh shape restores onto any other.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
-import grain
+import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config
 
 ITEMS = ("state", "data", "config")
+
+
+class DataStateHandler:
+    """Orbax handler for the data iterator position: one JSON file per process. Unlike grain's own handler it
+    takes a snapshot (`DataStateSave(iterator.get_state())`) when the save starts, so an async save cannot
+    record batches the loop consumed after the checkpoint's step."""
+
+    def save(self, directory: epath.Path, args: DataStateSave) -> None:
+        (directory / _state_file()).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> Any:
+        path = directory / _state_file()
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: the checkpoint was written with a different process count")
+        return json.loads(path.read_text())
+
+    def structure(self, directory: epath.Path) -> Any:
+        return None
+
+    def metadata(self, directory: epath.Path) -> Any:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @classmethod
+    def typestr(cls) -> str:
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _state_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
 
 
 def make_manager(workdir: str | Path, cfg: Config, *, async_save: bool = True) -> ocp.CheckpointManager:
@@ -43,7 +93,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
     before relying on it (the train loop does so before exit)."""
     args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_lib.to_dict(cfg))}
     if data_iter is not None:
-        args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+        args["data"] = DataStateSave(data_iter.get_state())
     return manager.save(step, args=ocp.args.Composite(**args), force=force)
 
 
@@ -60,8 +110,10 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any 
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")
     args = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
     if data_iter is not None:
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+        args["data"] = DataStateRestore()
     out = manager.restore(step, args=ocp.args.Composite(**args))
+    if data_iter is not None:
+        data_iter.set_state(out["data"])
     return step, out["state"], config_lib.from_dict(out["config"])
 
 
@@ -74,3 +126,22 @@ def read_config(workdir_or_ckpt: str | Path, step: int | None = None) -> Config:
         raise FileNotFoundError(f"no checkpoint steps under {root}")
     step = steps[-1] if step is None else step
     return config_lib.from_json((root / str(step) / "config" / "metadata").read_text())
+
+
+def load_model(workdir: str | Path, step: int | None = None, *, ema: bool = True) -> tuple[Config, Any, int]:
+    """(saved config, FlowTransformer with the EMA (or raw) weights, step) from a run's checkpoint, restored
+    onto one local device whatever mesh wrote it."""
+    from flax import nnx
+
+    from musicflow_jax import sharding, train_state
+
+    cfg = read_config(workdir, step)
+    one = config_lib.apply_overrides(cfg, ["mesh.shape=(1,1,1)"])
+    setup = train_state.make_setup(one, sharding.make_mesh(one.mesh, jax.local_devices()[:1]))
+    manager = make_manager(workdir, one, async_save=False)
+    try:
+        step, state, _ = restore(manager, setup.abstract_state, step=step)
+    finally:
+        manager.close()
+    model = nnx.merge(setup.graphdef, state.ema if ema else state.params, state.rest)
+    return cfg, model, step

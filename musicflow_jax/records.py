@@ -253,32 +253,50 @@ def summary_path(shard: str | Path) -> Path:
     return Path(str(shard) + ".json")
 
 
+class ClipShardWriter:
+    """Streams clips into one shard (tmp file) and, on `close()`, renames it into place and writes its sidecar
+    summary (record count, per-channel sums for the normalisation stats). Both steps are atomic, so a killed run
+    leaves either a finished shard + summary or nothing usable; memory stays at one clip."""
+
+    def __init__(self, path: str | Path, extra: dict[str, Any] | None = None):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self.path = Path(path)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._writer = ArrayRecordWriter(str(self._tmp), _WRITER_OPTIONS)
+        self._sums: dict[str, dict[str, Any]] = {}
+        self._extra = extra or {}
+        self.count = 0
+
+    def write(self, clip: Clip) -> None:
+        for name in STREAMS:
+            x = np.asarray(getattr(clip, name), np.float64)
+            if x.size == 0:
+                continue
+            s = self._sums.setdefault(name, {"n": 0, "sum": np.zeros(x.shape[1]), "sumsq": np.zeros(x.shape[1])})
+            s["n"] += len(x)
+            s["sum"] += x.sum(0)
+            s["sumsq"] += (x * x).sum(0)
+        self._writer.write(encode_clip(clip))
+        self.count += 1
+
+    def close(self) -> dict[str, Any]:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+        summary = {"schema_version": SCHEMA_VERSION, "shard": self.path.name, "records": self.count,
+                   "sums": {k: {"n": v["n"], "sum": v["sum"].tolist(), "sumsq": v["sumsq"].tolist()}
+                            for k, v in self._sums.items()},
+                   **self._extra}
+        _atomic_write_text(summary_path(self.path), json.dumps(summary))
+        return summary
+
+
 def write_clip_shard(path: str | Path, clips: Iterable[Clip], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write clips to a shard, then its sidecar summary (count, per-channel sums for the normalisation stats).
-
-    Both writes are atomic, so a killed run leaves either a finished shard+summary or nothing usable.
-    """
-    sums: dict[str, dict[str, Any]] = {}
-
-    def gen() -> Iterable[bytes]:
-        for clip in clips:
-            for name in STREAMS:
-                x = np.asarray(getattr(clip, name), np.float64)
-                if x.size == 0:
-                    continue
-                s = sums.setdefault(name, {"n": 0, "sum": np.zeros(x.shape[1]), "sumsq": np.zeros(x.shape[1])})
-                s["n"] += len(x)
-                s["sum"] += x.sum(0)
-                s["sumsq"] += (x * x).sum(0)
-            yield encode_clip(clip)
-
-    n = write_shard(path, gen())
-    summary = {"schema_version": SCHEMA_VERSION, "shard": Path(path).name, "records": n,
-               "sums": {k: {"n": v["n"], "sum": v["sum"].tolist(), "sumsq": v["sumsq"].tolist()}
-                        for k, v in sums.items()},
-               **(extra or {})}
-    _atomic_write_text(summary_path(path), json.dumps(summary))
-    return summary
+    """Write clips to a finished shard + sidecar summary (see ClipShardWriter)."""
+    w = ClipShardWriter(path, extra)
+    for clip in clips:
+        w.write(clip)
+    return w.close()
 
 
 def is_finished(shard: str | Path) -> bool:

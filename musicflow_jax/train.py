@@ -50,9 +50,13 @@ def _multihost_env() -> bool:
 
 
 def maybe_initialize_distributed(flag: bool) -> None:
-    """jax.distributed.initialize() (auto-detects TPU pods, SLURM, Open MPI, JAX_COORDINATOR_ADDRESS)."""
+    """jax.distributed.initialize(): auto-detects TPU pods, SLURM and Open MPI; elsewhere set
+    JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process."""
     if flag or _multihost_env():
-        jax.distributed.initialize()
+        env = os.environ
+        jax.distributed.initialize(
+            num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
+            process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None)
 
 
 # --------------------------------------------------------------------------- frozen text encoder
@@ -180,6 +184,9 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
     flops_per_step, peak, n_dev, compiled = 0.0, t_cfg.peak_tflops * 1e12, mesh.size, None
     window: dict[str, list] = {}
     t_window, sample_cond = 0.0, None  # t_window: seconds spent in data + steps since the last log
+    if start == 0 and t_cfg.eval_every:  # the step-0 reference for the validation curve
+        writer.scalars(0, {"loss": evaluate(cfg, eval_fn, state.params, state.rest, text_params, setup),
+                           "loss_ema": evaluate(cfg, eval_fn, state.ema, state.rest, text_params, setup)}, "valid")
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not is_main, desc=cfg.name, dynamic_ncols=True)
     try:
         for step in range(start, t_cfg.steps):
@@ -204,17 +211,13 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
             window.setdefault("loss_b", []).append(m["loss_per_example"])
             window.setdefault("t_b", []).append(m["t"])
             done = step + 1
-            if int(m["nan_in_row"]) >= t_cfg.max_nan_in_row:
-                raise TrainingDivergedError(
-                    f"step {done}: {int(m['nan_in_row'])} non-finite steps in a row (train.max_nan_in_row="
-                    f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
-                    f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
             if done % t_cfg.log_every == 0 or done == t_cfg.steps:
                 dt, n = t_window, len(window["loss"])
                 finite = [x for x in window["loss"] if np.isfinite(x)]
-                scalars = {k: float(np.nanmean(v)) for k, v in window.items() if k not in ("loss_b", "t_b")}
+                scalars = {k: float(np.mean(v)) for k, v in window.items() if k not in ("loss_b", "t_b")}
                 scalars["loss"] = float(np.mean(finite)) if finite else float("nan")
-                scalars.update(metrics.loss_by_t_bin(np.concatenate(window["loss_b"]), np.concatenate(window["t_b"])))
+                loss_b, t_b = np.concatenate(window["loss_b"]), np.concatenate(window["t_b"])
+                scalars.update(metrics.loss_by_t_bin(loss_b[np.isfinite(loss_b)], t_b[np.isfinite(loss_b)]))
                 sps = n / max(dt, 1e-9)
                 scalars.update(steps_per_s=sps, frames_per_s=sps * cfg.data.batch_size * cfg.data.frames,
                                mfu=metrics.mfu(flops_per_step, sps, peak, n_dev),
@@ -223,6 +226,11 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
                 writer.scalars(done, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
                 window, t_window = {}, 0.0
+            if int(m["nan_in_row"]) >= t_cfg.max_nan_in_row:
+                raise TrainingDivergedError(
+                    f"step {done}: {int(m['nan_in_row'])} non-finite steps in a row (train.max_nan_in_row="
+                    f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
+                    f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
             if t_cfg.eval_every and done % t_cfg.eval_every == 0:
                 writer.scalars(done, {
                     "loss": evaluate(cfg, eval_fn, state.params, state.rest, text_params, setup),
@@ -233,7 +241,7 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
                                               or stop["sigterm"]):
                 checkpoint.save(manager, done, state, data_iter, cfg, force=True)
             if stop["sigterm"]:
-                tqdm.write(f"SIGTERM: saved step {done} to {manager.directory}; exiting")
+                tqdm.write(f"SIGTERM: stopping after step {done}; latest checkpoint: {manager.latest_step()}")
                 break
     finally:
         manager.wait_until_finished()

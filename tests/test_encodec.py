@@ -50,7 +50,7 @@ def _rel(out, ref) -> float:
     return float(np.abs(np.asarray(out) - ref).max() / np.abs(ref).max())
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "48k-like" else n for n in CONFIGS])
 def test_encodec_matches_transformers(tmp_path, name):
     import torch
 
@@ -113,3 +113,16 @@ def test_codec_rejects_bad_shapes_and_bandwidths(tmp_path):
         codec.decode_latents(np.zeros((1, 5, 3), np.float32))
     with pytest.raises(ValueError, match="bandwidth 7.0 not supported"):
         codec.encode_codes(np.zeros((1, 320), np.float32), bandwidth=7.0)
+
+
+def test_bench_codec_tiny_runs_and_agrees():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tools.bench_codec import bench
+
+    res = bench(seconds=0.4, batch=1, repeats=1, tiny=True)  # 30 frames at 75 Hz
+    assert res["max_rel_diff"] <= 1e-4 and res["audio_seconds"] == 0.4
+    assert res["flax_audio_s_per_s"] > 0 and res["torch_audio_s_per_s"] > 0
+    assert res["flax_over_torch_speed"] == pytest.approx(res["torch_s"] / res["flax_s"], rel=1e-2)

@@ -228,7 +228,7 @@ def test_sharded_forward_matches_unsharded():
     model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
     inp = make_inputs(cfg)
     ref = model(**inp)
-    # Auto axis types: the model relies on GSPMD propagation (+ logical `constrain`s), not explicit sharding
+    # Auto axis types: activations follow GSPMD propagation from inputs and params (no explicit sharding)
     mesh = jax.make_mesh((2, 2, 2), config.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     graphdef, state = nnx.split(model)
     with core_spmd.logical_axis_rules(cfg.mesh.rules), jax.set_mesh(mesh):

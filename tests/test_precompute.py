@@ -88,8 +88,9 @@ def test_records_equal_direct_pytorch_calls(setup):
         with torch.no_grad():
             h = hub(torch.from_numpy(a16)[None], output_hidden_states=True).hidden_states[LAYER][0].numpy()
             z = codec.encoder(torch.from_numpy(a24)[None, None])
-            codes_direct = codec.encode(torch.from_numpy(a24)[None, None]).audio_codes[0, 0].numpy()
-            codes_from_latent = codec.quantizer.encode(z, None).transpose(0, 1)[0].numpy()
+            bw = codec.config.target_bandwidths[-1]
+            codes_direct = codec.encode(torch.from_numpy(a24)[None, None], bandwidth=bw).audio_codes[0, 0].numpy()
+            codes_from_latent = codec.quantizer.encode(z, bw).transpose(0, 1)[0].numpy()
         np.testing.assert_array_equal(codes_from_latent, codes_direct)  # the stored latent is the pre-RVQ one
         np.testing.assert_allclose(clip.acoustic, z[0].T.numpy(), rtol=0, atol=1e-6)
         units = np.linalg.norm(h[:, None] - cents[None], axis=-1).argmin(1)
@@ -171,7 +172,7 @@ def test_rerun_skips_and_two_way_split_equals_one_way(setup):
 def test_kmeans_is_seeded_and_assigns_nearest(setup):
     root, ck, _, _, feats = setup
     again = fk.hubert_sample(root / "manifest.jsonl", str(ck["hubert"]), LAYER, progress=False)
-    np.testing.assert_array_equal(again, feats)
+    np.testing.assert_allclose(again, feats, atol=1e-5)  # same files/frames (torch thread count may differ)
     c1, c2 = fk.fit_kmeans(feats, K, seed=0), fk.fit_kmeans(feats, K, seed=0)
     np.testing.assert_array_equal(c1, c2)
     assert c1.shape == (K, 32) and c1.dtype == np.float32

@@ -85,3 +85,27 @@ def test_text_encoder_from_converted_hf_folder_matches_torch(tmp_path):
     ref = _torch_t5(src, ids, mask)
     out = np.asarray(enc.encode(ids, mask))
     assert np.abs(out - ref)[mask].max() / np.abs(ref[mask]).max() <= 1e-4
+
+
+def test_sentencepiece_tokenizer_travels_with_converted_folder(tmp_path):
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(["a calm piano melody", "fast techno with heavy drums", "ambient synth pads",
+                                 "jazz trio with upright bass", "orchestral strings, slow and sad"] * 20))
+    # T5 layout: pad=0, eos=1, unk=2
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=40,
+                                   pad_id=0, eos_id=1, unk_id=2, bos_id=-1, model_type="unigram")
+    src = save_tiny_t5(tmp_path / "hf", seed=2)
+    (tmp_path / "sp.model").rename(src / "spiece.model")
+    out = convert_t5(src, tmp_path / "flax")
+    assert (out / "spiece.model").is_file()
+    enc = TextEncoder.load(TextConfig(checkpoint=str(out), max_len=32, dim=32))
+    ids, mask = enc.tokenize(["calm jazz piano"])
+    want = spm.SentencePieceProcessor(model_file=str(out / "spiece.model")).encode("calm jazz piano") + [1]
+    assert ids[0, : len(want)].tolist() == want and mask[0].sum() == len(want)
+    ref = _torch_t5(src, ids, mask)
+    out_emb = np.asarray(enc.encode(ids, mask))
+    assert np.abs(out_emb - ref)[mask].max() / np.abs(ref[mask]).max() <= 1e-4
+    enc.save(tmp_path / "bundle")  # a bundled model ships the tokenizer file too
+    assert (tmp_path / "bundle" / "spiece.model").read_bytes() == (out / "spiece.model").read_bytes()

@@ -39,6 +39,7 @@ def _run(cfg: config.Config, steps: int) -> list[float]:
     return losses
 
 
+@pytest.mark.slow
 def test_same_losses_on_every_mesh_layout():
     ref = _run(_cfg(MESHES["1dev"]), 20)
     assert ref[-1] < ref[0]  # it learns something in 20 steps
@@ -95,6 +96,7 @@ def test_params_sharded_as_the_rules_say(shape):
         assert split / total >= 0.9, split / total
 
 
+@pytest.mark.slow
 def test_restore_checkpoint_onto_another_mesh(tmp_path):
     cfg8 = _cfg((8, 1, 1))
     setup, state, step, tp = _setup(cfg8)

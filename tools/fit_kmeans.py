@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from musicflow_jax.manifest import read_manifest  # noqa: E402
-from tools.precompute_features import HUBERT_RATE, SkipClip, checkpoint_sha256, load_audio, resample  # noqa: E402
+from tools.precompute_features import HUBERT_RATE, SkipClipError, checkpoint_sha256, load_audio, resample  # noqa: E402
 
 
 def hubert_sample(manifest: str | Path, hubert: str, layer: int, *, max_files: int = 200, max_frames: int = 200_000,
@@ -43,7 +43,7 @@ def hubert_sample(manifest: str | Path, hubert: str, layer: int, *, max_files: i
     for i in tqdm(order, desc="hubert", disable=not progress):
         try:
             x, sr = load_audio(train[i].path)
-        except SkipClip:
+        except SkipClipError:
             continue
         a = resample(x[: int(max_seconds * sr)], sr, HUBERT_RATE)
         if normalize:

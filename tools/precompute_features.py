@@ -46,7 +46,7 @@ SEMANTIC_HZ, ACOUSTIC_HZ = 50.0, 75.0
 SEGMENT_QUANTUM_S = 0.04  # 2 semantic frames = 3 acoustic frames
 
 
-class SkipClip(Exception):
+class SkipClipError(Exception):
     """An input that is skipped with a reason (it goes to the failures file)."""
 
 
@@ -64,24 +64,24 @@ def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
 
 
 def load_audio(path: str, min_seconds: float = 1.0, silence_rms: float = 1e-4) -> tuple[np.ndarray, int]:
-    """Mono float32 audio at its own rate; raises SkipClip(reason) for missing/unreadable/empty/short/silent."""
+    """Mono float32 audio at its own rate; raises SkipClipError(reason) for missing/unreadable/empty/short/silent."""
     import soundfile as sf
 
     if not Path(path).is_file():
-        raise SkipClip("missing file")
+        raise SkipClipError("missing file")
     try:
         x, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 - libsndfile raises assorted errors
-        raise SkipClip(f"unreadable audio: {type(e).__name__}: {str(e)[:200]}") from None
+        raise SkipClipError(f"unreadable audio: {type(e).__name__}: {str(e)[:200]}") from None
     if x.size == 0:
-        raise SkipClip("empty audio (0 samples)")
+        raise SkipClipError("empty audio (0 samples)")
     x = x.mean(1)  # downmix multichannel
     if not np.isfinite(x).all():
-        raise SkipClip("audio contains NaN/inf samples")
+        raise SkipClipError("audio contains NaN/inf samples")
     if len(x) / sr < min_seconds:
-        raise SkipClip(f"too short: {len(x) / sr:.3f} s < {min_seconds} s")
+        raise SkipClipError(f"too short: {len(x) / sr:.3f} s < {min_seconds} s")
     if float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) < silence_rms:
-        raise SkipClip(f"silent (RMS < {silence_rms})")
+        raise SkipClipError(f"silent (RMS < {silence_rms})")
     return x, int(sr)
 
 
@@ -148,9 +148,10 @@ class Encoders:
         n_layers = self.hubert.config.num_hidden_layers
         if not 0 <= layer <= n_layers:
             raise ValueError(f"--layer {layer}: HuBERT at {hubert} has hidden states 0..{n_layers}")
-        if self.encodec.config.sampling_rate != ENCODEC_RATE or self.encodec.config.chunk_length_s:
+        ecfg = self.encodec.config
+        if ecfg.sampling_rate != ENCODEC_RATE or ecfg.chunk_length_s:
             raise ValueError(f"{encodec}: need the 24 kHz unchunked Encodec (sampling_rate 24000, no chunking), got "
-                             f"{self.encodec.config.sampling_rate} Hz chunk_length_s={self.encodec.config.chunk_length_s}")
+                             f"{ecfg.sampling_rate} Hz chunk_length_s={ecfg.chunk_length_s}")
         pre = Path(hubert) / "preprocessor_config.json"
         self.hubert_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
         self.layer = layer
@@ -212,7 +213,7 @@ class Encoders:
 
 
 def clips_for(entry: Entry, enc: Encoders, segment_seconds: float, min_seconds: float) -> Iterator[records.Clip]:
-    """All clips (segments) of one manifest entry; raises SkipClip for bad inputs."""
+    """All clips (segments) of one manifest entry; raises SkipClipError for bad inputs."""
     x, sr = load_audio(entry.path, min_seconds)
     a16, a24 = resample(x, sr, HUBERT_RATE), resample(x, sr, ENCODEC_RATE)
     t5 = enc.text(entry.caption) if enc.t5 is not None else (None, None)
@@ -256,13 +257,13 @@ def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: i
 
     mine = entries[index::count]
     failures = [dataclasses.asdict(p) for p in problems] if index == 0 else []
-    by_split: dict[str, list[records.Clip]] = {}
+    writers: dict[str, records.ClipShardWriter] = {}  # one streaming shard file per split
     s = Summary(skipped=len(failures))
     t0 = time.perf_counter()
     for e in tqdm(mine, desc=f"shard {index}/{count}", disable=not progress):
         try:
-            clips = list(clips_for(e, enc, segment_seconds, min_seconds))
-        except SkipClip as err:
+            clips = list(clips_for(e, enc, segment_seconds, min_seconds))  # one file's clips; all or none
+        except SkipClipError as err:
             failures.append({"where": e.where, "path": e.path, "reason": str(err)})
             s.skipped += 1
             continue
@@ -273,9 +274,12 @@ def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: i
         s.files_ok += 1
         s.clips_ok += len(clips)
         s.audio_seconds += sum(c.duration for c in clips)
-        by_split.setdefault(e.split, []).extend(clips)
-    for split, clips in sorted(by_split.items()):
-        records.write_clip_shard(out / records.shard_name(split, index, count), clips)
+        if e.split not in writers:
+            writers[e.split] = records.ClipShardWriter(out / records.shard_name(e.split, index, count))
+        for clip in clips:
+            writers[e.split].write(clip)
+    for w in writers.values():
+        w.close()
     s.wall_seconds = time.perf_counter() - t0
     summary = {**dataclasses.asdict(s), "failures": failures, "shard": index, "num_shards": count}
     marker = done_marker(out, index, count)

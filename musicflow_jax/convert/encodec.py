@@ -66,7 +66,8 @@ def hf_to_flax(state: dict[str, np.ndarray], cfg: EncodecConfig, source: str) ->
     for key in list(flat):
         if key.endswith((".weight_g", ".weight_v", ".kernel")):
             side, _, idx = key.split(".")[:3]
-            layer = getattr(model, side).layers[int(idx)] if idx.isdigit() else None
+            layers = getattr(model, side).layers
+            layer = layers[int(idx)] if idx.isdigit() and int(idx) < len(layers) else None
             tr = isinstance(layer, SConvTranspose1d) and key.split(".")[3] == "conv"
             if flat[key].ndim != 3:
                 raise ConversionError(f"{source}: conv weight {key} should be 3-D, got shape {flat[key].shape}")

@@ -71,21 +71,19 @@ def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source
 
 
 def save_converted(folder: str | Path, kind: str, config: dict[str, Any], flat: dict[str, np.ndarray],
-                   source: str = "") -> Path:
+                   source: str = "", extra: dict[str, Any] | None = None) -> Path:
     from safetensors.numpy import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, str(folder / WEIGHTS_FILE))
-    meta = {"format": FORMAT, "kind": kind, "config": config, "source": source}
+    meta = {"format": FORMAT, "kind": kind, "config": config, "source": source, "extra": extra or {}}
     (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=list) + "\n")
     return folder
 
 
-def load_converted(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(model config dict, flat weights) of a converted folder; clear errors for anything else."""
-    from safetensors.numpy import load_file
-
+def read_meta(folder: str | Path, kind: str) -> dict[str, Any]:
+    """The converted folder's config.json (format, kind, config, source, extra), checked."""
     folder = Path(folder)
     cfg_file, w_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not cfg_file.is_file() or not w_file.is_file():
@@ -97,4 +95,12 @@ def load_converted(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[
                               f"want {FORMAT!r}); is this an original HF folder? run tools/convert_weights.py {kind}")
     if meta.get("kind") != kind:
         raise ConversionError(f"{cfg_file}: holds a {meta.get('kind')!r} model, expected {kind!r}")
-    return meta["config"], load_file(str(w_file))
+    return meta
+
+
+def load_converted(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(model config dict, flat weights) of a converted folder; clear errors for anything else."""
+    from safetensors.numpy import load_file
+
+    meta = read_meta(folder, kind)
+    return meta["config"], load_file(str(Path(folder) / WEIGHTS_FILE))

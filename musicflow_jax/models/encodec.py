@@ -60,9 +60,7 @@ class EncodecConfig:
         for k in ("upsampling_ratios", "target_bandwidths"):
             if k in kw:
                 kw[k] = tuple(kw[k])
-        kw.setdefault("codebook_dim", kw.get("hidden_size", cls.hidden_size))
-        if hf.get("codebook_dim") is None:
-            kw["codebook_dim"] = kw.get("hidden_size", cls.hidden_size)
+        kw.setdefault("codebook_dim", kw.get("hidden_size", cls.hidden_size))  # HF: None means hidden_size
         return cls(**kw)
 
     @property

@@ -1,4 +1,4 @@
-"""Building blocks of the flow transformer: logical-axis helpers, LayerNorm, dense layers, rotary
+"""Building blocks of the flow transformer: a logical-axis initializer wrapper, LayerNorm, dense layers, rotary
 position embedding, masked multi-head attention (self and cross, with a learned null key/value),
 GELU MLP and the sinusoidal time embedding.
 
@@ -12,8 +12,9 @@ Choices (see also models/transformer.py):
   logits/softmax and norms run in float32.
 - Sharding: every parameter carries logical axis names (config.LOGICAL_AXES) as `out_sharding` metadata
   with eager sharding off, so the model builds without a mesh; the train step maps the names with
-  cfg.mesh.rules (nnx.get_partition_spec under flax.core.spmd.logical_axis_rules). Activations get
-  `constrain`ed to logical names, a no-op unless rules and a mesh are active.
+  cfg.mesh.rules (nnx.get_partition_spec under flax.core.spmd.logical_axis_rules). Activations carry no
+  sharding constraints: their layout follows the inputs' (chosen by the train step, e.g. batch over
+  data x fsdp) and the parameters' shardings through GSPMD propagation (use a mesh with Auto axis types).
 """
 
 from __future__ import annotations
@@ -23,24 +24,14 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.core import spmd as core_spmd
-from jax.sharding import PartitionSpec
 
 Initializer = nnx.initializers.Initializer
-NEG_INF = -1e30  # additive mask value (float32); exp() underflows to exactly 0
+NEG_INF = -1e30  # logit of a masked key (float32); its softmax weight underflows to exactly 0
 
 
 def param(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
     """Wrap an initializer so the created nnx.Param carries logical axis `names` (not eagerly sharded)."""
     return nnx.with_partitioning(init, names, eager_sharding=False)
-
-
-def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    """Sharding constraint on logical axis names; no-op without logical axis rules and an active mesh."""
-    rules = core_spmd.get_logical_axis_rules()
-    if not rules or jax.sharding.get_abstract_mesh().empty:
-        return x
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(*core_spmd.from_sharding_rules(names, rules)))
 
 
 class LayerNorm(nnx.Module):
@@ -172,7 +163,7 @@ class MLP(nnx.Module):
         self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else nnx.data(None)
 
     def __call__(self, x_btd: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        h_btf = constrain(jax.nn.gelu(self.fc_in(x_btd)), ("batch", "frames", "mlp"))
+        h_btf = jax.nn.gelu(self.fc_in(x_btd))
         if self.drop is not None:
             h_btf = self.drop(h_btf, deterministic=deterministic)
         return self.fc_out(h_btf)

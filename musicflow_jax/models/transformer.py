@@ -37,12 +37,9 @@ from musicflow_jax.models.layers import (
     Dense,
     LayerNorm,
     MultiHeadAttention,
-    constrain,
     param,
     sinusoidal_embedding,
 )
-
-ACT = ("batch", "frames", "embed")  # logical names of the (B, T, D) residual stream
 
 
 class Block(nnx.Module):
@@ -64,7 +61,7 @@ class Block(nnx.Module):
     def _residual(self, x_btd: jax.Array, h_btd: jax.Array, deterministic: bool) -> jax.Array:
         if self.drop is not None:
             h_btd = self.drop(h_btd, deterministic=deterministic)
-        return constrain(x_btd + h_btd.astype(x_btd.dtype), ACT)
+        return x_btd + h_btd.astype(x_btd.dtype)
 
     def __call__(self, x_btd: jax.Array, text_bld: jax.Array, text_mask_bl: jax.Array, frame_mask_bt: jax.Array,
                  positions_bt: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -138,7 +135,7 @@ class FlowTransformer(nnx.Module):
         feats = [x_t_btd, ctx_btd] + ([cond_btc] if cond_btc is not None else [])
         h_btd = self.in_proj(jnp.concatenate([f.astype(jnp.float32) for f in feats], axis=-1))
         temb_bd = self.time_fc2(jax.nn.silu(self.time_fc1(sinusoidal_embedding(t_b, self.time_dim))))
-        h_btd = constrain(h_btd + temb_bd[:, None, :], ACT)
+        h_btd = h_btd + temb_bd[:, None, :]
         text_bld = self.text_proj(self.text_norm(text_bld))
         positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
 

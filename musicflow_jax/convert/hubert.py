@@ -1,0 +1,84 @@
+"""HuBERT conversion: HF HubertModel (or HubertForCTC etc., "hubert." prefix) folder -> converted Flax folder.
+
+Parameter paths keep the HF names; only the leaf changes: Linear `weight` -> `kernel` (transposed), conv
+`weight` -> `kernel` (width-major), norm `weight` -> `scale`, weight-norm pairs -> `weight_g` / `weight_v`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from musicflow_jax.convert.checkpoint import conv_t, linear_t, read_hf_config, read_state_dict
+from musicflow_jax.convert.io import ConversionError, build_with_params, load_converted, save_converted
+from musicflow_jax.models.hubert import Hubert, HubertConfig
+
+KIND = "hubert"
+IGNORE = re.compile(r"masked_spec_embed|lm_head\..*|final_proj\..*|label_embs_concat|projector\..*|classifier\..*")
+
+
+def hf_to_flax(state: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, arr in state.items():
+        key = key.removeprefix("hubert.")
+        if IGNORE.fullmatch(key):
+            continue
+        arr = np.asarray(arr, np.float32)
+        key = key.replace("parametrizations.weight.original0", "weight_g")
+        key = key.replace("parametrizations.weight.original1", "weight_v")
+        stem, _, leaf = key.rpartition(".")
+        if leaf in ("weight_g", "weight_v"):
+            out[key] = conv_t(arr)
+        elif leaf == "weight" and arr.ndim == 1:  # LayerNorm / GroupNorm
+            out[stem + ".scale"] = arr
+        elif leaf == "weight" and arr.ndim == 2:  # Linear
+            out[stem + ".kernel"] = linear_t(arr)
+        elif leaf == "weight" and arr.ndim == 3:  # Conv1d
+            out[stem + ".kernel"] = conv_t(arr)
+        elif leaf == "weight":
+            raise ConversionError(f"{source}: unexpected {arr.ndim}-D weight {key}")
+        else:
+            out[key] = arr
+    return out
+
+
+def _rngs() -> nnx.Rngs:
+    return nnx.Rngs(0)
+
+
+def weights_sha256(src: str | Path) -> str:
+    """sha256 of the source weights file bytes (model.safetensors, else pytorch_model.bin, else the file): the
+    `hubert_sha256` that tools/fit_kmeans.py stores in a k-means codebook."""
+    p = Path(src)
+    if p.is_dir():
+        cands = (p / "model.safetensors", p / "pytorch_model.bin")
+        p = next((c for c in cands if c.is_file()), cands[0])
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_hubert(src: str | Path, dst: str | Path) -> Path:
+    cfg = HubertConfig.from_hf(read_hf_config(src))
+    flat = hf_to_flax(read_state_dict(src), str(src))
+    build_with_params(lambda: Hubert(cfg, rngs=_rngs()), flat, str(src))
+    # The feature extractor's waveform normalisation (zero mean, unit variance per clip) is part of the model's
+    # input contract: some HuBERTs (e.g. large) are trained with it. tools/precompute_features.py applies it too.
+    pre = Path(src) / "preprocessor_config.json"
+    do_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
+    return save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src),
+                          extra={"source_sha256": weights_sha256(src), "do_normalize": do_normalize})
+
+
+def load_hubert(folder: str | Path) -> tuple[HubertConfig, Hubert]:
+    cfg_dict, flat = load_converted(folder, KIND)
+    cfg = HubertConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    return cfg, build_with_params(lambda: Hubert(cfg, rngs=_rngs()), flat, str(folder))

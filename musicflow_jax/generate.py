@@ -1,0 +1,212 @@
+"""Generate music from text: `python -m musicflow_jax.generate --text "..." --duration 10 --out out.wav`.
+
+A thin CLI over musicflow_jax.pipeline.MusicFlow. Modes: generate (text-to-music, default), continue
+(--prompt-audio a.wav: keep it, generate the rest up to --duration), infill (--regions 3.0-5.5,8-9: regenerate
+those seconds of the prompt), restyle (keep the prompt's semantic features, re-run stage 2 with the new text).
+Per-stage options take one value for both stages or "STAGE1,STAGE2" (e.g. --steps 16,8 --cfg 3,2). Without
+--checkpoint the bundled model (musicflow_jax/assets/bundled) is used. Each WAV (with text/seed/config in its
+RIFF INFO metadata) gets a spectrogram PNG beside it. Bad input: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from musicflow_jax.pipeline import GenerateError, Generation, StageSettings
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line + exit 2 (argparse prints the full usage)
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m musicflow_jax.generate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--text", action="append", default=[], help="description of the music (repeat for a batch)")
+    ap.add_argument("--prompts-file", help="one prompt per line, or JSONL lines {\"text\", \"duration\"?, \"seed\"?, "
+                    "\"out\"?}")
+    ap.add_argument("--duration", default="10", help="seconds (total length for --mode continue); default 10")
+    ap.add_argument("--out", default="out.wav", help="WAV path; with several prompts out_<i>.wav")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", default=None, help="ODE steps, N or N1,N2 per stage (default: the stage configs)")
+    ap.add_argument("--solver", default=None, help="euler|midpoint|heun|dopri5, or S1,S2 per stage")
+    ap.add_argument("--cfg", default=None, help="classifier-free guidance scale, W or W1,W2 per stage")
+    ap.add_argument("--batch", type=int, default=8, help="prompts generated together on the device")
+    ap.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
+    ap.add_argument("--stage1-checkpoint", default=None, help="exported stage-1 .safetensors replacing the folder's")
+    ap.add_argument("--stage2-checkpoint", default=None, help="exported stage-2 .safetensors replacing the folder's")
+    ap.add_argument("--mode", choices=("generate", "continue", "infill", "restyle"), default=None,
+                    help="default: generate, or continue when --prompt-audio is given")
+    ap.add_argument("--prompt-audio", default=None, help="audio file for continue/infill/restyle")
+    ap.add_argument("--regions", default=None, help="infill regions in seconds, START-END[,START-END...]")
+    ap.add_argument("--overlap", type=float, default=0.5, help="long-form window overlap (fraction of a window)")
+    ap.add_argument("--no-spectrogram", action="store_true", help="do not write the PNG beside each WAV")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    return ap
+
+
+def _pair(value: str | None, cast: Any, name: str) -> tuple[Any, Any]:
+    if value is None:
+        return None, None
+    parts = [p.strip() for p in str(value).split(",")]
+    if len(parts) not in (1, 2) or not all(parts):
+        raise GenerateError(f"--{name} {value!r}: give one value or two separated by a comma (stage 1, stage 2)")
+    try:
+        vals = [cast(p) for p in parts]
+    except ValueError:
+        raise GenerateError(f"--{name} {value!r}: expected {cast.__name__} values, e.g. --{name} "
+                            f"{'16,8' if cast is int else '3,2' if cast is float else 'midpoint,euler'}") from None
+    return (vals[0], vals[-1])
+
+
+def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | None
+                   ) -> tuple[StageSettings, StageSettings]:
+    from musicflow_jax.pipeline import _defaults
+
+    st, so, cf = _pair(steps, int, "steps"), _pair(solver, str, "solver"), _pair(cfg, float, "cfg")
+    out = []
+    for i, base in enumerate((_defaults(mf.cfg1), _defaults(mf.cfg2))):
+        out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
+                                 solver=base.solver if so[i] is None else so[i],
+                                 cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
+    return out[0], out[1]
+
+
+def read_prompts(path: str, default_duration: str, default_seed: int) -> list[dict[str, Any]]:
+    """Prompts file -> [{"text", "duration", "seed", "out"?}]; errors name the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise GenerateError(f"--prompts-file {p} does not exist: give a text file with one prompt per line")
+    out = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise GenerateError(f"{p}:{n}: invalid JSON ({e.msg}); write {{\"text\": \"...\"}} per line") from None
+            if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+                raise GenerateError(f"{p}:{n}: a JSON prompt needs a \"text\" string")
+            out.append({"text": d["text"], "duration": d.get("duration", default_duration),
+                        "seed": int(d.get("seed", default_seed)), "out": d.get("out")})
+        else:
+            out.append({"text": line.strip(), "duration": default_duration, "seed": default_seed, "out": None})
+    if not out:
+        raise GenerateError(f"--prompts-file {p} has no prompts: write one description per line")
+    return out
+
+
+def spectrogram_png(path: Path, audio_s: np.ndarray, sample_rate: int, title: str) -> Path:
+    """Log-magnitude spectrogram (matplotlib, Agg) of mono audio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.signal import stft
+
+    f, t, z = stft(audio_s, fs=sample_rate, nperseg=1024, noverlap=768)
+    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
+    db = 20 * np.log10(np.abs(z) + 1e-9)
+    top = float(db.max()) if db.size else 0.0
+    ax.pcolormesh(t, f, db, shading="auto", vmin=top - 80.0, vmax=top, cmap="magma")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Hz")
+    ax.set_title(title[:90], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(g: Generation, outs: list[Path], spectrogram: bool, extra: dict[str, Any]) -> list[Path]:
+    from musicflow_jax.audio import write_wav
+
+    for i, out in enumerate(outs):
+        write_wav(out, g.audio[i], g.sample_rate, {**g.metadata(i), **extra})
+        if spectrogram:
+            spectrogram_png(out.with_suffix(".png"), g.audio[i], g.sample_rate, g.texts[i])
+    return outs
+
+
+def _out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
+    b = Path(base)
+    if len(jobs) == 1:
+        return [Path(jobs[0]["out"]) if jobs[0].get("out") else b]
+    return [Path(j["out"]) if j.get("out") else b.with_name(f"{b.stem}_{i}{b.suffix or '.wav'}")
+            for i, j in enumerate(jobs)]
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    from musicflow_jax.config import config_hash
+    from musicflow_jax.pipeline import MusicFlow, check_duration, check_texts
+
+    if args.prompts_file and args.text:
+        raise GenerateError("give either --text or --prompts-file, not both")
+    jobs = (read_prompts(args.prompts_file, args.duration, args.seed) if args.prompts_file else
+            [{"text": t, "duration": args.duration, "seed": args.seed, "out": None} for t in (args.text or [""])])
+    check_texts([j["text"] for j in jobs])
+    mode = args.mode or ("continue" if args.prompt_audio else "generate")
+    if mode != "generate" and not args.prompt_audio:
+        raise GenerateError(f"--mode {mode} needs --prompt-audio FILE")
+    if mode == "generate" and args.prompt_audio:
+        raise GenerateError("--prompt-audio is only used by --mode continue|infill|restyle")
+    if (mode == "infill") != (args.regions is not None):
+        raise GenerateError("--regions goes with --mode infill (and infill needs --regions START-END[,...])")
+    if mode in ("generate", "continue"):
+        for j in jobs:
+            j["duration"] = check_duration(j["duration"])
+    if args.batch < 1:
+        raise GenerateError(f"--batch {args.batch} must be >= 1")
+    mf = MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint)
+    s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
+    prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
+    outs = _out_paths(args.out, jobs)
+    extra = {"config_hash": f"{config_hash(mf.cfg1)}+{config_hash(mf.cfg2)}", "model": str(mf.folder),
+             "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
+    groups: dict[tuple[Any, int], list[int]] = {}
+    for i, j in enumerate(jobs):  # batch prompts that share duration and seed
+        groups.setdefault((j["duration"], j["seed"]), []).append(i)
+    written = []
+    kw = dict(stage1=s1, stage2=s2, overlap=args.overlap, progress=not args.quiet)
+    for (duration, seed), idx in groups.items():
+        for k in range(0, len(idx), args.batch):
+            part = idx[k: k + args.batch]
+            texts = [jobs[i]["text"] for i in part]
+            if mode == "generate":
+                g = mf.generate(texts, duration, seed=seed, **kw)
+            elif mode == "continue":
+                g = mf.continue_(texts, prompt, duration, seed=seed, **kw)
+            elif mode == "infill":
+                g = mf.infill(texts, prompt, args.regions, seed=seed, **kw)
+            else:
+                g = mf.restyle(texts, prompt, seed=seed, stage2=s2, overlap=args.overlap, progress=not args.quiet)
+            written += write_outputs(g, [outs[i] for i in part], not args.no_spectrogram, extra)
+            if not args.quiet:
+                print(f"{len(part)} x {g.audio.shape[-1] / g.sample_rate:.2f} s in {g.seconds:.1f} s "
+                      f"(NFE {g.nfe['stage1']}+{g.nfe['stage2']}): {', '.join(str(outs[i]) for i in part)}",
+                      file=sys.stderr)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        for path in run(args):
+            print(path)
+    except GenerateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Reading and writing one exported flow stage for inference: EMA weights + the resolved config.
+
+Format (one file, `<name>.safetensors`): tensors keyed by the FlowTransformer's NNX parameter paths joined with
+"." (float32), and safetensors metadata {"format": FORMAT, "config": to_json(cfg), "stage": cfg.model.stage,
+...}. A folder holding `config.json` (the resolved Config JSON, or {"config": {...}}) next to `model.safetensors`
+loads too. Errors name the file and the fix (wrong stage, mismatched config, missing/misshaped tensors).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from musicflow_jax import config as config_lib
+from musicflow_jax.config import Config, ConfigError
+from musicflow_jax.convert.io import ConversionError, build_with_params, flat_params
+from musicflow_jax.models.transformer import FlowTransformer
+
+FORMAT = "musicflow_jax.flow/1"
+
+
+class StageError(ValueError):
+    """An exported stage that cannot be used as asked (wrong stage, config mismatch, unreadable)."""
+
+
+def save_stage(path: str | Path, cfg: Config, model: nnx.Module, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model`'s parameters and `cfg` to a single safetensors file."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "config": config_lib.to_json(cfg), "stage": cfg.model.stage}
+    meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
+    save_file({k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, str(path), metadata=meta)
+    return path
+
+
+def _read(path: Path) -> tuple[Config, dict[str, np.ndarray]]:
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    if path.is_dir():
+        cfg_file, weights = path / "config.json", path / "model.safetensors"
+        if not cfg_file.is_file() or not weights.is_file():
+            raise StageError(f"checkpoint folder {path} needs config.json and model.safetensors (an exported stage); "
+                             "export one with tools/export.py")
+        data = json.loads(cfg_file.read_text())
+        cfg = config_lib.from_dict(data.get("config", data) if isinstance(data.get("config"), dict) else data)
+        return cfg, load_file(str(weights))
+    if not path.is_file():
+        raise StageError(f"checkpoint {path} does not exist; pass an exported .safetensors file (tools/export.py)")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+        flat = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several error types for non-safetensors files
+        raise StageError(f"checkpoint {path} is not a readable safetensors file ({type(e).__name__}); pass an "
+                         "exported stage from tools/export.py") from None
+    if "config" not in meta:
+        raise StageError(f"checkpoint {path} has no 'config' in its safetensors metadata: it is not an exported "
+                         "flow stage; export it with tools/export.py")
+    try:
+        cfg = config_lib.from_json(meta["config"])
+    except (ConfigError, ValueError, TypeError) as e:
+        raise StageError(f"checkpoint {path}: its stored config does not fit this code version ({e})") from None
+    return cfg, flat
+
+
+def load_stage(path: str | Path, expect_stage: str | None = None) -> tuple[Config, FlowTransformer]:
+    """(config, model with the stored weights); `expect_stage` ("semantic"/"acoustic") is checked first."""
+    path = Path(path)
+    cfg, flat = _read(path)
+    if expect_stage is not None and cfg.model.stage != expect_stage:
+        want = {"semantic": "stage 1 (text -> semantic)", "acoustic": "stage 2 (semantic -> acoustic)"}
+        raise StageError(f"checkpoint {path} is a {want.get(cfg.model.stage, cfg.model.stage)} model but was given "
+                         f"as {want.get(expect_stage, expect_stage)}: swap the stage-1/stage-2 checkpoint arguments")
+    try:
+        model = build_with_params(lambda: FlowTransformer(cfg, rngs=nnx.Rngs(0)), flat, str(path))
+    except ConversionError as e:
+        lines = str(e).splitlines()
+        raise StageError(f"{lines[0]}; {lines[1].strip()[:200] if len(lines) > 1 else ''}; re-export it with the "
+                         "config it was trained with") from None
+    return cfg, model

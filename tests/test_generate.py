@@ -1,0 +1,166 @@
+"""Generation CLI + API on a tiny random two-stage model (mel backend): determinism, continuation/infill/restyle
+context guarantees, prompts files, and the one-line exit-code-2 errors for bad input (via subprocess)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+from gen_fixtures import make_model_folder, tiny_configs, tone
+
+from musicflow_jax import features, generate
+from musicflow_jax.audio import read_wav_metadata, write_wav
+from musicflow_jax.models.transformer import FlowTransformer
+from musicflow_jax.pipeline import GenerateError, MusicFlow, StageSettings, parse_regions, region_mask
+from musicflow_jax.stage_io import save_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+SR = 24_000
+FAST = StageSettings(steps=2, solver="euler", cfg_scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_folder(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def mf(folder: Path) -> MusicFlow:
+    return MusicFlow.load(folder)
+
+
+def _cli(folder: Path, out: Path, *extra: str) -> list[Path]:
+    args = ["--checkpoint", str(folder), "--out", str(out), "--quiet", "--steps", "2", "--solver", "euler", *extra]
+    assert generate.main(args) == 0
+    return sorted(out.parent.glob("*.wav"))
+
+
+def test_same_seed_same_bytes_different_seed_differs(folder: Path, tmp_path: Path) -> None:
+    common = ["--text", "a calm organ chorale in G minor", "--duration", "1.5"]  # 1.5 s > 1 s window: long-form
+    _cli(folder, tmp_path / "a" / "x.wav", *common, "--seed", "3")
+    _cli(folder, tmp_path / "b" / "x.wav", *common, "--seed", "3")
+    _cli(folder, tmp_path / "c" / "x.wav", *common, "--seed", "4")
+    a, b, c = ((tmp_path / d / "x.wav").read_bytes() for d in "abc")
+    assert a == b
+    assert a != c
+    meta = read_wav_metadata(tmp_path / "a" / "x.wav")
+    assert meta["text"] == "a calm organ chorale in G minor" and meta["seed"] == 3
+    assert meta["duration"] == 1.5 and meta["steps"] == [2, 2]
+    assert (tmp_path / "a" / "x.png").stat().st_size > 1000
+
+
+def test_continuation_keeps_prompt_frames(mf: MusicFlow) -> None:
+    prompt = tone(1.2)
+    g = mf.continue_(["a brass quartet"], prompt, duration=2.0, seed=1, stage1=FAST, stage2=FAST, progress=False)
+    n_s, n_a = features.frames_at(1.2, 50), features.frames_at(1.2, 75)
+    assert g.audio.shape == (1, 2 * SR)
+    np.testing.assert_array_equal(g.semantic[0, :n_s], g.prompt_semantic[:n_s])
+    np.testing.assert_array_equal(g.acoustic[0, :n_a], g.prompt_acoustic[:n_a])
+    np.testing.assert_array_equal(g.audio[0, : len(prompt)], prompt)  # kept bit-for-bit in audio too
+    assert np.abs(g.acoustic[:, n_a:]).max() > 0.1  # the rest is generated
+    g2 = mf.continue_(["a piano"], prompt, duration=2.0, seed=1, stage1=FAST, stage2=FAST, progress=False)
+    np.testing.assert_array_equal(g2.acoustic[0, :n_a], g.acoustic[0, :n_a])
+    assert not np.allclose(g.acoustic[0, n_a:], g2.acoustic[0, n_a:])  # the continuation depends on the text
+
+
+def test_infill_changes_only_the_regions(mf: MusicFlow) -> None:
+    prompt = tone(1.5)
+    regions = parse_regions("0.3-0.6,1.0-1.2", 1.5)
+    g = mf.infill(["a marimba"], prompt, "0.3-0.6,1.0-1.2", seed=2, stage1=FAST, stage2=FAST, progress=False)
+    assert g.audio.shape == (1, len(prompt))
+    for x, p, rate in ((g.semantic[0], g.prompt_semantic, 50), (g.acoustic[0], g.prompt_acoustic, 75)):
+        inside = region_mask(regions, len(x), rate)
+        assert inside.sum() == sum(math.ceil(b * rate) - math.floor(a * rate) for a, b in regions)  # partial frames too
+        np.testing.assert_array_equal(x[~inside], p[: len(x)][~inside])
+        assert (np.abs(x[inside] - p[: len(x)][inside]).max(axis=-1) > 1e-3).all()  # every inside frame changed
+    keep = ~region_mask(regions, len(prompt), SR)
+    np.testing.assert_array_equal(g.audio[0, keep], prompt[keep])
+    assert np.abs(g.audio[0, ~keep] - prompt[~keep]).max() > 1e-3
+
+
+def test_restyle_keeps_semantics_changes_acoustics(mf: MusicFlow) -> None:
+    prompt = tone(1.0)
+    sem_p, _ = mf.backend.encode(prompt)
+    gs = [mf.restyle([t], prompt, seed=0, stage2=FAST, progress=False) for t in ("a church organ", "a guitar")]
+    for g in gs:
+        np.testing.assert_array_equal(g.semantic[0], sem_p[:50])
+        assert g.nfe == {"stage1": 0, "stage2": 2}  # euler, 2 steps, one window
+    assert not np.allclose(gs[0].acoustic, gs[1].acoustic, atol=1e-3)
+
+
+def test_prompts_file_plain_and_jsonl(folder: Path, tmp_path: Path) -> None:
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("a piano piece\n# a comment\n\n" + json.dumps({"text": "an organ piece", "seed": 5,
+                                                                  "out": str(tmp_path / "o" / "organ.wav")}) + "\n"
+                  + "a guitar piece\n")
+    outs = _cli(folder, tmp_path / "o" / "p.wav", "--prompts-file", str(pf), "--duration", "1", "--batch", "1")
+    assert [p.name for p in outs] == ["organ.wav", "p_0.wav", "p_2.wav"]
+    metas = {p.name: read_wav_metadata(p) for p in outs}
+    assert metas["p_0.wav"]["text"] == "a piano piece" and metas["p_2.wav"]["text"] == "a guitar piece"
+    assert metas["organ.wav"]["seed"] == 5 and metas["p_0.wav"]["seed"] == 0
+
+
+def test_stage_settings_parsing(mf: MusicFlow) -> None:
+    s1, s2 = generate.stage_settings(mf, "16,8", "midpoint", "3,1.5")
+    assert (s1.steps, s2.steps, s1.solver, s2.solver, s1.cfg_scale, s2.cfg_scale) == (16, 8, "midpoint", "midpoint",
+                                                                                    3.0, 1.5)
+    with pytest.raises(GenerateError, match="--steps"):
+        generate.stage_settings(mf, "a,b", None, None)
+
+
+# ----------------------------------------------------------------------------------------- bad input -> exit 2
+
+
+@pytest.fixture(scope="module")
+def bad_files(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    write_wav(d / "prompt.wav", tone(2.0), SR)
+    (d / "garbage.wav").write_bytes(b"this is not audio at all" * 10)
+    c1, c2 = tiny_configs()
+    c2_bad = dataclasses.replace(c2, model=dataclasses.replace(c2.model, cond_dim=8))
+    save_stage(d / "stage2_bad.safetensors", c2_bad, FlowTransformer(c2_bad, rngs=nnx.Rngs(0)))
+    return {"prompt": d / "prompt.wav", "garbage": d / "garbage.wav", "stage2_bad": d / "stage2_bad.safetensors",
+            "out": d / "out.wav"}
+
+
+def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path]) -> None:
+    f, m = bad_files, str(folder)
+    cases = {
+        "empty text": (["--text", "  "], "is empty"),
+        "negative duration": (["--text", "x", "--duration", "-3"], "must be a positive"),
+        "zero duration": (["--text", "x", "--duration", "0"], "must be a positive"),
+        "huge duration": (["--text", "x", "--duration", "100000"], "too long"),
+        "region outside": (["--text", "x", "--mode", "infill", "--prompt-audio", str(f["prompt"]), "--regions",
+                            "1.5-2.5"], "outside the prompt audio"),
+        "regions overlap": (["--text", "x", "--mode", "infill", "--prompt-audio", str(f["prompt"]), "--regions",
+                             "0.2-0.8,0.5-1.0"], "overlap"),
+        "unreadable prompt": (["--text", "x", "--prompt-audio", str(f["garbage"]), "--duration", "3"],
+                              "cannot be read as audio"),
+        "missing prompt": (["--text", "x", "--prompt-audio", str(f["garbage"]) + ".nope", "--duration", "3"],
+                           "does not exist"),
+        "wrong stage": (["--text", "x", "--stage1-checkpoint", str(folder / "stage2.safetensors")], "swap"),
+        "mismatched config": (["--text", "x", "--stage2-checkpoint", str(f["stage2_bad"])], "mismatched stages"),
+        "bad option": (["--text", "x", "--no-such-flag"], "unrecognized arguments"),
+    }
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    procs = {}
+    for name, (args, _) in cases.items():
+        cmd = [sys.executable, "-m", "musicflow_jax.generate", "--checkpoint", m, "--out", str(f["out"]), "--quiet",
+               *args]
+        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert p.returncode == 2, (name, p.returncode, err[-2000:])
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
+        assert cases[name][1] in lines[0], (name, lines[0])
+    assert not f["out"].exists()

@@ -1,0 +1,108 @@
+"""Benchmark the sharded train step: steps/s, frames/s and MFU against a matmul peak measured in the same run.
+
+    python tools/bench_train.py --preset tiny            # configs/stage1_tiny.py
+    python tools/bench_train.py --preset mid             # stage-1 transformer of dim 256, depth 8, 250 frames
+    python tools/bench_train.py --config configs/stage1_base.py --set data.batch_size=32 --steps 20   # e.g. on a GPU
+
+MFU = (XLA cost-analysis FLOPs of one compiled step, summed over devices) * steps/s / (peak * devices), where the
+peak is the best FLOP/s of an n x n matmul on one device in the model's compute dtype (--peak-tflops overrides).
+On CPU run it without --xla_force_host_platform_device_count (virtual devices share the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PRESETS = {
+    "tiny": ("configs/stage1_tiny.py", []),
+    "mid": ("configs/stage1_tiny.py", ["model.dim=256", "model.depth=8", "model.heads=4", "model.mlp_dim=1024",
+                                       "model.time_dim=128", "data.frames=250", "data.batch_size=8",
+                                       "name=stage1_mid"]),
+}
+
+
+def random_batch(cfg, process_count: int = 1) -> dict:  # noqa: ANN001
+    """A batch of the data contract's shapes (random content; the step's cost does not depend on it)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    b, t, lt = cfg.data.batch_size // process_count, cfg.data.frames, cfg.text.max_len
+    batch = {"x1": rng.normal(size=(b, t, cfg.model.feature_dim)).astype(np.float32),
+             "frame_mask": np.ones((b, t), bool),
+             "text_ids": rng.integers(3, 259, (b, lt)).astype(np.int32), "text_mask": np.arange(lt)[None] < lt // 2
+             + np.zeros((b, 1), int)}
+    if cfg.model.cond_dim:
+        batch["cond"] = rng.normal(size=(b, t, cfg.model.cond_dim)).astype(np.float32)
+    if cfg.text.precomputed:
+        batch["text_emb"] = rng.normal(size=(b, lt, cfg.text.dim)).astype(np.float32)
+    return batch
+
+
+def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> dict:  # noqa: ANN001
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from musicflow_jax import metrics, sharding, train, train_state
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    setup = train_state.make_setup(cfg, mesh)
+    encode, tp = train.load_text_encoder(cfg)
+    if tp is not None:
+        tp = jax.device_put(tp, sharding.replicated(mesh))
+    state = train_state.create_state(cfg, setup)
+    local = random_batch(cfg, jax.process_count())
+    batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
+    t0 = time.perf_counter()
+    compiled = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp).compile()
+    compile_s = time.perf_counter() - t0
+    flops = metrics.compiled_flops(compiled) * mesh.size
+    for _ in range(warmup):
+        state, m = compiled(state, batch, tp)
+        jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, batch, tp)
+        jax.block_until_ready(m)
+    sps = steps / (time.perf_counter() - t0)
+    dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
+    peak = peak_tflops * 1e12 if peak_tflops > 0 else metrics.measure_matmul_peak(matmul_n, dtype)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    return {"config": cfg.name, "devices": mesh.size, "platform": jax.devices()[0].platform,
+            "device_kind": jax.devices()[0].device_kind, "mesh": dict(mesh.shape), "params": n_params,
+            "batch": cfg.data.batch_size, "frames": cfg.data.frames, "dtype": cfg.model.dtype,
+            "compile_s": round(compile_s, 2), "steps_per_s": round(sps, 3),
+            "frames_per_s": round(sps * cfg.data.batch_size * cfg.data.frames, 1),
+            "step_gflop": round(flops / 1e9, 3), "achieved_tflops": round(flops * sps / 1e12, 5),
+            "peak_tflops_per_device": round(peak / 1e12, 5), "peak_source": "config" if peak_tflops > 0 else
+            f"measured {matmul_n}^3 matmul", "mfu": round(metrics.mfu(flops, sps, peak, mesh.size), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    ap.add_argument("--config", default=None, help="configs/<name>.py (instead of --preset)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak; 0 = measure a matmul")
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    args = ap.parse_args(argv)
+    from musicflow_jax import config
+
+    path, preset_sets = PRESETS[args.preset or "tiny"] if not args.config else (args.config, [])
+    cfg = config.load(ROOT / path if not Path(path).is_absolute() else path, [*preset_sets, *args.set])
+    print(json.dumps(bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Convert PyTorch checkpoints to the torch-free Flax format (safetensors + config.json) used at runtime.
+
+    python tools/convert_weights.py t5 ckpt/flan-t5-base ckpt/flax/t5            # HF folder (T5 / FLAN-T5 / ByT5)
+    python tools/convert_weights.py encodec ckpt/encodec_24khz ckpt/flax/encodec  # HF EncodecModel folder
+    python tools/convert_weights.py encodec encodec_24khz-d7cc33bc.th ckpt/flax/encodec --preset 24khz
+    python tools/convert_weights.py hubert ckpt/hubert-base-ls960 ckpt/flax/hubert
+
+HF folders may hold model.safetensors (sharded or not) or pytorch_model.bin (read with weights_only=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from musicflow_jax.convert.encodec import PRESETS, convert_encodec  # noqa: E402
+from musicflow_jax.convert.hubert import convert_hubert  # noqa: E402
+from musicflow_jax.convert.t5 import convert_t5  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("kind", choices=("t5", "encodec", "hubert"))
+    ap.add_argument("src", help="HF checkpoint folder, or an original encodec .th file")
+    ap.add_argument("dst", help="output folder (config.json + model.safetensors)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="encodec .th only: which released model it is")
+    ap.add_argument("--config", help="encodec .th only: an HF-style EncodecConfig json instead of --preset")
+    a = ap.parse_args(argv)
+    if a.kind == "t5":
+        out = convert_t5(a.src, a.dst)
+    elif a.kind == "hubert":
+        out = convert_hubert(a.src, a.dst)
+    else:
+        hf_config = json.loads(Path(a.config).read_text()) if a.config else None
+        out = convert_encodec(a.src, a.dst, preset=a.preset, hf_config=hf_config)
+    print(json.dumps({"kind": a.kind, "src": a.src, "out": str(out)}))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Export a training run's EMA weights + resolved config to one safetensors file for inference.
+
+    python tools/export.py --workdir runs/stage1 --out exported/stage1.safetensors [--step N] [--raw]
+
+Reads workdir/checkpoints (latest step unless --step), restores onto one device whatever mesh trained it, and
+writes musicflow_jax.stage_io's format (load it with `stage_io.load_stage`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from musicflow_jax import checkpoint, stage_io  # noqa: E402
+
+
+def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema: bool = True) -> Path:
+    cfg, model, step = checkpoint.load_model(workdir, step, ema=ema)
+    return stage_io.save_stage(out, cfg, model, extra={"step": step, "weights": "ema" if ema else "raw",
+                                                       "workdir": str(workdir)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", required=True, help="training run folder (holds checkpoints/)")
+    ap.add_argument("--out", required=True, help="output .safetensors file")
+    ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    ap.add_argument("--raw", action="store_true", help="export the raw params instead of the EMA")
+    args = ap.parse_args(argv)
+    try:
+        path = export(args.workdir, args.out, args.step, ema=not args.raw)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Reproduce the bundled model (musicflow_jax/assets/bundled/) with the project's own pipeline, on CPU.
+
+Steps: render the music21 corpus (tools/build_corpus.py) -> precompute features with the weight-free "mel"
+backend (chroma 50 Hz semantic, log-mel 75 Hz acoustic; the shard/index code of tools/precompute_features.py,
+with `MelEncoders` in place of its PyTorch HuBERT/Encodec `Encoders`) -> train stage 1 and stage 2 with
+musicflow_jax.train.train -> write the EMA weights, the embedded T5 it was trained with, the backend description
+and normalisation stats, and per-clip corpus features for the spectral classifier test into the bundle folder.
+
+    python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled --steps1 600 --steps2 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (ROOT, ROOT / "tools"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from musicflow_jax.backends.mel import ChromaSemantic, MelCodec  # noqa: E402
+from musicflow_jax.config import (  # noqa: E402
+    Config,
+    DataConfig,
+    FlowConfig,
+    ModelConfig,
+    OptimConfig,
+    SampleConfig,
+    TextConfig,
+    TrainConfig,
+)
+
+SEGMENT_SECONDS = 8.0
+
+
+class MelEncoders:
+    """Drop-in for tools/precompute_features.Encoders (the methods clips_for uses) with the weight-free backend."""
+
+    def __init__(self) -> None:
+        self.semantic, self.codec = ChromaSemantic(), MelCodec()
+        self.centroids, self.t5, self.tokenizer = None, None, None
+        self.info = {"backend": "mel", "semantic": {"kind": "chroma", **self.semantic.to_dict()},
+                     "acoustic": {"kind": "mel", **self.codec.to_dict()}, "semantic_target": "chroma"}
+
+    def hubert_features(self, audio_16k: np.ndarray) -> np.ndarray:
+        return np.asarray(self.semantic.features(audio_16k[None]))[0]
+
+    def encodec_latents(self, audio_24k: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.asarray(self.codec.encode_latents(audio_24k[None]))[0], None
+
+
+def precompute_mel(manifest: Path, out: Path) -> dict[str, Any]:
+    import precompute_features as pf
+
+    from musicflow_jax.manifest import read_manifest
+
+    if (out / "index.json").is_file():
+        return json.loads((out / "index.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    entries, problems = read_manifest(manifest)
+    enc = MelEncoders()
+    pf.run_shard(entries, problems, out, 0, 1, enc, SEGMENT_SECONDS, 1.0)
+    info = {"rates": {"semantic": 50.0, "acoustic": 75.0},
+            "dims": {"semantic": enc.semantic.dim, "acoustic": enc.codec.latent_dim, "t5": None},
+            "encoders": enc.info, "segment_seconds": SEGMENT_SECONDS, "min_seconds": 1.0, "manifest": str(manifest)}
+    pf.merge(out, 1, info)
+    return json.loads((out / "index.json").read_text())
+
+
+def bundled_configs(data: Path, steps1: int, steps2: int, seconds: float = 4.0) -> tuple[Config, Config]:
+    """Small CPU-trainable two-stage configs on the mel backend (semantic 16-d, acoustic 64-d)."""
+    sem_dim, ac_dim = ChromaSemantic().dim, MelCodec().latent_dim
+    text = TextConfig(checkpoint="", max_len=96, dim=32)  # captions are ~65 bytes; the instrument comes last
+    model = ModelConfig(stage="semantic", feature_dim=sem_dim, cond_dim=0, dim=128, depth=4, heads=4, mlp_dim=512,
+                        time_dim=64, dtype="float32")
+    flow = FlowConfig()
+    optim = OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.995, weight_decay=0.01)
+    common = dict(text=text, flow=flow, optim=optim, sample=SampleConfig(solver="midpoint", steps=16, cfg_scale=3.0))
+    train = TrainConfig(seed=0, log_every=25, eval_every=0, ckpt_every=100_000, keep=1, keep_every=0, sample_every=0)
+    s1 = Config(name="bundled_stage1", model=model,
+                data=DataConfig(source="arrayrecord", path=str(data), frames=int(50 * seconds), batch_size=16),
+                train=dataclasses.replace(train, steps=steps1), **common)
+    s2 = Config(name="bundled_stage2",
+                model=dataclasses.replace(model, stage="acoustic", feature_dim=ac_dim, cond_dim=sem_dim),
+                data=DataConfig(source="arrayrecord", path=str(data), frames=int(75 * seconds), batch_size=16),
+                train=dataclasses.replace(train, steps=steps2), **common)
+    return s1, s2
+
+
+def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
+    import jax
+    from flax import nnx
+
+    from musicflow_jax import train
+    from musicflow_jax.stage_io import save_stage
+
+    t0 = time.perf_counter()
+    state = train.train(cfg, workdir, async_ckpt=False)
+    wall = time.perf_counter() - t0
+    from musicflow_jax import sharding, train_state
+
+    setup = train_state.make_setup(cfg, sharding.make_mesh(cfg.mesh))
+    model = nnx.merge(setup.graphdef, jax.device_get(state.ema), jax.device_get(state.rest))
+    logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    losses = [r.get("loss", r.get("train/loss")) for r in logs if r.get("loss", r.get("train/loss")) is not None]
+    summary = {"steps": cfg.train.steps, "wall_seconds": round(wall, 1), "first_loss": losses[0] if losses else None,
+               "last_loss": losses[-1] if losses else None}
+    save_stage(out_file, cfg, model, extra={"train": summary})
+    return summary
+
+
+def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
+    """Per-clip mean log-mel (acoustic stream) and the instrument phrase of its caption."""
+    from musicflow_jax.data import shard_paths
+    from musicflow_jax.records import ShardSource
+
+    src = ShardSource(shard_paths(data, split))
+    feats, labels = [], []
+    for i in range(len(src)):
+        clip = src[i]
+        feats.append(clip.acoustic.mean(0))
+        labels.append(clip.caption.split(" played on ")[-1])
+    return {"mean_logmel": np.stack(feats).astype(np.float32), "instrument": np.asarray(labels)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", default="/tmp/bundled", help="scratch folder (corpus, features, run dirs)")
+    ap.add_argument("--out", default=str(ROOT / "musicflow_jax" / "assets" / "bundled"))
+    ap.add_argument("--corpus", default=None, help="existing corpus folder with manifest.jsonl (else rendered)")
+    ap.add_argument("--limit", type=int, default=160, help="scores to render")
+    ap.add_argument("--steps1", type=int, default=600)
+    ap.add_argument("--steps2", type=int, default=600)
+    ap.add_argument("--stage", choices=("all", "1", "2"), default="all")
+    a = ap.parse_args(argv)
+    work, out = Path(a.work), Path(a.out)
+    corpus = Path(a.corpus) if a.corpus else work / "corpus"
+    if not (corpus / "manifest.jsonl").is_file():
+        from build_corpus import build_corpus
+
+        print(json.dumps(build_corpus(corpus, composers=("bach",), limit=a.limit, seed=0, max_seconds=30.0)))
+    data = work / "features"
+    index = precompute_mel(corpus / "manifest.jsonl", data)
+    print(json.dumps({"clips": {k: v["clips"] for k, v in index["splits"].items()}}))
+    s1, s2 = bundled_configs(data, a.steps1, a.steps2)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    if a.stage in ("all", "1"):
+        report["stage1"] = train_stage(s1, work / "run1", out / "stage1.safetensors")
+    if a.stage in ("all", "2"):
+        report["stage2"] = train_stage(s2, work / "run2", out / "stage2.safetensors")
+    from musicflow_jax.text_encoder import TextEncoder
+
+    TextEncoder.load(s1.text, s1.train.seed).save(out / "text_encoder")
+    enc = MelEncoders()
+    backend = {"backend": "mel", "semantic": enc.info["semantic"], "acoustic": enc.info["acoustic"],
+               "stats": {k: {"mean": index["stats"][k]["mean"], "std": index["stats"][k]["std"]}
+                         for k in ("semantic", "acoustic")},
+               "text_encoder": "text_encoder", "text_seed": s1.train.seed}
+    (out / "features.json").write_text(json.dumps(backend, indent=1) + "\n")
+    np.savez_compressed(out / "corpus_features.npz", **corpus_features(data))
+    prev = json.loads((out / "train_report.json").read_text()) if (out / "train_report.json").is_file() else {}
+    prev.update(report)
+    prev["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
+                    "audio_seconds": index.get("totals", {}).get("audio_seconds")}
+    (out / "train_report.json").write_text(json.dumps(prev, indent=1) + "\n")
+    print(json.dumps(prev, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -134,6 +134,7 @@ class TrainConfig:
     sample_every: int = 25_000  # periodic sampling of fixed prompts; 0 = off
     max_nan_in_row: int = 10
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = measure a matmul peak at start
+    sample_codec: str = ""  # converted Encodec folder: stage-2 periodic samples are also decoded to WAV; "" = off
 
 
 @dataclasses.dataclass(frozen=True)

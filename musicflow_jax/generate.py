@@ -151,8 +151,10 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     if args.prompts_file and args.text:
         raise GenerateError("give either --text or --prompts-file, not both")
+    if not args.prompts_file and not args.text:
+        raise GenerateError("no text given: pass --text 'a description of the music' or --prompts-file FILE")
     jobs = (read_prompts(args.prompts_file, args.duration, args.seed) if args.prompts_file else
-            [{"text": t, "duration": args.duration, "seed": args.seed, "out": None} for t in (args.text or [""])])
+            [{"text": t, "duration": args.duration, "seed": args.seed, "out": None} for t in args.text])
     check_texts([j["text"] for j in jobs])
     mode = args.mode or ("continue" if args.prompt_audio else "generate")
     if mode != "generate" and not args.prompt_audio:

@@ -1,7 +1,7 @@
 """Training observability: TensorBoard + JSONL writers, loss by flow-time bin, FLOP counts and MFU.
 
 Only process 0 writes (other processes get a writer that drops everything). Model FLOPs per step come
-from XLA's cost analysis of the compiled train step (forward + backward as actually compiled); the
+from XLA's cost analysis of the lowered train step (forward + backward + optimizer, whole global batch); the
 peak is `train.peak_tflops` per device or, when 0, a matmul peak measured on the spot
 (`measure_matmul_peak`). MFU = achieved FLOP/s / (peak per device * devices).
 """
@@ -31,12 +31,32 @@ def loss_by_t_bin(loss_b: np.ndarray, t_b: np.ndarray, edges: tuple[float, ...] 
     return out
 
 
-def compiled_flops(compiled: Any) -> float:
-    """FLOPs of one call of a compiled jax function (XLA cost analysis, summed over devices' programs)."""
-    cost = compiled.cost_analysis()
+def program_flops(lowered: Any) -> float:
+    """FLOPs of one call of a jitted function from XLA's cost analysis of its *lowered* (global, pre-partitioning,
+    pre-fusion) program: the model's math counted the same on every platform and mesh. (A compiled program's
+    count is per device and misses FLOPs in library calls such as cuBLAS GEMMs on GPU.)"""
+    cost = lowered.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
+
+
+def analytic_flops(cfg: Any, n_params: int, n_text_params: int = 0) -> float:
+    """Model FLOPs of one train step by the usual count (PaLM appendix B): 6 N per frame for the flow
+    transformer's N params (forward + backward), plus self-attention 12 depth T^2 dim and cross-attention
+    12 depth T L dim per example, plus the frozen text encoder's forward 2 N_text per token. Used where XLA's
+    cost analysis gives no count (e.g. GPU)."""
+    m, b, t, l = cfg.model, cfg.data.batch_size, cfg.data.frames, cfg.text.max_len
+    flow = 6.0 * n_params * b * t + 12.0 * m.depth * b * t * m.dim * (t + l)
+    return flow + 2.0 * n_text_params * b * l
+
+
+def step_flops(lowered: Any, cfg: Any, n_params: int, n_text_params: int = 0) -> tuple[float, str]:
+    """(FLOPs per step, source): XLA's count of the lowered step, else `analytic_flops`."""
+    flops = program_flops(lowered)
+    if flops > 0:
+        return flops, "xla"
+    return analytic_flops(cfg, n_params, n_text_params), "analytic"
 
 
 def measure_matmul_peak(n: int = 1024, dtype: Any = jnp.float32, repeats: int = 5,

@@ -72,6 +72,10 @@ def load_text_encoder(cfg: Config) -> tuple[Callable[[Any, jax.Array, jax.Array]
     return enc.apply, enc.state
 
 
+def _n_params(tree: Any) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
 # --------------------------------------------------------------------------- eval and samples
 
 
@@ -126,18 +130,22 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
     np.save(out / f"step{step:08d}.npy", x1)
     for i in range(n):
         writer.image(step, f"samples/{i}", x1[i].T)
-    codec_dir = getattr(cfg.train, "sample_codec", "")
-    if cfg.model.stage == "acoustic" and codec_dir:
+    if cfg.model.stage == "acoustic" and cfg.train.sample_codec:
         import soundfile as sf
 
         from musicflow_jax.codec import Codec
+        from musicflow_jax.data import load_index
 
-        codec = Codec.load(codec_dir)
-        audio = np.asarray(codec.decode_latents(jnp.asarray(x1)))
-        sr = int(getattr(codec, "sample_rate", 24_000))
+        latents = x1
+        if cfg.data.normalize and cfg.data.source == "arrayrecord":  # undo the data pipeline's normalisation
+            stats = load_index(cfg.data.path).get("stats", {}).get("acoustic")
+            if stats:
+                latents = x1 * np.asarray(stats["std"], np.float32) + np.asarray(stats["mean"], np.float32)
+        codec = Codec.load(cfg.train.sample_codec)
+        audio = np.asarray(codec.decode_latents(jnp.asarray(latents)))
         for i in range(n):
-            sf.write(out / f"step{step:08d}_{i}.wav", audio[i].reshape(-1), sr)
-            writer.audio(step, f"audio/{i}", audio[i], sr)
+            sf.write(out / f"step{step:08d}_{i}.wav", audio[i].reshape(-1), codec.sample_rate)
+            writer.audio(step, f"audio/{i}", audio[i], codec.sample_rate)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -195,9 +203,10 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
             if batch_hook is not None:
                 local = batch_hook(step, local)
             batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
-            if compiled is None:  # compile once; FLOPs (per device) from XLA's cost analysis, peak if not set
-                compiled = step_fn.lower(state, batch, text_params).compile()
-                flops_per_step = metrics.compiled_flops(compiled) * n_dev
+            if compiled is None:  # compile once; FLOPs of the global step from XLA's cost analysis
+                lowered = step_fn.lower(state, batch, text_params)
+                flops_per_step, _ = metrics.step_flops(lowered, cfg, _n_params(state.params), _n_params(text_params))
+                compiled = lowered.compile()
                 peak = peak or metrics.measure_matmul_peak()
                 t0 = time.perf_counter()
             if sample_cond is None and "cond" in local:

@@ -135,6 +135,7 @@ def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path
     f, m = bad_files, str(folder)
     cases = {
         "empty text": (["--text", "  "], "is empty"),
+        "no text": (["--duration", "5"], "no text given"),
         "negative duration": (["--text", "x", "--duration", "-3"], "must be a positive"),
         "zero duration": (["--text", "x", "--duration", "0"], "must be a positive"),
         "huge duration": (["--text", "x", "--duration", "100000"], "too long"),
@@ -164,3 +165,44 @@ def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
         assert cases[name][1] in lines[0], (name, lines[0])
     assert not f["out"].exists()
+
+
+# ----------------------------------------------------------------------------------------- the HuBERT/Encodec path
+
+
+def test_encodec_backend_infill_and_generate(tmp_path: Path) -> None:
+    """The default (paper) backend: converted tiny HuBERT + k-means + Encodec behind the same API."""
+    from safetensors.numpy import save_file
+    from tiny_models import save_tiny_encodec, save_tiny_hubert
+
+    from musicflow_jax.convert.encodec import convert_encodec
+    from musicflow_jax.convert.hubert import convert_hubert
+    from musicflow_jax.text_encoder import TextEncoder
+
+    folder = tmp_path / "model"
+    convert_hubert(save_tiny_hubert(tmp_path / "hf_hubert"), folder / "hubert")
+    convert_encodec(save_tiny_encodec(tmp_path / "hf_encodec"), folder / "encodec")
+    cents = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
+    save_file({"centroids": cents}, str(folder / "kmeans.safetensors"), metadata={"layer": "1"})
+    c1, c2 = tiny_configs()
+    c1 = dataclasses.replace(c1, model=dataclasses.replace(c1.model, feature_dim=32))
+    c2 = dataclasses.replace(c2, model=dataclasses.replace(c2.model, feature_dim=16, cond_dim=32))
+    save_stage(folder / "stage1.safetensors", c1, FlowTransformer(c1, rngs=nnx.Rngs(0)))
+    save_stage(folder / "stage2.safetensors", c2, FlowTransformer(c2, rngs=nnx.Rngs(1)))
+    TextEncoder.load(c1.text, 0).save(folder / "text_encoder")
+    stats = {"semantic": {"mean": [0.0] * 32, "std": [1.0] * 32}, "acoustic": {"mean": [0.0] * 16, "std": [1.0] * 16}}
+    (folder / "features.json").write_text(json.dumps({"backend": "encodec", "encodec": "encodec", "hubert": "hubert",
+                                                      "kmeans": "kmeans.safetensors", "layer": 1, "stats": stats}))
+    mf = MusicFlow.load(folder)
+    assert mf.backend.kind == "encodec" and mf.sample_rate == 24_000
+    prompt = tone(1.0)
+    g = mf.infill(["a piano"], prompt, "0.4-0.6", seed=0, stage1=FAST, stage2=FAST, progress=False)
+    sem_in = region_mask([(0.4, 0.6)], g.semantic.shape[1], 50)
+    ac_in = region_mask([(0.4, 0.6)], g.acoustic.shape[1], 75)
+    for x, p, inside in ((g.semantic[0], g.prompt_semantic, sem_in), (g.acoustic[0], g.prompt_acoustic, ac_in)):
+        n = min(len(p), len(x))  # HuBERT gives 49 frames for 1 s: the 50th is generated like a region
+        np.testing.assert_array_equal(x[:n][~inside[:n]], p[:n][~inside[:n]])
+        assert (np.abs(x[inside] - p[:n][inside[:n]]).max(-1) > 1e-4).all()
+    # semantic context = k-means centroids of the prompt's HuBERT features
+    assert all(any(np.array_equal(v, c) for c in cents) for v in g.prompt_semantic)
+    assert g.audio.shape == (1, len(prompt)) and np.isfinite(g.audio).all()

@@ -21,7 +21,7 @@ def test_plan_windows_cover_with_full_windows(total: int, window: int, overlap: 
         assert e - s == min(window, total)
         covered[s:e] = True
     assert covered.all()
-    for (s0, e0), (s1, _) in zip(wins, wins[1:]):
+    for (_, e0), (s1, _) in zip(wins, wins[1:]):
         assert s1 <= e0 - overlap  # consecutive windows share at least `overlap` frames
     with pytest.raises(ValueError):
         longform.plan_windows(total, window, window)

@@ -189,3 +189,24 @@ def test_loader_reads_precomputed_features(setup):
     b = next(iter(data.make_dataset(cfg, "train", process_index=0, process_count=1)))
     assert b["x1"].shape == (2, 96, 16) and b["cond"].shape == (2, 96, 32) and b["text_emb"].shape == (2, 32, 32)
     assert np.isfinite(b["x1"]).all() and b["frame_mask"].any()
+
+
+def test_mel_backend_records_equal_direct_calls(setup):
+    """--backend mel (the weight-free alternative): same shard code, features equal direct backend calls."""
+    from musicflow_jax.audio import read_audio
+    from musicflow_jax.backends.mel import MelFeatureEncoders
+
+    root = setup[0]
+    pf.main(["--backend", "mel", "--manifest", str(root / "manifest.jsonl"), "--out", str(root / "mel"),
+             "--segment-seconds", "10"])
+    index = json.loads((root / "mel" / "index.json").read_text())
+    assert index["encoders"]["backend"] == "mel"
+    enc = MelFeatureEncoders()
+    assert index["dims"]["semantic"] == enc.dims["semantic"] and index["dims"]["acoustic"] == enc.dims["acoustic"]
+    clip = next(c for c in all_clips(root / "mel").values() if c.source.endswith("a.wav"))
+    audio24 = read_audio(root / "audio" / "a.wav", sample_rate=24_000)[0]
+    audio16 = read_audio(root / "audio" / "a.wav", sample_rate=16_000)[0]
+    np.testing.assert_allclose(clip.acoustic, enc.encodec_latents(audio24[: clip.acoustic.shape[0] * 320])[0],
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(clip.semantic, enc.hubert_features(audio16[: clip.semantic.shape[0] * 320]),
+                               rtol=1e-4, atol=1e-4)

@@ -7,10 +7,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 from tiny_models import save_tiny_encodec, save_tiny_hubert
 
 from musicflow_jax import config, data, metrics, train
+from musicflow_jax.convert.encodec import convert_encodec
 from tools import build_corpus as bc
 from tools import precompute_features as pf
 
@@ -29,13 +32,15 @@ def features(tmp_path_factory) -> Path:
     pf.precompute(root / "corpus" / "manifest.jsonl", out, hubert=str(save_tiny_hubert(root / "hubert")),
                   encodec=str(save_tiny_encodec(root / "encodec")), layer=2, segment_seconds=4.0, threads=1,
                   progress=False)
+    convert_encodec(root / "encodec", root / "encodec_flax")
     return out
 
 
 def _train(features: Path, cfg_file: str, workdir: Path) -> tuple[float, float]:
     cfg = config.load(cfg_file, ["data.source=arrayrecord", f"data.path={features}", f"train.steps={STEPS}",
                                  f"train.eval_every={STEPS}", "train.eval_batches=4", "train.log_every=50",
-                                 f"train.ckpt_every={STEPS}", "optim.warmup_steps=20"])
+                                 f"train.ckpt_every={STEPS}", "optim.warmup_steps=20", f"train.sample_every={STEPS}",
+                                 f"train.sample_codec={features.parent / 'encodec_flax'}"])
     n_valid = sum(1 for _ in data.make_eval_dataset(cfg, "valid"))
     assert n_valid >= 1, "the rendered corpus has no validation batch"
     train.train(cfg, workdir)
@@ -48,4 +53,16 @@ def _train(features: Path, cfg_file: str, workdir: Path) -> tuple[float, float]:
 @pytest.mark.parametrize("cfg_file", ["configs/stage1_tiny.py", "configs/stage2_tiny.py"])
 def test_tiny_stage_learns_real_music(features, cfg_file, tmp_path):
     first, last = _train(features, cfg_file, tmp_path)
+    print(f"{cfg_file}: valid loss step 0 {first:.4f} -> step {STEPS} (EMA) {last:.4f}")
     assert last < 0.75 * first, (first, last)
+    # periodic samples of the fixed prompts with the EMA weights; stage 2 decoded to WAV by the codec
+    cfg = config.load(cfg_file)
+    x = np.load(tmp_path / "samples" / f"step{STEPS:08d}.npy")
+    assert x.shape == (3, cfg.data.frames, cfg.model.feature_dim) and np.isfinite(x).all()
+    wavs = sorted((tmp_path / "samples").glob("*.wav"))
+    if cfg.model.stage == "acoustic":
+        assert len(wavs) == 3
+        audio, sr = sf.read(wavs[0])
+        assert sr == 24_000 and len(audio) == cfg.data.frames * 320 and np.isfinite(audio).all()
+    else:
+        assert not wavs

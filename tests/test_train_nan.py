@@ -11,7 +11,8 @@ from musicflow_jax import checkpoint, config, data, metrics, sharding, train, tr
 
 
 def _cfg(*extra: str) -> config.Config:
-    return config.load("configs/stage1_tiny.py", ["optim.warmup_steps=2", "train.eval_every=0", *extra])
+    return config.load("configs/stage1_tiny.py",
+                       ["optim.warmup_steps=2", "train.eval_every=0", "model.depth=2", *extra])
 
 
 def test_nan_step_is_skipped_and_counted():

@@ -18,7 +18,7 @@ from musicflow_jax import checkpoint, config, metrics, train
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["train.steps=30", "train.log_every=1", "train.ckpt_every=15", "train.eval_every=0",
-             "optim.warmup_steps=5"]
+             "optim.warmup_steps=5", "model.depth=2"]
 # A training process whose steps from `slow_from` on take `delay` s (so a test can act mid-run); data untouched.
 SLOW_RUN = """
 import sys, time

@@ -15,7 +15,8 @@ MESHES = {"1dev": (1, 1, 1), "data8": (8, 1, 1), "data2_fsdp4": (2, 4, 1), "data
 
 
 def _cfg(shape: tuple[int, int, int], *extra: str) -> config.Config:
-    return config.load("configs/stage1_tiny.py", [f"mesh.shape={shape}", "optim.warmup_steps=5", *extra])
+    return config.load("configs/stage1_tiny.py",
+                       [f"mesh.shape={shape}", "optim.warmup_steps=5", "model.depth=2", *extra])
 
 
 def _setup(cfg: config.Config) -> tuple[train_state.Setup, train_state.TrainState, object, object]:

@@ -4,8 +4,9 @@
     python tools/bench_train.py --preset mid             # stage-1 transformer of dim 256, depth 8, 250 frames
     python tools/bench_train.py --config configs/stage1_base.py --set data.batch_size=32 --steps 20   # e.g. on a GPU
 
-MFU = (XLA cost-analysis FLOPs of one compiled step, summed over devices) * steps/s / (peak * devices), where the
-peak is the best FLOP/s of an n x n matmul on one device in the model's compute dtype (--peak-tflops overrides).
+MFU = FLOPs of one global step * steps/s / (peak * devices). FLOPs: XLA's cost analysis of the lowered step, or
+the analytic 6N count where XLA gives none (GPU). Peak: the best FLOP/s of an n x n matmul on one device in the
+model's compute dtype, measured in the same run (--peak-tflops overrides).
 On CPU run it without --xla_force_host_platform_device_count (virtual devices share the same cores).
 """
 
@@ -62,9 +63,12 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
     local = random_batch(cfg, jax.process_count())
     batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
     t0 = time.perf_counter()
-    compiled = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp).compile()
+    lowered = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    n_text = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tp)) if tp is not None else 0
+    flops, flops_source = metrics.step_flops(lowered, cfg, n_params, n_text)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    flops = metrics.compiled_flops(compiled) * mesh.size
     for _ in range(warmup):
         state, m = compiled(state, batch, tp)
         jax.block_until_ready(m)
@@ -75,13 +79,13 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
     sps = steps / (time.perf_counter() - t0)
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
     peak = peak_tflops * 1e12 if peak_tflops > 0 else metrics.measure_matmul_peak(matmul_n, dtype)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     return {"config": cfg.name, "devices": mesh.size, "platform": jax.devices()[0].platform,
             "device_kind": jax.devices()[0].device_kind, "mesh": dict(mesh.shape), "params": n_params,
             "batch": cfg.data.batch_size, "frames": cfg.data.frames, "dtype": cfg.model.dtype,
             "compile_s": round(compile_s, 2), "steps_per_s": round(sps, 3),
             "frames_per_s": round(sps * cfg.data.batch_size * cfg.data.frames, 1),
-            "step_gflop": round(flops / 1e9, 3), "achieved_tflops": round(flops * sps / 1e12, 5),
+            "step_gflop": round(flops / 1e9, 3), "flops_source": flops_source,
+            "achieved_tflops": round(flops * sps / 1e12, 5),
             "peak_tflops_per_device": round(peak / 1e12, 5), "peak_source": "config" if peak_tflops > 0 else
             f"measured {matmul_n}^3 matmul", "mfu": round(metrics.mfu(flops, sps, peak, mesh.size), 4)}
 

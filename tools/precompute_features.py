@@ -307,20 +307,35 @@ def merge(out: Path, count: int, info: dict[str, Any]) -> dict[str, Any] | None:
     return {**totals, "reasons": reasons}
 
 
-def precompute(manifest: str | Path, out: str | Path, *, hubert: str, encodec: str, layer: int,
-               kmeans: str | None = None, t5: str | None = None, text_max_len: int = 64, num_shards: int = 1,
-               shard_index: int | None = None, segment_seconds: float = 20.0, min_seconds: float = 1.0,
-               threads: int = 0, progress: bool = True) -> dict[str, Any]:
-    """Run the shard(s) this process owns (all if shard_index is None), then merge if everything is done."""
+def precompute(manifest: str | Path, out: str | Path, *, hubert: str | None = None, encodec: str | None = None,
+               layer: int | None = None, kmeans: str | None = None, t5: str | None = None, text_max_len: int = 64,
+               num_shards: int = 1, shard_index: int | None = None, segment_seconds: float = 20.0,
+               min_seconds: float = 1.0, threads: int = 0, progress: bool = True,
+               backend: str = "hubert-encodec") -> dict[str, Any]:
+    """Run the shard(s) this process owns (all if shard_index is None), then merge if everything is done.
+
+    backend "hubert-encodec" (the real one: HuBERT semantic + Encodec latents, needs hubert/encodec/layer) or
+    "mel" (the weight-free alternative of musicflow_jax/backends/mel.py: chroma semantic + log-mel acoustic).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     entries, problems = read_manifest(manifest)
-    enc = Encoders(hubert, encodec, layer, kmeans, t5, text_max_len, threads)
-    info = {"rates": {"semantic": SEMANTIC_HZ, "acoustic": ACOUSTIC_HZ},
-            "dims": {"semantic": int(enc.centroids.shape[1]) if enc.centroids is not None
-                     else int(enc.hubert.config.hidden_size),
-                     "acoustic": int(enc.encodec.config.hidden_size),
-                     "t5": int(enc.t5.config.d_model) if enc.t5 is not None else None},
+    if backend == "mel":
+        from musicflow_jax.backends.mel import MelFeatureEncoders
+
+        enc: Any = MelFeatureEncoders()
+        dims = enc.dims
+    elif backend == "hubert-encodec":
+        if hubert is None or encodec is None or layer is None:
+            raise ValueError("backend hubert-encodec needs --hubert, --encodec and --layer")
+        enc = Encoders(hubert, encodec, layer, kmeans, t5, text_max_len, threads)
+        dims = {"semantic": int(enc.centroids.shape[1]) if enc.centroids is not None
+                else int(enc.hubert.config.hidden_size),
+                "acoustic": int(enc.encodec.config.hidden_size),
+                "t5": int(enc.t5.config.d_model) if enc.t5 is not None else None}
+    else:
+        raise ValueError(f"unknown backend {backend!r}: hubert-encodec | mel")
+    info = {"rates": {"semantic": SEMANTIC_HZ, "acoustic": ACOUSTIC_HZ}, "dims": dims,
             "encoders": enc.info, "segment_seconds": segment_seconds, "min_seconds": min_seconds,
             "manifest": str(manifest)}
     mine = range(num_shards) if shard_index is None else [shard_index]
@@ -347,9 +362,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--out", required=True, help="folder for <split>-*.array_record, index.json, failures.jsonl")
-    ap.add_argument("--hubert", required=True, help="HF save_pretrained folder of a HubertModel")
-    ap.add_argument("--encodec", required=True, help="HF save_pretrained folder of the 24 kHz EncodecModel")
-    ap.add_argument("--layer", type=int, required=True, help="HuBERT hidden_states index (0 = transformer input)")
+    ap.add_argument("--backend", choices=("hubert-encodec", "mel"), default="hubert-encodec",
+                    help="feature backend: HuBERT + Encodec (default), or the weight-free chroma + log-mel one")
+    ap.add_argument("--hubert", help="HF save_pretrained folder of a HubertModel (backend hubert-encodec)")
+    ap.add_argument("--encodec", help="HF save_pretrained folder of the 24 kHz EncodecModel (hubert-encodec)")
+    ap.add_argument("--layer", type=int, help="HuBERT hidden_states index (0 = transformer input; hubert-encodec)")
     ap.add_argument("--kmeans", default=None, help="codebook from tools/fit_kmeans.py (omit: raw hidden states)")
     ap.add_argument("--t5", default=None, help="HF folder of a T5EncoderModel: also store caption embeddings")
     ap.add_argument("--text-max-len", type=int, default=64)
@@ -359,11 +376,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     a = ap.parse_args(argv)
+    if a.backend == "hubert-encodec" and (a.hubert is None or a.encodec is None or a.layer is None):
+        ap.error("--backend hubert-encodec needs --hubert, --encodec and --layer")
     if a.shard_index is not None and not 0 <= a.shard_index < a.num_shards:
         ap.error(f"--shard-index {a.shard_index} not in [0, {a.num_shards})")
     result = precompute(a.manifest, a.out, hubert=a.hubert, encodec=a.encodec, layer=a.layer, kmeans=a.kmeans,
                         t5=a.t5, text_max_len=a.text_max_len, num_shards=a.num_shards, shard_index=a.shard_index,
-                        segment_seconds=a.segment_seconds, min_seconds=a.min_seconds, threads=a.threads)
+                        segment_seconds=a.segment_seconds, min_seconds=a.min_seconds, threads=a.threads,
+                        backend=a.backend)
     print(json.dumps(result, indent=1))
     if result["merged"] is None:
         print("index.json not written yet: other shards are still missing; the last one to finish merges it")

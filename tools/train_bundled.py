@@ -2,11 +2,11 @@
 
 Steps: render the music21 corpus (tools/build_corpus.py) -> precompute features with the weight-free "mel"
 backend (chroma 50 Hz semantic, log-mel 75 Hz acoustic; the shard/index code of tools/precompute_features.py,
-with `MelEncoders` in place of its PyTorch HuBERT/Encodec `Encoders`) -> train stage 1 and stage 2 with
+`--backend mel`) -> train stage 1 and stage 2 with
 musicflow_jax.train.train -> write the EMA weights, the embedded T5 it was trained with, the backend description
 and normalisation stats, and per-clip corpus features for the spectral classifier test into the bundle folder.
 
-    python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled --steps1 600 --steps2 600
+    python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled --steps1 500 --steps2 700
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from musicflow_jax.backends.mel import ChromaSemantic, MelCodec  # noqa: E402
+from musicflow_jax.backends.mel import ChromaSemantic, MelCodec, MelFeatureEncoders  # noqa: E402
 from musicflow_jax.config import (  # noqa: E402
     Config,
     DataConfig,
@@ -41,37 +41,11 @@ from musicflow_jax.config import (  # noqa: E402
 SEGMENT_SECONDS = 8.0
 
 
-class MelEncoders:
-    """Drop-in for tools/precompute_features.Encoders (the methods clips_for uses) with the weight-free backend."""
-
-    def __init__(self) -> None:
-        self.semantic, self.codec = ChromaSemantic(), MelCodec()
-        self.centroids, self.t5, self.tokenizer = None, None, None
-        self.info = {"backend": "mel", "semantic": {"kind": "chroma", **self.semantic.to_dict()},
-                     "acoustic": {"kind": "mel", **self.codec.to_dict()}, "semantic_target": "chroma"}
-
-    def hubert_features(self, audio_16k: np.ndarray) -> np.ndarray:
-        return np.asarray(self.semantic.features(audio_16k[None]))[0]
-
-    def encodec_latents(self, audio_24k: np.ndarray) -> tuple[np.ndarray, None]:
-        return np.asarray(self.codec.encode_latents(audio_24k[None]))[0], None
-
-
 def precompute_mel(manifest: Path, out: Path) -> dict[str, Any]:
+    """tools/precompute_features.py with --backend mel (reruns skip finished shards)."""
     import precompute_features as pf
 
-    from musicflow_jax.manifest import read_manifest
-
-    if (out / "index.json").is_file():
-        return json.loads((out / "index.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    entries, problems = read_manifest(manifest)
-    enc = MelEncoders()
-    pf.run_shard(entries, problems, out, 0, 1, enc, SEGMENT_SECONDS, 1.0)
-    info = {"rates": {"semantic": 50.0, "acoustic": 75.0},
-            "dims": {"semantic": enc.semantic.dim, "acoustic": enc.codec.latent_dim, "t5": None},
-            "encoders": enc.info, "segment_seconds": SEGMENT_SECONDS, "min_seconds": 1.0, "manifest": str(manifest)}
-    pf.merge(out, 1, info)
+    pf.precompute(manifest, out, backend="mel", segment_seconds=SEGMENT_SECONDS, min_seconds=1.0)
     return json.loads((out / "index.json").read_text())
 
 
@@ -96,25 +70,19 @@ def bundled_configs(data: Path, steps1: int, steps2: int, seconds: float = 4.0) 
 
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
-    import jax
-    from flax import nnx
+    """Train with musicflow_jax.train, then export the EMA weights with tools/export.py."""
+    from export import export
 
     from musicflow_jax import train
-    from musicflow_jax.stage_io import save_stage
 
     t0 = time.perf_counter()
-    state = train.train(cfg, workdir, async_ckpt=False)
+    train.train(cfg, workdir, async_ckpt=False)
     wall = time.perf_counter() - t0
-    from musicflow_jax import sharding, train_state
-
-    setup = train_state.make_setup(cfg, sharding.make_mesh(cfg.mesh))
-    model = nnx.merge(setup.graphdef, jax.device_get(state.ema), jax.device_get(state.rest))
+    export(workdir, out_file)
     logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [r.get("loss", r.get("train/loss")) for r in logs if r.get("loss", r.get("train/loss")) is not None]
-    summary = {"steps": cfg.train.steps, "wall_seconds": round(wall, 1), "first_loss": losses[0] if losses else None,
-               "last_loss": losses[-1] if losses else None}
-    save_stage(out_file, cfg, model, extra={"train": summary})
-    return summary
+    losses = [r["loss"] for r in logs if r.get("split") == "train" and "loss" in r]
+    return {"steps": cfg.train.steps, "wall_seconds": round(wall, 1), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None}
 
 
 def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
@@ -137,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(ROOT / "musicflow_jax" / "assets" / "bundled"))
     ap.add_argument("--corpus", default=None, help="existing corpus folder with manifest.jsonl (else rendered)")
     ap.add_argument("--limit", type=int, default=160, help="scores to render")
-    ap.add_argument("--steps1", type=int, default=600)
-    ap.add_argument("--steps2", type=int, default=600)
+    ap.add_argument("--steps1", type=int, default=500)
+    ap.add_argument("--steps2", type=int, default=700)
     ap.add_argument("--stage", choices=("all", "1", "2"), default="all")
     a = ap.parse_args(argv)
     work, out = Path(a.work), Path(a.out)
@@ -160,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     from musicflow_jax.text_encoder import TextEncoder
 
     TextEncoder.load(s1.text, s1.train.seed).save(out / "text_encoder")
-    enc = MelEncoders()
+    enc = MelFeatureEncoders()
     backend = {"backend": "mel", "semantic": enc.info["semantic"], "acoustic": enc.info["acoustic"],
                "stats": {k: {"mean": index["stats"][k]["mean"], "std": index["stats"][k]["std"]}
                          for k in ("semantic", "acoustic")},

@@ -259,3 +259,22 @@ class ChromaSemantic:
 
     def unit_vectors(self, h_btc: jax.Array) -> jax.Array:
         return h_btc
+
+
+class MelFeatureEncoders:
+    """The weight-free backend behind the offline feature interface of tools/precompute_features.py
+    (`hubert_features`, `encodec_latents`, `info`, `dims`): chroma+band semantic at 50 Hz, log-mel at 75 Hz."""
+
+    def __init__(self) -> None:
+        self.semantic, self.codec = ChromaSemantic(), MelCodec()
+        self.centroids, self.t5, self.tokenizer = None, None, None
+        self.info = {"backend": "mel", "semantic": {"kind": "chroma", **self.semantic.to_dict()},
+                     "acoustic": {"kind": "mel", **self.codec.to_dict()}, "semantic_target": "chroma"}
+        self.dims = {"semantic": self.semantic.dim, "acoustic": self.codec.latent_dim, "t5": None}
+
+    def hubert_features(self, audio_16k: np.ndarray) -> np.ndarray:
+        return np.asarray(self.semantic.features(audio_16k[None]))[0]
+
+    def encodec_latents(self, audio_24k: np.ndarray) -> tuple[np.ndarray, None]:
+        return np.asarray(self.codec.encode_latents(audio_24k[None]))[0], None
+

@@ -1,0 +1,82 @@
+"""The bundled model (musicflow_jax/assets/bundled): it loads with no arguments, matches its own description, and
+its outputs follow the text: audio for two prompts that differ only in the instrument is told apart by a
+classifier trained on the corpus' own spectral features (per-clip mean log-mel of the rendered corpus)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from musicflow_jax.pipeline import BUNDLED, MusicFlow, StageSettings
+
+# Fixed before looking at any generated audio: the two most frequent classes of different families.
+PAIR = ("a string quartet", "a harpsichord")
+CAPTION = "A Bach chorale in G major at 90 BPM played on {}"
+PER_CLASS = 8
+
+
+@pytest.fixture(scope="module")
+def mf() -> MusicFlow:
+    return MusicFlow.load()  # no checkpoint: the bundled model
+
+
+def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
+    for name in ("stage1.safetensors", "stage2.safetensors", "features.json", "MODEL_CARD.md",
+                 "corpus_features.npz", "train_report.json", "text_encoder/model.safetensors"):
+        assert (BUNDLED / name).is_file(), name
+    size_mb = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file()) / 2**20
+    assert size_mb < 16, size_mb
+    spec = json.loads((BUNDLED / "features.json").read_text())
+    assert spec["backend"] == mf.backend.kind == "mel"
+    assert mf.cfg1.model.stage == "semantic" and mf.cfg2.model.stage == "acoustic"
+    assert mf.cfg2.model.cond_dim == mf.cfg1.model.feature_dim == mf.backend.semantic_dim
+    assert mf.cfg2.model.feature_dim == mf.backend.acoustic_dim
+    report = json.loads((BUNDLED / "train_report.json").read_text())
+    for stage in ("stage1", "stage2"):  # it was trained: the loss went down
+        assert report[stage]["last_loss"] < 0.6 * report[stage]["first_loss"], report[stage]
+
+
+def corpus_classifier(pair: tuple[str, str]) -> tuple[object, float]:
+    d = np.load(BUNDLED / "corpus_features.npz")
+    x, y = d["mean_logmel"], d["instrument"]
+    m = np.isin(y, pair)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=0.1))
+    clf.fit(x[m], y[m])
+    return clf, float(clf.score(x[m], y[m]))
+
+
+@pytest.mark.slow
+def test_instrument_prompts_differ_as_the_corpus_does(mf: MusicFlow) -> None:
+    clf, train_acc = corpus_classifier(PAIR)
+    assert train_acc > 0.95  # the feature separates the two instruments in the real corpus
+    texts = [CAPTION.format(inst) for inst in PAIR for _ in range(PER_CLASS)]
+    s = StageSettings(steps=8, solver="midpoint", cfg_scale=3.0)
+    window_s = mf.cfg2.data.frames / 75.0
+    g = mf.generate(texts, duration=window_s, seed=0, stage1=s, stage2=s, progress=False)
+    feats = np.asarray(mf.backend.codec.encode_latents(g.audio)).mean(axis=1)  # re-encode the generated audio
+    pred = clf.predict(feats)
+    truth = np.asarray([inst for inst in PAIR for _ in range(PER_CLASS)])
+    acc = float((pred == truth).mean())
+    print(f"bundled model: instrument accuracy on generated audio {acc:.3f} (chance 0.5), pair {PAIR}")
+    assert acc >= 0.8, (acc, list(pred))
+
+
+def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
+    from test_longform import seam_jumps
+
+    from musicflow_jax import longform
+
+    s = StageSettings(steps=8, solver="midpoint", cfg_scale=3.0)
+    g = mf.generate([CAPTION.format("a church organ")], duration=12.0, seed=0, stage1=s, stage2=s, progress=False)
+    assert g.audio.shape == (1, 12 * mf.sample_rate)
+    for x, window in ((g.semantic, mf.cfg1.data.frames), (g.acoustic, mf.cfg2.data.frames)):
+        wins = longform.plan_windows(x.shape[1], window, window // 2)
+        assert len(wins) == 5  # 12 s from 4-s windows
+        at, elsewhere = seam_jumps(x, [e for _, e in wins[:-1]])
+        print(f"seam jump {at:.3f} vs 99th percentile elsewhere {elsewhere:.3f}")
+        assert at <= 1.5 * elsewhere, (at, elsewhere)

@@ -58,10 +58,8 @@ def solve(
         raise ValueError(f"steps must be >= 1, got {steps}")
     term = diffrax.ODETerm(lambda t, x, args: vector_field(t, x))
     dt0 = (t1 - t0) / steps
-    if solver == "dopri5":
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    else:
-        controller = diffrax.ConstantStepSize()
+    adaptive = solver == "dopri5"
+    controller = diffrax.PIDController(rtol=rtol, atol=atol) if adaptive else diffrax.ConstantStepSize()
     sol = diffrax.diffeqsolve(
         term,
         _diffrax_solver(solver),

@@ -207,7 +207,9 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
                 lowered = step_fn.lower(state, batch, text_params)
                 flops_per_step, _ = metrics.step_flops(lowered, cfg, _n_params(state.params), _n_params(text_params))
                 compiled = lowered.compile()
-                peak = peak or metrics.measure_matmul_peak()
+                peak = peak or metrics.measure_matmul_peak(
+                    1024 if mesh.devices.flat[0].platform == "cpu" else 8192,
+                    jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32)
                 t0 = time.perf_counter()
             if sample_cond is None and "cond" in local:
                 sample_cond = np.asarray(local["cond"][: len(SAMPLE_PROMPTS)])

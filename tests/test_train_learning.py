@@ -54,7 +54,7 @@ def _train(features: Path, cfg_file: str, workdir: Path) -> tuple[float, float]:
 def test_tiny_stage_learns_real_music(features, cfg_file, tmp_path):
     first, last = _train(features, cfg_file, tmp_path)
     print(f"{cfg_file}: valid loss step 0 {first:.4f} -> step {STEPS} (EMA) {last:.4f}")
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.8 * first, (first, last)
     # periodic samples of the fixed prompts with the EMA weights; stage 2 decoded to WAV by the codec
     cfg = config.load(cfg_file)
     x = np.load(tmp_path / "samples" / f"step{STEPS:08d}.npy")

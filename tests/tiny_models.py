@@ -44,9 +44,7 @@ def save_tiny_hubert(folder: str | Path, seed: int = 0, **overrides: Any) -> Pat
 
 
 def save_tiny_encodec(folder: str | Path, seed: int = 0, **overrides: Any) -> Path:
-    from transformers import EncodecModel
-
-    from transformers import EncodecConfig
+    from transformers import EncodecConfig, EncodecModel
 
     _seed(seed)
     model = EncodecModel(EncodecConfig(**{**TINY_ENCODEC, **overrides})).eval()

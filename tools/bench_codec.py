@@ -23,7 +23,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _best_of(fn, repeats: int) -> float:
+def best_of(fn, repeats: int) -> float:
+    """Fastest of `repeats` timed calls of fn() (seconds); shared by the tools/bench_*.py scripts."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -68,7 +69,7 @@ def bench(seconds: float, batch: int, repeats: int, tiny: bool, seed: int = 0) -
     compile_s = time.perf_counter() - t0
     y_torch = run_torch().numpy()[:, 0]
     rel = float(np.abs(y_jax - y_torch).max() / max(np.abs(y_torch).max(), 1e-12))
-    t_jax, t_torch = _best_of(run_jax, repeats), _best_of(run_torch, repeats)
+    t_jax, t_torch = best_of(run_jax, repeats), best_of(run_torch, repeats)
     audio_s = batch * frames / codec.frame_rate
     return {"config": "tiny" if tiny else "encodec_24khz", "device": jax.devices()[0].platform, "batch": batch,
             "audio_seconds": round(audio_s, 3), "torch_threads": torch.get_num_threads(),

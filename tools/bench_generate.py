@@ -19,13 +19,13 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "tools"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 TIERS = {"tiny": ("configs/stage1_tiny.py", "configs/stage2_tiny.py"),
          "base": ("configs/stage1_base.py", "configs/stage2_base.py")}
@@ -140,13 +140,11 @@ def musicgen_run(s: dict[str, Any], duration: float) -> Any:
 
 
 def timed(fn: Any, repeats: int) -> float:
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """Warm up (compile) once, then the fastest of `repeats` calls."""
+    from bench_codec import best_of
+
+    fn()
+    return best_of(fn, repeats)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -116,22 +116,14 @@ def mel_filterbank(cfg: MelConfig) -> np.ndarray:
     return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
 
 
-class MelCodec:
-    """Acoustic backend with the Codec interface: encode_latents / decode_latents, sample_rate, frame_rate."""
+class _FramedFeatures:
+    """What both weight-free backends share: a frozen config (JSON-able) with sample_rate and hop_length."""
 
-    kind = "mel"
-
-    def __init__(self, cfg: MelConfig = MelConfig()):
-        self.cfg = cfg
-        self.basis_mf = mel_filterbank(cfg)
-        area_m = self.basis_mf.sum(1)
-        if (area_m <= 0).any():
-            raise ValueError(f"mel config {cfg}: some mel bands contain no FFT bin; use fewer mels or a larger n_fft")
-        self.area_m = area_m
+    cfg: Any
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MelCodec:
-        return cls(MelConfig(**d))
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(cls.config_type(**d))  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.cfg)
@@ -147,6 +139,21 @@ class MelCodec:
     @property
     def frame_rate(self) -> float:
         return self.cfg.sample_rate / self.cfg.hop_length
+
+
+class MelCodec(_FramedFeatures):
+    """Acoustic backend with the Codec interface: encode_latents / decode_latents, sample_rate, frame_rate."""
+
+    kind = "mel"
+    config_type = MelConfig
+
+    def __init__(self, cfg: MelConfig = MelConfig()):
+        self.cfg = cfg
+        self.basis_mf = mel_filterbank(cfg)
+        area_m = self.basis_mf.sum(1)
+        if (area_m <= 0).any():
+            raise ValueError(f"mel config {cfg}: some mel bands contain no FFT bin; use fewer mels or a larger n_fft")
+        self.area_m = area_m
 
     @property
     def latent_dim(self) -> int:
@@ -212,32 +219,18 @@ def _chroma_weights(cfg: ChromaConfig) -> tuple[np.ndarray, np.ndarray]:
     return w_cf, b_bf
 
 
-class ChromaSemantic:
+class ChromaSemantic(_FramedFeatures):
     """Semantic backend with the SemanticEncoder interface: features(audio_16k) -> (B, T, 12 + bands) at 50 Hz.
 
     Continuous features, no k-means: `units` is all -1 and `unit_vectors` is the identity, like precompute without
     --kmeans."""
 
     kind = "chroma"
+    config_type = ChromaConfig
 
     def __init__(self, cfg: ChromaConfig = ChromaConfig()):
         self.cfg = cfg
         self.w_cf, self.b_bf = _chroma_weights(cfg)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ChromaSemantic:
-        return cls(ChromaConfig(**d))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.cfg)
-
-    @property
-    def sample_rate(self) -> int:
-        return self.cfg.sample_rate
-
-    @property
-    def frame_rate(self) -> float:
-        return self.cfg.sample_rate / self.cfg.hop_length
 
     @property
     def dim(self) -> int:

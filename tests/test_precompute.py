@@ -210,3 +210,50 @@ def test_mel_backend_records_equal_direct_calls(setup):
                                rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(clip.semantic, enc.hubert_features(audio16[: clip.semantic.shape[0] * 320]),
                                rtol=1e-4, atol=1e-4)
+
+
+_KILL_DRIVER = """
+import json, os, signal, sys
+sys.path.insert(0, {root!r})
+from musicflow_jax import records
+from tools import precompute_features as pf
+
+original_write = records.ClipShardWriter.write
+
+def write_then_die(self, clip):
+    original_write(self, clip)
+    if "-00001-of-00002" in self.path.name:  # hard kill in the middle of shard 1, after shard 0 finished
+        os.kill(os.getpid(), signal.SIGKILL)
+
+records.ClipShardWriter.write = write_then_die
+kw = json.loads({kw!r})
+pf.precompute({manifest!r}, {out!r}, num_shards=2, **kw)
+"""
+
+
+def test_sigkill_mid_shard_loses_no_finished_shard(setup):
+    """A process SIGKILLed in the middle of a shard keeps every finished shard; the rerun redoes only the
+    killed one and the result equals an uninterrupted run."""
+    import subprocess
+    import sys
+
+    root, _, kw, _, _ = setup
+    out = root / "killed"
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = _KILL_DRIVER.format(root=repo, kw=json.dumps(kw), manifest=str(root / "manifest.jsonl"), out=str(out))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert pf.done_marker(out, 0, 2).is_file() and not pf.done_marker(out, 1, 2).is_file()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*-00000-of-00002.array_record")}
+    assert finished, "shard 0's files must survive the kill"
+    assert not list(out.glob("*-00001-of-00002.array_record")) and list(out.glob("*-00001-of-00002*.tmp"))
+    assert not (out / "index.json").exists()
+    rerun = pf.precompute(root / "manifest.jsonl", out, num_shards=2, **kw)
+    assert rerun["shards_skipped"] == [0] and rerun["shards_run"] == [1]
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # untouched
+    c_full, c_resumed = all_clips(root / "out1"), all_clips(out)
+    assert c_full.keys() == c_resumed.keys()
+    for k in c_full:
+        np.testing.assert_array_equal(c_full[k].acoustic, c_resumed[k].acoustic)
+        np.testing.assert_array_equal(c_full[k].semantic, c_resumed[k].semantic)
+    assert rerun["merged"]["clips_ok"] == 6

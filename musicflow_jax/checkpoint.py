@@ -97,10 +97,6 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
     return manager.save(step, args=ocp.args.Composite(**args), force=force)
 
 
-def latest_step(manager: ocp.CheckpointManager) -> int | None:
-    return manager.latest_step()
-
-
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
             step: int | None = None) -> tuple[int, Any, Config]:
     """Restore (step, state, saved config) onto the shardings in `abstract_state`; `data_iter`, when given,
@@ -117,13 +113,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any 
     return step, out["state"], config_lib.from_dict(out["config"])
 
 
-def read_config(workdir_or_ckpt: str | Path, step: int | None = None) -> Config:
-    """The resolved config stored with a checkpoint (workdir, or workdir/checkpoints)."""
-    path = Path(workdir_or_ckpt)
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+def read_config(workdir: str | Path, step: int | None = None) -> Config:
+    """The resolved config stored with a run's checkpoint (latest step unless `step`)."""
+    root = Path(workdir) / "checkpoints"
+    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
     if not steps:
-        raise FileNotFoundError(f"no checkpoint steps under {root}")
+        raise FileNotFoundError(f"no checkpoint steps under {root}: is {workdir} a training run folder?")
     step = steps[-1] if step is None else step
     return config_lib.from_json((root / str(step) / "config" / "metadata").read_text())
 

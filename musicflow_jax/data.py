@@ -7,7 +7,7 @@ Batch (dict of numpy arrays, B = cfg.data.batch_size // process_count, T = cfg.d
 Pipeline (train): source -> host slice [process_index::process_count] (disjoint records) -> seeded global
 shuffle, reshuffled every epoch, repeated forever -> per-example random crop seeded by (seed, host, position)
 -> normalise -> pad + frame_mask -> batch (drop_remainder) -> optional worker processes. The returned
-grain IterDataset's iterators support get_state()/set_state() (grain's orbax checkpoint handler).
+grain IterDataset's iterators support get_state()/set_state() (checkpoint.py stores that state with each checkpoint).
 Eval (`make_eval_dataset`): same, but no shuffle, crops from frame 0, a single pass.
 """
 
@@ -115,7 +115,8 @@ def shard_paths(folder: str | Path, split: str) -> list[Path]:
     return paths
 
 
-def _stats(index: dict[str, Any] | None, stream: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+def index_stats(index: dict[str, Any] | None, stream: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(mean, std) of `stream` ("semantic" | "acoustic") from the index; (None, None) = not normalised."""
     if index is None:
         return None, None
     s = index["stats"][stream]
@@ -131,9 +132,9 @@ class ToExample(grain.transforms.RandomMap):
         self.random_crop, self.precomputed = random_crop, cfg.text.precomputed
         self.text_len, self.text_dim = cfg.text.max_len, cfg.text.dim
         self.feature_dim, self.cond_dim = cfg.model.feature_dim, cfg.model.cond_dim
-        norm = cfg.data.normalize and index is not None
-        self.sem_stats = _stats(index, "semantic") if norm else (None, None)
-        self.ac_stats = _stats(index, "acoustic") if norm else (None, None)
+        stats_index = index if cfg.data.normalize else None
+        self.sem_stats = index_stats(stats_index, "semantic")
+        self.ac_stats = index_stats(stats_index, "acoustic")
 
     def _check(self, clip: Clip, arr: np.ndarray, dim: int, name: str) -> None:
         if arr.ndim != 2 or arr.shape[1] != dim:
@@ -201,7 +202,9 @@ class EpochShuffle(grain.MapDataset):
     def __init__(self, parent: grain.MapDataset, seed: int):
         super().__init__(parent)
         self._seed, self._n = int(seed), len(parent)
-        self._perms: dict[int, np.ndarray] = {}
+        # (epoch, permutation) of the last even and odd epoch: grain's reader threads call __getitem__ concurrently,
+        # and a slot read / write is atomic where a shared dict's evict-then-insert is not.
+        self._slots: list[tuple[int, np.ndarray] | None] = [None, None]
 
     def __len__(self) -> int:
         return self._n
@@ -210,11 +213,11 @@ class EpochShuffle(grain.MapDataset):
         return f"EpochShuffle(seed={self._seed})"
 
     def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            if len(self._perms) >= 2:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = np.random.default_rng([self._seed, epoch]).permutation(self._n).astype(np.int32)
-        return self._perms[epoch]
+        slot = self._slots[epoch % 2]
+        if slot is None or slot[0] != epoch:
+            slot = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._n).astype(np.int32))
+            self._slots[epoch % 2] = slot
+        return slot[1]
 
     def __getitem__(self, index):  # noqa: ANN001 - grain's int | slice protocol
         if isinstance(index, slice):

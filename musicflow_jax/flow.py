@@ -76,18 +76,17 @@ def sample_cfg_drop(key: Array, batch: int, cfg: FlowConfig) -> tuple[Array, Arr
     return drop_text_b, drop_ctx_b
 
 
-def masked_loss(v_btd: Array, u_btd: Array, loss_mask_bt: Array) -> Array:
-    """Mean squared error over the frames where loss_mask is True (and all feature dims)."""
+def masked_loss(v_btd: Array, u_btd: Array, loss_mask_bt: Array, axis: int | None = None) -> Array:
+    """Mean squared error over the frames where loss_mask is True (and all feature dims); `axis=1` keeps the
+    batch axis (one mean per example)."""
     m_bt = loss_mask_bt.astype(jnp.float32)
     se_bt = jnp.sum(jnp.square(v_btd.astype(jnp.float32) - u_btd.astype(jnp.float32)), axis=-1)
-    return jnp.sum(se_bt * m_bt) / (jnp.maximum(jnp.sum(m_bt), 1.0) * v_btd.shape[-1])
+    return jnp.sum(se_bt * m_bt, axis=axis) / (jnp.maximum(jnp.sum(m_bt, axis=axis), 1.0) * v_btd.shape[-1])
 
 
 def per_example_loss(v_btd: Array, u_btd: Array, loss_mask_bt: Array) -> Array:
     """masked_loss computed separately for each example: (B,)."""
-    m_bt = loss_mask_bt.astype(jnp.float32)
-    se_bt = jnp.sum(jnp.square(v_btd.astype(jnp.float32) - u_btd.astype(jnp.float32)), axis=-1)
-    return jnp.sum(se_bt * m_bt, axis=1) / (jnp.maximum(jnp.sum(m_bt, axis=1), 1.0) * v_btd.shape[-1])
+    return masked_loss(v_btd, u_btd, loss_mask_bt, axis=1)
 
 
 def context_from_mask(x1_btd: Array, gen_mask_bt: Array, frame_mask_bt: Array | None = None) -> Array:

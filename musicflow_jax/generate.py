@@ -69,11 +69,9 @@ def _pair(value: str | None, cast: Any, name: str) -> tuple[Any, Any]:
 
 def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | None
                    ) -> tuple[StageSettings, StageSettings]:
-    from musicflow_jax.pipeline import _defaults
-
     st, so, cf = _pair(steps, int, "steps"), _pair(solver, str, "solver"), _pair(cfg, float, "cfg")
     out = []
-    for i, base in enumerate((_defaults(mf.cfg1), _defaults(mf.cfg2))):
+    for i, base in enumerate((StageSettings.from_config(mf.cfg1), StageSettings.from_config(mf.cfg2))):
         out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
                                  solver=base.solver if so[i] is None else so[i],
                                  cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
@@ -96,8 +94,14 @@ def read_prompts(path: str, default_duration: str, default_seed: int) -> list[di
                 raise GenerateError(f"{p}:{n}: invalid JSON ({e.msg}); write {{\"text\": \"...\"}} per line") from None
             if not isinstance(d, dict) or not isinstance(d.get("text"), str):
                 raise GenerateError(f"{p}:{n}: a JSON prompt needs a \"text\" string")
-            out.append({"text": d["text"], "duration": d.get("duration", default_duration),
-                        "seed": int(d.get("seed", default_seed)), "out": d.get("out")})
+            try:
+                seed = int(d.get("seed", default_seed))
+            except (TypeError, ValueError):
+                raise GenerateError(f"{p}:{n}: \"seed\" must be an integer, got {d['seed']!r}") from None
+            if d.get("out") is not None and not isinstance(d["out"], str):
+                raise GenerateError(f"{p}:{n}: \"out\" must be a file path string, got {d['out']!r}")
+            out.append({"text": d["text"], "duration": d.get("duration", default_duration), "seed": seed,
+                        "out": d.get("out")})
         else:
             out.append({"text": line.strip(), "duration": default_duration, "seed": default_seed, "out": None})
     if not out:
@@ -175,8 +179,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     extra = {"config_hash": f"{config_hash(mf.cfg1)}+{config_hash(mf.cfg2)}", "model": str(mf.folder),
              "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
     groups: dict[tuple[Any, int], list[int]] = {}
-    for i, j in enumerate(jobs):  # batch prompts that share duration and seed
-        groups.setdefault((j["duration"], j["seed"]), []).append(i)
+    for i, j in enumerate(jobs):  # batch prompts that share duration (infill/restyle: the prompt's) and seed
+        groups.setdefault((j["duration"] if mode in ("generate", "continue") else None, j["seed"]), []).append(i)
     written = []
     kw = dict(stage1=s1, stage2=s2, overlap=args.overlap, progress=not args.quiet)
     for (duration, seed), idx in groups.items():

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from musicflow_jax.records import atomic_write_text
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -125,6 +127,4 @@ def write_manifest(path: str | Path, entries: Iterable[Entry], relative: bool = 
         if e.duration is not None:
             obj["duration"] = round(e.duration, 4)
         lines.append(json.dumps(obj))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -41,6 +41,11 @@ def program_flops(lowered: Any) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def count_params(tree: Any) -> int:
+    """Number of scalars in a pytree of arrays (0 for None)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
 def analytic_flops(cfg: Any, n_params: int, n_text_params: int = 0) -> float:
     """Model FLOPs of one train step by the usual count (PaLM appendix B): 6 N per frame for the flow
     transformer's N params (forward + backward), plus self-attention 12 depth T^2 dim and cross-attention

@@ -10,8 +10,9 @@ encoders and hold it as in-context frames (bit-exact in latent space); durations
 use windowed continuation with overlap + crossfade (longform.py).
 
 A model folder holds `stage1.safetensors`, `stage2.safetensors` (stage_io.py format), `features.json` (feature
-backend: "mel" or "encodec" + the normalisation stats of both streams) and `text_encoder/` (the exact T5 the
-stages were trained with). Every user-facing problem raises `GenerateError` with a one-line message and fix.
+backend: "mel" or "encodec" + the normalisation stats of both streams) and `text_encoder/` (the exact T5 stage 1
+was trained with; stage 2 shares it unless its config names another T5, which is then rebuilt from that config).
+Every user-facing problem raises `GenerateError` with a one-line message and fix.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,11 @@ class StageSettings:
     steps: int = 16
     solver: str = "midpoint"
     cfg_scale: float = 3.0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> StageSettings:
+        """The stage's own defaults (cfg.sample)."""
+        return cls(steps=cfg.sample.steps, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale)
 
 
 @dataclasses.dataclass
@@ -146,9 +152,8 @@ def check_settings(s: StageSettings, stage: str) -> StageSettings:
 class Backend:
     """Encoders/decoder of the two streams + their normalisation stats (from the training data index)."""
 
-    def __init__(self, kind: str, codec: Any, semantic: Any, semantic_rate: int, stats: dict[str, Any],
-                 semantic_to_vectors: Any = None):
-        self.kind, self.codec, self.semantic, self.semantic_rate = kind, codec, semantic, semantic_rate
+    def __init__(self, kind: str, codec: Any, semantic: Any, stats: dict[str, Any], semantic_to_vectors: Any = None):
+        self.kind, self.codec, self.semantic = kind, codec, semantic
         self.sem_mean, self.sem_std = (np.asarray(stats["semantic"][k], np.float32) for k in ("mean", "std"))
         self.ac_mean, self.ac_std = (np.asarray(stats["acoustic"][k], np.float32) for k in ("mean", "std"))
         self._to_vectors = semantic_to_vectors
@@ -159,7 +164,7 @@ class Backend:
 
     @property
     def hop(self) -> int:
-        return int(round(self.codec.sample_rate / self.codec.frame_rate))
+        return int(self.codec.hop_length)
 
     @property
     def semantic_dim(self) -> int:
@@ -171,15 +176,22 @@ class Backend:
 
     def encode(self, audio_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mono audio at sample_rate -> (semantic (T_s, C), acoustic (T_a, D)), both normalised (model space)."""
+        return self.encode_semantic(audio_s), self.encode_acoustic(audio_s)
+
+    def encode_semantic(self, audio_s: np.ndarray) -> np.ndarray:
+        """Mono audio at sample_rate -> normalised semantic features (T_s, C)."""
         from musicflow_jax.audio import resample
 
-        a_sem = resample(audio_s, self.sample_rate, self.semantic_rate)
+        a_sem = resample(audio_s, self.sample_rate, int(self.semantic.sample_rate))
         h = np.asarray(self.semantic.features(a_sem[None]))
         if self._to_vectors is not None:
             h = np.asarray(self._to_vectors(h))
+        return features.normalize(h[0], self.sem_mean, self.sem_std)
+
+    def encode_acoustic(self, audio_s: np.ndarray) -> np.ndarray:
+        """Mono audio at sample_rate -> normalised acoustic latents (T_a, D)."""
         z = np.asarray(self.codec.encode_latents(audio_s[None]))
-        return (features.normalize(h[0], self.sem_mean, self.sem_std),
-                features.normalize(z[0], self.ac_mean, self.ac_std))
+        return features.normalize(z[0], self.ac_mean, self.ac_std)
 
     def decode(self, ac_btd: np.ndarray) -> np.ndarray:
         z = features.denormalize(np.asarray(ac_btd, np.float32), self.ac_mean, self.ac_std)
@@ -191,25 +203,28 @@ def load_backend(folder: Path) -> Backend:
     if not spec_file.is_file():
         raise GenerateError(f"model folder {folder} has no features.json: it is not a MusicFlow model folder "
                             "(stage1/stage2 safetensors + features.json + text_encoder/)")
-    spec = json.loads(spec_file.read_text())
-    kind = spec.get("backend")
-    if kind == "mel":
-        from musicflow_jax.backends.mel import ChromaConfig, ChromaSemantic, MelCodec, MelConfig
+    try:
+        spec = json.loads(spec_file.read_text())
+        kind = spec.get("backend")
+        if kind == "mel":
+            from musicflow_jax.backends.mel import ChromaSemantic, MelCodec
 
-        sem = {k: v for k, v in spec["semantic"].items() if k != "kind"}
-        ac = {k: v for k, v in spec["acoustic"].items() if k != "kind"}
-        semantic = ChromaSemantic(ChromaConfig(**sem))
-        return Backend("mel", MelCodec(MelConfig(**ac)), semantic, semantic.sample_rate, spec["stats"])
-    if kind == "encodec":
-        from musicflow_jax.codec import Codec
-        from musicflow_jax.semantic import SemanticEncoder
+            return Backend("mel", MelCodec.from_dict(spec["acoustic"]), ChromaSemantic.from_dict(spec["semantic"]),
+                           spec["stats"])
+        if kind == "encodec":
+            from musicflow_jax.codec import Codec
+            from musicflow_jax.semantic import SemanticEncoder
 
-        codec = Codec.load(folder / spec.get("encodec", "encodec"))
-        kmeans = spec.get("kmeans")
-        enc = SemanticEncoder.load(folder / spec.get("hubert", "hubert"), (folder / kmeans) if kmeans else None,
-                                   int(spec["layer"]))
-        to_vec = (lambda h: enc.unit_vectors(enc.units(h))) if kmeans else None
-        return Backend("encodec", codec, enc, 16_000, spec["stats"], to_vec)
+            codec = Codec.load(folder / spec.get("encodec", "encodec"))
+            kmeans = spec.get("kmeans")
+            enc = SemanticEncoder.load(folder / spec.get("hubert", "hubert"), (folder / kmeans) if kmeans else None,
+                                       int(spec["layer"]))
+            to_vec = (lambda h: enc.unit_vectors(enc.units(h))) if kmeans else None
+            return Backend("encodec", codec, enc, spec["stats"], to_vec)
+    except (KeyError, TypeError, ValueError) as e:  # bad JSON, missing keys, bad fields, unusable encoder files
+        msg = str(e).replace("\n", " ")
+        raise GenerateError(f"{spec_file}: cannot build the feature backend ({type(e).__name__}: {msg}); rewrite the "
+                            "folder with tools/assemble_model.py") from None
     raise GenerateError(f"{spec_file}: unknown feature backend {kind!r}; expected 'mel' or 'encodec'")
 
 
@@ -248,8 +263,9 @@ class MusicFlow:
             cfg1, model1 = load_stage(Path(stage1) if stage1 else _stage_file(folder, "stage1"), "semantic")
             cfg2, model2 = load_stage(Path(stage2) if stage2 else _stage_file(folder, "stage2"), "acoustic")
             _check_compatible(cfg1, cfg2, backend)
-            text1 = _load_text(folder, cfg1)
-            text2 = text1 if cfg2.text == cfg1.text else _load_text(folder, cfg2)
+            same_t5 = _text_encoder_id(cfg1) == _text_encoder_id(cfg2)
+            text1 = _load_text(folder, cfg1, shipped=True)
+            text2 = text1 if same_t5 and cfg2.text == cfg1.text else _load_text(folder, cfg2, shipped=same_t5)
         except (StageError, ConversionError, ConfigError, FileNotFoundError) as e:
             raise GenerateError(str(e).replace("\n", " ")) from None
         return cls(cfg1, model1, cfg2, model2, text1, text2, backend, folder)
@@ -302,7 +318,7 @@ class MusicFlow:
         texts = check_texts(texts)
         audio = self.read_prompt(prompt)
         duration = check_duration(len(audio) / self.sample_rate, "prompt length")
-        sem_p, _ = self.backend.encode(audio)
+        sem_p = self.backend.encode_semantic(audio)
         n_s, n_a = frames_for(duration, SEMANTIC_RATE), frames_for(duration, ACOUSTIC_RATE)
         b = len(texts)
         sem_ctx = np.broadcast_to(_fit(sem_p, n_s), (b, n_s, sem_p.shape[-1])).copy()
@@ -329,8 +345,9 @@ class MusicFlow:
                 raise GenerateError(f"--prompt-audio {path} cannot be read as audio ({type(e).__name__}): convert "
                                     "it to WAV/FLAC") from None
         if audio.size < 2 * self.backend.hop or not np.isfinite(audio).all():
-            raise GenerateError(f"--prompt-audio is empty, too short (< {2 * self.backend.hop} samples) or holds "
-                                "NaN/inf: give a real recording of at least 0.1 s")
+            raise GenerateError(f"--prompt-audio is empty, too short (< {2 * self.backend.hop} samples = "
+                                f"{2 * self.backend.hop / self.sample_rate:.3f} s) or holds NaN/inf: give a real "
+                                "recording of at least 0.1 s")
         return audio
 
     # --------------------------------------------------------------------- internals
@@ -368,40 +385,50 @@ class MusicFlow:
 
         if not 0.0 <= overlap < 1.0:
             raise GenerateError(f"--overlap {overlap} must be a fraction of the window in [0, 1)")
-        s1 = check_settings(s1 or _defaults(self.cfg1), "stage 1")
-        s2 = check_settings(s2 or _defaults(self.cfg2), "stage 2")
+        s1 = check_settings(s1 or StageSettings.from_config(self.cfg1), "stage 1")
+        s2 = check_settings(s2 or StageSettings.from_config(self.cfg2), "stage 2")
         t0 = time.perf_counter()
         key = jax.random.key(int(seed))
-        w1, w2 = self.cfg1.data.frames, self.cfg2.data.frames
-        n1 = len(longform.plan_windows(sem_gen.shape[0], w1, int(overlap * w1))) if run_stage1 else 0
-        n2 = len(longform.plan_windows(ac_gen.shape[0], w2, int(overlap * w2)))
-        bar = tqdm(total=n1 + n2 + 1, desc=f"{mode} {duration:g}s x{len(texts)}", disable=not progress, leave=False)
+        n1 = self._windows(self.cfg1, sem_gen.shape[0], overlap) if run_stage1 else 0
+        n2 = self._windows(self.cfg2, ac_gen.shape[0], overlap)
         nfe = {"stage1": 0, "stage2": 0}
-        if run_stage1 and sem_gen.any():
-            emb, mask = self.text1(texts)
-            sem = longform.generate_windowed(self._sampler(self.model1, self.cfg1, emb, mask, s1, nfe, "stage1"),
-                                             jax.random.fold_in(key, 1), sem_ctx, np.broadcast_to(sem_gen,
-                                                                                                  sem_ctx.shape[:2]),
-                                             None, window=w1, overlap=int(overlap * w1),
-                                             crossfade=max(1, int(overlap * w1) // 4), progress=bar.update)
-        else:
-            sem = sem_ctx.astype(np.float32)
-            bar.update(n1)
-        n_a = ac_gen.shape[0]
-        cond = np.stack([features.upsample_nearest(s, n_a, SEMANTIC_RATE, ACOUSTIC_RATE) for s in sem])
-        emb, mask = self.text2(texts)
-        ac = longform.generate_windowed(self._sampler(self.model2, self.cfg2, emb, mask, s2, nfe, "stage2"),
-                                        jax.random.fold_in(key, 2), ac_ctx, np.broadcast_to(ac_gen, ac_ctx.shape[:2]),
-                                        cond, window=w2, overlap=int(overlap * w2),
-                                        crossfade=max(1, int(overlap * w2) // 4), progress=bar.update)
-        audio = self.backend.decode(ac)[:, : int(round(duration * self.sample_rate))]
-        if mode in ("generate", "restyle"):  # keep clear of clipping (prompt modes keep the prompt's level)
-            peak = np.abs(audio).max(axis=-1, keepdims=True)
-            audio = np.where(peak > 0.95, audio * (0.95 / np.maximum(peak, 1e-9)), audio).astype(np.float32)
-        bar.update(1)
-        bar.close()
+        with tqdm(total=n1 + n2 + 1, desc=f"{mode} {duration:g}s x{len(texts)}", disable=not progress,
+                  leave=False) as bar:
+            text1 = None
+            if run_stage1 and sem_gen.any():
+                text1 = self.text1(texts)
+                sem = self._windowed("stage1", text1, s1, jax.random.fold_in(key, 1), sem_ctx, sem_gen, None,
+                                     overlap, nfe, bar.update)
+            else:
+                sem = sem_ctx.astype(np.float32)
+                bar.update(n1)
+            text2 = text1 if text1 is not None and self.text2 is self.text1 else self.text2(texts)  # encode once
+            cond = sem[:, features.upsample_index(ac_gen.shape[0], sem.shape[1], SEMANTIC_RATE, ACOUSTIC_RATE)]
+            ac = self._windowed("stage2", text2, s2, jax.random.fold_in(key, 2), ac_ctx, ac_gen, cond, overlap, nfe,
+                                bar.update)
+            audio = self.backend.decode(ac)[:, : int(round(duration * self.sample_rate))]
+            if mode in ("generate", "restyle"):  # keep clear of clipping (prompt modes keep the prompt's level)
+                peak = np.abs(audio).max(axis=-1, keepdims=True)
+                audio = np.where(peak > 0.95, audio * (0.95 / np.maximum(peak, 1e-9)), audio).astype(np.float32)
+            bar.update(1)
         return Generation(audio=audio, sample_rate=self.sample_rate, semantic=sem, acoustic=ac, texts=list(texts),
                           seed=int(seed), mode=mode, nfe=nfe, seconds=time.perf_counter() - t0)
+
+    @staticmethod
+    def _windows(cfg: Config, frames: int, overlap: float) -> int:
+        return len(longform.plan_windows(frames, cfg.data.frames, int(overlap * cfg.data.frames)))
+
+    def _windowed(self, name: str, text: tuple[jax.Array, np.ndarray], s: StageSettings, key: jax.Array,
+                  ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None, overlap: float, nfe: dict[str, int],
+                  progress: Callable[[int], None]) -> np.ndarray:
+        """Stage `name` over the whole sequence, window by window (longform.generate_windowed); `text` is the
+        (embeddings, mask) of the stage's text encoder."""
+        model, cfg = (self.model1, self.cfg1) if name == "stage1" else (self.model2, self.cfg2)
+        emb, mask = text
+        window, ov = cfg.data.frames, int(overlap * cfg.data.frames)
+        return longform.generate_windowed(self._sampler(model, cfg, emb, mask, s, nfe, name), key, ctx,
+                                          np.broadcast_to(gen, ctx.shape[:2]), cond, window=window, overlap=ov,
+                                          crossfade=max(1, ov // 4), progress=progress)
 
     def _sampler(self, model: Any, cfg: Config, emb: jax.Array, mask: np.ndarray, s: StageSettings,
                  nfe: dict[str, int], name: str) -> longform.WindowSampler:
@@ -423,10 +450,6 @@ def frames_for(duration: float, rate: float) -> int:
     return int(math.ceil(duration * rate - 1e-6))
 
 
-def _defaults(cfg: Config) -> StageSettings:
-    return StageSettings(steps=cfg.sample.steps, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale)
-
-
 def _fit(x_tc: np.ndarray, n: int) -> np.ndarray:
     """First n frames of x, zero-padded (frames beyond the prompt are generated anyway)."""
     return features.pad_or_crop(x_tc.astype(np.float32), n)[0]
@@ -441,11 +464,18 @@ def region_mask(regions: Sequence[tuple[float, float]], n: int, rate: float) -> 
     return m
 
 
-def _load_text(folder: Path, cfg: Config) -> Any:
+def _text_encoder_id(cfg: Config) -> tuple[str, int, int | None]:
+    """What fixes a stage's T5 weights: its converted checkpoint, or the embedded T5's dim and seed (train.seed)."""
+    return cfg.text.checkpoint, cfg.text.dim, None if cfg.text.checkpoint else cfg.train.seed
+
+
+def _load_text(folder: Path, cfg: Config, shipped: bool) -> Any:
+    """The T5 `cfg`'s stage was trained with. The folder's `text_encoder/` is stage 1's (tools/assemble_model.py):
+    used when `shipped` (this stage has the same T5 as stage 1), otherwise rebuilt from cfg.text / cfg.train.seed."""
     from musicflow_jax.text_encoder import TextEncoder
 
     bundled = folder / "text_encoder"
-    if bundled.is_dir():
+    if shipped and bundled.is_dir():
         return TextEncoder.load(TextConfig(checkpoint=str(bundled), max_len=cfg.text.max_len, dim=cfg.text.dim))
     return TextEncoder.load(cfg.text, cfg.train.seed)
 

@@ -14,7 +14,8 @@ Schema v1, per clip (`Clip`):
 - "t5_emb"   float32 (L, E) and "t5_mask" bool (L,): optional frozen T5 output for the caption
 - meta: "caption" (str), "duration" (s), "source" (audio path), "start" (s, segment offset), "clip_id" (str)
 
-Shards are `<split>-<i>-of-<n>.array_record`, written atomically (tmp file, then rename) by `write_shard`;
+Shards are `<split>-<i>-of-<n>.array_record`, written atomically (tmp file, then rename) by `ClipShardWriter`
+(with a JSON sidecar summary that `merge_index` turns into `index.json`) or, for raw records, `write_shard`;
 `ShardSource` is the random-access source grain reads them through, naming the file on any decode error.
 """
 
@@ -202,7 +203,7 @@ class ShardSource:
             except Exception as e:  # noqa: BLE001 - the C++ reader raises assorted types
                 raise RecordError(f"{_expect(p)}; not a readable ArrayRecord file: {e}") from None
         self._starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
-        self._readers: dict[int, Any] = {}
+        self._readers: dict[str, Any] = {}  # shard path -> reader
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -217,13 +218,13 @@ class ShardSource:
 
         if not 0 <= index < len(self):
             raise IndexError(f"record {index} out of range [0, {len(self)})")
-        f = bisect.bisect_right(self._starts, index) - 1
-        if f not in self._readers:
-            self._readers[f] = ArrayRecordReader(self.paths[f], _READER_OPTIONS)
+        path, local = self.locate(index)
+        if path not in self._readers:
+            self._readers[path] = ArrayRecordReader(path, _READER_OPTIONS)
         try:
-            return self._readers[f].read([index - self._starts[f]])[0]
+            return self._readers[path].read([local])[0]
         except Exception as e:  # noqa: BLE001
-            raise RecordError(f"{_expect(self.paths[f])}; record {index - self._starts[f]} unreadable: {e}") from None
+            raise RecordError(f"{_expect(path)}; record {local} unreadable: {e}") from None
 
     def __getitem__(self, index: int) -> Clip:
         path, local = self.locate(index)
@@ -242,7 +243,8 @@ INDEX_FILE = "index.json"
 STREAMS = ("semantic", "acoustic")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a `.tmp` sibling, then rename it over `path`: readers see the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -287,7 +289,7 @@ class ClipShardWriter:
                    "sums": {k: {"n": v["n"], "sum": v["sum"].tolist(), "sumsq": v["sumsq"].tolist()}
                             for k, v in self._sums.items()},
                    **self._extra}
-        _atomic_write_text(summary_path(self.path), json.dumps(summary))
+        atomic_write_text(summary_path(self.path), json.dumps(summary))
         return summary
 
 
@@ -339,5 +341,5 @@ def merge_index(folder: str | Path, info: dict[str, Any] | None = None, stats_sp
         stats[name] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "frames": int(n)}
     index = {**(info or {}), "schema_version": SCHEMA_VERSION, "splits": splits, "stats": stats,
              "stats_split": stats_split if any(s["shard"].startswith(stats_split + "-") for s in summaries) else "all"}
-    _atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=1))
+    atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=1))
     return index

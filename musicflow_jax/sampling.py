@@ -69,13 +69,13 @@ def solve(
         y0=x0,
         stepsize_controller=controller,
         saveat=diffrax.SaveAt(t1=True),
-        max_steps=max_steps if solver == "dopri5" else steps,
-        throw=solver == "dopri5",
+        max_steps=max_steps if adaptive else steps,
+        throw=adaptive,
     )
-    if solver == "dopri5":
+    if adaptive:
         nfe = 1 + _DOPRI5_EVALS_PER_STEP * jnp.asarray(sol.stats["num_steps"], jnp.int32)
     else:
-        nfe = jnp.asarray(_FIXED_EVALS_PER_STEP[solver] * steps, jnp.int32)
+        nfe = jnp.asarray(expected_nfe(solver, steps), jnp.int32)
     return sol.ys[0], nfe
 
 

@@ -1,10 +1,7 @@
 """Audio prompt -> semantic features / units in JAX: converted HuBERT at one layer + k-means assignment.
 
-K-means codebook file (written by tools/fit_kmeans.py, read here): a safetensors file with one tensor
-"centroids" float32 (K, C), C = HuBERT hidden size, and string metadata {"layer": str(int) (the
-`hidden_states` index the codebook was fitted on: 0 = transformer input, L = output of layer L),
-"hubert_sha256": sha256 of the source HuBERT weights file bytes (model.safetensors / pytorch_model.bin),
-"k", "frames", "seed"}. Units are nearest centroids in squared Euclidean distance.
+The k-means codebook file format (written by tools/fit_kmeans.py) is defined in musicflow_jax/codebook.py.
+Units are nearest centroids in squared Euclidean distance.
 """
 
 from __future__ import annotations
@@ -16,33 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from musicflow_jax.codebook import load_codebook
 from musicflow_jax.convert.hubert import KIND, load_hubert
 from musicflow_jax.convert.io import read_meta
+from musicflow_jax.models._layers import nearest_code
 from musicflow_jax.models.hubert import Hubert, HubertConfig
 
-
-def load_codebook(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
-    """(centroids (K, C) float32, metadata) of a k-means codebook file."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"k-means codebook {path} does not exist (fit one with tools/fit_kmeans.py)")
-    with safe_open(str(path), framework="numpy") as f:
-        if "centroids" not in f.keys():  # noqa: SIM118
-            raise ValueError(f"{path}: no 'centroids' tensor; keys are {list(f.keys())}")
-        cents = f.get_tensor("centroids").astype(np.float32)
-        meta = dict(f.metadata() or {})
-    if cents.ndim != 2:
-        raise ValueError(f"{path}: 'centroids' must be (K, C), got shape {cents.shape}")
-    return cents, meta
-
-
-def assign_units(h_btc: jax.Array, centroids_kc: jax.Array) -> jax.Array:
-    """Nearest centroid per frame -> int32 (B, T)."""
-    hc = jnp.einsum("btc,kc->btk", h_btc, centroids_kc, precision=jax.lax.Precision.HIGHEST)
-    d_btk = jnp.sum(h_btc**2, -1, keepdims=True) - 2 * hc + jnp.sum(centroids_kc**2, -1)
-    return jnp.argmin(d_btk, -1).astype(jnp.int32)
+assign_units = nearest_code  # (B, T, C) features, (K, C) centroids -> nearest centroid ids int32 (B, T)
 
 
 class SemanticEncoder:
@@ -64,13 +41,14 @@ class SemanticEncoder:
         """Converted HuBERT folder + k-means codebook (None: features only). Checks the codebook's layer and,
         when both are recorded, that it was fitted on the same HuBERT weights."""
         cfg, model = load_hubert(hubert_folder)
-        do_normalize = bool(read_meta(hubert_folder, KIND).get("extra", {}).get("do_normalize", False))
+        extra = read_meta(hubert_folder, KIND).get("extra", {})
+        do_normalize = bool(extra.get("do_normalize", False))
         cents = None
         if kmeans_file is not None:
             cents, meta = load_codebook(kmeans_file)
             if meta.get("layer") not in (None, str(layer)):
                 raise ValueError(f"{kmeans_file} was fitted on HuBERT layer {meta['layer']}, not layer {layer}")
-            src_sha = read_meta(hubert_folder, KIND).get("extra", {}).get("source_sha256")
+            src_sha = extra.get("source_sha256")
             if meta.get("hubert_sha256") and src_sha and meta["hubert_sha256"] != src_sha:
                 raise ValueError(f"{kmeans_file} was fitted on a different HuBERT (sha256 {meta['hubert_sha256'][:12]}"
                                  f"...) than {hubert_folder} was converted from ({src_sha[:12]}...)")

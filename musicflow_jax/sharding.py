@@ -123,13 +123,3 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, rules: dict[str, str 
         out[k] = jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
     return out
 
-
-def sharded_fraction(state: Any, shardings: Any) -> float:
-    """Fraction of parameter bytes whose sharding is split over more than one device."""
-    total = split = 0
-    for x, s in zip(jax.tree.leaves(state), jax.tree.leaves(shardings)):
-        nbytes = math.prod(x.shape) * np.dtype(x.dtype).itemsize
-        total += nbytes
-        if not s.is_fully_replicated:
-            split += nbytes
-    return split / max(total, 1)

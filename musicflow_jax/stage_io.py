@@ -9,6 +9,7 @@ loads too. Errors name the file and the fix (wrong stage, mismatched config, mis
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,8 @@ def _read(path: Path) -> tuple[Config, dict[str, np.ndarray]]:
             raise StageError(f"checkpoint folder {path} needs config.json and model.safetensors (an exported stage); "
                              "export one with tools/export.py")
         data = json.loads(cfg_file.read_text())
-        cfg = config_lib.from_dict(data.get("config", data) if isinstance(data.get("config"), dict) else data)
-        return cfg, load_file(str(weights))
+        return _config(cfg_file, lambda: config_lib.from_dict(
+            data["config"] if isinstance(data.get("config"), dict) else data)), load_file(str(weights))
     if not path.is_file():
         raise StageError(f"checkpoint {path} does not exist; pass an exported .safetensors file (tools/export.py)")
     try:
@@ -63,11 +64,14 @@ def _read(path: Path) -> tuple[Config, dict[str, np.ndarray]]:
     if "config" not in meta:
         raise StageError(f"checkpoint {path} has no 'config' in its safetensors metadata: it is not an exported "
                          "flow stage; export it with tools/export.py")
+    return _config(path, lambda: config_lib.from_json(meta["config"])), flat
+
+
+def _config(source: Path, parse: Callable[[], Config]) -> Config:
     try:
-        cfg = config_lib.from_json(meta["config"])
-    except (ConfigError, ValueError, TypeError) as e:
-        raise StageError(f"checkpoint {path}: its stored config does not fit this code version ({e})") from None
-    return cfg, flat
+        return parse()
+    except (ConfigError, ValueError, TypeError, AttributeError) as e:
+        raise StageError(f"checkpoint {source}: its stored config does not fit this code version ({e})") from None
 
 
 def load_stage(path: str | Path, expect_stage: str | None = None) -> tuple[Config, FlowTransformer]:

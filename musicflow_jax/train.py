@@ -62,49 +62,56 @@ def maybe_initialize_distributed(flag: bool) -> None:
 # --------------------------------------------------------------------------- frozen text encoder
 
 
-def load_text_encoder(cfg: Config) -> tuple[Callable[[Any, jax.Array, jax.Array], jax.Array] | None, Any]:
-    """(encode(params, ids_bl, mask_bl) -> emb_bld, params) of the frozen T5, or (None, None) if precomputed."""
+def load_text_encoder(cfg: Config, mesh: jax.sharding.Mesh | None = None
+                      ) -> tuple[Callable[[Any, jax.Array, jax.Array], jax.Array] | None, Any]:
+    """(encode(params, ids_bl, mask_bl) -> emb_bld, params) of the frozen T5, or (None, None) if precomputed.
+    With `mesh`, the params are placed replicated on it (as the train step expects them)."""
     if cfg.text.precomputed:
         return None, None
     from musicflow_jax.text_encoder import TextEncoder
 
     enc = TextEncoder.load(cfg.text, cfg.train.seed)
-    return enc.apply, enc.state
-
-
-def _n_params(tree: Any) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    return enc.apply, (enc.state if mesh is None else jax.device_put(enc.state, sharding.replicated(mesh)))
 
 
 # --------------------------------------------------------------------------- eval and samples
 
 
-def make_eval_fn(cfg: Config, setup: train_state.Setup, encode: Any) -> Callable[..., jax.Array]:
-    """Jitted flow loss of `params` on a batch with a fixed key per eval batch index."""
+def make_eval_fn(cfg: Config, setup: train_state.Setup, encode: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Jitted (flow loss of the params, of the EMA) on one batch, with a fixed key per eval batch index."""
 
-    def eval_loss(params: Any, rest: Any, batch: dict[str, jax.Array], text_params: Any, i: jax.Array) -> jax.Array:
+    def eval_loss(state: train_state.TrainState, batch: dict[str, jax.Array], text_params: Any,
+                  i: jax.Array) -> tuple[jax.Array, jax.Array]:
         batch = dict(batch)
         if "text_emb" not in batch:
             batch["text_emb"] = encode(text_params, batch["text_ids"], batch["text_mask"])
-        model = nnx.merge(setup.graphdef, params, rest)
-        apply = lambda *a: model(*a, deterministic=True)  # noqa: E731
         key = jax.random.fold_in(jax.random.key(cfg.train.seed + 1), i)
-        return flow.flow_loss(apply, key, batch, cfg.flow)[0]
+
+        def loss(params: Any) -> jax.Array:
+            model = nnx.merge(setup.graphdef, params, state.rest)
+            return flow.flow_loss(lambda *a: model(*a, deterministic=True), key, batch, cfg.flow)[0]
+
+        return loss(state.params), loss(state.ema)
 
     return jax.jit(eval_loss)
 
 
-def evaluate(cfg: Config, eval_fn: Any, params: Any, rest: Any, text_params: Any, setup: train_state.Setup) -> float:
-    """Mean validation flow loss over train.eval_batches batches of the "valid" split."""
+def evaluate(cfg: Config, eval_fn: Any, state: train_state.TrainState, text_params: Any,
+             setup: train_state.Setup) -> dict[str, float]:
+    """Mean validation flow loss of the params ("loss") and the EMA ("loss_ema") over train.eval_batches batches
+    of the "valid" split, in one pass over the data."""
     from musicflow_jax.data import make_eval_dataset
 
     losses = []
-    for i, local in enumerate(make_eval_dataset(cfg, "valid")):
-        if i >= cfg.train.eval_batches:
-            break
-        batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
-        losses.append(float(jax.block_until_ready(eval_fn(params, rest, batch, text_params, jnp.int32(i)))))
-    return float(np.mean(losses)) if losses else float("nan")
+    it = iter(make_eval_dataset(cfg, "valid"))
+    try:
+        for i, local in zip(range(cfg.train.eval_batches), it):
+            batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
+            losses.append(jax.device_get(eval_fn(state, batch, text_params, jnp.int32(i))))
+    finally:
+        it.close()  # worker processes (data.num_workers > 0) end here, not at garbage collection
+    mean = np.mean(losses, axis=0) if losses else (float("nan"), float("nan"))
+    return {"loss": float(mean[0]), "loss_ema": float(mean[1])}
 
 
 def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.TrainState, encode: Any,
@@ -133,14 +140,12 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
     if cfg.model.stage == "acoustic" and cfg.train.sample_codec:
         import soundfile as sf
 
+        from musicflow_jax import features
         from musicflow_jax.codec import Codec
-        from musicflow_jax.data import load_index
+        from musicflow_jax.data import index_stats, load_index
 
-        latents = x1
-        if cfg.data.normalize and cfg.data.source == "arrayrecord":  # undo the data pipeline's normalisation
-            stats = load_index(cfg.data.path).get("stats", {}).get("acoustic")
-            if stats:
-                latents = x1 * np.asarray(stats["std"], np.float32) + np.asarray(stats["mean"], np.float32)
+        normalized = cfg.data.normalize and cfg.data.source == "arrayrecord"  # undo the data pipeline's normalisation
+        latents = features.denormalize(x1, *index_stats(load_index(cfg.data.path) if normalized else None, "acoustic"))
         codec = Codec.load(cfg.train.sample_codec)
         audio = np.asarray(codec.decode_latents(jnp.asarray(latents)))
         for i in range(n):
@@ -166,9 +171,7 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
     # Mesh, shardings, state: fresh or restored (onto this run's mesh, whatever the saved one was).
     mesh = sharding.make_mesh(cfg.mesh, devices)
     setup = train_state.make_setup(cfg, mesh)
-    encode, text_params = load_text_encoder(cfg)
-    if text_params is not None:
-        text_params = jax.device_put(text_params, sharding.replicated(mesh))
+    encode, text_params = load_text_encoder(cfg, mesh)
     data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count()))
     manager = checkpoint.make_manager(workdir, cfg, async_save=async_ckpt)
     if manager.latest_step() is not None:
@@ -193,8 +196,7 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
     window: dict[str, list] = {}
     t_window, sample_cond = 0.0, None  # t_window: seconds spent in data + steps since the last log
     if start == 0 and t_cfg.eval_every:  # the step-0 reference for the validation curve
-        writer.scalars(0, {"loss": evaluate(cfg, eval_fn, state.params, state.rest, text_params, setup),
-                           "loss_ema": evaluate(cfg, eval_fn, state.ema, state.rest, text_params, setup)}, "valid")
+        writer.scalars(0, evaluate(cfg, eval_fn, state, text_params, setup), prefix="valid")
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not is_main, desc=cfg.name, dynamic_ncols=True)
     try:
         for step in range(start, t_cfg.steps):
@@ -205,7 +207,8 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
             batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
             if compiled is None:  # compile once; FLOPs of the global step from XLA's cost analysis
                 lowered = step_fn.lower(state, batch, text_params)
-                flops_per_step, _ = metrics.step_flops(lowered, cfg, _n_params(state.params), _n_params(text_params))
+                flops_per_step, _ = metrics.step_flops(lowered, cfg, metrics.count_params(state.params),
+                                                       metrics.count_params(text_params))
                 compiled = lowered.compile()
                 peak = peak or metrics.measure_matmul_peak(
                     1024 if mesh.devices.flat[0].platform == "cpu" else 8192,
@@ -243,9 +246,7 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
                     f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
                     f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
             if t_cfg.eval_every and done % t_cfg.eval_every == 0:
-                writer.scalars(done, {
-                    "loss": evaluate(cfg, eval_fn, state.params, state.rest, text_params, setup),
-                    "loss_ema": evaluate(cfg, eval_fn, state.ema, state.rest, text_params, setup)}, prefix="valid")
+                writer.scalars(done, evaluate(cfg, eval_fn, state, text_params, setup), prefix="valid")
             if t_cfg.sample_every and done % t_cfg.sample_every == 0:
                 write_samples(cfg, setup, state, encode, text_params, done, workdir, writer, sample_cond)
             if int(m["nan_in_row"]) == 0 and (done % t_cfg.ckpt_every == 0 or done == t_cfg.steps
@@ -255,6 +256,7 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
                 tqdm.write(f"SIGTERM: stopping after step {done}; latest checkpoint: {manager.latest_step()}")
                 break
     finally:
+        data_iter.close()  # after the last checkpoint took its snapshot; ends data worker processes
         manager.wait_until_finished()
         manager.close()
         writer.close()

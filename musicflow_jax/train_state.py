@@ -149,13 +149,14 @@ def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
     return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
 
 
-def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.Array, jax.Array], jax.Array] | None,
-                    text_params_sharding: Any = None) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.Array, jax.Array], jax.Array] | None
+                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Jitted `step(state, batch, text_params) -> (state, metrics)`; the state is donated.
 
     text_encode(text_params, ids_bl, mask_bl) -> emb_bld runs the frozen text encoder under stop_gradient
-    (None when cfg.text.precomputed: the batch carries "text_emb"). metrics are replicated scalars plus
-    the per-example "loss_per_example" and "t" (for loss-by-t-bin).
+    (None when cfg.text.precomputed: the batch carries "text_emb"); text_params are replicated. metrics are
+    replicated scalars ("lr" is the rate this step applied) plus the per-example "loss_per_example" and "t"
+    (for loss-by-t-bin).
     """
     graphdef, tx = setup.graphdef, setup.tx
     accum, decay, flow_cfg = cfg.optim.grad_accum, cfg.optim.ema_decay, cfg.flow
@@ -215,7 +216,7 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.A
             "loss": loss,
             "grad_norm": grad_norm,
             "param_norm": optax.global_norm(new_state.params),
-            "lr": schedule(_adam_count(new_opt)),
+            "lr": schedule(_adam_count(state.opt_state)),  # optax reads the count before incrementing it
             "finite": finite,
             "nan_in_row": new_state.nan_in_row,
             "nan_total": new_state.nan_total,
@@ -226,8 +227,7 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.A
 
     rep = sharding.replicated(setup.mesh)
     batch_sh = sharding.batch_sharding(setup.mesh, setup.rules)  # prefix: leading dim split, rest replicated
-    text_sh = rep if text_params_sharding is None else text_params_sharding
-    return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(setup.state_shardings, batch_sh, text_sh),
+    return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(setup.state_shardings, batch_sh, rep),
                    out_shardings=(setup.state_shardings, rep))
 
 

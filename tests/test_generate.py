@@ -108,6 +108,41 @@ def test_prompts_file_plain_and_jsonl(folder: Path, tmp_path: Path) -> None:
     assert metas["organ.wav"]["seed"] == 5 and metas["p_0.wav"]["seed"] == 0
 
 
+def test_prompts_file_bad_fields_name_the_line(tmp_path: Path) -> None:
+    pf = tmp_path / "prompts.txt"
+    for line, msg in (('{"text": "x", "seed": "abc"}', ":2: \"seed\" must be an integer"),
+                      ('{"text": "x", "out": 3}', ":2: \"out\" must be a file path")):
+        pf.write_text("a piano piece\n" + line + "\n")
+        with pytest.raises(GenerateError, match=msg):
+            generate.read_prompts(str(pf), "10", 0)
+    pf.write_text('{"text": "x", "seed": "7"}\n')
+    assert generate.read_prompts(str(pf), "10", 0)[0]["seed"] == 7
+
+
+def test_each_stage_gets_the_text_encoder_it_was_trained_with(folder: Path, tmp_path: Path) -> None:
+    """text_encoder/ is stage 1's; a stage 2 trained with another embedded T5 (train.seed) must not reuse it."""
+    import shutil
+
+    from musicflow_jax.stage_io import load_stage
+    from musicflow_jax.text_encoder import TextEncoder
+
+    d = tmp_path / "model"
+    shutil.copytree(folder, d)
+    c2, m2 = load_stage(folder / "stage2.safetensors")
+    c2 = dataclasses.replace(c2, train=dataclasses.replace(c2.train, seed=c2.train.seed + 1))
+    save_stage(d / "stage2.safetensors", c2, m2)
+    mf2 = MusicFlow.load(d)
+    texts = ["a calm organ chorale"]
+    want1 = np.asarray(TextEncoder.load(mf2.cfg1.text, mf2.cfg1.train.seed)(texts)[0])
+    want2 = np.asarray(TextEncoder.load(c2.text, c2.train.seed)(texts)[0])
+    assert np.abs(want1 - want2).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(mf2.text1(texts)[0]), want1)
+    np.testing.assert_array_equal(np.asarray(mf2.text2(texts)[0]), want2)
+    mf1 = MusicFlow.load(folder)  # same T5 for both stages: one encoder, the shipped one
+    assert mf1.text2 is mf1.text1
+    np.testing.assert_array_equal(np.asarray(mf1.text1(texts)[0]), want1)
+
+
 def test_stage_settings_parsing(mf: MusicFlow) -> None:
     s1, s2 = generate.stage_settings(mf, "16,8", "midpoint", "3,1.5")
     assert (s1.steps, s2.steps, s1.solver, s2.solver, s1.cfg_scale, s2.cfg_scale) == (16, 8, "midpoint", "midpoint",

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from tiny_models import save_tiny_hubert
 
-from musicflow_jax.convert.hubert import convert_hubert, load_hubert, weights_sha256
+from musicflow_jax.codebook import checkpoint_sha256, save_codebook
+from musicflow_jax.convert.hubert import convert_hubert, load_hubert
 from musicflow_jax.semantic import SemanticEncoder
 
 VARIANTS = {
@@ -52,13 +53,6 @@ def test_hubert_matches_transformers_at_every_layer(tmp_path, name):
     assert np.abs(last - ref_last).max() / np.abs(ref_last).max() <= 1e-4
 
 
-def _write_codebook(path, cents, layer, sha):
-    from safetensors.numpy import save_file
-
-    save_file({"centroids": cents.astype(np.float32)}, str(path),
-              metadata={"layer": str(layer), "hubert_sha256": sha, "k": str(len(cents))})
-
-
 def test_semantic_encoder_features_units_vectors(tmp_path):
     src = save_tiny_hubert(tmp_path / "hf", seed=1)
     convert_hubert(src, tmp_path / "flax")
@@ -69,7 +63,7 @@ def test_semantic_encoder_features_units_vectors(tmp_path):
     # centroids = a few actual frames, plus random ones: those frames must map to themselves
     rs = np.random.RandomState(0)
     cents = np.concatenate([h_ref[0, [3, 7, 11]], rs.randn(5, h_ref.shape[-1]).astype(np.float32)])
-    _write_codebook(tmp_path / "km.safetensors", cents, layer, weights_sha256(src))
+    save_codebook(tmp_path / "km.safetensors", cents, layer=layer, hubert_sha256=checkpoint_sha256(src))
     enc = SemanticEncoder.load(tmp_path / "flax", tmp_path / "km.safetensors", layer)
     assert enc.frame_rate == 50.0
     h = np.asarray(enc.features(x))
@@ -85,13 +79,14 @@ def test_semantic_encoder_rejects_mismatched_codebooks(tmp_path):
     src = save_tiny_hubert(tmp_path / "hf", seed=1)
     convert_hubert(src, tmp_path / "flax")
     cents = np.zeros((4, 32), np.float32)
-    _write_codebook(tmp_path / "km_l2.safetensors", cents, 2, weights_sha256(src))
+    save_codebook(tmp_path / "km_l2.safetensors", cents, layer=2, hubert_sha256=checkpoint_sha256(src))
     with pytest.raises(ValueError, match="fitted on HuBERT layer 2, not layer 1"):
         SemanticEncoder.load(tmp_path / "flax", tmp_path / "km_l2.safetensors", 1)
-    _write_codebook(tmp_path / "km_other.safetensors", cents, 1, "0" * 64)
+    save_codebook(tmp_path / "km_other.safetensors", cents, layer=1, hubert_sha256="0" * 64)
     with pytest.raises(ValueError, match="different HuBERT"):
         SemanticEncoder.load(tmp_path / "flax", tmp_path / "km_other.safetensors", 1)
-    _write_codebook(tmp_path / "km_dim.safetensors", np.zeros((4, 8), np.float32), 1, weights_sha256(src))
+    save_codebook(tmp_path / "km_dim.safetensors", np.zeros((4, 8), np.float32), layer=1,
+                  hubert_sha256=checkpoint_sha256(src))
     with pytest.raises(ValueError, match="codebook dim 8"):
         SemanticEncoder.load(tmp_path / "flax", tmp_path / "km_dim.safetensors", 1)
     with pytest.raises(ValueError, match="hidden states 0..2"):

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from tiny_models import save_tiny_encodec, save_tiny_hubert, save_tiny_t5
 
-from musicflow_jax import config, data, records
+from musicflow_jax import codebook, config, data, records
 from tools import fit_kmeans as fk
 from tools import precompute_features as pf
 
@@ -53,7 +53,8 @@ def setup(tmp_path_factory):
     # k-means codebook from the tiny HuBERT
     feats = fk.hubert_sample(root / "manifest.jsonl", str(ck["hubert"]), LAYER, progress=False)
     cents = fk.fit_kmeans(feats, K, seed=0)
-    fk.save_codebook(root / "km.safetensors", cents, layer=LAYER, hubert_sha256=pf.checkpoint_sha256(ck["hubert"]))
+    codebook.save_codebook(root / "km.safetensors", cents, layer=LAYER,
+                           hubert_sha256=codebook.checkpoint_sha256(ck["hubert"]))
     kw = dict(hubert=str(ck["hubert"]), encodec=str(ck["encodec"]), layer=LAYER, kmeans=str(root / "km.safetensors"),
               t5=str(ck["t5"]), text_max_len=32, segment_seconds=SEG, threads=1, progress=False)
     result = pf.precompute(root / "manifest.jsonl", root / "out1", **kw)
@@ -76,8 +77,8 @@ def test_records_equal_direct_pytorch_calls(setup):
     hub = HubertModel.from_pretrained(ck["hubert"]).eval()
     codec = EncodecModel.from_pretrained(ck["encodec"]).eval()
     t5 = T5EncoderModel.from_pretrained(ck["t5"]).eval()
-    cents, meta = pf.load_kmeans(root / "km.safetensors")
-    assert meta["layer"] == str(LAYER) and meta["hubert_sha256"] == pf.checkpoint_sha256(ck["hubert"])
+    cents, meta = codebook.load_codebook(root / "km.safetensors")
+    assert meta["layer"] == str(LAYER) and meta["hubert_sha256"] == codebook.checkpoint_sha256(ck["hubert"])
     clips = all_clips(root / "out1")
     assert len(clips) == 6
     for clip in clips.values():
@@ -135,7 +136,7 @@ def test_index_documents_encoders_and_stats(setup):
     assert index["dims"] == {"semantic": 32, "acoustic": 16, "t5": 32}
     assert index["rates"] == {"semantic": 50.0, "acoustic": 75.0}
     enc = index["encoders"]
-    assert enc["hubert"]["sha256"] == pf.checkpoint_sha256(ck["hubert"]) and enc["hubert"]["layer"] == LAYER
+    assert enc["hubert"]["sha256"] == codebook.checkpoint_sha256(ck["hubert"]) and enc["hubert"]["layer"] == LAYER
     assert enc["encodec"]["config"]["hidden_size"] == 16 and enc["kmeans"]["k"] == K
     train = [c for c in all_clips(root / "out1").values() if Path(c.source).name in ("a.wav", "b.wav", "d.wav")]
     ac = np.concatenate([c.acoustic for c in train]).astype(np.float64)

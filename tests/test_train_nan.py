@@ -26,6 +26,8 @@ def test_nan_step_is_skipped_and_counted():
     it = iter(data.make_dataset(cfg, process_index=0, process_count=1))
     state, m = step(state, sharding.global_batch(next(it), mesh, setup.rules, 8), tp)
     assert bool(jax.block_until_ready(m)["finite"])
+    schedule = train_state.make_schedule(cfg)
+    assert float(m["lr"]) == float(schedule(0)) == 0.0  # the logged lr is the one the step applied
     before = jax.device_get(state)
     bad = next(it)
     bad["x1"] = bad["x1"].copy()
@@ -41,6 +43,7 @@ def test_nan_step_is_skipped_and_counted():
     state, m = step(state, sharding.global_batch(next(it), mesh, setup.rules, 8), tp)
     m = jax.device_get(jax.block_until_ready(m))
     assert m["finite"] and int(m["nan_in_row"]) == 0 and int(m["nan_total"]) == 1
+    np.testing.assert_allclose(m["lr"], schedule(1), rtol=1e-6)  # the skipped step did not advance the schedule
     changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(after.params))]
     assert all(changed)
 

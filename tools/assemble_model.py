@@ -61,8 +61,11 @@ def assemble(stage1: str, stage2: str, index_file: str, out: str, encodec: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(stage1, out_dir / "stage1.safetensors")
     shutil.copy(stage2, out_dir / "stage2.safetensors")
-    for src, name in copies:
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, out_dir / name)
+    for src, name in copies:  # re-running into the same folder refreshes it
+        if src.is_dir():
+            shutil.copytree(src, out_dir / name, dirs_exist_ok=True)
+        else:
+            shutil.copy(src, out_dir / name)
     TextEncoder.load(cfg1.text, cfg1.train.seed).save(out_dir / "text_encoder")
     (out_dir / "features.json").write_text(json.dumps(spec, indent=1) + "\n")
     return out_dir

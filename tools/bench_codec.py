@@ -73,7 +73,7 @@ def bench(seconds: float, batch: int, repeats: int, tiny: bool, seed: int = 0) -
     audio_s = batch * frames / codec.frame_rate
     return {"config": "tiny" if tiny else "encodec_24khz", "device": jax.devices()[0].platform, "batch": batch,
             "audio_seconds": round(audio_s, 3), "torch_threads": torch.get_num_threads(),
-            "jax_compile_s": round(compile_s, 3), "flax_s": round(t_jax, 4), "torch_s": round(t_torch, 4),
+            "jax_compile_s": round(compile_s, 3), "flax_s": round(t_jax, 6), "torch_s": round(t_torch, 6),
             "flax_audio_s_per_s": round(audio_s / t_jax, 2), "torch_audio_s_per_s": round(audio_s / t_torch, 2),
             "flax_over_torch_speed": round(t_torch / t_jax, 3), "max_rel_diff": rel}
 

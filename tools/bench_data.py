@@ -1,5 +1,5 @@
 """Data-side throughput numbers: corpus render speed, precompute speed with tiny random encoders, and loader
-batches/s against the consumption of a tiny jitted train step (FlowTransformer + flow_loss + Adam).
+batches/s against the consumption of the tiny configs' real train step (tools/bench_train.py's `bench`).
 
     python tools/bench_data.py --out /tmp/bench --pieces 4 --batches 50
 Prints one JSON object; each number names what it measures.
@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 for p in (str(ROOT), str(ROOT / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+
+BATCH = 8  # every loader and train-step number is for batches of this size
 
 
 def bench_render(out: Path, pieces: int, seed: int) -> dict[str, Any]:
@@ -53,39 +56,10 @@ def bench_loader(cfg: Any, batches: int) -> float:
 
 
 def bench_train_step(cfg: Any, steps: int) -> float:
-    """Steps/s of a tiny jitted flow-matching step on one synthetic batch (text embeddings random)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-    from flax import nnx
+    """Steps/s of the real sharded train step (frozen T5, flow loss, AdamW, EMA) on the config's batch."""
+    from tools.bench_train import bench
 
-    from musicflow_jax import data, flow
-    from musicflow_jax.models.transformer import FlowTransformer
-
-    batch = next(iter(data.make_dataset(cfg, "train", process_index=0, process_count=1)))
-    rng = np.random.default_rng(0)
-    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "text_ids"}
-    batch["text_emb"] = jnp.asarray(rng.normal(size=(*batch["text_mask"].shape, cfg.text.dim)), jnp.float32)
-    model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
-    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model: Any, opt: Any, key: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
-        def loss_fn(m: Any) -> jax.Array:
-            return flow.flow_loss(lambda *a: m(*a), key, batch, cfg.flow)[0]
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        opt.update(model, grads)
-        return loss
-
-    key = jax.random.key(0)
-    step(model, opt, key, batch).block_until_ready()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step(model, opt, jax.random.fold_in(key, i), batch)
-    loss.block_until_ready()
-    return steps / (time.perf_counter() - t0)
+    return bench(cfg, steps, warmup=1, peak_tflops=0.0, matmul_n=256)["steps_per_s"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,15 +85,14 @@ def main(argv: list[str] | None = None) -> None:
         features = pre.pop("features")
         res.update(pre)
     for stage in (1, 2):
-        cfg = config.load(ROOT / "configs" / f"stage{stage}_tiny.py")
+        cfg = config.load(ROOT / "configs" / f"stage{stage}_tiny.py", [f"data.batch_size={BATCH}"])
         res[f"stage{stage}_loader_synthetic_batches_per_s"] = round(bench_loader(cfg, a.batches), 1)
         if features:
-            rcfg = config.apply_overrides(cfg, ["data.source=arrayrecord", f"data.path={features}",
-                                                "data.batch_size=8"])
+            rcfg = config.apply_overrides(cfg, ["data.source=arrayrecord", f"data.path={features}"])
             res[f"stage{stage}_loader_arrayrecord_batches_per_s"] = round(bench_loader(rcfg, a.batches), 1)
         if a.steps:
             res[f"stage{stage}_tiny_train_steps_per_s"] = round(bench_train_step(cfg, a.steps), 2)
-    res["batch_size"] = 8
+    res["batch_size"] = BATCH
     print(json.dumps(res, indent=1))
 
 

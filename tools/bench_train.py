@@ -50,23 +50,19 @@ def random_batch(cfg, process_count: int = 1) -> dict:  # noqa: ANN001
 def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> dict:  # noqa: ANN001
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from musicflow_jax import metrics, sharding, train, train_state
 
     mesh = sharding.make_mesh(cfg.mesh)
     setup = train_state.make_setup(cfg, mesh)
-    encode, tp = train.load_text_encoder(cfg)
-    if tp is not None:
-        tp = jax.device_put(tp, sharding.replicated(mesh))
+    encode, tp = train.load_text_encoder(cfg, mesh)
     state = train_state.create_state(cfg, setup)
     local = random_batch(cfg, jax.process_count())
     batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
     t0 = time.perf_counter()
     lowered = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    n_text = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tp)) if tp is not None else 0
-    flops, flops_source = metrics.step_flops(lowered, cfg, n_params, n_text)
+    n_params = metrics.count_params(state.params)
+    flops, flops_source = metrics.step_flops(lowered, cfg, n_params, metrics.count_params(tp))
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     for _ in range(warmup):

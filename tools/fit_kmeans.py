@@ -21,36 +21,29 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from musicflow_jax.audio import resample  # noqa: E402
+from musicflow_jax.codebook import checkpoint_sha256, save_codebook  # noqa: E402
 from musicflow_jax.manifest import read_manifest  # noqa: E402
-from tools.precompute_features import HUBERT_RATE, SkipClipError, checkpoint_sha256, load_audio, resample  # noqa: E402
+from tools.precompute_features import HUBERT_RATE, HubertLayer, SkipClipError, load_audio  # noqa: E402
 
 
 def hubert_sample(manifest: str | Path, hubert: str, layer: int, *, max_files: int = 200, max_frames: int = 200_000,
                   seed: int = 0, max_seconds: float = 30.0, progress: bool = True) -> np.ndarray:
     """(N, C) float32 HuBERT layer features from up to `max_files` seeded train files (first `max_seconds` each)."""
-    import torch
     from tqdm import tqdm
-    from transformers import HubertModel
 
     entries, _ = read_manifest(manifest)
     train = [e for e in entries if e.split == "train"] or entries
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))[:max_files]
-    model = HubertModel.from_pretrained(hubert).eval()
-    pre = Path(hubert) / "preprocessor_config.json"
-    normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
+    model = HubertLayer(hubert, layer)
     feats = []
     for i in tqdm(order, desc="hubert", disable=not progress):
         try:
             x, sr = load_audio(train[i].path)
         except SkipClipError:
             continue
-        a = resample(x[: int(max_seconds * sr)], sr, HUBERT_RATE)
-        if normalize:
-            a = (a - a.mean()) / np.sqrt(a.var() + 1e-7)
-        with torch.no_grad():
-            h = model(torch.from_numpy(a)[None], output_hidden_states=True).hidden_states[layer][0].numpy()
-        feats.append(h.astype(np.float32))
+        feats.append(model(resample(x[: int(max_seconds * sr)], sr, HUBERT_RATE)))
     if not feats:
         raise ValueError(f"{manifest}: no readable audio to fit k-means on")
     allf = np.concatenate(feats)
@@ -67,18 +60,6 @@ def fit_kmeans(features_nc: np.ndarray, k: int, seed: int = 0, batch_size: int =
     km = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=batch_size, n_init=3, max_iter=100)
     km.fit(features_nc.astype(np.float64))
     return km.cluster_centers_.astype(np.float32)
-
-
-def save_codebook(path: str | Path, centroids_kc: np.ndarray, *, layer: int, hubert_sha256: str,
-                  extra: dict[str, str] | None = None) -> None:
-    from safetensors.numpy import save_file
-
-    meta = {"layer": str(int(layer)), "hubert_sha256": hubert_sha256, "k": str(len(centroids_kc)), **(extra or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"centroids": np.ascontiguousarray(centroids_kc, np.float32)}, str(tmp), metadata=meta)
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import time
 from collections.abc import Iterator
-from math import gcd
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from musicflow_jax import records  # noqa: E402
+from musicflow_jax.audio import resample  # noqa: E402  (the resampler generation uses on prompt audio)
+from musicflow_jax.codebook import checkpoint_sha256, load_codebook  # noqa: E402
 from musicflow_jax.manifest import Entry, Problem, read_manifest  # noqa: E402
 from musicflow_jax.tokenizer import load_tokenizer  # noqa: E402
 
@@ -51,16 +51,6 @@ class SkipClipError(Exception):
 
 
 # ----------------------------------------------------------------------------------------- audio
-
-
-def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:
-    """Polyphase resampling (scipy), float32 mono."""
-    if src == dst:
-        return x.astype(np.float32)
-    from scipy.signal import resample_poly
-
-    g = gcd(src, dst)
-    return resample_poly(x.astype(np.float64), dst // g, src // g).astype(np.float32)
 
 
 def load_audio(path: str, min_seconds: float = 1.0, silence_rms: float = 1e-4) -> tuple[np.ndarray, int]:
@@ -98,31 +88,35 @@ def segments(n_seconds: float, segment_seconds: float, min_seconds: float) -> li
 # ----------------------------------------------------------------------------------------- encoders
 
 
-def checkpoint_sha256(path: str | Path) -> str:
-    """sha256 of a checkpoint: the weights file bytes (model.safetensors, else pytorch_model.bin), or the file."""
-    p = Path(path)
-    if p.is_dir():
-        cands = [p / "model.safetensors", p / "pytorch_model.bin"]
-        p = next((c for c in cands if c.is_file()), None)
-        if p is None:
-            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin (save_pretrained folder?)")
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _config_json(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "config.json").read_text())
 
 
-def load_kmeans(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
-    """Codebook file of tools/fit_kmeans.py: safetensors "centroids" float32 (K, C) + metadata."""
-    from safetensors import safe_open
+class HubertLayer:
+    """A frozen PyTorch HuBERT read at one `hidden_states` index, with its feature extractor's per-clip waveform
+    normalisation (`do_normalize` in preprocessor_config.json) applied first, as HF's feature extractor does."""
 
-    with safe_open(str(path), framework="numpy") as f:
-        return f.get_tensor("centroids").astype(np.float32), dict(f.metadata() or {})
+    def __init__(self, folder: str | Path, layer: int):
+        import torch
+        from transformers import HubertModel
+
+        self.torch = torch
+        self.model = HubertModel.from_pretrained(folder).eval()
+        n_layers = self.model.config.num_hidden_layers
+        if not 0 <= layer <= n_layers:
+            raise ValueError(f"--layer {layer}: HuBERT at {folder} has hidden states 0..{n_layers}")
+        self.layer = layer
+        pre = Path(folder) / "preprocessor_config.json"
+        self.do_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
+
+    def __call__(self, audio_16k: np.ndarray) -> np.ndarray:
+        """(N,) float32 @16 kHz -> (T_s, C) float32 hidden states at `layer`."""
+        x = audio_16k.astype(np.float32)
+        if self.do_normalize:
+            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+        with self.torch.no_grad():
+            out = self.model(self.torch.from_numpy(x)[None], output_hidden_states=True)
+        return out.hidden_states[self.layer][0].numpy().astype(np.float32)
 
 
 def assign_units(h_tc: np.ndarray, centroids_kc: np.ndarray) -> np.ndarray:
@@ -138,24 +132,18 @@ class Encoders:
     def __init__(self, hubert: str, encodec: str, layer: int, kmeans: str | None = None, t5: str | None = None,
                  text_max_len: int = 64, threads: int = 0):
         import torch
-        from transformers import EncodecModel, HubertModel
+        from transformers import EncodecModel
 
         if threads:
             torch.set_num_threads(threads)
         self.torch = torch
-        self.hubert = HubertModel.from_pretrained(hubert).eval()
+        self.hubert = HubertLayer(hubert, layer)
         self.encodec = EncodecModel.from_pretrained(encodec).eval()
-        n_layers = self.hubert.config.num_hidden_layers
-        if not 0 <= layer <= n_layers:
-            raise ValueError(f"--layer {layer}: HuBERT at {hubert} has hidden states 0..{n_layers}")
         ecfg = self.encodec.config
         if ecfg.sampling_rate != ENCODEC_RATE or ecfg.chunk_length_s:
             raise ValueError(f"{encodec}: need the 24 kHz unchunked Encodec (sampling_rate 24000, no chunking), got "
                              f"{ecfg.sampling_rate} Hz chunk_length_s={ecfg.chunk_length_s}")
-        pre = Path(hubert) / "preprocessor_config.json"
-        self.hubert_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
-        self.layer = layer
-        self.centroids, kmeta = (load_kmeans(kmeans) if kmeans else (None, {}))
+        self.centroids, kmeta = (load_codebook(kmeans) if kmeans else (None, {}))
         hub_sha = checkpoint_sha256(hubert)
         if kmeans:
             if kmeta.get("layer") not in (None, str(layer)):
@@ -171,7 +159,7 @@ class Encoders:
             self.tokenizer = load_tokenizer(t5)
         self.info = {
             "hubert": {"path": str(hubert), "sha256": hub_sha, "layer": layer, "sample_rate": HUBERT_RATE,
-                       "do_normalize": self.hubert_normalize, "config": _config_json(hubert)},
+                       "do_normalize": self.hubert.do_normalize, "config": _config_json(hubert)},
             "encodec": {"path": str(encodec), "sha256": checkpoint_sha256(encodec), "sample_rate": ENCODEC_RATE,
                         "config": _config_json(encodec)},
             "kmeans": ({"path": str(kmeans), "sha256": checkpoint_sha256(kmeans), "k": int(len(self.centroids)),
@@ -183,12 +171,7 @@ class Encoders:
 
     def hubert_features(self, audio_16k: np.ndarray) -> np.ndarray:
         """(N,) float32 @16 kHz -> (T_s, C) float32 hidden states at `layer`."""
-        x = audio_16k.astype(np.float32)
-        if self.hubert_normalize:
-            x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
-        with self.torch.no_grad():
-            out = self.hubert(self.torch.from_numpy(x)[None], output_hidden_states=True)
-        return out.hidden_states[self.layer][0].numpy().astype(np.float32)
+        return self.hubert(audio_16k)
 
     def encodec_latents(self, audio_24k: np.ndarray) -> tuple[np.ndarray, float | None]:
         """(N,) float32 @24 kHz -> ((T_a, D) pre-quantisation latents, Encodec input scale or None)."""
@@ -243,7 +226,6 @@ class Summary:
     failed: int = 0
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
-    shards_skipped: int = 0
 
 
 def done_marker(out: Path, index: int, count: int) -> Path:
@@ -284,9 +266,7 @@ def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: i
     summary = {**dataclasses.asdict(s), "failures": failures, "shard": index, "num_shards": count}
     marker = done_marker(out, index, count)
     marker.parent.mkdir(exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(summary))
-    tmp.replace(marker)
+    records.atomic_write_text(marker, json.dumps(summary))
     return summary
 
 
@@ -330,7 +310,7 @@ def precompute(manifest: str | Path, out: str | Path, *, hubert: str | None = No
             raise ValueError("backend hubert-encodec needs --hubert, --encodec and --layer")
         enc = Encoders(hubert, encodec, layer, kmeans, t5, text_max_len, threads)
         dims = {"semantic": int(enc.centroids.shape[1]) if enc.centroids is not None
-                else int(enc.hubert.config.hidden_size),
+                else int(enc.hubert.model.config.hidden_size),
                 "acoustic": int(enc.encodec.config.hidden_size),
                 "t5": int(enc.t5.config.d_model) if enc.t5 is not None else None}
     else:

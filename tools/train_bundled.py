@@ -26,7 +26,7 @@ for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from musicflow_jax.backends.mel import ChromaSemantic, MelCodec, MelFeatureEncoders  # noqa: E402
+from musicflow_jax.backends.mel import ChromaSemantic, MelCodec  # noqa: E402
 from musicflow_jax.config import (  # noqa: E402
     Config,
     DataConfig,
@@ -128,11 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     from musicflow_jax.text_encoder import TextEncoder
 
     TextEncoder.load(s1.text, s1.train.seed).save(out / "text_encoder")
-    enc = MelFeatureEncoders()
-    backend = {"backend": "mel", "semantic": enc.info["semantic"], "acoustic": enc.info["acoustic"],
-               "stats": {k: {"mean": index["stats"][k]["mean"], "std": index["stats"][k]["std"]}
-                         for k in ("semantic", "acoustic")},
-               "text_encoder": "text_encoder", "text_seed": s1.train.seed}
+    from assemble_model import backend_spec
+
+    backend, _ = backend_spec(index, None, None, None, None)  # the mel backend of the index, with its stats
     (out / "features.json").write_text(json.dumps(backend, indent=1) + "\n")
     np.savez_compressed(out / "corpus_features.npz", **corpus_features(data))
     prev = json.loads((out / "train_report.json").read_text()) if (out / "train_report.json").is_file() else {}

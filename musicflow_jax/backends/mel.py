@@ -120,10 +120,15 @@ class _FramedFeatures:
     """What both weight-free backends share: a frozen config (JSON-able) with sample_rate and hop_length."""
 
     cfg: Any
+    kind: str  # "mel" | "chroma", as in features.json
+    config_type: type
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
-        return cls(cls.config_type(**d))  # type: ignore[attr-defined]
+        """Inverse of `to_dict`; also takes a features.json entry ({"kind": ..., **config fields})."""
+        if d.get("kind", cls.kind) != cls.kind:
+            raise ValueError(f"a {d['kind']!r} feature spec cannot build the {cls.kind!r} backend")
+        return cls(cls.config_type(**{k: v for k, v in d.items() if k != "kind"}))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.cfg)

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.convert.checkpoint import apply_rules, conv_t, convtr_t, linear_t, read_hf_config, read_state_dict
-from musicflow_jax.convert.io import ConversionError, build_with_params, load_converted, save_converted
+from musicflow_jax.convert.io import ConversionError, build_with_params, load_model, save_converted
 from musicflow_jax.models.encodec import Encodec, EncodecConfig, SConvTranspose1d
 
 KIND = "encodec"
@@ -56,13 +56,9 @@ def original_to_hf_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _rngs() -> nnx.Rngs:
-    return nnx.Rngs(0)
-
-
 def hf_to_flax(state: dict[str, np.ndarray], cfg: EncodecConfig, source: str) -> dict[str, np.ndarray]:
     flat = apply_rules(state, RULES, IGNORE, source)
-    model = nnx.eval_shape(lambda: Encodec(cfg, rngs=_rngs()))
+    model = nnx.eval_shape(lambda: Encodec(cfg, rngs=nnx.Rngs(0)))
     for key in list(flat):
         if key.endswith((".weight_g", ".weight_v", ".kernel")):
             side, _, idx = key.split(".")[:3]
@@ -94,11 +90,9 @@ def convert_encodec(src: str | Path, dst: str | Path, preset: str | None = None,
     if original or any(k.startswith(("encoder.model.", "decoder.model.")) for k in state):
         state = original_to_hf_names(state)
     flat = hf_to_flax(state, cfg, str(src))
-    build_with_params(lambda: Encodec(cfg, rngs=_rngs()), flat, str(src))
+    build_with_params(lambda: Encodec(cfg, rngs=nnx.Rngs(0)), flat, str(src))
     return save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src))
 
 
 def load_encodec(folder: str | Path) -> tuple[EncodecConfig, Encodec]:
-    cfg_dict, flat = load_converted(folder, KIND)
-    cfg = EncodecConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
-    return cfg, build_with_params(lambda: Encodec(cfg, rngs=_rngs()), flat, str(folder))
+    return load_model(folder, KIND, EncodecConfig, Encodec)

@@ -7,7 +7,6 @@ Parameter paths keep the HF names; only the leaf changes: Linear `weight` -> `ke
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from musicflow_jax.codebook import checkpoint_sha256
 from musicflow_jax.convert.checkpoint import conv_t, linear_t, read_hf_config, read_state_dict
-from musicflow_jax.convert.io import ConversionError, build_with_params, load_converted, save_converted
+from musicflow_jax.convert.io import ConversionError, build_with_params, load_model, save_converted
 from musicflow_jax.models.hubert import Hubert, HubertConfig
 
 KIND = "hubert"
@@ -48,37 +48,17 @@ def hf_to_flax(state: dict[str, np.ndarray], source: str) -> dict[str, np.ndarra
     return out
 
 
-def _rngs() -> nnx.Rngs:
-    return nnx.Rngs(0)
-
-
-def weights_sha256(src: str | Path) -> str:
-    """sha256 of the source weights file bytes (model.safetensors, else pytorch_model.bin, else the file): the
-    `hubert_sha256` that tools/fit_kmeans.py stores in a k-means codebook."""
-    p = Path(src)
-    if p.is_dir():
-        cands = (p / "model.safetensors", p / "pytorch_model.bin")
-        p = next((c for c in cands if c.is_file()), cands[0])
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_hubert(src: str | Path, dst: str | Path) -> Path:
     cfg = HubertConfig.from_hf(read_hf_config(src))
     flat = hf_to_flax(read_state_dict(src), str(src))
-    build_with_params(lambda: Hubert(cfg, rngs=_rngs()), flat, str(src))
+    build_with_params(lambda: Hubert(cfg, rngs=nnx.Rngs(0)), flat, str(src))
     # The feature extractor's waveform normalisation (zero mean, unit variance per clip) is part of the model's
     # input contract: some HuBERTs (e.g. large) are trained with it. tools/precompute_features.py applies it too.
     pre = Path(src) / "preprocessor_config.json"
     do_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
     return save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src),
-                          extra={"source_sha256": weights_sha256(src), "do_normalize": do_normalize})
+                          extra={"source_sha256": checkpoint_sha256(src), "do_normalize": do_normalize})
 
 
 def load_hubert(folder: str | Path) -> tuple[HubertConfig, Hubert]:
-    cfg_dict, flat = load_converted(folder, KIND)
-    cfg = HubertConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
-    return cfg, build_with_params(lambda: Hubert(cfg, rngs=_rngs()), flat, str(folder))
+    return load_model(folder, KIND, HubertConfig, Hubert)

@@ -104,3 +104,12 @@ def load_converted(folder: str | Path, kind: str) -> tuple[dict[str, Any], dict[
 
     meta = read_meta(folder, kind)
     return meta["config"], load_file(str(Path(folder) / WEIGHTS_FILE))
+
+
+def load_model(folder: str | Path, kind: str, config_cls: Callable[..., Any], model_cls: Callable[..., M]
+               ) -> tuple[Any, M]:
+    """(config, filled model) of a converted folder: `config_cls(**config)` (JSON lists back to tuples) and
+    `model_cls(config, rngs=...)` built abstractly and filled with the stored weights."""
+    cfg_dict, flat = load_converted(folder, kind)
+    cfg = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
+    return cfg, build_with_params(lambda: model_cls(cfg, rngs=nnx.Rngs(0)), flat, str(folder))

@@ -10,8 +10,10 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+from flax import nnx
+
 from musicflow_jax.convert.checkpoint import apply_rules, linear_t, read_hf_config, read_state_dict
-from musicflow_jax.convert.io import build_with_params, load_converted, save_converted
+from musicflow_jax.convert.io import build_with_params, load_model, save_converted
 from musicflow_jax.models.t5 import T5Config, T5Encoder
 
 KIND = "t5"
@@ -35,21 +37,13 @@ def convert_t5(src: str | Path, dst: str | Path) -> Path:
     if "encoder.embed_tokens.weight" not in state and "shared.weight" in state:  # tied, saved once
         state["encoder.embed_tokens.weight"] = state["shared.weight"]
     flat = apply_rules(state, RULES, IGNORE, str(src))
-    build_with_params(lambda: T5Encoder(cfg, rngs=_rngs()), flat, str(src))  # validate before writing
+    build_with_params(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0)), flat, str(src))  # validate before writing
     out = save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src))
     if Path(src).is_dir() and (Path(src) / "spiece.model").is_file():
         shutil.copy(Path(src) / "spiece.model", out / "spiece.model")
     return out
 
 
-def _rngs():
-    from flax import nnx
-
-    return nnx.Rngs(0)
-
-
 def load_t5(folder: str | Path) -> tuple[T5Config, T5Encoder]:
     """Converted folder -> (config, filled T5Encoder). No torch needed."""
-    cfg_dict, flat = load_converted(folder, KIND)
-    cfg = T5Config(**cfg_dict)
-    return cfg, build_with_params(lambda: T5Encoder(cfg, rngs=_rngs()), flat, str(folder))
+    return load_model(folder, KIND, T5Config, T5Encoder)

@@ -1,4 +1,5 @@
-"""Small NNX building blocks shared by the frozen pretrained ports (T5, Encodec, HuBERT).
+"""Small NNX building blocks shared by the frozen pretrained ports (T5, Encodec, HuBERT), and the nearest-code
+search used by Encodec's residual VQ and the HuBERT k-means units.
 
 Layouts are JAX-style: Linear kernels are (in, out); conv kernels are (width, in/groups, out) and
 channel-last activations (batch, time, channels). Weight-normalised convs keep `weight_g` / `weight_v`
@@ -66,6 +67,13 @@ class GroupNorm(nnx.Module):
         var = jnp.square(x - mu).mean((1, 3), keepdims=True)
         x = ((x - mu) * jax.lax.rsqrt(var + self.eps)).reshape(b, t, c)
         return x * self.scale[...] + self.bias[...]
+
+
+def nearest_code(x_btd: jax.Array, codebook_kd: jax.Array) -> jax.Array:
+    """Index of the nearest codebook row (squared Euclidean distance, first on ties) per frame -> int32 (B, T)."""
+    xe_btk = jnp.einsum("btd,kd->btk", x_btd, codebook_kd, precision=jax.lax.Precision.HIGHEST)
+    d_btk = jnp.sum(x_btd**2, -1, keepdims=True) - 2 * xe_btk + jnp.sum(codebook_kd**2, -1)
+    return jnp.argmin(d_btk, -1).astype(jnp.int32)
 
 
 def _wn_kernel(g: jax.Array, v: jax.Array) -> jax.Array:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.models._layers import LSTM, Conv1d, ConvTranspose1d, GroupNorm
+from musicflow_jax.models._layers import LSTM, Conv1d, ConvTranspose1d, GroupNorm, nearest_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,10 +224,7 @@ class VQLayer(nnx.Module):
         self.codebook = Codebook(cfg, rngs=rngs)
 
     def encode(self, x_btd: jax.Array) -> jax.Array:
-        e_kd = self.codebook.embed[...]
-        xe_btk = jnp.einsum("btd,kd->btk", x_btd, e_kd, precision=jax.lax.Precision.HIGHEST)
-        dist_btk = -(jnp.sum(x_btd**2, -1, keepdims=True) - 2 * xe_btk + jnp.sum(e_kd**2, -1))
-        return jnp.argmax(dist_btk, axis=-1).astype(jnp.int32)
+        return nearest_code(x_btd, self.codebook.embed[...])
 
     def decode(self, ids_bt: jax.Array) -> jax.Array:
         return jnp.take(self.codebook.embed[...], ids_bt, axis=0)

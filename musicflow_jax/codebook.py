@@ -1,0 +1,63 @@
+"""The k-means codebook file and the checkpoint hash that ties it to its HuBERT: one definition, no jax/torch.
+
+Shared by the offline tools (tools/fit_kmeans.py writes, tools/precompute_features.py reads) and the JAX
+runtime (musicflow_jax/semantic.py reads), so training targets and prompt-time units come from the same file.
+
+File format: a safetensors file with one tensor "centroids" float32 (K, C), C = HuBERT hidden size, and
+string metadata {"layer": str(int) (the `hidden_states` index it was fitted on: 0 = transformer input,
+L = output of layer L), "hubert_sha256": `checkpoint_sha256` of the source HuBERT, "k", plus free extras}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint: its weights file bytes (model.safetensors, else pytorch_model.bin), or the file."""
+    p = Path(path)
+    if p.is_dir():
+        found = next((p / n for n in WEIGHT_FILES if (p / n).is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no {' or '.join(WEIGHT_FILES)} (a save_pretrained folder?)")
+        p = found
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_codebook(path: str | Path, centroids_kc: np.ndarray, *, layer: int, hubert_sha256: str,
+                  extra: dict[str, str] | None = None) -> None:
+    """Write atomically (tmp file, then rename)."""
+    from safetensors.numpy import save_file
+
+    meta = {"layer": str(int(layer)), "hubert_sha256": hubert_sha256, "k": str(len(centroids_kc)), **(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"centroids": np.ascontiguousarray(centroids_kc, np.float32)}, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_codebook(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
+    """(centroids (K, C) float32, metadata) of a codebook file, with clear errors for a wrong file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"k-means codebook {path} does not exist (fit one with tools/fit_kmeans.py)")
+    with safe_open(str(path), framework="numpy") as f:
+        if "centroids" not in f.keys():  # noqa: SIM118
+            raise ValueError(f"{path}: no 'centroids' tensor; keys are {list(f.keys())}")
+        cents = f.get_tensor("centroids").astype(np.float32)
+        meta = dict(f.metadata() or {})
+    if cents.ndim != 2:
+        raise ValueError(f"{path}: 'centroids' must be (K, C), got shape {cents.shape}")
+    return cents, meta

@@ -12,6 +12,7 @@ Outputs in workdir: config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/,
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import sys
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from musicflow_jax import checkpoint, flow, metrics, sharding, train_state
@@ -102,14 +104,18 @@ def evaluate(cfg: Config, eval_fn: Any, state: train_state.TrainState, text_para
     of the "valid" split, in one pass over the data."""
     from musicflow_jax.data import make_eval_dataset
 
-    losses = []
     it = iter(make_eval_dataset(cfg, "valid"))
     try:
-        for i, local in zip(range(cfg.train.eval_batches), it):
-            batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
-            losses.append(jax.device_get(eval_fn(state, batch, text_params, jnp.int32(i))))
+        local_batches = list(itertools.islice(it, cfg.train.eval_batches))
     finally:
         it.close()  # worker processes (data.num_workers > 0) end here, not at garbage collection
+    n = len(local_batches)
+    if jax.process_count() > 1:  # hosts' valid slices may differ in length: all must run the same steps
+        n = int(np.min(multihost_utils.process_allgather(np.int32(n))))
+    losses = []
+    for i, local in enumerate(local_batches[:n]):
+        batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
+        losses.append(jax.device_get(eval_fn(state, batch, text_params, jnp.int32(i))))
     mean = np.mean(losses, axis=0) if losses else (float("nan"), float("nan"))
     return {"loss": float(mean[0]), "loss_ema": float(mean[1])}
 

@@ -2,7 +2,7 @@
 
 A run is fully described by one `Config`. `configs/<name>.py` files expose `get_config()`;
 tiny variants are derived with `dataclasses.replace`, never copied. Overrides use dotted
-paths: `--set optim.lr=3e-4 --set mesh.shape=(2,4,1)`. The resolved config is serialised to
+paths: `--set optim.lr=3e-4 --set 'mesh.shape=(2,4,1)'`. The resolved config is serialised to
 JSON beside every checkpoint and exported model (`to_json` / `from_json`).
 """
 

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from musicflow_jax import records  # noqa: E402
-from musicflow_jax.audio import resample  # noqa: E402  (the resampler generation uses on prompt audio)
+from musicflow_jax.audio import read_audio, resample  # noqa: E402  (the resampler generation uses on prompt audio)
 from musicflow_jax.codebook import checkpoint_sha256, load_codebook  # noqa: E402
 from musicflow_jax.manifest import Entry, Problem, read_manifest  # noqa: E402
 from musicflow_jax.tokenizer import load_tokenizer  # noqa: E402
@@ -54,18 +54,16 @@ class SkipClipError(Exception):
 
 
 def load_audio(path: str, min_seconds: float = 1.0, silence_rms: float = 1e-4) -> tuple[np.ndarray, int]:
-    """Mono float32 audio at its own rate; raises SkipClipError(reason) for missing/unreadable/empty/short/silent."""
-    import soundfile as sf
-
-    if not Path(path).is_file():
-        raise SkipClipError("missing file")
+    """Mono float32 audio at its own rate (read and downmixed by musicflow_jax.audio.read_audio, as generation
+    reads prompts); raises SkipClipError(reason) for missing/unreadable/empty/short/silent."""
     try:
-        x, sr = sf.read(path, dtype="float32", always_2d=True)
+        x, sr = read_audio(path)
+    except FileNotFoundError:
+        raise SkipClipError("missing file") from None
     except Exception as e:  # noqa: BLE001 - libsndfile raises assorted errors
         raise SkipClipError(f"unreadable audio: {type(e).__name__}: {str(e)[:200]}") from None
     if x.size == 0:
         raise SkipClipError("empty audio (0 samples)")
-    x = x.mean(1)  # downmix multichannel
     if not np.isfinite(x).all():
         raise SkipClipError("audio contains NaN/inf samples")
     if len(x) / sr < min_seconds:

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musicflow_jax.convert.encodec import load_encodec
 from musicflow_jax.models.encodec import Encodec, EncodecConfig
+from musicflow_jax.weights import load_encodec
 
 
 class Codec:

@@ -103,7 +103,7 @@ class MeshConfig:
         ("kv", None),
         ("text", None),
         ("vocab", None),
-        ("layers", None),
+        ("layers", None),  # stacked (scanned) blocks: pod-scale issue
     )
 
 
@@ -134,7 +134,7 @@ class TrainConfig:
     sample_every: int = 25_000  # periodic sampling of fixed prompts; 0 = off
     max_nan_in_row: int = 10
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = measure a matmul peak at start
-    sample_codec: str = ""  # converted Encodec folder: stage-2 periodic samples are also decoded to WAV; "" = off
+    sample_codec: str = ""  # converted Encodec folder decoding stage-2 samples to WAV; "" = the data's acoustic part
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import grain
 import numpy as np
 
 from musicflow_jax import features
-from musicflow_jax.config import Config
+from musicflow_jax.config import Config, ConfigError
 from musicflow_jax.records import INDEX_FILE, SCHEMA_VERSION, Clip, RecordError, ShardSource
 from musicflow_jax.tokenizer import load_tokenizer
 
@@ -106,6 +106,18 @@ def load_index(folder: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: expected schema version {SCHEMA_VERSION}, found {index.get('schema_version')!r}; "
                           "re-run tools/precompute_features.py with this code version")
     return index
+
+
+def check_rates(cfg: Config, index: dict[str, Any]) -> None:
+    """The config's frame rates must be the data's (the feature backend defines them, index["rates"])."""
+    rates = index.get("rates")
+    if rates is None:
+        return
+    for stream, have in (("semantic", cfg.data.semantic_rate), ("acoustic", cfg.data.acoustic_rate)):
+        if float(rates[stream]) != float(have):
+            raise ConfigError(f"config key 'data.{stream}_rate' is {have:g} Hz but the features in {cfg.data.path} "
+                              f"are {float(rates[stream]):g} Hz ({index.get('backend', {}).get('name', '?')} backend):"
+                              f" set data.{stream}_rate={float(rates[stream]):g}")
 
 
 def shard_paths(folder: str | Path, split: str) -> list[Path]:
@@ -236,6 +248,7 @@ def _host_source(cfg: Config, split: str, process_index: int, process_count: int
         src, index = SyntheticSource(cfg, split, seed), None
     else:
         index = load_index(cfg.data.path)
+        check_rates(cfg, index)
         src = ShardSource(shard_paths(cfg.data.path, split))
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")

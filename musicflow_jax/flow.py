@@ -15,7 +15,7 @@ At sampling time v = v_uncond + w (v_cond - v_uncond), where "uncond" = no text 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,25 @@ import jax.numpy as jnp
 from musicflow_jax.config import FlowConfig
 
 Array = jax.Array
-ApplyFn = Callable[..., Array]  # (x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt) -> v_btd
+
+
+class FlowInput(NamedTuple):
+    """What the network sees for one velocity evaluation v(x_t, t | ctx, cond, text); a pytree.
+
+    x_t, ctx: (B, T, D) (ctx = 0 on generated and padded frames); t: (B,); text: (B, L, E) frozen T5 output with
+    its mask (B, L) bool (all False = text dropped); cond: (B, T, C) frame-aligned condition (stage 2: upsampled
+    semantic features) or None; frame_mask: (B, T) bool, True on real frames, or None (all real)."""
+
+    x_t_btd: Array
+    ctx_btd: Array
+    t_b: Array
+    text_bld: Array
+    text_mask_bl: Array
+    cond_btc: Array | None = None
+    frame_mask_bt: Array | None = None
+
+
+ApplyFn = Callable[[FlowInput], Array]  # the network: FlowInput -> v_btd
 
 
 def _bcast(t_b: Array, like: Array) -> Array:
@@ -118,7 +136,7 @@ def flow_loss(apply_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowC
     ctx_btd = jnp.where(drop_ctx_b[:, None, None], 0.0, context_from_mask(x1_btd, gen_mask_bt, frame_mask_bt))
     text_mask_bl = batch["text_mask"].astype(bool) & ~drop_text_b[:, None]
     text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
-    v_btd = apply_fn(x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, batch.get("cond"), frame_mask_bt)
+    v_btd = apply_fn(FlowInput(x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, batch.get("cond"), frame_mask_bt))
     loss = masked_loss(v_btd, u_btd, gen_mask_bt)
     aux = {
         "loss_per_example": per_example_loss(v_btd, u_btd, gen_mask_bt),

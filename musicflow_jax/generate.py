@@ -21,6 +21,9 @@ import numpy as np
 from musicflow_jax.pipeline import GenerateError, Generation, StageSettings
 
 EXIT_BAD_INPUT = 2
+FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-audio", "steps": "--steps",
+         "solver": "--solver", "cfg_scale": "--cfg", "overlap": "--overlap", "checkpoint": "--checkpoint",
+         "texts": "--text"}  # API parameter (GenerateError.param) -> the flag that sets it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,7 +74,7 @@ def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | No
                    ) -> tuple[StageSettings, StageSettings]:
     st, so, cf = _pair(steps, int, "steps"), _pair(solver, str, "solver"), _pair(cfg, float, "cfg")
     out = []
-    for i, base in enumerate((StageSettings.from_config(mf.cfg1), StageSettings.from_config(mf.cfg2))):
+    for i, base in enumerate(st.settings for st in mf.stages):
         out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
                                  solver=base.solver if so[i] is None else so[i],
                                  cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
@@ -107,6 +110,30 @@ def read_prompts(path: str, default_duration: str, default_seed: int) -> list[di
     if not out:
         raise GenerateError(f"--prompts-file {p} has no prompts: write one description per line")
     return out
+
+
+def parse_regions(spec: str) -> list[tuple[float, float]]:
+    """--regions '3.0-5.5,8-9' (seconds) -> [(3.0, 5.5), (8.0, 9.0)] (bounds are checked by the API)."""
+    if not spec.strip():
+        raise GenerateError("--regions is empty: give START-END seconds, e.g. --regions 3.0-5.5,8-9")
+    out = []
+    for part in spec.split(","):
+        bits = part.strip().split("-")
+        try:
+            if len(bits) != 2:
+                raise ValueError
+            out.append((float(bits[0]), float(bits[1])))
+        except ValueError:
+            raise GenerateError(f"--regions: cannot read {part.strip()!r}; use START-END in seconds, e.g. "
+                                "--regions 3.0-5.5,8-9") from None
+    return out
+
+
+def cli_message(e: GenerateError) -> str:
+    """The API's message with its parameter replaced by the flag that sets it."""
+    msg = str(e)
+    flag = FLAGS.get(e.param or "")
+    return flag + msg[len(e.param):] if flag and e.param and msg.startswith(e.param) else msg
 
 
 def spectrogram_png(path: Path, audio_s: np.ndarray, sample_rate: int, title: str) -> Path:
@@ -176,8 +203,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
     prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
     outs = _out_paths(args.out, jobs)
-    extra = {"config_hash": f"{config_hash(mf.cfg1)}+{config_hash(mf.cfg2)}", "model": str(mf.folder),
+    extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),
              "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
+    regions = parse_regions(args.regions) if mode == "infill" else None
     groups: dict[tuple[Any, int], list[int]] = {}
     for i, j in enumerate(jobs):  # batch prompts that share duration (infill/restyle: the prompt's) and seed
         groups.setdefault((j["duration"] if mode in ("generate", "continue") else None, j["seed"]), []).append(i)
@@ -192,7 +220,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             elif mode == "continue":
                 g = mf.continue_(texts, prompt, duration, seed=seed, **kw)
             elif mode == "infill":
-                g = mf.infill(texts, prompt, args.regions, seed=seed, **kw)
+                g = mf.infill(texts, prompt, regions, seed=seed, **kw)
             else:
                 g = mf.restyle(texts, prompt, seed=seed, stage2=s2, overlap=args.overlap, progress=not args.quiet)
             written += write_outputs(g, [outs[i] for i in part], not args.no_spectrogram, extra)
@@ -209,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in run(args):
             print(path)
     except GenerateError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli_message(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

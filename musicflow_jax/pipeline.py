@@ -4,21 +4,22 @@
     g = mf.generate(["a Bach chorale played on a church organ"], duration=10.0, seed=0)
     g.audio  # (B, S) float32 at g.sample_rate
 
-text -> frozen T5 -> stage 1 flow (semantic, 50 Hz) -> upsample to 75 Hz -> stage 2 flow (acoustic latents) ->
-feature backend decoder -> audio. `continue_`, `infill` and `restyle` encode a prompt clip with the backend's
-encoders and hold it as in-context frames (bit-exact in latent space); durations beyond a stage's trained window
-use windowed continuation with overlap + crossfade (longform.py).
+The cascade is data: `mf.backend` (a FeatureBackend: semantic part + acoustic part + stats) and `mf.stages`, two
+`Stage`s run in order - stage 1 generates the semantic stream from text, stage 2 the acoustic stream from text and
+stage 1's output upsampled to its frame rate - then the backend's decoder makes audio. `continue_`, `infill` and
+`restyle` encode a prompt clip with the backend and hold it as in-context frames (bit-exact in model space);
+durations beyond a stage's trained window use windowed continuation with overlap + crossfade (longform.py).
 
-A model folder holds `stage1.safetensors`, `stage2.safetensors` (stage_io.py format), `features.json` (feature
-backend: "mel" or "encodec" + the normalisation stats of both streams) and `text_encoder/` (the exact T5 stage 1
-was trained with; stage 2 shares it unless its config names another T5, which is then rebuilt from that config).
-Every user-facing problem raises `GenerateError` with a one-line message and fix.
+A model folder holds `stage1.safetensors`, `stage2.safetensors` (stage_io.py format), `features.json` (the feature
+backend, backends/base.py, with the normalisation stats of both streams, and the encoder files it names) and
+`text_encoder/` (the exact T5 stage 1 was trained with; stage 2 shares it unless its config names another T5,
+which is then rebuilt from that config). Every user-facing problem raises `GenerateError`: one line naming the
+API parameter (`e.param`; the CLI names its flag instead) and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,16 +31,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from musicflow_jax import features, longform
+from musicflow_jax.backends import BackendError, FeatureBackend, load_backend
 from musicflow_jax.config import Config, ConfigError, TextConfig
 
 BUNDLED = Path(__file__).resolve().parent / "assets" / "bundled"
 MAX_DURATION = 600.0  # seconds; long-form beyond this is refused (memory/time on CPU)
-SEMANTIC_RATE, ACOUSTIC_RATE = 50.0, 75.0
 AUDIO_FADE_S = 0.02  # crossfade where generated audio meets kept prompt audio
+STAGE_NAMES = ("stage1", "stage2")
 
 
 class GenerateError(ValueError):
-    """A bad input or model file; the message is one line naming the problem and the fix."""
+    """A bad input or model file; one line naming the problem and the fix. `param` is the API parameter the
+    message starts with (None for model files), so a CLI can name its own flag instead."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,57 +87,48 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
     if not texts:
-        raise GenerateError("no text given: pass --text 'a description of the music' (or a --prompts-file)")
+        raise GenerateError("texts is empty: give at least one description of the music", "texts")
     for i, t in enumerate(texts):
         if not isinstance(t, str) or not t.strip():
-            raise GenerateError(f"text {i + 1} is empty: describe the music, e.g. --text 'a calm piano piece in C "
-                                "major'")
+            raise GenerateError(f"text {i + 1} of {len(texts)} is empty: describe the music, e.g. 'a calm piano "
+                                "piece in C major'")
     return [t.strip() for t in texts]
 
 
-def check_duration(duration: float, name: str = "--duration") -> float:
+def check_duration(duration: float, param: str = "duration") -> float:
     try:
         d = float(duration)
     except (TypeError, ValueError):
-        raise GenerateError(f"{name} {duration!r} is not a number: give seconds, e.g. {name} 10") from None
+        raise GenerateError(f"{param} {duration!r} is not a number: give seconds, e.g. 10", param) from None
     if not math.isfinite(d) or d <= 0:
-        raise GenerateError(f"{name} {duration} must be a positive number of seconds, e.g. {name} 10")
-    if d < 1.0 / SEMANTIC_RATE * 2:
-        raise GenerateError(f"{name} {d} s is shorter than two semantic frames (0.04 s): ask for more")
+        raise GenerateError(f"{param} {duration} must be a positive number of seconds, e.g. 10", param)
+    if d < 0.04:
+        raise GenerateError(f"{param} {d} s is shorter than two semantic frames (0.04 s): ask for more", param)
     if d > MAX_DURATION:
-        raise GenerateError(f"{name} {d} s is too long: at most {MAX_DURATION:.0f} s (generate parts and join them)")
+        raise GenerateError(f"{param} {d} s is too long: at most {MAX_DURATION:.0f} s (generate parts and join them)",
+                            param)
     return d
 
 
-def parse_regions(spec: str | Sequence[tuple[float, float]], audio_seconds: float) -> list[tuple[float, float]]:
-    """'3.0-5.5,8-9' (seconds) -> sorted [(3.0, 5.5), (8.0, 9.0)]; checks order, bounds and overlaps."""
-    if isinstance(spec, str):
-        if not spec.strip():
-            raise GenerateError("--regions is empty: give START-END seconds, e.g. --regions 3.0-5.5,8-9")
-        out = []
-        for part in spec.split(","):
-            bits = part.strip().split("-")
-            try:
-                if len(bits) != 2:
-                    raise ValueError
-                out.append((float(bits[0]), float(bits[1])))
-            except ValueError:
-                raise GenerateError(f"--regions: cannot read {part.strip()!r}; use START-END in seconds, e.g. "
-                                    "--regions 3.0-5.5,8-9") from None
-    else:
-        out = [(float(a), float(b)) for a, b in spec]
+def check_regions(regions: Sequence[tuple[float, float]], audio_seconds: float) -> list[tuple[float, float]]:
+    """[(start, end), ...] seconds -> sorted; checks order, bounds and overlaps (errors name `regions`)."""
+    try:
+        out = sorted((float(a), float(b)) for a, b in regions)
+    except (TypeError, ValueError):
+        raise GenerateError(f"regions {regions!r}: give (start, end) pairs in seconds, e.g. [(3.0, 5.5)]",
+                            "regions") from None
     if not out:
-        raise GenerateError("no infill regions given: pass --regions START-END[,START-END...] in seconds")
+        raise GenerateError("regions is empty: give at least one (start, end) pair in seconds", "regions")
     for a, b in out:
         if not (math.isfinite(a) and math.isfinite(b)) or a >= b:
-            raise GenerateError(f"--regions {a:g}-{b:g}: start must be before end (seconds, e.g. 3.0-5.5)")
+            raise GenerateError(f"regions {a:g}-{b:g}: start must be before end (seconds, e.g. 3.0-5.5)", "regions")
         if a < 0 or b > audio_seconds + 1e-6:
-            raise GenerateError(f"--regions {a:g}-{b:g} is outside the prompt audio (0-{audio_seconds:.2f} s): keep "
-                                "regions inside it")
-    out.sort()
+            raise GenerateError(f"regions {a:g}-{b:g} is outside the prompt audio (0-{audio_seconds:.2f} s): keep "
+                                "regions inside it", "regions")
     for (a0, b0), (a1, b1) in zip(out, out[1:]):
         if a1 < b0:
-            raise GenerateError(f"--regions {a0:g}-{b0:g} and {a1:g}-{b1:g} overlap: merge them into one region")
+            raise GenerateError(f"regions {a0:g}-{b0:g} and {a1:g}-{b1:g} overlap: merge them into one region",
+                                "regions")
     return out
 
 
@@ -138,137 +136,121 @@ def check_settings(s: StageSettings, stage: str) -> StageSettings:
     from musicflow_jax.sampling import SOLVERS
 
     if s.solver not in SOLVERS:
-        raise GenerateError(f"{stage}: unknown solver {s.solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise GenerateError(f"solver {s.solver!r} ({stage}) is unknown; choose one of {', '.join(SOLVERS)}", "solver")
     if not isinstance(s.steps, int) or s.steps < 1 or s.steps > 1000:
-        raise GenerateError(f"{stage}: --steps {s.steps} must be an integer in 1..1000")
+        raise GenerateError(f"steps {s.steps} ({stage}) must be an integer in 1..1000", "steps")
     if not math.isfinite(s.cfg_scale) or s.cfg_scale < 0 or s.cfg_scale > 50:
-        raise GenerateError(f"{stage}: --cfg {s.cfg_scale} must be in 0..50 (1 = no guidance)")
+        raise GenerateError(f"cfg_scale {s.cfg_scale} ({stage}) must be in 0..50 (1 = no guidance)", "cfg_scale")
     return s
 
 
-# ----------------------------------------------------------------------------------------- feature backends
+# ----------------------------------------------------------------------------------------- stages
 
 
-class Backend:
-    """Encoders/decoder of the two streams + their normalisation stats (from the training data index)."""
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One flow stage of the cascade: the stream it generates (at the backend's rate and dim), its config and
+    model, the text encoder it was trained with, and its window (cfg.data.frames) for long-form generation."""
 
-    def __init__(self, kind: str, codec: Any, semantic: Any, stats: dict[str, Any], semantic_to_vectors: Any = None):
-        self.kind, self.codec, self.semantic = kind, codec, semantic
-        self.sem_mean, self.sem_std = (np.asarray(stats["semantic"][k], np.float32) for k in ("mean", "std"))
-        self.ac_mean, self.ac_std = (np.asarray(stats["acoustic"][k], np.float32) for k in ("mean", "std"))
-        self._to_vectors = semantic_to_vectors
-
-    @property
-    def sample_rate(self) -> int:
-        return int(self.codec.sample_rate)
-
-    @property
-    def hop(self) -> int:
-        return int(self.codec.hop_length)
+    name: str  # "stage1" | "stage2"
+    stream: str  # "semantic" | "acoustic" (cfg.model.stage)
+    cfg: Config
+    model: Any  # FlowTransformer
+    text: Any  # TextEncoder
+    rate: float  # frames per second of its stream
 
     @property
-    def semantic_dim(self) -> int:
-        return int(self.sem_mean.shape[0])
+    def settings(self) -> StageSettings:
+        """The stage's default sampling settings (its config's `sample` section)."""
+        return StageSettings.from_config(self.cfg)
 
     @property
-    def acoustic_dim(self) -> int:
-        return int(self.codec.latent_dim)
+    def window(self) -> int:
+        return self.cfg.data.frames
 
-    def encode(self, audio_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mono audio at sample_rate -> (semantic (T_s, C), acoustic (T_a, D)), both normalised (model space)."""
-        return self.encode_semantic(audio_s), self.encode_acoustic(audio_s)
+    def frames(self, duration: float) -> int:
+        """Frames needed to cover `duration` seconds (the audio is trimmed to the exact length)."""
+        return frames_for(duration, self.rate)
 
-    def encode_semantic(self, audio_s: np.ndarray) -> np.ndarray:
-        """Mono audio at sample_rate -> normalised semantic features (T_s, C)."""
-        from musicflow_jax.audio import resample
+    def num_windows(self, frames: int, overlap: float) -> int:
+        return len(longform.plan_windows(frames, self.window, int(overlap * self.window)))
 
-        a_sem = resample(audio_s, self.sample_rate, int(self.semantic.sample_rate))
-        h = np.asarray(self.semantic.features(a_sem[None]))
-        if self._to_vectors is not None:
-            h = np.asarray(self._to_vectors(h))
-        return features.normalize(h[0], self.sem_mean, self.sem_std)
+    def sample(self, key: jax.Array, text: tuple[jax.Array, np.ndarray], s: StageSettings, ctx_btd: np.ndarray,
+               gen_t: np.ndarray, cond_btc: np.ndarray | None, overlap: float,
+               progress: Callable[[int], None]) -> tuple[np.ndarray, int]:
+        """The stage over the whole sequence, window by window (longform.generate_windowed): (x (B, T, D), NFE)."""
+        from musicflow_jax.sampling import sample
 
-    def encode_acoustic(self, audio_s: np.ndarray) -> np.ndarray:
-        """Mono audio at sample_rate -> normalised acoustic latents (T_a, D)."""
-        z = np.asarray(self.codec.encode_latents(audio_s[None]))
-        return features.normalize(z[0], self.ac_mean, self.ac_std)
+        emb, mask = text
+        nfe = [0]
 
-    def decode(self, ac_btd: np.ndarray) -> np.ndarray:
-        z = features.denormalize(np.asarray(ac_btd, np.float32), self.ac_mean, self.ac_std)
-        return np.asarray(self.codec.decode_latents(jnp.asarray(z, jnp.float32)), np.float32)
+        def run(key: jax.Array, ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+            x, n = sample(self.model, key, text_emb=emb, text_mask=jnp.asarray(mask), ctx=jnp.asarray(ctx),
+                          gen_mask=jnp.asarray(gen), cond=None if cond is None else jnp.asarray(cond),
+                          solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=self.cfg.flow.sigma_min,
+                          rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol)
+            nfe[0] += int(n)
+            return np.asarray(x)
+
+        ov = int(overlap * self.window)
+        x = longform.generate_windowed(run, key, ctx_btd, np.broadcast_to(gen_t, ctx_btd.shape[:2]), cond_btc,
+                                       window=self.window, overlap=ov, crossfade=max(1, ov // 4), progress=progress)
+        return x, nfe[0]
 
 
-def load_backend(folder: Path) -> Backend:
-    spec_file = folder / "features.json"
-    if not spec_file.is_file():
-        raise GenerateError(f"model folder {folder} has no features.json: it is not a MusicFlow model folder "
-                            "(stage1/stage2 safetensors + features.json + text_encoder/)")
-    try:
-        spec = json.loads(spec_file.read_text())
-        kind = spec.get("backend")
-        if kind == "mel":
-            from musicflow_jax.backends.mel import ChromaSemantic, MelCodec
+@dataclasses.dataclass
+class _Request:
+    """One cascade run: per stage, the context (B, T, C) in model space, which frames to generate (T,) and the
+    sampling settings; a stage with nothing to generate keeps its context (restyle keeps stage 1's)."""
 
-            return Backend("mel", MelCodec.from_dict(spec["acoustic"]), ChromaSemantic.from_dict(spec["semantic"]),
-                           spec["stats"])
-        if kind == "encodec":
-            from musicflow_jax.codec import Codec
-            from musicflow_jax.semantic import SemanticEncoder
-
-            codec = Codec.load(folder / spec.get("encodec", "encodec"))
-            kmeans = spec.get("kmeans")
-            enc = SemanticEncoder.load(folder / spec.get("hubert", "hubert"), (folder / kmeans) if kmeans else None,
-                                       int(spec["layer"]))
-            to_vec = (lambda h: enc.unit_vectors(enc.units(h))) if kmeans else None
-            return Backend("encodec", codec, enc, spec["stats"], to_vec)
-    except (KeyError, TypeError, ValueError) as e:  # bad JSON, missing keys, bad fields, unusable encoder files
-        msg = str(e).replace("\n", " ")
-        raise GenerateError(f"{spec_file}: cannot build the feature backend ({type(e).__name__}: {msg}); rewrite the "
-                            "folder with tools/assemble_model.py") from None
-    raise GenerateError(f"{spec_file}: unknown feature backend {kind!r}; expected 'mel' or 'encodec'")
+    mode: str
+    texts: list[str]
+    duration: float
+    seed: int
+    ctx: list[np.ndarray]
+    gen: list[np.ndarray]
+    settings: list[StageSettings]
+    overlap: float
+    progress: bool
 
 
 # ----------------------------------------------------------------------------------------- the cascade
 
 
-def _stage_file(folder: Path, name: str) -> Path:
-    return folder / f"{name}.safetensors"
-
-
 class MusicFlow:
-    """Two flow stages + text encoder + feature backend. Use `MusicFlow.load(...)`."""
+    """The feature backend + two flow stages. Use `MusicFlow.load(...)`."""
 
-    def __init__(self, cfg1: Config, model1: Any, cfg2: Config, model2: Any, text1: Any, text2: Any,
-                 backend: Backend, folder: Path):
-        self.cfg1, self.model1, self.cfg2, self.model2 = cfg1, model1, cfg2, model2
-        self.text1, self.text2, self.backend, self.folder = text1, text2, backend, folder
+    def __init__(self, backend: FeatureBackend, stages: tuple[Stage, Stage], folder: Path):
+        self.backend, self.stages, self.folder = backend, stages, folder
 
     # --------------------------------------------------------------------- loading
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, stage1: str | Path | None = None,
              stage2: str | Path | None = None) -> MusicFlow:
         """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages."""
-        from musicflow_jax.convert.io import ConversionError
         from musicflow_jax.stage_io import StageError, load_stage
+        from musicflow_jax.weights import WeightsError
 
         folder = Path(checkpoint) if checkpoint else BUNDLED
         if not folder.is_dir():
             if folder.suffix == ".safetensors":
-                raise GenerateError(f"--checkpoint {folder} is a single stage file: pass it as --stage1-checkpoint or "
-                                    "--stage2-checkpoint (--checkpoint takes a model folder)")
-            raise GenerateError(f"--checkpoint {folder} is not a folder: pass a MusicFlow model folder "
-                                "(stage1/stage2 .safetensors + features.json + text_encoder/)")
+                raise GenerateError(f"checkpoint {folder} is a single stage file: pass it as stage1=/stage2= "
+                                    "(checkpoint takes a model folder)", "checkpoint")
+            raise GenerateError(f"checkpoint {folder} is not a folder: pass a MusicFlow model folder "
+                                "(stage1/stage2 .safetensors + features.json + text_encoder/)", "checkpoint")
         try:
             backend = load_backend(folder)
-            cfg1, model1 = load_stage(Path(stage1) if stage1 else _stage_file(folder, "stage1"), "semantic")
-            cfg2, model2 = load_stage(Path(stage2) if stage2 else _stage_file(folder, "stage2"), "acoustic")
-            _check_compatible(cfg1, cfg2, backend)
-            same_t5 = _text_encoder_id(cfg1) == _text_encoder_id(cfg2)
-            text1 = _load_text(folder, cfg1, shipped=True)
-            text2 = text1 if same_t5 and cfg2.text == cfg1.text else _load_text(folder, cfg2, shipped=same_t5)
-        except (StageError, ConversionError, ConfigError, FileNotFoundError) as e:
+            files = (Path(stage1) if stage1 else folder / "stage1.safetensors",
+                     Path(stage2) if stage2 else folder / "stage2.safetensors")
+            cfgs_models = [load_stage(f, stream) for f, stream in zip(files, ("semantic", "acoustic"))]
+            _check_compatible([c for c, _ in cfgs_models], backend)
+            stages: list[Stage] = []
+            for name, (cfg, model) in zip(STAGE_NAMES, cfgs_models):
+                text = _text_encoder(folder, cfg, stages[0] if stages else None)
+                stages.append(Stage(name, cfg.model.stage, cfg, model, text, backend.rates[cfg.model.stage]))
+        except (StageError, WeightsError, BackendError, ConfigError, FileNotFoundError) as e:
             raise GenerateError(str(e).replace("\n", " ")) from None
-        return cls(cfg1, model1, cfg2, model2, text1, text2, backend, folder)
+        return cls(backend, (stages[0], stages[1]), folder)
 
     @property
     def sample_rate(self) -> int:
@@ -280,12 +262,11 @@ class MusicFlow:
                  overlap: float = 0.5, progress: bool = True) -> Generation:
         """Text-to-music: `duration` seconds per text, batched."""
         texts, duration = check_texts(texts), check_duration(duration)
-        n_s, n_a = frames_for(duration, SEMANTIC_RATE), frames_for(duration, ACOUSTIC_RATE)
         b = len(texts)
-        sem_ctx, sem_gen = np.zeros((b, n_s, self.backend.semantic_dim), np.float32), np.ones(n_s, bool)
-        ac_ctx, ac_gen = np.zeros((b, n_a, self.backend.acoustic_dim), np.float32), np.ones(n_a, bool)
-        return self._run("generate", texts, duration, seed, stage1, stage2, overlap, progress,
-                         sem_ctx, sem_gen, ac_ctx, ac_gen, run_stage1=True)
+        ctx = [np.zeros((b, st.frames(duration), self.backend.dims[st.stream]), np.float32) for st in self.stages]
+        gen = [np.ones(c.shape[1], bool) for c in ctx]
+        return self._run(_Request("generate", texts, duration, seed, ctx, gen, self._settings(stage1, stage2),
+                                  overlap, progress))
 
     def continue_(self, texts: Sequence[str], prompt: str | Path | np.ndarray, duration: float, *, seed: int = 0,
                   stage1: StageSettings | None = None, stage2: StageSettings | None = None, overlap: float = 0.5,
@@ -294,37 +275,36 @@ class MusicFlow:
         texts, duration = check_texts(texts), check_duration(duration)
         audio = self.read_prompt(prompt)
         p = len(audio) / self.sample_rate
-        if duration <= p + 1.0 / SEMANTIC_RATE:
-            raise GenerateError(f"--duration {duration:g} s must exceed the prompt's length ({p:.2f} s) for "
-                                "--mode continue: it is the total length of the result")
-        return self._in_context("continue", texts, audio, duration, [(p, duration)], seed, stage1, stage2,
-                                overlap, progress)
+        if duration <= p + 1.0 / self.stages[0].rate:
+            raise GenerateError(f"duration {duration:g} s must exceed the prompt's length ({p:.2f} s) for "
+                                "continuation: it is the total length of the result", "duration")
+        return self._in_context("continue", texts, audio, duration, [(p, duration)], seed,
+                                self._settings(stage1, stage2), overlap, progress)
 
-    def infill(self, texts: Sequence[str], prompt: str | Path | np.ndarray,
-               regions: str | Sequence[tuple[float, float]], *, seed: int = 0,
-               stage1: StageSettings | None = None, stage2: StageSettings | None = None, overlap: float = 0.5,
-               progress: bool = True) -> Generation:
-        """Infilling: regenerate `regions` (seconds) of the prompt; everything else is kept."""
+    def infill(self, texts: Sequence[str], prompt: str | Path | np.ndarray, regions: Sequence[tuple[float, float]],
+               *, seed: int = 0, stage1: StageSettings | None = None, stage2: StageSettings | None = None,
+               overlap: float = 0.5, progress: bool = True) -> Generation:
+        """Infilling: regenerate `regions` ([(start, end), ...] seconds) of the prompt; everything else is kept."""
         texts = check_texts(texts)
         audio = self.read_prompt(prompt)
         p = len(audio) / self.sample_rate
-        regs = parse_regions(regions, p)
-        return self._in_context("infill", texts, audio, check_duration(p, "prompt length"), regs, seed, stage1,
-                                stage2, overlap, progress)
+        regs = check_regions(regions, p)
+        return self._in_context("infill", texts, audio, check_duration(p, "prompt"), regs, seed,
+                                self._settings(stage1, stage2), overlap, progress)
 
     def restyle(self, texts: Sequence[str], prompt: str | Path | np.ndarray, *, seed: int = 0,
                 stage2: StageSettings | None = None, overlap: float = 0.5, progress: bool = True) -> Generation:
-        """Semantic-stage editing: keep the prompt's semantic features, re-run stage 2 with new text."""
+        """Semantic-stage editing: keep the prompt's semantic stream, re-run stage 2 with new text."""
         texts = check_texts(texts)
         audio = self.read_prompt(prompt)
-        duration = check_duration(len(audio) / self.sample_rate, "prompt length")
-        sem_p = self.backend.encode_semantic(audio)
-        n_s, n_a = frames_for(duration, SEMANTIC_RATE), frames_for(duration, ACOUSTIC_RATE)
-        b = len(texts)
-        sem_ctx = np.broadcast_to(_fit(sem_p, n_s), (b, n_s, sem_p.shape[-1])).copy()
-        ac_ctx = np.zeros((b, n_a, self.backend.acoustic_dim), np.float32)
-        g = self._run("restyle", texts, duration, seed, None, stage2, overlap, progress, sem_ctx,
-                      np.zeros(n_s, bool), ac_ctx, np.ones(n_a, bool), run_stage1=False)
+        duration = check_duration(len(audio) / self.sample_rate, "prompt")
+        sem_p = self.encode(audio)[0]
+        b, st1, st2 = len(texts), *self.stages
+        ctx = [_tile(sem_p, b, st1.frames(duration)),
+               np.zeros((b, st2.frames(duration), self.backend.dims[st2.stream]), np.float32)]
+        gen = [np.zeros(ctx[0].shape[1], bool), np.ones(ctx[1].shape[1], bool)]
+        g = self._run(_Request("restyle", texts, duration, seed, ctx, gen, self._settings(None, stage2), overlap,
+                               progress))
         g.prompt_semantic = sem_p
         return g
 
@@ -337,36 +317,43 @@ class MusicFlow:
 
             path = Path(prompt)
             if not path.is_file():
-                raise GenerateError(f"--prompt-audio {path} does not exist: give a readable audio file (WAV, FLAC, "
-                                    "OGG)")
+                raise GenerateError(f"prompt {path} does not exist: give a readable audio file (WAV, FLAC, OGG)",
+                                    "prompt")
             try:
                 audio, _ = read_audio(path, sample_rate=self.sample_rate, mono=True)
             except Exception as e:  # noqa: BLE001 - soundfile/libsndfile raise several types on bad files
-                raise GenerateError(f"--prompt-audio {path} cannot be read as audio ({type(e).__name__}): convert "
-                                    "it to WAV/FLAC") from None
-        if audio.size < 2 * self.backend.hop or not np.isfinite(audio).all():
-            raise GenerateError(f"--prompt-audio is empty, too short (< {2 * self.backend.hop} samples = "
-                                f"{2 * self.backend.hop / self.sample_rate:.3f} s) or holds NaN/inf: give a real "
-                                "recording of at least 0.1 s")
+                raise GenerateError(f"prompt {path} cannot be read as audio ({type(e).__name__}): convert it to "
+                                    "WAV/FLAC", "prompt") from None
+        hop = self.backend.acoustic.hop_length
+        if audio.size < 2 * hop or not np.isfinite(audio).all():
+            raise GenerateError(f"prompt is empty, too short (< {2 * hop} samples = {2 * hop / self.sample_rate:.3f} "
+                                "s) or holds NaN/inf: give a real recording of at least 0.1 s", "prompt")
         return audio
 
     # --------------------------------------------------------------------- internals
+    def _settings(self, stage1: StageSettings | None, stage2: StageSettings | None) -> list[StageSettings]:
+        return [check_settings(s or st.settings, st.name) for s, st in zip((stage1, stage2), self.stages)]
+
+    def encode(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mono audio at sample_rate -> (semantic (T_s, C), acoustic (T_a, D)) in model space (what the stages see)."""
+        be = self.backend
+        return (be.normalize("semantic", be.encode_semantic(audio[None])[0]),
+                be.normalize("acoustic", be.encode_acoustic(audio[None])[0]))
+
     def _in_context(self, mode: str, texts: list[str], audio: np.ndarray, duration: float,
-                    regions: list[tuple[float, float]], seed: int, stage1: StageSettings | None,
-                    stage2: StageSettings | None, overlap: float, progress: bool) -> Generation:
-        sem_p, ac_p = self.backend.encode(audio)
-        n_s, n_a = frames_for(duration, SEMANTIC_RATE), frames_for(duration, ACOUSTIC_RATE)
-        sem_gen, ac_gen = region_mask(regions, n_s, SEMANTIC_RATE), region_mask(regions, n_a, ACOUSTIC_RATE)
+                    regions: list[tuple[float, float]], seed: int, settings: list[StageSettings], overlap: float,
+                    progress: bool) -> Generation:
+        prompts = self.encode(audio)
         p = len(audio) / self.sample_rate
-        # frames the prompt does not cover (continue: also its last, partly zero-padded frame)
-        cont = mode == "continue"
-        sem_gen |= np.arange(n_s) >= (features.frames_at(p, SEMANTIC_RATE) if cont else len(sem_p))
-        ac_gen |= np.arange(n_a) >= (features.frames_at(p, ACOUSTIC_RATE) if cont else len(ac_p))
-        b = len(texts)
-        sem_ctx = np.broadcast_to(_fit(sem_p, n_s), (b, n_s, sem_p.shape[-1])).copy()
-        ac_ctx = np.broadcast_to(_fit(ac_p, n_a), (b, n_a, ac_p.shape[-1])).copy()
-        g = self._run(mode, texts, duration, seed, stage1, stage2, overlap, progress, sem_ctx, sem_gen, ac_ctx,
-                      ac_gen, run_stage1=True)
+        ctx, gen = [], []
+        for st, x_p in zip(self.stages, prompts):
+            n = st.frames(duration)
+            g = region_mask(regions, n, st.rate)
+            # frames the prompt does not cover (continue: also its last, partly zero-padded frame)
+            g |= np.arange(n) >= (features.frames_at(p, st.rate) if mode == "continue" else len(x_p))
+            ctx.append(_tile(x_p, len(texts), n))
+            gen.append(g)
+        g = self._run(_Request(mode, texts, duration, seed, ctx, gen, settings, overlap, progress))
         n_samples = g.audio.shape[-1]
         keep = np.zeros(n_samples, bool)
         keep[: min(len(audio), n_samples)] = True
@@ -375,74 +362,47 @@ class MusicFlow:
         prompt_full[: min(len(audio), n_samples)] = audio[:n_samples]
         fade = int(round(AUDIO_FADE_S * self.sample_rate))
         g.audio = longform.audio_crossfade(prompt_full[None], g.audio, keep, fade)
-        g.prompt_semantic, g.prompt_acoustic = sem_p, ac_p
+        g.prompt_semantic, g.prompt_acoustic = prompts
         return g
 
-    def _run(self, mode: str, texts: list[str], duration: float, seed: int, s1: StageSettings | None,
-             s2: StageSettings | None, overlap: float, progress: bool, sem_ctx: np.ndarray, sem_gen: np.ndarray,
-             ac_ctx: np.ndarray, ac_gen: np.ndarray, *, run_stage1: bool) -> Generation:
+    def _run(self, r: _Request) -> Generation:
+        """Run the stages in order: each generates its masked frames given the text, its context and the previous
+        stage's output upsampled to its frame rate; then decode the last stream to audio."""
         from tqdm import tqdm
 
-        if not 0.0 <= overlap < 1.0:
-            raise GenerateError(f"--overlap {overlap} must be a fraction of the window in [0, 1)")
-        s1 = check_settings(s1 or StageSettings.from_config(self.cfg1), "stage 1")
-        s2 = check_settings(s2 or StageSettings.from_config(self.cfg2), "stage 2")
+        if not 0.0 <= r.overlap < 1.0:
+            raise GenerateError(f"overlap {r.overlap} must be a fraction of the window in [0, 1)", "overlap")
         t0 = time.perf_counter()
-        key = jax.random.key(int(seed))
-        n1 = self._windows(self.cfg1, sem_gen.shape[0], overlap) if run_stage1 else 0
-        n2 = self._windows(self.cfg2, ac_gen.shape[0], overlap)
-        nfe = {"stage1": 0, "stage2": 0}
-        with tqdm(total=n1 + n2 + 1, desc=f"{mode} {duration:g}s x{len(texts)}", disable=not progress,
+        key = jax.random.key(int(r.seed))
+        total = sum(st.num_windows(len(g), r.overlap) for st, g in zip(self.stages, r.gen) if g.any()) + 1
+        nfe = {st.name: 0 for st in self.stages}
+        outs: list[np.ndarray] = []
+        encoded: dict[int, tuple[jax.Array, np.ndarray]] = {}  # one encoding per distinct text encoder
+        with tqdm(total=total, desc=f"{r.mode} {r.duration:g}s x{len(r.texts)}", disable=not r.progress,
                   leave=False) as bar:
-            text1 = None
-            if run_stage1 and sem_gen.any():
-                text1 = self.text1(texts)
-                sem = self._windowed("stage1", text1, s1, jax.random.fold_in(key, 1), sem_ctx, sem_gen, None,
-                                     overlap, nfe, bar.update)
-            else:
-                sem = sem_ctx.astype(np.float32)
-                bar.update(n1)
-            text2 = text1 if text1 is not None and self.text2 is self.text1 else self.text2(texts)  # encode once
-            cond = sem[:, features.upsample_index(ac_gen.shape[0], sem.shape[1], SEMANTIC_RATE, ACOUSTIC_RATE)]
-            ac = self._windowed("stage2", text2, s2, jax.random.fold_in(key, 2), ac_ctx, ac_gen, cond, overlap, nfe,
-                                bar.update)
-            audio = self.backend.decode(ac)[:, : int(round(duration * self.sample_rate))]
-            if mode in ("generate", "restyle"):  # keep clear of clipping (prompt modes keep the prompt's level)
+            for i, (st, ctx, gen, s) in enumerate(zip(self.stages, r.ctx, r.gen, r.settings)):
+                cond = None
+                if outs:  # the previous stage's stream on this stage's frame grid
+                    prev, prev_rate = outs[-1], self.stages[i - 1].rate
+                    cond = prev[:, features.upsample_index(len(gen), prev.shape[1], prev_rate, st.rate)]
+                if not gen.any():
+                    outs.append(ctx.astype(np.float32))
+                    continue
+                if id(st.text) not in encoded:
+                    encoded[id(st.text)] = st.text(r.texts)
+                x, nfe[st.name] = st.sample(jax.random.fold_in(key, i + 1), encoded[id(st.text)], s, ctx, gen, cond,
+                                            r.overlap, bar.update)
+                outs.append(x)
+            last = self.stages[-1].stream
+            audio = self.backend.decode(self.backend.denormalize(last, outs[-1]))
+            audio = audio[:, : int(round(r.duration * self.sample_rate))]
+            if r.mode in ("generate", "restyle"):  # keep clear of clipping (prompt modes keep the prompt's level)
                 peak = np.abs(audio).max(axis=-1, keepdims=True)
                 audio = np.where(peak > 0.95, audio * (0.95 / np.maximum(peak, 1e-9)), audio).astype(np.float32)
             bar.update(1)
-        return Generation(audio=audio, sample_rate=self.sample_rate, semantic=sem, acoustic=ac, texts=list(texts),
-                          seed=int(seed), mode=mode, nfe=nfe, seconds=time.perf_counter() - t0)
-
-    @staticmethod
-    def _windows(cfg: Config, frames: int, overlap: float) -> int:
-        return len(longform.plan_windows(frames, cfg.data.frames, int(overlap * cfg.data.frames)))
-
-    def _windowed(self, name: str, text: tuple[jax.Array, np.ndarray], s: StageSettings, key: jax.Array,
-                  ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None, overlap: float, nfe: dict[str, int],
-                  progress: Callable[[int], None]) -> np.ndarray:
-        """Stage `name` over the whole sequence, window by window (longform.generate_windowed); `text` is the
-        (embeddings, mask) of the stage's text encoder."""
-        model, cfg = (self.model1, self.cfg1) if name == "stage1" else (self.model2, self.cfg2)
-        emb, mask = text
-        window, ov = cfg.data.frames, int(overlap * cfg.data.frames)
-        return longform.generate_windowed(self._sampler(model, cfg, emb, mask, s, nfe, name), key, ctx,
-                                          np.broadcast_to(gen, ctx.shape[:2]), cond, window=window, overlap=ov,
-                                          crossfade=max(1, ov // 4), progress=progress)
-
-    def _sampler(self, model: Any, cfg: Config, emb: jax.Array, mask: np.ndarray, s: StageSettings,
-                 nfe: dict[str, int], name: str) -> longform.WindowSampler:
-        from musicflow_jax.sampling import sample
-
-        def run(key: jax.Array, ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
-            x, n = sample(model, key, text_emb=emb, text_mask=jnp.asarray(mask), ctx=jnp.asarray(ctx),
-                          gen_mask=jnp.asarray(gen), cond=None if cond is None else jnp.asarray(cond),
-                          solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=cfg.flow.sigma_min,
-                          rtol=cfg.sample.rtol, atol=cfg.sample.atol)
-            nfe[name] += int(n)
-            return np.asarray(x)
-
-        return run
+        return Generation(audio=audio, sample_rate=self.sample_rate, semantic=outs[0], acoustic=outs[1],
+                          texts=list(r.texts), seed=int(r.seed), mode=r.mode, nfe=nfe,
+                          seconds=time.perf_counter() - t0)
 
 
 def frames_for(duration: float, rate: float) -> int:
@@ -450,9 +410,10 @@ def frames_for(duration: float, rate: float) -> int:
     return int(math.ceil(duration * rate - 1e-6))
 
 
-def _fit(x_tc: np.ndarray, n: int) -> np.ndarray:
-    """First n frames of x, zero-padded (frames beyond the prompt are generated anyway)."""
-    return features.pad_or_crop(x_tc.astype(np.float32), n)[0]
+def _tile(x_tc: np.ndarray, b: int, n: int) -> np.ndarray:
+    """(b, n, C): the first n frames of x, zero-padded (frames beyond the prompt are generated anyway)."""
+    x = features.pad_or_crop(x_tc.astype(np.float32), n)[0]
+    return np.broadcast_to(x, (b, n, x.shape[-1])).copy()
 
 
 def region_mask(regions: Sequence[tuple[float, float]], n: int, rate: float) -> np.ndarray:
@@ -469,28 +430,37 @@ def _text_encoder_id(cfg: Config) -> tuple[str, int, int | None]:
     return cfg.text.checkpoint, cfg.text.dim, None if cfg.text.checkpoint else cfg.train.seed
 
 
-def _load_text(folder: Path, cfg: Config, shipped: bool) -> Any:
+def _text_encoder(folder: Path, cfg: Config, first: Stage | None) -> Any:
     """The T5 `cfg`'s stage was trained with. The folder's `text_encoder/` is stage 1's (tools/assemble_model.py):
-    used when `shipped` (this stage has the same T5 as stage 1), otherwise rebuilt from cfg.text / cfg.train.seed."""
+    stage 1 uses it; a later stage with the same T5 shares the first stage's encoder object (texts are encoded
+    once), one with another T5 gets it rebuilt from its config (cfg.text / cfg.train.seed)."""
     from musicflow_jax.text_encoder import TextEncoder
 
+    if first is not None and _text_encoder_id(cfg) == _text_encoder_id(first.cfg):
+        if cfg.text == first.cfg.text:
+            return first.text
+        shipped = True
+    else:
+        shipped = first is None
     bundled = folder / "text_encoder"
     if shipped and bundled.is_dir():
         return TextEncoder.load(TextConfig(checkpoint=str(bundled), max_len=cfg.text.max_len, dim=cfg.text.dim))
     return TextEncoder.load(cfg.text, cfg.train.seed)
 
 
-def _check_compatible(cfg1: Config, cfg2: Config, backend: Backend) -> None:
+def _check_compatible(cfgs: Sequence[Config], backend: FeatureBackend) -> None:
+    """The stages fit each other and the backend: dims and frame rates (defined by the backend) agree."""
+    cfg1, cfg2 = cfgs
     if cfg2.model.cond_dim != cfg1.model.feature_dim:
         raise GenerateError(f"mismatched stages: stage 2 expects {cfg2.model.cond_dim}-d semantic features but stage 1 "
                             f"makes {cfg1.model.feature_dim}-d ones; use the two stages trained together")
-    if cfg1.model.feature_dim != backend.semantic_dim:
-        raise GenerateError(f"mismatched config: stage 1 makes {cfg1.model.feature_dim}-d features but the model "
-                            f"folder's {backend.kind} backend has {backend.semantic_dim}-d semantic features")
-    if cfg2.model.feature_dim != backend.acoustic_dim:
-        raise GenerateError(f"mismatched config: stage 2 makes {cfg2.model.feature_dim}-d latents but the model "
-                            f"folder's {backend.kind} backend decodes {backend.acoustic_dim}-d ones")
-    for c in (cfg1, cfg2):
-        if (c.data.semantic_rate, c.data.acoustic_rate) != (SEMANTIC_RATE, ACOUSTIC_RATE):
-            raise GenerateError(f"config {c.name}: frame rates {c.data.semantic_rate}/{c.data.acoustic_rate} Hz are "
-                                f"not the supported {SEMANTIC_RATE:g}/{ACOUSTIC_RATE:g} Hz")
+    for c in cfgs:
+        stream = c.model.stage
+        if c.model.feature_dim != backend.dims[stream]:
+            raise GenerateError(f"mismatched config: {c.name} makes {c.model.feature_dim}-d {stream} features but the "
+                                f"model folder's {backend.name} backend has {backend.dims[stream]}-d ones")
+        want = (backend.rates["semantic"], backend.rates["acoustic"])
+        if (c.data.semantic_rate, c.data.acoustic_rate) != want:
+            raise GenerateError(f"config {c.name}: data.semantic_rate/acoustic_rate {c.data.semantic_rate:g}/"
+                                f"{c.data.acoustic_rate:g} Hz differ from the {backend.name} backend's "
+                                f"{want[0]:g}/{want[1]:g} Hz; retrain with the backend's rates")

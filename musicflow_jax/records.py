@@ -301,10 +301,6 @@ def write_clip_shard(path: str | Path, clips: Iterable[Clip], extra: dict[str, A
     return w.close()
 
 
-def is_finished(shard: str | Path) -> bool:
-    return Path(shard).is_file() and summary_path(shard).is_file()
-
-
 def merge_index(folder: str | Path, info: dict[str, Any] | None = None, stats_split: str = "train") -> dict[str, Any]:
     """Merge every shard summary under `folder` into `index.json` (atomically) and return it.
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.flow import guided_velocity, ot_target
+from musicflow_jax.flow import FlowInput, guided_velocity, ot_target
 
 Array = jax.Array
 VectorField = Callable[[Array, Array], Array]  # (t scalar, x) -> v
@@ -112,10 +112,10 @@ def guided_field(
     def field(t: Array, x_btd: Array) -> Array:
         if guided:
             t2 = jnp.full((2 * b,), t, jnp.float32)
-            v2 = model(jnp.concatenate([x_btd, x_btd]), ctx2, t2, text2, mask2, cond2, frame2)
+            v2 = model(FlowInput(jnp.concatenate([x_btd, x_btd]), ctx2, t2, text2, mask2, cond2, frame2))
             v = guided_velocity(v2[:b], v2[b:], cfg_scale)
         else:
-            v = model(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask)
+            v = model(FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask))
         return jnp.where(gen_mask[..., None], v.astype(jnp.float32), ctx_velocity)
 
     return field

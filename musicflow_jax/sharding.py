@@ -46,10 +46,6 @@ def make_mesh(mesh_cfg: MeshConfig, devices: Sequence[jax.Device] | None = None)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
-def rules_dict(mesh_cfg: MeshConfig) -> dict[str, str | None]:
-    return dict(mesh_cfg.rules)
-
-
 def logical_to_spec(logical: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
                     rules: dict[str, str | None]) -> PartitionSpec:
     """PartitionSpec for an array of `shape` whose dims have the logical names `logical`."""

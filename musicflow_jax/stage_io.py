@@ -18,8 +18,8 @@ from flax import nnx
 
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config, ConfigError
-from musicflow_jax.convert.io import ConversionError, build_with_params, flat_params
 from musicflow_jax.models.transformer import FlowTransformer
+from musicflow_jax.weights import WeightsError, build_with_params, flat_params
 
 FORMAT = "musicflow_jax.flow/1"
 
@@ -84,7 +84,7 @@ def load_stage(path: str | Path, expect_stage: str | None = None) -> tuple[Confi
                          f"as {want.get(expect_stage, expect_stage)}: swap the stage-1/stage-2 checkpoint arguments")
     try:
         model = build_with_params(lambda: FlowTransformer(cfg, rngs=nnx.Rngs(0)), flat, str(path))
-    except ConversionError as e:
+    except WeightsError as e:
         lines = str(e).splitlines()
         raise StageError(f"{lines[0]}; {lines[1].strip()[:200] if len(lines) > 1 else ''}; re-export it with the "
                          "config it was trained with") from None

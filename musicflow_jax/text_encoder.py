@@ -19,10 +19,9 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.config import ConfigError, TextConfig
-from musicflow_jax.convert.io import flat_params, save_converted
-from musicflow_jax.convert.t5 import KIND, load_t5
 from musicflow_jax.models.t5 import T5Config, T5Encoder
 from musicflow_jax.tokenizer import Tokenizer, load_tokenizer
+from musicflow_jax.weights import T5, flat_params, load_t5, save_converted
 
 DEFAULT_VOCAB, DEFAULT_LAYERS = 384, 2
 
@@ -84,7 +83,7 @@ class TextEncoder:
     def save(self, folder: str | Path) -> Path:
         """Write a converted T5 folder that `TextEncoder.load(TextConfig(checkpoint=folder, ...))` restores."""
         model = nnx.merge(self.graphdef, self.state)
-        out = save_converted(folder, KIND, dataclasses.asdict(self.t5_cfg), flat_params(model),
+        out = save_converted(folder, T5, dataclasses.asdict(self.t5_cfg), flat_params(model),
                              source=self.cfg.checkpoint or "embedded byte-level T5")
         if self._spiece is not None:
             shutil.copy(self._spiece, out / "spiece.model")

@@ -65,7 +65,7 @@ def maybe_initialize_distributed(flag: bool) -> None:
 
 
 def load_text_encoder(cfg: Config, mesh: jax.sharding.Mesh | None = None
-                      ) -> tuple[Callable[[Any, jax.Array, jax.Array], jax.Array] | None, Any]:
+                      ) -> tuple[train_state.TextEncodeFn | None, Any]:
     """(encode(params, ids_bl, mask_bl) -> emb_bld, params) of the frozen T5, or (None, None) if precomputed.
     With `mesh`, the params are placed replicated on it (as the train step expects them)."""
     if cfg.text.precomputed:
@@ -84,14 +84,12 @@ def make_eval_fn(cfg: Config, setup: train_state.Setup, encode: Any) -> Callable
 
     def eval_loss(state: train_state.TrainState, batch: dict[str, jax.Array], text_params: Any,
                   i: jax.Array) -> tuple[jax.Array, jax.Array]:
-        batch = dict(batch)
-        if "text_emb" not in batch:
-            batch["text_emb"] = encode(text_params, batch["text_ids"], batch["text_mask"])
+        batch = train_state.with_text_emb(batch, encode, text_params)
         key = jax.random.fold_in(jax.random.key(cfg.train.seed + 1), i)
 
         def loss(params: Any) -> jax.Array:
             model = nnx.merge(setup.graphdef, params, state.rest)
-            return flow.flow_loss(lambda *a: model(*a, deterministic=True), key, batch, cfg.flow)[0]
+            return flow.flow_loss(lambda inp: model(inp, deterministic=True), key, batch, cfg.flow)[0]
 
         return loss(state.params), loss(state.ema)
 
@@ -143,20 +141,44 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
     np.save(out / f"step{step:08d}.npy", x1)
     for i in range(n):
         writer.image(step, f"samples/{i}", x1[i].T)
-    if cfg.model.stage == "acoustic" and cfg.train.sample_codec:
-        import soundfile as sf
+    if cfg.model.stage == "acoustic":
+        decoder = sample_decoder(cfg)
+        if decoder is not None:
+            from musicflow_jax.audio import write_wav
 
-        from musicflow_jax import features
-        from musicflow_jax.codec import Codec
-        from musicflow_jax.data import index_stats, load_index
+            decode, sample_rate = decoder
+            audio = decode(x1)
+            for i in range(n):
+                write_wav(out / f"step{step:08d}_{i}.wav", audio[i].reshape(-1), sample_rate)
+                writer.audio(step, f"audio/{i}", audio[i], sample_rate)
 
-        normalized = cfg.data.normalize and cfg.data.source == "arrayrecord"  # undo the data pipeline's normalisation
-        latents = features.denormalize(x1, *index_stats(load_index(cfg.data.path) if normalized else None, "acoustic"))
-        codec = Codec.load(cfg.train.sample_codec)
-        audio = np.asarray(codec.decode_latents(jnp.asarray(latents)))
-        for i in range(n):
-            sf.write(out / f"step{step:08d}_{i}.wav", audio[i].reshape(-1), codec.sample_rate)
-            writer.audio(step, f"audio/{i}", audio[i], codec.sample_rate)
+
+def sample_decoder(cfg: Config) -> tuple[Callable[[np.ndarray], np.ndarray], int] | None:
+    """(model-space acoustic samples (B, T, D) -> audio (B, S), sample rate) for stage-2 samples: the acoustic part
+    `train.sample_codec` names (a converted Encodec folder), else the data's own acoustic part (its index's backend)
+    when it can be built here (weight-free parts, converted folders); None when neither can."""
+    from musicflow_jax import features
+    from musicflow_jax.backends import BackendError, build_part
+    from musicflow_jax.data import index_stats, load_index
+    from musicflow_jax.weights import WeightsError
+
+    index = load_index(cfg.data.path) if cfg.data.source == "arrayrecord" else None
+    if cfg.train.sample_codec:
+        spec = {"kind": "encodec", "folder": cfg.train.sample_codec}
+    elif index is not None and "backend" in index:
+        spec = index["backend"]["acoustic"]
+    else:
+        return None
+    try:
+        part = build_part("acoustic", spec)
+    except (BackendError, WeightsError, FileNotFoundError) as e:
+        if cfg.train.sample_codec:
+            raise
+        tqdm.write(f"samples stay latents: the data's acoustic part cannot be built here ({e}); set "
+                   "train.sample_codec to a converted Encodec folder for audio")
+        return None
+    stats = index_stats(index if cfg.data.normalize and index is not None else None, "acoustic")
+    return (lambda x: part.decode(features.denormalize(np.asarray(x, np.float32), *stats))), part.sample_rate
 
 
 # --------------------------------------------------------------------------- the loop

@@ -24,6 +24,8 @@ from jax.sharding import Mesh
 from musicflow_jax import flow, sharding
 from musicflow_jax.config import Config
 
+TextEncodeFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (text_params, ids_bl, mask_bl) -> emb_bld
+
 
 @struct.dataclass
 class TrainState:
@@ -108,7 +110,7 @@ def _opt_shardings(tx: optax.GradientTransformation, abstract_opt: Any, param_sh
 def make_setup(cfg: Config, mesh: Mesh, build: Callable[[Config, int], nnx.Module] = _build_model) -> Setup:
     """Abstract state + shardings from the config and mesh, without allocating any parameter."""
     tx = make_optimizer(cfg)
-    rules = sharding.rules_dict(cfg.mesh)
+    rules = dict(cfg.mesh.rules)
     graphdef, abstract = _abstract_init(cfg, tx, build)
     param_sh = sharding.state_shardings(abstract.params, mesh, rules)
     rest_sh = sharding.state_shardings(abstract.rest, mesh, rules)
@@ -149,7 +151,20 @@ def _split_micro(batch: dict[str, jax.Array], n: int) -> dict[str, jax.Array]:
     return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
 
 
-def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.Array, jax.Array], jax.Array] | None
+def with_text_emb(batch: dict[str, jax.Array], text_encode: TextEncodeFn | None, text_params: Any
+                  ) -> dict[str, jax.Array]:
+    """The batch with "text_emb" (B, L, E): the frozen encoder's output (under stop_gradient) for "text_ids",
+    unless the batch already carries precomputed embeddings; "text_ids" is dropped. Used inside jitted steps."""
+    batch = dict(batch)
+    ids = batch.pop("text_ids", None)
+    if "text_emb" not in batch:
+        if text_encode is None or ids is None:
+            raise ValueError("batch has neither text_emb nor text_ids + a text encoder (check text.precomputed)")
+        batch["text_emb"] = jax.lax.stop_gradient(text_encode(text_params, ids, batch["text_mask"]))
+    return batch
+
+
+def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
                     ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """Jitted `step(state, batch, text_params) -> (state, metrics)`; the state is donated.
 
@@ -167,10 +182,7 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.A
     def loss_fn(params: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
         model = nnx.merge(graphdef, params, rest)
 
-        def apply_fn(x_t, ctx, t, text, text_mask, cond, frame_mask):  # noqa: ANN001, ANN202
-            return model(x_t, ctx, t, text, text_mask, cond, frame_mask, deterministic=deterministic)
-
-        loss, aux = flow.flow_loss(apply_fn, key, mb, flow_cfg)
+        loss, aux = flow.flow_loss(lambda inp: model(inp, deterministic=deterministic), key, mb, flow_cfg)
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
         return loss, (aux, new_rest)
 
@@ -178,10 +190,7 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: Callable[[Any, jax.A
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array], text_params: Any) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        batch = dict(batch)
-        if "text_emb" not in batch:
-            batch["text_emb"] = jax.lax.stop_gradient(text_encode(text_params, batch["text_ids"], batch["text_mask"]))
-        batch.pop("text_ids", None)
+        batch = with_text_emb(batch, text_encode, text_params)
         if accum == 1:
             (loss, (aux, rest)), grads = grad_fn(state.params, state.rest, key, batch)
         else:

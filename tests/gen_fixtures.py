@@ -6,13 +6,14 @@ Windows are 1 s (50 semantic / 75 acoustic frames), so anything longer than 1 s 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
-from musicflow_jax.backends.mel import ChromaSemantic, MelCodec, MelConfig
+from musicflow_jax.backends import FeatureBackend, StreamStats
+from musicflow_jax.backends.chroma import ChromaSemantic
+from musicflow_jax.backends.mel import MelAcoustic, MelConfig
 from musicflow_jax.config import Config, DataConfig, ModelConfig, SampleConfig, TextConfig
 from musicflow_jax.models.transformer import FlowTransformer
 from musicflow_jax.stage_io import save_stage
@@ -44,13 +45,11 @@ def make_model_folder(folder: Path, seed: int = 0, window_s: float = 1.0) -> Pat
     TextEncoder.load(c1.text, seed).save(folder / "text_encoder")
     rng = np.random.default_rng(seed)
     noise = rng.normal(size=(1, 24_000)).astype(np.float32) * 0.1
-    z = np.asarray(MelCodec(MEL).encode_latents(noise))[0]
+    z = MelAcoustic(MEL).encode(noise)[0]
     sem_dim = ChromaSemantic().dim
-    spec = {"backend": "mel", "semantic": {"kind": "chroma", **ChromaSemantic().to_dict()},
-            "acoustic": {"kind": "mel", **dataclasses.asdict(MEL)},
-            "stats": {"semantic": {"mean": [0.0] * sem_dim, "std": [1.0] * sem_dim},
-                      "acoustic": {"mean": z.mean(0).tolist(), "std": (z.std(0) + 0.5).tolist()}}}
-    (folder / "features.json").write_text(json.dumps(spec))
+    stats = {"semantic": StreamStats(np.zeros(sem_dim, np.float32), np.ones(sem_dim, np.float32)),
+             "acoustic": StreamStats(z.mean(0), z.std(0) + 0.5)}
+    FeatureBackend(ChromaSemantic(), MelAcoustic(MEL), stats).save(folder)
     return folder
 
 

@@ -32,10 +32,11 @@ def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
     size_mb = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file()) / 2**20
     assert size_mb < 16, size_mb
     spec = json.loads((BUNDLED / "features.json").read_text())
-    assert spec["backend"] == mf.backend.kind == "mel"
-    assert mf.cfg1.model.stage == "semantic" and mf.cfg2.model.stage == "acoustic"
-    assert mf.cfg2.model.cond_dim == mf.cfg1.model.feature_dim == mf.backend.semantic_dim
-    assert mf.cfg2.model.feature_dim == mf.backend.acoustic_dim
+    st1, st2 = mf.stages
+    assert spec["name"] == mf.backend.name == "chroma+mel"
+    assert st1.cfg.model.stage == "semantic" and st2.cfg.model.stage == "acoustic"
+    assert st2.cfg.model.cond_dim == st1.cfg.model.feature_dim == mf.backend.dims["semantic"]
+    assert st2.cfg.model.feature_dim == mf.backend.dims["acoustic"]
     report = json.loads((BUNDLED / "train_report.json").read_text())
     for stage in ("stage1", "stage2"):  # it was trained: the loss went down
         assert report[stage]["last_loss"] < 0.6 * report[stage]["first_loss"], report[stage]
@@ -56,9 +57,9 @@ def test_instrument_prompts_differ_as_the_corpus_does(mf: MusicFlow) -> None:
     assert train_acc > 0.95  # the feature separates the two instruments in the real corpus
     texts = [CAPTION.format(inst) for inst in PAIR for _ in range(PER_CLASS)]
     s = StageSettings(steps=8, solver="midpoint", cfg_scale=3.0)
-    window_s = mf.cfg2.data.frames / 75.0
+    window_s = mf.stages[1].window / mf.stages[1].rate
     g = mf.generate(texts, duration=window_s, seed=0, stage1=s, stage2=s, progress=False)
-    feats = np.asarray(mf.backend.codec.encode_latents(g.audio)).mean(axis=1)  # re-encode the generated audio
+    feats = mf.backend.encode_acoustic(g.audio).mean(axis=1)  # re-encode the generated audio
     pred = clf.predict(feats)
     truth = np.asarray([inst for inst in PAIR for _ in range(PER_CLASS)])
     acc = float((pred == truth).mean())
@@ -74,9 +75,21 @@ def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
     s = StageSettings(steps=8, solver="midpoint", cfg_scale=3.0)
     g = mf.generate([CAPTION.format("a church organ")], duration=12.0, seed=0, stage1=s, stage2=s, progress=False)
     assert g.audio.shape == (1, 12 * mf.sample_rate)
-    for x, window in ((g.semantic, mf.cfg1.data.frames), (g.acoustic, mf.cfg2.data.frames)):
+    for x, window in ((g.semantic, mf.stages[0].window), (g.acoustic, mf.stages[1].window)):
         wins = longform.plan_windows(x.shape[1], window, window // 2)
         assert len(wins) == 5  # 12 s from 4-s windows
         at, elsewhere = seam_jumps(x, [e for _, e in wins[:-1]])
         print(f"seam jump {at:.3f} vs 99th percentile elsewhere {elsewhere:.3f}")
         assert at <= 1.5 * elsewhere, (at, elsewhere)
+
+
+def test_bundled_stages_were_trained_with_the_configs_in_configs() -> None:
+    """configs/bundled_stage{1,2}.py are the bundled model's training configs (all but the data path)."""
+    from musicflow_jax import config
+    from musicflow_jax.stage_io import load_stage
+
+    root = BUNDLED.parent.parent.parent
+    for i in (1, 2):
+        stored, _ = load_stage(BUNDLED / f"stage{i}.safetensors")
+        cfg = config.load(root / "configs" / f"bundled_stage{i}.py", [f"data.path={stored.data.path}"])
+        assert config.to_json(cfg) == config.to_json(stored)

@@ -14,14 +14,14 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from tiny_models import TINY_ENCODEC, save_tiny_encodec, save_tiny_hubert, save_tiny_t5
 
+from musicflow_jax.backends.hubert import HubertSemantic
 from musicflow_jax.codec import Codec
 from musicflow_jax.config import TextConfig
 from musicflow_jax.convert.encodec import convert_encodec
 from musicflow_jax.convert.hubert import convert_hubert
-from musicflow_jax.convert.io import ConversionError
-from musicflow_jax.convert.t5 import convert_t5, load_t5
-from musicflow_jax.semantic import SemanticEncoder
+from musicflow_jax.convert.t5 import convert_t5
 from musicflow_jax.text_encoder import TextEncoder
+from musicflow_jax.weights import WeightsError, load_t5
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TORCH = """
@@ -30,13 +30,13 @@ sys.modules["torch"] = None  # any `import torch` now raises ImportError
 import numpy as np
 from musicflow_jax.codec import Codec
 from musicflow_jax.config import TextConfig
-from musicflow_jax.semantic import SemanticEncoder
+from musicflow_jax.backends.hubert import HubertSemantic
 from musicflow_jax.text_encoder import TextEncoder
 d = sys.argv[1]
 x = np.load(d + "/inputs.npz")
 te = TextEncoder.load(TextConfig(checkpoint=d + "/t5", max_len=16, dim=32))
 codec = Codec.load(d + "/encodec")
-sem = SemanticEncoder.load(d + "/hubert", None, 2)
+sem = HubertSemantic.load(d + "/hubert", None, 2)
 np.savez(d + "/out_no_torch.npz", text=np.asarray(te.encode(x["ids"], x["mask"])),
          audio=np.asarray(codec.decode_latents(x["z"])), feats=np.asarray(sem.features(x["wav"])))
 assert not any(m == "torch" or m.startswith("torch.") for m, v in sys.modules.items() if v is not None)
@@ -61,7 +61,7 @@ def test_converted_files_load_without_torch(tmp_path):
     np.testing.assert_allclose(out["text"], np.asarray(te.encode(ids, mask)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["audio"], np.asarray(Codec.load(tmp_path / "encodec").decode_latents(z)),
                                rtol=1e-5, atol=1e-6)
-    feats = np.asarray(SemanticEncoder.load(tmp_path / "hubert", None, 2).features(wav))
+    feats = np.asarray(HubertSemantic.load(tmp_path / "hubert", None, 2).features(wav))
     np.testing.assert_allclose(out["feats"], feats, rtol=1e-5, atol=1e-6)
 
 
@@ -77,25 +77,25 @@ def _tamper(src: Path, drop: str | None = None, reshape: str | None = None) -> N
 def test_tampered_hf_checkpoints_give_clear_errors(tmp_path):
     src = save_tiny_t5(tmp_path / "t5_missing")
     _tamper(src, drop="encoder.block.1.layer.0.SelfAttention.k.weight")
-    with pytest.raises(ConversionError, match=r"missing keys \(1\): block\.1\.attn\.k\.kernel"):
+    with pytest.raises(WeightsError, match=r"missing keys \(1\): block\.1\.attn\.k\.kernel"):
         convert_t5(src, tmp_path / "out1")
     src = save_tiny_hubert(tmp_path / "hub_shape")
     _tamper(src, reshape="encoder.layers.0.feed_forward.output_dense.weight")
-    with pytest.raises(ConversionError, match=r"shape mismatches \(1\): encoder\.layers\.0\.feed_forward\.output_dense"
+    with pytest.raises(WeightsError, match=r"shape mismatches \(1\): encoder\.layers\.0\.feed_forward\.output_dense"
                                               r"\.kernel: checkpoint \(65, 32\) vs model \(64, 32\)"):
         convert_hubert(src, tmp_path / "out2")
     src = save_tiny_encodec(tmp_path / "enc_extra")
     state = load_file(str(src / "model.safetensors"))
     state["decoder.layers.99.conv.weight"] = np.zeros((1, 1, 1), np.float32)
     save_file(state, str(src / "model.safetensors"))
-    with pytest.raises(ConversionError, match=r"unexpected keys \(1\): decoder\.layers\.99\.conv\.kernel"):
+    with pytest.raises(WeightsError, match=r"unexpected keys \(1\): decoder\.layers\.99\.conv\.kernel"):
         convert_encodec(src, tmp_path / "out3")
     src = save_tiny_t5(tmp_path / "t5_foreign")
     state = load_file(str(src / "model.safetensors"))
     state["decoder.final_layer_norm.weight"] = np.ones(32, np.float32)  # seq2seq decoder: ignored
     state["something.else"] = np.zeros(3, np.float32)
     save_file(state, str(src / "model.safetensors"))
-    with pytest.raises(ConversionError, match="1 checkpoint keys have no conversion rule: something.else;"):
+    with pytest.raises(WeightsError, match="1 checkpoint keys have no conversion rule: something.else;"):
         convert_t5(src, tmp_path / "out4")
 
 
@@ -105,17 +105,17 @@ def test_tampered_converted_files_give_clear_errors(tmp_path):
     del flat["quantizer.layers.2.codebook.embed"]
     flat["decoder.layers.0.conv.bias"] = np.zeros((3,), np.float32)
     save_file(flat, str(out / "model.safetensors"))
-    with pytest.raises(ConversionError) as err:
+    with pytest.raises(WeightsError) as err:
         Codec.load(out)
     msg = str(err.value)
     assert "missing keys (1): quantizer.layers.2.codebook.embed" in msg
     assert "decoder.layers.0.conv.bias: checkpoint (3,) vs model (64,)" in msg
     assert str(out) in msg
-    with pytest.raises(ConversionError, match="not a converted Flax checkpoint"):
+    with pytest.raises(WeightsError, match="not a converted Flax checkpoint"):
         Codec.load(tmp_path / "hf")
-    with pytest.raises(ConversionError, match="holds a 'encodec' model, expected 't5'"):
+    with pytest.raises(WeightsError, match="holds a 'encodec' model, expected 't5'"):
         load_t5(out)
-    with pytest.raises(ConversionError, match="expected converted weights"):
+    with pytest.raises(WeightsError, match="expected converted weights"):
         Codec.load(tmp_path / "nowhere")
 
 
@@ -162,7 +162,7 @@ def test_original_encodec_th_checkpoint(tmp_path):
     original = {_to_original_encodec_name(k, convtr): torch.from_numpy(v) for k, v in state.items()}
     assert "decoder.model.3.convtr.convtr.weight_g" in original and "encoder.model.13.lstm.weight_ih_l0" in original
     torch.save(original, tmp_path / "encodec_tiny.th")
-    with pytest.raises(ConversionError, match="no config"):
+    with pytest.raises(WeightsError, match="no config"):
         convert_encodec(tmp_path / "encodec_tiny.th", tmp_path / "bad")
     hf_cfg = json.loads((src / "config.json").read_text())
     via_th = load_file(str(convert_encodec(tmp_path / "encodec_tiny.th", tmp_path / "th", hf_config=hf_cfg)

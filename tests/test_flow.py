@@ -102,9 +102,9 @@ def test_flow_loss_wiring():
     }
     seen = {}
 
-    def apply_fn(x_t, ctx, t_b, text, text_mask, cond, frame_mask):
-        seen.update(ctx=ctx, text=text, text_mask=text_mask, x_t=x_t)
-        return jnp.zeros_like(x_t)
+    def apply_fn(inp: flow.FlowInput):
+        seen.update(ctx=inp.ctx_btd, text=inp.text_bld, text_mask=inp.text_mask_bl, x_t=inp.x_t_btd)
+        return jnp.zeros_like(inp.x_t_btd)
 
     loss, aux = flow.flow_loss(apply_fn, jax.random.key(1), batch, cfg)
     ctx, tm = np.asarray(seen["ctx"]), np.asarray(seen["text_mask"])

@@ -19,7 +19,7 @@ from gen_fixtures import make_model_folder, tiny_configs, tone
 from musicflow_jax import features, generate
 from musicflow_jax.audio import read_wav_metadata, write_wav
 from musicflow_jax.models.transformer import FlowTransformer
-from musicflow_jax.pipeline import GenerateError, MusicFlow, StageSettings, parse_regions, region_mask
+from musicflow_jax.pipeline import GenerateError, MusicFlow, StageSettings, region_mask
 from musicflow_jax.stage_io import save_stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,8 +73,8 @@ def test_continuation_keeps_prompt_frames(mf: MusicFlow) -> None:
 
 def test_infill_changes_only_the_regions(mf: MusicFlow) -> None:
     prompt = tone(1.5)
-    regions = parse_regions("0.3-0.6,1.0-1.2", 1.5)
-    g = mf.infill(["a marimba"], prompt, "0.3-0.6,1.0-1.2", seed=2, stage1=FAST, stage2=FAST, progress=False)
+    regions = generate.parse_regions("0.3-0.6,1.0-1.2")
+    g = mf.infill(["a marimba"], prompt, regions, seed=2, stage1=FAST, stage2=FAST, progress=False)
     assert g.audio.shape == (1, len(prompt))
     for x, p, rate in ((g.semantic[0], g.prompt_semantic, 50), (g.acoustic[0], g.prompt_acoustic, 75)):
         inside = region_mask(regions, len(x), rate)
@@ -88,7 +88,7 @@ def test_infill_changes_only_the_regions(mf: MusicFlow) -> None:
 
 def test_restyle_keeps_semantics_changes_acoustics(mf: MusicFlow) -> None:
     prompt = tone(1.0)
-    sem_p, _ = mf.backend.encode(prompt)
+    sem_p, _ = mf.encode(prompt)
     gs = [mf.restyle([t], prompt, seed=0, stage2=FAST, progress=False) for t in ("a church organ", "a guitar")]
     for g in gs:
         np.testing.assert_array_equal(g.semantic[0], sem_p[:50])
@@ -133,14 +133,15 @@ def test_each_stage_gets_the_text_encoder_it_was_trained_with(folder: Path, tmp_
     save_stage(d / "stage2.safetensors", c2, m2)
     mf2 = MusicFlow.load(d)
     texts = ["a calm organ chorale"]
-    want1 = np.asarray(TextEncoder.load(mf2.cfg1.text, mf2.cfg1.train.seed)(texts)[0])
+    cfg1 = mf2.stages[0].cfg
+    want1 = np.asarray(TextEncoder.load(cfg1.text, cfg1.train.seed)(texts)[0])
     want2 = np.asarray(TextEncoder.load(c2.text, c2.train.seed)(texts)[0])
     assert np.abs(want1 - want2).max() > 1e-3
-    np.testing.assert_array_equal(np.asarray(mf2.text1(texts)[0]), want1)
-    np.testing.assert_array_equal(np.asarray(mf2.text2(texts)[0]), want2)
+    np.testing.assert_array_equal(np.asarray(mf2.stages[0].text(texts)[0]), want1)
+    np.testing.assert_array_equal(np.asarray(mf2.stages[1].text(texts)[0]), want2)
     mf1 = MusicFlow.load(folder)  # same T5 for both stages: one encoder, the shipped one
-    assert mf1.text2 is mf1.text1
-    np.testing.assert_array_equal(np.asarray(mf1.text1(texts)[0]), want1)
+    assert mf1.stages[1].text is mf1.stages[0].text
+    np.testing.assert_array_equal(np.asarray(mf1.stages[0].text(texts)[0]), want1)
 
 
 def test_stage_settings_parsing(mf: MusicFlow) -> None:
@@ -226,12 +227,14 @@ def test_encodec_backend_infill_and_generate(tmp_path: Path) -> None:
     save_stage(folder / "stage2.safetensors", c2, FlowTransformer(c2, rngs=nnx.Rngs(1)))
     TextEncoder.load(c1.text, 0).save(folder / "text_encoder")
     stats = {"semantic": {"mean": [0.0] * 32, "std": [1.0] * 32}, "acoustic": {"mean": [0.0] * 16, "std": [1.0] * 16}}
-    (folder / "features.json").write_text(json.dumps({"backend": "encodec", "encodec": "encodec", "hubert": "hubert",
-                                                      "kmeans": "kmeans.safetensors", "layer": 1, "stats": stats}))
+    spec = {"format": "musicflow_jax.features/2", "semantic": {"kind": "hubert", "folder": "hubert", "layer": 1,
+                                                              "kmeans": "kmeans.safetensors"},
+            "acoustic": {"kind": "encodec", "folder": "encodec"}, "stats": stats}
+    (folder / "features.json").write_text(json.dumps(spec))
     mf = MusicFlow.load(folder)
-    assert mf.backend.kind == "encodec" and mf.sample_rate == 24_000
+    assert mf.backend.name == "hubert+encodec" and mf.sample_rate == 24_000
     prompt = tone(1.0)
-    g = mf.infill(["a piano"], prompt, "0.4-0.6", seed=0, stage1=FAST, stage2=FAST, progress=False)
+    g = mf.infill(["a piano"], prompt, [(0.4, 0.6)], seed=0, stage1=FAST, stage2=FAST, progress=False)
     sem_in = region_mask([(0.4, 0.6)], g.semantic.shape[1], 50)
     ac_in = region_mask([(0.4, 0.6)], g.acoustic.shape[1], 75)
     for x, p, inside in ((g.semantic[0], g.prompt_semantic, sem_in), (g.acoustic[0], g.prompt_acoustic, ac_in)):

@@ -1,4 +1,4 @@
-"""Flax HuBERT vs transformers' HubertModel (every hidden state) and the SemanticEncoder runtime
+"""Flax HuBERT vs transformers' HubertModel (every hidden state) and the HubertSemantic runtime part
 (features at a layer, k-means units, centroid vectors, codebook checks)."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from tiny_models import save_tiny_hubert
 
+from musicflow_jax.backends.hubert import HubertSemantic
 from musicflow_jax.codebook import checkpoint_sha256, save_codebook
-from musicflow_jax.convert.hubert import convert_hubert, load_hubert
-from musicflow_jax.semantic import SemanticEncoder
+from musicflow_jax.convert.hubert import convert_hubert
+from musicflow_jax.weights import load_hubert
 
 VARIANTS = {
     "group-postln": dict(),
@@ -64,7 +65,7 @@ def test_semantic_encoder_features_units_vectors(tmp_path):
     rs = np.random.RandomState(0)
     cents = np.concatenate([h_ref[0, [3, 7, 11]], rs.randn(5, h_ref.shape[-1]).astype(np.float32)])
     save_codebook(tmp_path / "km.safetensors", cents, layer=layer, hubert_sha256=checkpoint_sha256(src))
-    enc = SemanticEncoder.load(tmp_path / "flax", tmp_path / "km.safetensors", layer)
+    enc = HubertSemantic.load(tmp_path / "flax", tmp_path / "km.safetensors", layer)
     assert enc.frame_rate == 50.0
     h = np.asarray(enc.features(x))
     assert np.abs(h - h_ref).max() / np.abs(h_ref).max() <= 1e-4
@@ -81,36 +82,32 @@ def test_semantic_encoder_rejects_mismatched_codebooks(tmp_path):
     cents = np.zeros((4, 32), np.float32)
     save_codebook(tmp_path / "km_l2.safetensors", cents, layer=2, hubert_sha256=checkpoint_sha256(src))
     with pytest.raises(ValueError, match="fitted on HuBERT layer 2, not layer 1"):
-        SemanticEncoder.load(tmp_path / "flax", tmp_path / "km_l2.safetensors", 1)
+        HubertSemantic.load(tmp_path / "flax", tmp_path / "km_l2.safetensors", 1)
     save_codebook(tmp_path / "km_other.safetensors", cents, layer=1, hubert_sha256="0" * 64)
     with pytest.raises(ValueError, match="different HuBERT"):
-        SemanticEncoder.load(tmp_path / "flax", tmp_path / "km_other.safetensors", 1)
+        HubertSemantic.load(tmp_path / "flax", tmp_path / "km_other.safetensors", 1)
     save_codebook(tmp_path / "km_dim.safetensors", np.zeros((4, 8), np.float32), layer=1,
                   hubert_sha256=checkpoint_sha256(src))
     with pytest.raises(ValueError, match="codebook dim 8"):
-        SemanticEncoder.load(tmp_path / "flax", tmp_path / "km_dim.safetensors", 1)
+        HubertSemantic.load(tmp_path / "flax", tmp_path / "km_dim.safetensors", 1)
     with pytest.raises(ValueError, match="hidden states 0..2"):
-        SemanticEncoder.load(tmp_path / "flax", None, 3)
+        HubertSemantic.load(tmp_path / "flax", None, 3)
 
 
 def test_waveform_normalisation_matches_precompute(tmp_path):
-    """A HuBERT whose feature extractor has do_normalize=True: the JAX SemanticEncoder and the offline
+    """A HuBERT whose feature extractor has do_normalize=True: the JAX HubertSemantic and the offline
     precompute tool feed it the same normalised waveform, so their features agree."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-    from precompute_features import Encoders
+    from musicflow_jax.backends.torch_ref import TorchHubertSemantic
 
     src = save_tiny_hubert(tmp_path / "hf", seed=2, **VARIANTS["layer-stable"])  # group norm would hide it
     (src / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True, "sampling_rate": 16000}))
-    enc_src = __import__("tiny_models").save_tiny_encodec(tmp_path / "enc")
     convert_hubert(src, tmp_path / "flax")
     x = 3.0 * _audio(batch=1) + 0.5  # off-centre and loud: normalisation matters
-    ref = Encoders(str(src), str(enc_src), layer=2).hubert_features(x[0])
-    sem = SemanticEncoder.load(tmp_path / "flax", None, layer=2)
+    ref = TorchHubertSemantic(src, layer=2).features(x)[0]
+    sem = HubertSemantic.load(tmp_path / "flax", None, layer=2)
     assert sem.do_normalize
     np.testing.assert_allclose(np.asarray(sem.features(x))[0], ref, rtol=1e-4, atol=1e-4)
-    raw = np.asarray(SemanticEncoder(sem.cfg, load_hubert(tmp_path / "flax")[1], 2).features(x))[0]
+    raw = np.asarray(HubertSemantic(sem.cfg, load_hubert(tmp_path / "flax")[1], 2).features(x))[0]
     assert np.abs(raw - ref).max() > 1e-2  # without it they differ

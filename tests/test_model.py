@@ -24,6 +24,7 @@ from flax.core import spmd as core_spmd
 
 from musicflow_jax import config
 from musicflow_jax.config import LOGICAL_AXES, Config
+from musicflow_jax.flow import FlowInput
 from musicflow_jax.models.layers import LayerNorm, apply_rope, attention, sinusoidal_embedding
 from musicflow_jax.models.transformer import FlowTransformer, SkipMerge, count_params
 
@@ -63,8 +64,8 @@ def tiny(request):
 def test_output_shape_dtype_fp32_and_bf16(stage):
     cfg32, cfg16 = tiny_cfg(stage), tiny_cfg(stage, dtype="bfloat16")
     inp = make_inputs(cfg32)
-    v32 = FlowTransformer(cfg32, rngs=nnx.Rngs(0))(**inp)
-    v16 = FlowTransformer(cfg16, rngs=nnx.Rngs(0))(**inp)  # same fp32 master weights, bf16 compute
+    v32 = FlowTransformer(cfg32, rngs=nnx.Rngs(0))(FlowInput(**inp))
+    v16 = FlowTransformer(cfg16, rngs=nnx.Rngs(0))(FlowInput(**inp))  # same fp32 master weights, bf16 compute
     for v in (v32, v16):
         assert v.shape == inp["x_t_btd"].shape and v.dtype == jnp.float32
         assert bool(jnp.isfinite(v).all())
@@ -76,20 +77,20 @@ def test_bf16_params():
     cfg = tiny_cfg(1, dtype="bfloat16", param_dtype="bfloat16")
     model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
     assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
-    v = model(**make_inputs(cfg))
+    v = model(FlowInput(**make_inputs(cfg)))
     assert v.dtype == jnp.float32 and bool(jnp.isfinite(v).all())
 
 
 def test_padded_text_tokens_have_no_influence(tiny):
     cfg, model, inp = tiny
-    v = model(**inp)
+    v = model(FlowInput(**inp))
     noise = 100.0 * jax.random.normal(jax.random.key(9), inp["text_bld"].shape)
     text_changed = jnp.where(inp["text_mask_bl"][..., None], inp["text_bld"], noise)
-    v_pad = model(**{**inp, "text_bld": text_changed})
+    v_pad = model(FlowInput(**{**inp, "text_bld": text_changed}))
     np.testing.assert_allclose(np.asarray(v_pad), np.asarray(v), atol=1e-6, rtol=0)
     # ...whereas changing a valid token does change the output of that example
     bump = jax.random.normal(jax.random.key(4), (cfg.text.dim,))  # not a constant shift: LayerNorm removes those
-    v_valid = model(**{**inp, "text_bld": inp["text_bld"].at[0, 0].add(bump)})
+    v_valid = model(FlowInput(**{**inp, "text_bld": inp["text_bld"].at[0, 0].add(bump)}))
     assert float(jnp.abs(v_valid[0] - v[0]).max()) > 1e-4
     np.testing.assert_allclose(np.asarray(v_valid[1]), np.asarray(v[1]), atol=1e-6, rtol=0)
 
@@ -97,28 +98,29 @@ def test_padded_text_tokens_have_no_influence(tiny):
 def test_all_false_text_mask_is_finite_and_ignores_text(tiny):
     cfg, model, inp = tiny
     off = jnp.zeros_like(inp["text_mask_bl"])
-    v_a = model(**{**inp, "text_mask_bl": off})
-    v_b = model(**{**inp, "text_mask_bl": off, "text_bld": jnp.zeros_like(inp["text_bld"])})
+    v_a = model(FlowInput(**{**inp, "text_mask_bl": off}))
+    v_b = model(FlowInput(**{**inp, "text_mask_bl": off, "text_bld": jnp.zeros_like(inp["text_bld"])}))
     assert bool(jnp.isfinite(v_a).all())
     np.testing.assert_allclose(np.asarray(v_a), np.asarray(v_b), atol=1e-6, rtol=0)
-    assert float(jnp.abs(v_a - model(**inp)).max()) > 1e-4  # the null branch differs from the conditional one
+    v_cond = model(FlowInput(**inp))
+    assert float(jnp.abs(v_a - v_cond).max()) > 1e-4  # the null branch differs from the conditional one
 
 
 def test_padded_frames_have_no_influence(tiny):
     cfg, model, inp = tiny
     b, t, _ = inp["x_t_btd"].shape
     frame_mask = jnp.arange(t)[None, :] < jnp.array([[t], [t - 6]])
-    v = model(**inp, frame_mask_bt=frame_mask)
+    v = model(FlowInput(**inp, frame_mask_bt=frame_mask))
     key = jax.random.key(3)
     changed = {k: (jnp.where(frame_mask[..., None], inp[k], 50.0 * jax.random.normal(key, inp[k].shape))
                    if k in ("x_t_btd", "ctx_btd", "cond_btc") and inp[k] is not None else inp[k]) for k in inp}
-    v_changed = model(**changed, frame_mask_bt=frame_mask)
+    v_changed = model(FlowInput(**changed, frame_mask_bt=frame_mask))
     np.testing.assert_allclose(np.asarray(v_changed), np.asarray(v), atol=1e-6, rtol=0)
     assert float(jnp.abs(v[1, t - 6:]).max()) == 0.0  # padded frames output exactly zero
     # and a short clip gives the same valid-frame output as the clip cut to its length
     cut = {k: (x[1:, : t - 6] if k in ("x_t_btd", "ctx_btd", "cond_btc") else x[1:]) if x is not None else None
            for k, x in inp.items()}
-    np.testing.assert_allclose(np.asarray(model(**cut)[0]), np.asarray(v[1, : t - 6]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(model(FlowInput(**cut))[0]), np.asarray(v[1, : t - 6]), atol=1e-5, rtol=0)
 
 
 def test_input_errors_name_the_problem():
@@ -126,9 +128,9 @@ def test_input_errors_name_the_problem():
     model = FlowTransformer(cfg2, rngs=nnx.Rngs(0))
     inp = make_inputs(cfg2)
     with pytest.raises(ValueError, match="cond_btc"):
-        model(**{**inp, "cond_btc": None})
+        model(FlowInput(**{**inp, "cond_btc": None}))
     with pytest.raises(ValueError, match="feature_dim"):
-        model(**{**inp, "x_t_btd": inp["x_t_btd"][..., :3]})
+        model(FlowInput(**{**inp, "x_t_btd": inp["x_t_btd"][..., :3]}))
 
 
 # --------------------------------------------------------------------------- U-Net skips
@@ -138,7 +140,7 @@ def test_skip_connections_structure_and_effect(tiny):
     cfg, model, inp = tiny
     assert len(model.blocks) == cfg.model.depth and len(model.skips) == cfg.model.depth // 2
     assert all(isinstance(s, SkipMerge) for s in model.skips)
-    v = model(**inp)
+    v = model(FlowInput(**inp))
     # SkipMerge is exactly a Linear on concat(h, skip)
     s = model.skips[0]
     h, sk = jax.random.normal(jax.random.key(1), (2, 2, 5, cfg.model.dim))
@@ -149,9 +151,9 @@ def test_skip_connections_structure_and_effect(tiny):
     zeroed = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
     for skip in zeroed.skips:
         skip.kernel_skip[...] = jnp.zeros_like(skip.kernel_skip[...])
-    v0 = zeroed(**inp)
+    v0 = zeroed(FlowInput(**inp))
     assert float(jnp.abs(v0 - v).max()) > 1e-3
-    np.testing.assert_allclose(np.asarray(model(**inp)), np.asarray(v), atol=0, rtol=0)  # original untouched
+    np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(v), atol=0, rtol=0)  # original untouched
 
 
 # --------------------------------------------------------------------------- layers vs references
@@ -227,7 +229,7 @@ def test_sharded_forward_matches_unsharded():
     cfg = tiny_cfg(2)
     model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
     inp = make_inputs(cfg)
-    ref = model(**inp)
+    ref = model(FlowInput(**inp))
     # Auto axis types: activations follow GSPMD propagation from inputs and params (no explicit sharding)
     mesh = jax.make_mesh((2, 2, 2), config.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     graphdef, state = nnx.split(model)
@@ -238,7 +240,7 @@ def test_sharded_forward_matches_unsharded():
 
         @jax.jit
         def fwd(state, inp):
-            return nnx.merge(graphdef, state)(**inp)
+            return nnx.merge(graphdef, state)(FlowInput(**inp))
 
         out = fwd(state, inp)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=2e-5)
@@ -254,7 +256,7 @@ def test_remat_same_values_and_grads():
     def loss_and_grad(remat: bool):
         model = FlowTransformer(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat=remat)),
                                 rngs=nnx.Rngs(0))
-        return nnx.jit(nnx.value_and_grad(lambda m: jnp.mean(m(**inp) ** 2)))(model)
+        return nnx.jit(nnx.value_and_grad(lambda m: jnp.mean(m(FlowInput(**inp)) ** 2)))(model)
 
     (l0, g0), (l1, g1) = loss_and_grad(False), loss_and_grad(True)
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
@@ -267,10 +269,10 @@ def test_remat_same_values_and_grads():
 def test_dropout_only_when_not_deterministic():
     cfg0, cfg1 = tiny_cfg(1, depth=2), tiny_cfg(1, depth=2, dropout=0.3)
     inp = make_inputs(cfg0, t=12)
-    ref = FlowTransformer(cfg0, rngs=nnx.Rngs(params=0, dropout=1))(**inp)
+    ref = FlowTransformer(cfg0, rngs=nnx.Rngs(params=0, dropout=1))(FlowInput(**inp))
     model = FlowTransformer(cfg1, rngs=nnx.Rngs(params=0, dropout=1))
-    np.testing.assert_allclose(np.asarray(model(**inp)), np.asarray(ref), atol=0, rtol=0)
-    a, b = model(**inp, deterministic=False), model(**inp, deterministic=False)
+    np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(ref), atol=0, rtol=0)
+    a, b = model(FlowInput(**inp), deterministic=False), model(FlowInput(**inp), deterministic=False)
     assert bool(jnp.isfinite(a).all()) and float(jnp.abs(a - ref).max()) > 1e-3 and float(jnp.abs(a - b).max()) > 1e-3
 
 

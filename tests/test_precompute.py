@@ -12,8 +12,11 @@ import soundfile as sf
 from tiny_models import save_tiny_encodec, save_tiny_hubert, save_tiny_t5
 
 from musicflow_jax import codebook, config, data, records
+from musicflow_jax import precompute as pf
+from musicflow_jax.audio import resample
+from musicflow_jax.backends.torch_ref import assign_units
 from tools import fit_kmeans as fk
-from tools import precompute_features as pf
+from tools import precompute_features as pf_cli
 
 LAYER, K, SEG = 2, 8, 2.0
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -56,7 +59,7 @@ def setup(tmp_path_factory):
     codebook.save_codebook(root / "km.safetensors", cents, layer=LAYER,
                            hubert_sha256=codebook.checkpoint_sha256(ck["hubert"]))
     kw = dict(hubert=str(ck["hubert"]), encodec=str(ck["encodec"]), layer=LAYER, kmeans=str(root / "km.safetensors"),
-              t5=str(ck["t5"]), text_max_len=32, segment_seconds=SEG, threads=1, progress=False)
+              t5=str(ck["t5"]), text_max_len=32, segment_seconds=SEG, threads=1, progress=False, engine="torch")
     result = pf.precompute(root / "manifest.jsonl", root / "out1", **kw)
     return root, ck, kw, result, feats
 
@@ -84,8 +87,8 @@ def test_records_equal_direct_pytorch_calls(setup):
     for clip in clips.values():
         x, sr = sf.read(clip.source, dtype="float32", always_2d=True)
         x = x.mean(1)
-        a16 = pf.resample(x, sr, 16_000)[int(round(clip.start * 16_000)):][: int(round(clip.duration * 16_000))]
-        a24 = pf.resample(x, sr, 24_000)[int(round(clip.start * 24_000)):][: int(round(clip.duration * 24_000))]
+        a16 = resample(x, sr, 16_000)[int(round(clip.start * 16_000)):][: int(round(clip.duration * 16_000))]
+        a24 = resample(x, sr, 24_000)[int(round(clip.start * 24_000)):][: int(round(clip.duration * 24_000))]
         with torch.no_grad():
             h = hub(torch.from_numpy(a16)[None], output_hidden_states=True).hidden_states[LAYER][0].numpy()
             z = codec.encoder(torch.from_numpy(a24)[None, None])
@@ -177,7 +180,7 @@ def test_kmeans_is_seeded_and_assigns_nearest(setup):
     c1, c2 = fk.fit_kmeans(feats, K, seed=0), fk.fit_kmeans(feats, K, seed=0)
     np.testing.assert_array_equal(c1, c2)
     assert c1.shape == (K, 32) and c1.dtype == np.float32
-    units = pf.assign_units(feats, c1)
+    units = assign_units(feats, c1)
     d = ((feats[:, None].astype(np.float64) - c1[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(units, d.argmin(1))
     assert len(np.unique(units)) == K
@@ -195,21 +198,22 @@ def test_loader_reads_precomputed_features(setup):
 def test_mel_backend_records_equal_direct_calls(setup):
     """--backend mel (the weight-free alternative): same shard code, features equal direct backend calls."""
     from musicflow_jax.audio import read_audio
-    from musicflow_jax.backends.mel import MelFeatureEncoders
+    from musicflow_jax.backends.chroma import ChromaSemantic
+    from musicflow_jax.backends.mel import MelAcoustic
 
     root = setup[0]
-    pf.main(["--backend", "mel", "--manifest", str(root / "manifest.jsonl"), "--out", str(root / "mel"),
+    pf_cli.main(["--backend", "chroma+mel", "--manifest", str(root / "manifest.jsonl"), "--out", str(root / "mel"),
              "--segment-seconds", "10"])
     index = json.loads((root / "mel" / "index.json").read_text())
-    assert index["encoders"]["backend"] == "mel"
-    enc = MelFeatureEncoders()
-    assert index["dims"]["semantic"] == enc.dims["semantic"] and index["dims"]["acoustic"] == enc.dims["acoustic"]
+    assert index["backend"]["name"] == "chroma+mel"
+    sem, ac = ChromaSemantic(), MelAcoustic()
+    assert index["dims"]["semantic"] == sem.dim and index["dims"]["acoustic"] == ac.dim
     clip = next(c for c in all_clips(root / "mel").values() if c.source.endswith("a.wav"))
     audio24 = read_audio(root / "audio" / "a.wav", sample_rate=24_000)[0]
     audio16 = read_audio(root / "audio" / "a.wav", sample_rate=16_000)[0]
-    np.testing.assert_allclose(clip.acoustic, enc.encodec_latents(audio24[: clip.acoustic.shape[0] * 320])[0],
+    np.testing.assert_allclose(clip.acoustic, ac.encode(audio24[None, : clip.acoustic.shape[0] * 320])[0],
                                rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(clip.semantic, enc.hubert_features(audio16[: clip.semantic.shape[0] * 320]),
+    np.testing.assert_allclose(clip.semantic, sem.encode(audio16[None, : clip.semantic.shape[0] * 320])[0][0],
                                rtol=1e-4, atol=1e-4)
 
 
@@ -217,7 +221,7 @@ _KILL_DRIVER = """
 import json, os, signal, sys
 sys.path.insert(0, {root!r})
 from musicflow_jax import records
-from tools import precompute_features as pf
+from musicflow_jax import precompute as pf
 
 original_write = records.ClipShardWriter.write
 
@@ -258,3 +262,38 @@ def test_sigkill_mid_shard_loses_no_finished_shard(setup):
         np.testing.assert_array_equal(c_full[k].acoustic, c_resumed[k].acoustic)
         np.testing.assert_array_equal(c_full[k].semantic, c_resumed[k].semantic)
     assert rerun["merged"]["clips_ok"] == 6
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(np.asarray(b, np.float64)), 1e-12))
+
+
+def test_jax_engine_equals_torch_engine_and_shards_resume(setup):
+    """--engine jax (Flax ports, HF folders converted on the fly, batched) writes the torch engine's records within
+    1e-4 relative and the same failures; a 2-shard jax run in reverse order with another batch size equals one run."""
+    root, _, kw, _, _ = setup
+    jkw = {**kw, "engine": "jax", "batch_size": 3}
+    res = pf.precompute(root / "manifest.jsonl", root / "jax1", **jkw)
+    assert res["engine"] == "jax" and res["merged"]["clips_ok"] == 6
+    ref, got = all_clips(root / "out1"), all_clips(root / "jax1")
+    assert ref.keys() == got.keys()
+    for k in ref:
+        for f in ("semantic", "acoustic", "t5_emb"):
+            assert _rel(getattr(got[k], f), getattr(ref[k], f)) < 1e-4, (k, f)
+        np.testing.assert_array_equal(got[k].units, ref[k].units)
+        np.testing.assert_array_equal(got[k].t5_mask, ref[k].t5_mask)
+        assert (got[k].caption, got[k].start, got[k].duration) == (ref[k].caption, ref[k].start, ref[k].duration)
+    assert ((root / "jax1" / "failures.jsonl").read_text().splitlines()
+            == (root / "out1" / "failures.jsonl").read_text().splitlines())
+    i_t, i_j = data.load_index(root / "out1"), data.load_index(root / "jax1")
+    assert i_j["engine"] == "jax" and i_t["engine"] == "torch"
+    for key in ("backend", "rates", "dims", "encoders", "splits"):
+        assert i_j[key] == i_t[key], key
+    for i in (1, 0):  # shard 1 first, then shard 0 merges
+        pf.precompute(root / "manifest.jsonl", root / "jax2", **{**jkw, "batch_size": 2}, num_shards=2, shard_index=i)
+    sharded = all_clips(root / "jax2")
+    assert sharded.keys() == got.keys()
+    for k in got:
+        for f in ("semantic", "acoustic", "t5_emb"):
+            np.testing.assert_allclose(getattr(sharded[k], f), getattr(got[k], f), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(sharded[k].units, got[k].units)

@@ -7,9 +7,10 @@ import pytest
 from tiny_models import save_tiny_t5
 
 from musicflow_jax.config import ConfigError, TextConfig
-from musicflow_jax.convert.t5 import convert_t5, load_t5
+from musicflow_jax.convert.t5 import convert_t5
 from musicflow_jax.models.t5 import relative_position_bucket
 from musicflow_jax.text_encoder import TextEncoder
+from musicflow_jax.weights import load_t5
 
 VARIANTS = {
     "v1.0-relu": dict(feed_forward_proj="relu"),

@@ -1,5 +1,5 @@
 """Learning on real music: Bach scores rendered with fluidsynth (tools/build_corpus.py), encoded with the tiny
-random HuBERT / Encodec (tools/precompute_features.py), then the tiny stage-1 and stage-2 configs trained with
+random HuBERT / Encodec (musicflow_jax.precompute, jax engine), then the tiny stage-1 and stage-2 configs trained with
 musicflow_jax.train for a couple of hundred steps must bring the validation flow loss clearly below step 0."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import soundfile as sf
 from tiny_models import save_tiny_encodec, save_tiny_hubert
 
 from musicflow_jax import config, data, metrics, train
+from musicflow_jax import precompute as pf
 from musicflow_jax.convert.encodec import convert_encodec
 from tools import build_corpus as bc
-from tools import precompute_features as pf
 
 STEPS = 200
 

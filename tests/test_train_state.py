@@ -44,7 +44,7 @@ def test_grad_accumulation_matches_mean_of_micro_batch_gradients():
         for i in range(2):
             mb = {k: v[4 * i: 4 * (i + 1)] for k, v in full.items()}
             model = nnx.merge(setup.graphdef, params, rest0)
-            total += flow.flow_loss(lambda *a, model=model: model(*a, deterministic=True),
+            total += flow.flow_loss(lambda inp, model=model: model(inp, deterministic=True),
                                     jax.random.fold_in(key, i), mb, cfg.flow)[0]
         return total / 2
 

@@ -22,9 +22,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from musicflow_jax.audio import resample  # noqa: E402
+from musicflow_jax.backends.torch_ref import TorchHubertSemantic  # noqa: E402
 from musicflow_jax.codebook import checkpoint_sha256, save_codebook  # noqa: E402
 from musicflow_jax.manifest import read_manifest  # noqa: E402
-from tools.precompute_features import HUBERT_RATE, HubertLayer, SkipClipError, load_audio  # noqa: E402
+from musicflow_jax.precompute import SkipClipError, load_audio  # noqa: E402
 
 
 def hubert_sample(manifest: str | Path, hubert: str, layer: int, *, max_files: int = 200, max_frames: int = 200_000,
@@ -36,14 +37,14 @@ def hubert_sample(manifest: str | Path, hubert: str, layer: int, *, max_files: i
     train = [e for e in entries if e.split == "train"] or entries
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))[:max_files]
-    model = HubertLayer(hubert, layer)
+    model = TorchHubertSemantic(hubert, layer)
     feats = []
     for i in tqdm(order, desc="hubert", disable=not progress):
         try:
             x, sr = load_audio(train[i].path)
         except SkipClipError:
             continue
-        feats.append(model(resample(x[: int(max_seconds * sr)], sr, HUBERT_RATE)))
+        feats.append(model.features(resample(x[: int(max_seconds * sr)], sr, model.sample_rate)[None])[0])
     if not feats:
         raise ValueError(f"{manifest}: no readable audio to fit k-means on")
     allf = np.concatenate(feats)

@@ -12,7 +12,6 @@ and normalisation stats, and per-clip corpus features for the spectral classifie
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -26,47 +25,26 @@ for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from musicflow_jax.backends.mel import ChromaSemantic, MelCodec  # noqa: E402
-from musicflow_jax.config import (  # noqa: E402
-    Config,
-    DataConfig,
-    FlowConfig,
-    ModelConfig,
-    OptimConfig,
-    SampleConfig,
-    TextConfig,
-    TrainConfig,
-)
+from musicflow_jax.config import Config  # noqa: E402
 
 SEGMENT_SECONDS = 8.0
 
 
 def precompute_mel(manifest: Path, out: Path) -> dict[str, Any]:
-    """tools/precompute_features.py with --backend mel (reruns skip finished shards)."""
-    import precompute_features as pf
+    """musicflow_jax.precompute with the chroma+mel backend (reruns skip finished shards)."""
+    from musicflow_jax.precompute import precompute
 
-    pf.precompute(manifest, out, backend="mel", segment_seconds=SEGMENT_SECONDS, min_seconds=1.0)
+    precompute(manifest, out, backend="chroma+mel", segment_seconds=SEGMENT_SECONDS, min_seconds=1.0)
     return json.loads((out / "index.json").read_text())
 
 
-def bundled_configs(data: Path, steps1: int, steps2: int, seconds: float = 4.0) -> tuple[Config, Config]:
-    """Small CPU-trainable two-stage configs on the mel backend (semantic 16-d, acoustic 64-d)."""
-    sem_dim, ac_dim = ChromaSemantic().dim, MelCodec().latent_dim
-    text = TextConfig(checkpoint="", max_len=96, dim=32)  # captions are ~65 bytes; the instrument comes last
-    model = ModelConfig(stage="semantic", feature_dim=sem_dim, cond_dim=0, dim=128, depth=4, heads=4, mlp_dim=512,
-                        time_dim=64, dtype="float32")
-    flow = FlowConfig()
-    optim = OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.995, weight_decay=0.01)
-    common = dict(text=text, flow=flow, optim=optim, sample=SampleConfig(solver="midpoint", steps=16, cfg_scale=3.0))
-    train = TrainConfig(seed=0, log_every=25, eval_every=0, ckpt_every=100_000, keep=1, keep_every=0, sample_every=0)
-    s1 = Config(name="bundled_stage1", model=model,
-                data=DataConfig(source="arrayrecord", path=str(data), frames=int(50 * seconds), batch_size=16),
-                train=dataclasses.replace(train, steps=steps1), **common)
-    s2 = Config(name="bundled_stage2",
-                model=dataclasses.replace(model, stage="acoustic", feature_dim=ac_dim, cond_dim=sem_dim),
-                data=DataConfig(source="arrayrecord", path=str(data), frames=int(75 * seconds), batch_size=16),
-                train=dataclasses.replace(train, steps=steps2), **common)
-    return s1, s2
+def bundled_configs(data: Path, steps1: int, steps2: int) -> tuple[Config, Config]:
+    """configs/bundled_stage1.py and bundled_stage2.py on `data` with the given step counts."""
+    from musicflow_jax import config as config_lib
+
+    return tuple(config_lib.load(ROOT / "configs" / f"bundled_stage{i}.py", [f"data.path={data}",
+                                                                            f"train.steps={steps}"])
+                 for i, steps in ((1, steps1), (2, steps2)))
 
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
@@ -128,10 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     from musicflow_jax.text_encoder import TextEncoder
 
     TextEncoder.load(s1.text, s1.train.seed).save(out / "text_encoder")
-    from assemble_model import backend_spec
+    from assemble_model import backend_from_index
 
-    backend, _ = backend_spec(index, None, None, None, None)  # the mel backend of the index, with its stats
-    (out / "features.json").write_text(json.dumps(backend, indent=1) + "\n")
+    backend_from_index(index).save(out)  # the chroma+mel backend of the index, with its stats
     np.savez_compressed(out / "corpus_features.npz", **corpus_features(data))
     prev = json.loads((out / "train_report.json").read_text()) if (out / "train_report.json").is_file() else {}
     prev.update(report)

@@ -1,8 +1,21 @@
-"""Feature backends: what the two flow stages model and how audio is recovered from it.
+"""Feature backends: what the two flow stages model and how audio is recovered from it (see base.py).
 
-"encodec" (default, the paper's setup): semantic = HuBERT (+ k-means centroid) features at 50 Hz, acoustic =
-continuous Encodec latents at 75 Hz, decoded by the Flax Encodec decoder. Needs converted pretrained weights.
-"mel" (weight-free alternative, musicflow_jax/backends/mel.py): semantic = chroma + coarse band energies at 50 Hz,
-acoustic = log-mel frames at 75 Hz, decoded with Griffin-Lim. Used by the bundled model, since no pretrained
-codec weights are available offline. Both expose the same interfaces (see `load_backend` in pipeline.py).
+Semantic parts (stage 1's stream, 50 Hz): "hubert" (the paper's: HuBERT layer + k-means centroids, hubert.py) and
+"chroma" (weight-free: chroma + band energies, chroma.py). Acoustic parts (stage 2's stream, 75 Hz): "encodec"
+(the paper's: continuous Encodec latents + the Flax decoder, encodec.py) and "mel" (weight-free: log-mel +
+Griffin-Lim, mel.py). torch_ref.py holds the PyTorch references of the weight-based parts for offline precompute.
 """
+
+from musicflow_jax.backends.base import (
+    FEATURES_FILE,
+    BackendError,
+    FeatureBackend,
+    StreamStats,
+    build_part,
+    kinds,
+    load_backend,
+    parse_name,
+)
+
+__all__ = ["FEATURES_FILE", "BackendError", "FeatureBackend", "StreamStats", "build_part", "kinds", "load_backend",
+           "parse_name"]

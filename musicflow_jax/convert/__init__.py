@@ -1,6 +1,7 @@
-"""Weight conversion: PyTorch checkpoints (HF folders, original encodec .th) -> Flax safetensors + config.json.
+"""Weight conversion only: PyTorch checkpoints (HF folders, original encodec .th) -> converted Flax folders.
 
-`io` is the torch-free runtime side (read converted folders, check names/shapes, fill NNX models);
-`checkpoint` reads PyTorch-side files (torch imported lazily, only for .bin/.th/.pt);
-`t5`, `encodec`, `hubert` hold the per-model name/layout rules and `convert_*` entry points.
+`torch_state` reads PyTorch-side files (torch imported lazily, only for .bin/.th/.pt) and holds the layout
+transforms and rename rules; `t5`, `encodec`, `hubert` hold the per-model rules and the `convert_*` entry points.
+Reading converted folders at run time is `musicflow_jax.weights` (torch-free; nothing at run time imports this
+package).
 """

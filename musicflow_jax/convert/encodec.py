@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from musicflow_jax.convert.checkpoint import apply_rules, conv_t, convtr_t, linear_t, read_hf_config, read_state_dict
-from musicflow_jax.convert.io import ConversionError, build_with_params, load_model, save_converted
+from musicflow_jax import weights
+from musicflow_jax.convert.torch_state import apply_rules, conv_t, convtr_t, linear_t, read_hf_config, read_state_dict
 from musicflow_jax.models.encodec import Encodec, EncodecConfig, SConvTranspose1d
+from musicflow_jax.weights import WeightsError, build_with_params, save_converted
 
-KIND = "encodec"
+KIND = weights.ENCODEC
 PRESETS: dict[str, dict[str, Any]] = {
     "24khz": dict(sampling_rate=24_000, audio_channels=1, normalize=False, chunk_length_s=None, overlap=None,
                   norm_type="weight_norm", use_causal_conv=True, target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0]),
@@ -66,7 +67,7 @@ def hf_to_flax(state: dict[str, np.ndarray], cfg: EncodecConfig, source: str) ->
             layer = layers[int(idx)] if idx.isdigit() and int(idx) < len(layers) else None
             tr = isinstance(layer, SConvTranspose1d) and key.split(".")[3] == "conv"
             if flat[key].ndim != 3:
-                raise ConversionError(f"{source}: conv weight {key} should be 3-D, got shape {flat[key].shape}")
+                raise WeightsError(f"{source}: conv weight {key} should be 3-D, got shape {flat[key].shape}")
             flat[key] = convtr_t(flat[key]) if tr else conv_t(flat[key])
     return flat
 
@@ -79,10 +80,10 @@ def convert_encodec(src: str | Path, dst: str | Path, preset: str | None = None,
     if hf_config is None:
         if preset is not None:
             if preset not in PRESETS:
-                raise ConversionError(f"unknown encodec preset {preset!r}; choose one of {sorted(PRESETS)}")
+                raise WeightsError(f"unknown encodec preset {preset!r}; choose one of {sorted(PRESETS)}")
             hf_config = PRESETS[preset]
         elif original:
-            raise ConversionError(f"{src}: original encodec checkpoints have no config; pass preset='24khz'|'48khz'")
+            raise WeightsError(f"{src}: original encodec checkpoints have no config; pass preset='24khz'|'48khz'")
         else:
             hf_config = read_hf_config(src)
     cfg = EncodecConfig.from_hf(hf_config)
@@ -92,7 +93,3 @@ def convert_encodec(src: str | Path, dst: str | Path, preset: str | None = None,
     flat = hf_to_flax(state, cfg, str(src))
     build_with_params(lambda: Encodec(cfg, rngs=nnx.Rngs(0)), flat, str(src))
     return save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src))
-
-
-def load_encodec(folder: str | Path) -> tuple[EncodecConfig, Encodec]:
-    return load_model(folder, KIND, EncodecConfig, Encodec)

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from musicflow_jax import weights
 from musicflow_jax.codebook import checkpoint_sha256
-from musicflow_jax.convert.checkpoint import conv_t, linear_t, read_hf_config, read_state_dict
-from musicflow_jax.convert.io import ConversionError, build_with_params, load_model, save_converted
+from musicflow_jax.convert.torch_state import conv_t, linear_t, read_hf_config, read_state_dict
 from musicflow_jax.models.hubert import Hubert, HubertConfig
+from musicflow_jax.weights import WeightsError, build_with_params, save_converted
 
-KIND = "hubert"
+KIND = weights.HUBERT
 IGNORE = re.compile(r"masked_spec_embed|lm_head\..*|final_proj\..*|label_embs_concat|projector\..*|classifier\..*")
 
 
@@ -42,7 +43,7 @@ def hf_to_flax(state: dict[str, np.ndarray], source: str) -> dict[str, np.ndarra
         elif leaf == "weight" and arr.ndim == 3:  # Conv1d
             out[stem + ".kernel"] = conv_t(arr)
         elif leaf == "weight":
-            raise ConversionError(f"{source}: unexpected {arr.ndim}-D weight {key}")
+            raise WeightsError(f"{source}: unexpected {arr.ndim}-D weight {key}")
         else:
             out[key] = arr
     return out
@@ -58,7 +59,3 @@ def convert_hubert(src: str | Path, dst: str | Path) -> Path:
     do_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
     return save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src),
                           extra={"source_sha256": checkpoint_sha256(src), "do_normalize": do_normalize})
-
-
-def load_hubert(folder: str | Path) -> tuple[HubertConfig, Hubert]:
-    return load_model(folder, KIND, HubertConfig, Hubert)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from flax import nnx
 
-from musicflow_jax.convert.checkpoint import apply_rules, linear_t, read_hf_config, read_state_dict
-from musicflow_jax.convert.io import build_with_params, load_model, save_converted
+from musicflow_jax import weights
+from musicflow_jax.convert.torch_state import apply_rules, linear_t, read_hf_config, read_state_dict
 from musicflow_jax.models.t5 import T5Config, T5Encoder
+from musicflow_jax.weights import build_with_params, save_converted
 
-KIND = "t5"
+KIND = weights.T5
 _B = r"encoder\.block\.(\d+)\.layer"
 RULES = [
     (r"encoder\.embed_tokens\.weight", "embed_tokens.embedding", None),
@@ -42,8 +43,3 @@ def convert_t5(src: str | Path, dst: str | Path) -> Path:
     if Path(src).is_dir() and (Path(src) / "spiece.model").is_file():
         shutil.copy(Path(src) / "spiece.model", out / "spiece.model")
     return out
-
-
-def load_t5(folder: str | Path) -> tuple[T5Config, T5Encoder]:
-    """Converted folder -> (config, filled T5Encoder). No torch needed."""
-    return load_model(folder, KIND, T5Config, T5Encoder)

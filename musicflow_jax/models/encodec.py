@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.models._layers import LSTM, Conv1d, ConvTranspose1d, GroupNorm, nearest_code
+from musicflow_jax.models.port_layers import LSTM, Conv1d, ConvTranspose1d, GroupNorm, nearest_code
 
 
 @dataclasses.dataclass(frozen=True)

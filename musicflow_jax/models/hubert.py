@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.models._layers import Conv1d, GroupNorm, LayerNorm, Linear
+from musicflow_jax.models.port_layers import Conv1d, GroupNorm, LayerNorm, Linear
 
 
 @dataclasses.dataclass(frozen=True)

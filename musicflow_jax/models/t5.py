@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.models._layers import Embed, Linear
+from musicflow_jax.models.port_layers import Embed, Linear
 
 FFN_KINDS = ("relu", "gelu", "gated-relu", "gated-gelu")
 

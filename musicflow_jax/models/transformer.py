@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.config import Config
+from musicflow_jax.flow import FlowInput
 from musicflow_jax.models.layers import (
     MLP,
     Dense,
@@ -123,11 +124,9 @@ class FlowTransformer(nnx.Module):
         if not self.cond_dim and cond_btc is not None:
             raise ValueError(f"stage {self.stage!r} has model.cond_dim=0 and takes no cond_btc; pass None")
 
-    def __call__(self, x_t_btd: jax.Array, ctx_btd: jax.Array, t_b: jax.Array, text_bld: jax.Array,
-                 text_mask_bl: jax.Array, cond_btc: jax.Array | None = None, frame_mask_bt: jax.Array | None = None,
-                 *, deterministic: bool = True) -> jax.Array:
-        """x_t, ctx: (B, T, F); t: (B,); text: (B, L, text.dim) with mask (B, L) bool; cond: (B, T, C) for
-        stage 2; frame_mask: (B, T) bool, True on real frames. Returns v (B, T, F) float32, 0 on padding."""
+    def __call__(self, inp: FlowInput, *, deterministic: bool = True) -> jax.Array:
+        """The velocity v (B, T, F) float32 for `inp` (flow.FlowInput), 0 on padded frames."""
+        x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt = inp
         self._check_inputs(x_t_btd, ctx_btd, text_bld, text_mask_bl, cond_btc)
         b, t, _ = x_t_btd.shape
         frame_mask_bt = jnp.ones((b, t), bool) if frame_mask_bt is None else frame_mask_bt.astype(bool)

@@ -1,4 +1,6 @@
-"""Torch-free reading/writing of converted weights and strict assignment into NNX models.
+"""Runtime weight loading (no torch): converted folders -> filled NNX models, and the strict assignment of
+flat weights into a model. Generation and training read weights here; `convert/` only turns PyTorch checkpoints
+into these folders.
 
 A converted folder holds `config.json` ({"format": FORMAT, "kind": "t5"|"encodec"|"hubert", "config": {...}
 model dataclass fields, "source": ...}) and `model.safetensors` whose keys are the NNX parameter paths joined
@@ -17,13 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from musicflow_jax.models.encodec import Encodec, EncodecConfig
+from musicflow_jax.models.hubert import Hubert, HubertConfig
+from musicflow_jax.models.t5 import T5Config, T5Encoder
+
 FORMAT = "musicflow_jax.converted/1"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 M = TypeVar("M", bound=nnx.Module)
+T5, ENCODEC, HUBERT = "t5", "encodec", "hubert"  # the `kind` of a converted folder
 
 
-class ConversionError(ValueError):
-    """A checkpoint does not fit the model: lists the offending keys and what to do."""
+class WeightsError(ValueError):
+    """Weights that do not fit the model, or a folder that is not what was asked for: names the keys/file and the
+    fix."""
 
 
 def _key(path: tuple[Any, ...]) -> str:
@@ -40,7 +48,7 @@ def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def check_params(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray], source: str) -> None:
-    """Raise ConversionError naming every missing, unexpected and wrongly shaped key."""
+    """Raise WeightsError naming every missing, unexpected and wrongly shaped key."""
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
     bad = sorted(f"{k}: checkpoint {tuple(flat[k].shape)} vs model {expected[k]}"
@@ -54,7 +62,7 @@ def check_params(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarra
         if bad:
             parts.append(f"shape mismatches ({len(bad)}): {'; '.join(bad)}")
         parts.append("re-run tools/convert_weights.py on the original checkpoint and its config.json")
-        raise ConversionError("\n  ".join(parts))
+        raise WeightsError("\n  ".join(parts))
 
 
 def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source: str) -> M:
@@ -66,7 +74,7 @@ def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source
     nnx.update(model, nnx.from_flat_state(new))
     leftovers = [_key(p) for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v[...], jax.ShapeDtypeStruct)]
     if leftovers:
-        raise ConversionError(f"{source}: model state without values after loading: {leftovers}")
+        raise WeightsError(f"{source}: model state without values after loading: {leftovers}")
     return model
 
 
@@ -87,14 +95,14 @@ def read_meta(folder: str | Path, kind: str) -> dict[str, Any]:
     folder = Path(folder)
     cfg_file, w_file = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not cfg_file.is_file() or not w_file.is_file():
-        raise ConversionError(f"{folder}: expected converted weights ({CONFIG_FILE} + {WEIGHTS_FILE}); "
+        raise WeightsError(f"{folder}: expected converted weights ({CONFIG_FILE} + {WEIGHTS_FILE}); "
                               f"convert a PyTorch checkpoint first: python tools/convert_weights.py {kind} SRC DST")
     meta = json.loads(cfg_file.read_text())
     if meta.get("format") != FORMAT:
-        raise ConversionError(f"{cfg_file}: not a converted Flax checkpoint (format={meta.get('format')!r}, "
+        raise WeightsError(f"{cfg_file}: not a converted Flax checkpoint (format={meta.get('format')!r}, "
                               f"want {FORMAT!r}); is this an original HF folder? run tools/convert_weights.py {kind}")
     if meta.get("kind") != kind:
-        raise ConversionError(f"{cfg_file}: holds a {meta.get('kind')!r} model, expected {kind!r}")
+        raise WeightsError(f"{cfg_file}: holds a {meta.get('kind')!r} model, expected {kind!r}")
     return meta
 
 
@@ -113,3 +121,18 @@ def load_model(folder: str | Path, kind: str, config_cls: Callable[..., Any], mo
     cfg_dict, flat = load_converted(folder, kind)
     cfg = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg_dict.items()})
     return cfg, build_with_params(lambda: model_cls(cfg, rngs=nnx.Rngs(0)), flat, str(folder))
+
+
+def load_t5(folder: str | Path) -> tuple[T5Config, T5Encoder]:
+    """Converted T5 folder -> (config, filled T5Encoder)."""
+    return load_model(folder, T5, T5Config, T5Encoder)
+
+
+def load_hubert(folder: str | Path) -> tuple[HubertConfig, Hubert]:
+    """Converted HuBERT folder -> (config, filled Hubert); its `extra` (do_normalize, source_sha256) via read_meta."""
+    return load_model(folder, HUBERT, HubertConfig, Hubert)
+
+
+def load_encodec(folder: str | Path) -> tuple[EncodecConfig, Encodec]:
+    """Converted Encodec folder -> (config, filled Encodec)."""
+    return load_model(folder, ENCODEC, EncodecConfig, Encodec)

@@ -1,4 +1,5 @@
-"""Reading PyTorch-side checkpoints into flat numpy dicts, and regex rename rules to NNX paths.
+"""PyTorch-side state dicts for conversion: reading checkpoints into flat numpy dicts, layout transforms and regex
+rename rules to NNX paths.
 
 Safetensors are read with safetensors.numpy (no torch). `pytorch_model.bin` / `.th` / `.pt` files need torch,
 imported lazily here only, and are opened with `torch.load(weights_only=True)`.
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax.convert.io import ConversionError
+from musicflow_jax.weights import WeightsError
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Rule = tuple[str, str, Transform | None]  # (regex on the source key, replacement, layout transform)
@@ -39,7 +40,7 @@ def _torch_load(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ConversionError(f"{path}: reading a PyTorch pickle needs torch (pip install -r requirements-torch.txt)"
+        raise WeightsError(f"{path}: reading a PyTorch pickle needs torch (pip install -r requirements-torch.txt)"
                               "; safetensors checkpoints convert without it") from e
     obj = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -47,7 +48,7 @@ def _torch_load(path: Path) -> dict[str, np.ndarray]:
     if isinstance(obj, dict) and "best_state" in obj and isinstance(obj["best_state"], dict):  # encodec solver ckpt
         obj = obj["best_state"]
     if not isinstance(obj, dict):
-        raise ConversionError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
+        raise WeightsError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
     return {k: v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
             for k, v in obj.items() if hasattr(v, "detach")}
 
@@ -74,7 +75,7 @@ def read_state_dict(src: str | Path) -> dict[str, np.ndarray]:
     if src.is_file():
         return _read_safetensors(src) if src.suffix == ".safetensors" else _torch_load(src)
     if not src.is_dir():
-        raise ConversionError(f"checkpoint {src} does not exist")
+        raise WeightsError(f"checkpoint {src} does not exist")
     if (src / "model.safetensors").is_file():
         return _read_safetensors(src / "model.safetensors")
     for index_name, reader in (("model.safetensors.index.json", _read_safetensors),
@@ -87,20 +88,20 @@ def read_state_dict(src: str | Path) -> dict[str, np.ndarray]:
             return out
     if (src / "pytorch_model.bin").is_file():
         return _torch_load(src / "pytorch_model.bin")
-    raise ConversionError(f"{src}: no model.safetensors, sharded index or pytorch_model.bin found")
+    raise WeightsError(f"{src}: no model.safetensors, sharded index or pytorch_model.bin found")
 
 
 def read_hf_config(src: str | Path) -> dict[str, Any]:
     cfg_file = Path(src) / "config.json" if Path(src).is_dir() else Path(src).with_name("config.json")
     if not cfg_file.is_file():
-        raise ConversionError(f"{cfg_file} not found: the HF config.json must sit next to the weights")
+        raise WeightsError(f"{cfg_file} not found: the HF config.json must sit next to the weights")
     return json.loads(cfg_file.read_text())
 
 
 def apply_rules(state: dict[str, np.ndarray], rules: Sequence[Rule], ignore: Sequence[str],
                 source: str) -> dict[str, np.ndarray]:
     """Rename every source key with the first matching rule; keys matching `ignore` are dropped;
-    keys matching nothing are a ConversionError listing them."""
+    keys matching nothing are a WeightsError listing them."""
     out: dict[str, np.ndarray] = {}
     unknown: list[str] = []
     compiled = [(re.compile(p), r, t) for p, r, t in rules]
@@ -115,6 +116,6 @@ def apply_rules(state: dict[str, np.ndarray], rules: Sequence[Rule], ignore: Seq
             if not any(p.fullmatch(key) for p in ign):
                 unknown.append(key)
     if unknown:
-        raise ConversionError(f"{source}: {len(unknown)} checkpoint keys have no conversion rule: "
+        raise WeightsError(f"{source}: {len(unknown)} checkpoint keys have no conversion rule: "
                               f"{', '.join(sorted(unknown))}; is this the right model type?")
     return out

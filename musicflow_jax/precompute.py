@@ -1,0 +1,381 @@
+"""Feature precompute: manifest -> ArrayRecord shards + index.json for musicflow_jax/data.py, through a feature
+backend (backends/). tools/precompute_features.py is its CLI.
+
+Per audio file: load (downmix) and check (empty / too short / silent), resample to each part's rate, cut into
+segments of `segment_seconds` (a multiple of 40 ms so 50 Hz and 75 Hz frames both start on the segment boundary)
+and encode each segment with the backend's semantic part (features + k-means units) and acoustic part
+(latents), and the caption with an optional T5. Two engines fill the same records:
+- "jax": the Flax ports (HubertSemantic, EncodecAcoustic, TextEncoder), jitted, many equal-length segments per
+  device call, so precompute runs on TPU/GPU hosts without torch. HF folders are converted on the fly (safetensors
+  need no torch); converted folders are used as they are.
+- "torch": transformers' PyTorch models (backends/torch_ref.py), the reference.
+The weight-free parts (chroma, mel) are the same under both. Audio files are decoded and resampled in a thread
+pool ahead of the encoder. Work splits over `num_shards` / `shard_index` with no coordination; a shard is written
+atomically and marked done (`_done/shard-i-of-N.json`), so reruns skip it and a crash loses no finished shard. The
+process that sees every shard done merges `index.json` (with the backend description, `backends.base`) and
+`failures.jsonl`.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from musicflow_jax import records
+from musicflow_jax.audio import read_audio, resample
+from musicflow_jax.backends import FeatureBackend, build_part, parse_name
+from musicflow_jax.codebook import checkpoint_sha256
+from musicflow_jax.manifest import Entry, Problem, read_manifest
+
+SEGMENT_QUANTUM_S = 0.04  # 2 semantic frames = 3 acoustic frames
+TextFn = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]  # captions -> (emb (B, L, E), mask (B, L))
+
+
+class SkipClipError(Exception):
+    """An input that is skipped with a reason (it goes to the failures file)."""
+
+
+# ----------------------------------------------------------------------------------------- audio
+
+
+def load_audio(path: str, min_seconds: float = 1.0, silence_rms: float = 1e-4) -> tuple[np.ndarray, int]:
+    """Mono float32 audio at its own rate (musicflow_jax.audio.read_audio, as generation reads prompts); raises
+    SkipClipError(reason) for missing/unreadable/empty/short/silent."""
+    try:
+        x, sr = read_audio(path)
+    except FileNotFoundError:
+        raise SkipClipError("missing file") from None
+    except Exception as e:  # noqa: BLE001 - libsndfile raises assorted errors
+        raise SkipClipError(f"unreadable audio: {type(e).__name__}: {str(e)[:200]}") from None
+    if x.size == 0:
+        raise SkipClipError("empty audio (0 samples)")
+    if not np.isfinite(x).all():
+        raise SkipClipError("audio contains NaN/inf samples")
+    if len(x) / sr < min_seconds:
+        raise SkipClipError(f"too short: {len(x) / sr:.3f} s < {min_seconds} s")
+    if float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) < silence_rms:
+        raise SkipClipError(f"silent (RMS < {silence_rms})")
+    return x, int(sr)
+
+
+def segments(n_seconds: float, segment_seconds: float, min_seconds: float) -> list[tuple[float, float]]:
+    """[start, end) seconds of consecutive segments; the last one is kept if at least `min_seconds` long."""
+    seg = max(SEGMENT_QUANTUM_S, round(segment_seconds / SEGMENT_QUANTUM_S) * SEGMENT_QUANTUM_S)
+    out, start = [], 0.0
+    while start + min_seconds <= n_seconds + 1e-9:
+        out.append((start, min(start + seg, n_seconds)))
+        start = round(start + seg, 6)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- encoders
+
+
+@dataclasses.dataclass
+class Encoders:
+    """What precompute runs: the backend (no stats yet), the optional caption encoder, and what to record."""
+
+    backend: FeatureBackend
+    text: TextFn | None
+    text_dim: int | None
+    engine: str
+    info: dict[str, Any]  # checkpoints and hashes, for the index
+
+
+def _converted(src: str, kind: str, tmp: Path) -> Path:
+    """A converted Flax folder for `src`: itself if it is one, else converted into `tmp` (HF folders)."""
+    from musicflow_jax import weights
+
+    meta = Path(src) / weights.CONFIG_FILE
+    if meta.is_file() and json.loads(meta.read_text()).get("format") == weights.FORMAT:
+        return Path(src)
+    from musicflow_jax.convert.encodec import convert_encodec
+    from musicflow_jax.convert.hubert import convert_hubert
+    from musicflow_jax.convert.t5 import convert_t5
+
+    convert = {"hubert": convert_hubert, "encodec": convert_encodec, "t5": convert_t5}[kind]
+    return convert(src, tmp / kind)
+
+
+def _config_json(folder: str | Path) -> dict[str, Any]:
+    f = Path(folder) / "config.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def build_encoders(backend: str = "hubert+encodec", engine: str = "jax", *, hubert: str | None = None,
+                   encodec: str | None = None, layer: int | None = None, kmeans: str | None = None,
+                   t5: str | None = None, text_max_len: int = 64, threads: int = 0) -> Encoders:
+    """The backend `backend` ("SEMANTIC+ACOUSTIC") for `engine`; weight-based parts read HF `save_pretrained`
+    folders (either engine) or converted Flax folders (jax)."""
+    if engine not in ("jax", "torch"):
+        raise ValueError(f"engine {engine!r}: choose jax or torch")
+    sem_kind, ac_kind = parse_name(backend)
+    tmp = Path(tempfile.mkdtemp(prefix="musicflow_convert_"))  # HF -> Flax conversions for the jax engine
+    if engine == "torch" and threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    info: dict[str, Any] = {}
+    sem_spec: dict[str, Any] = {"kind": sem_kind}
+    if sem_kind == "hubert":
+        if hubert is None or layer is None:
+            raise ValueError(f"backend {backend} needs --hubert and --layer")
+        sem_spec.update(folder=str(hubert), layer=int(layer), kmeans=kmeans)
+        info["hubert"] = {"path": str(hubert), "sha256": checkpoint_sha256(hubert), "layer": int(layer),
+                          "config": _config_json(hubert)}
+        if kmeans:
+            from musicflow_jax.codebook import load_codebook
+
+            cents, kmeta = load_codebook(kmeans)
+            info["kmeans"] = {"path": str(kmeans), "sha256": checkpoint_sha256(kmeans), "k": int(len(cents)),
+                              "metadata": kmeta}
+    ac_spec: dict[str, Any] = {"kind": ac_kind}
+    if ac_kind == "encodec":
+        if encodec is None:
+            raise ValueError(f"backend {backend} needs --encodec")
+        ac_spec.update(folder=str(encodec))
+        info["encodec"] = {"path": str(encodec), "sha256": checkpoint_sha256(encodec), "config": _config_json(encodec)}
+    build_specs = {"semantic": dict(sem_spec), "acoustic": dict(ac_spec)}
+    if engine == "jax":
+        for stream, kind in (("semantic", "hubert"), ("acoustic", "encodec")):
+            if build_specs[stream]["kind"] == kind:
+                build_specs[stream]["folder"] = str(_converted(build_specs[stream]["folder"], kind, tmp))
+    sem = build_part("semantic", build_specs["semantic"], None, engine)
+    ac = build_part("acoustic", build_specs["acoustic"], None, engine)
+    for part, spec in ((sem, sem_spec), (ac, ac_spec)):  # the index records the folders as given, not temp copies
+        if "folder" in spec:
+            part.folder = Path(spec["folder"])
+    text, text_dim = None, None
+    if t5:
+        info["t5"] = {"path": str(t5), "sha256": checkpoint_sha256(t5), "max_len": text_max_len,
+                      "config": _config_json(t5)}
+        if engine == "torch":
+            from musicflow_jax.backends.torch_ref import TorchText
+
+            tt = TorchText(t5, text_max_len)
+            text, text_dim = tt, tt.dim
+        else:
+            from musicflow_jax.config import TextConfig
+            from musicflow_jax.text_encoder import TextEncoder
+
+            folder = _converted(t5, "t5", tmp)
+            d_model = int(json.loads((folder / "config.json").read_text())["config"]["d_model"])
+            te = TextEncoder.load(TextConfig(checkpoint=str(folder), max_len=text_max_len, dim=d_model))
+
+            def text(captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+                emb, mask = te(list(captions))
+                return np.asarray(emb, np.float32), np.asarray(mask)
+
+            text_dim = d_model
+    return Encoders(FeatureBackend(sem, ac), text, text_dim, engine, info)
+
+
+# ----------------------------------------------------------------------------------------- per file
+
+
+@dataclasses.dataclass
+class _File:
+    entry: Entry
+    audio: dict[int, np.ndarray]  # sample rate -> mono audio
+    spans: list[tuple[float, float]]  # segment [start, end) seconds
+
+
+def _prepare(entry: Entry, rates: tuple[int, int], segment_seconds: float, min_seconds: float
+             ) -> _File | SkipClipError:
+    """Load, check and resample one file (runs in the decode pool)."""
+    try:
+        x, sr = load_audio(entry.path, min_seconds)
+    except SkipClipError as e:
+        return e
+    return _File(entry, {r: resample(x, sr, r) for r in set(rates)}, segments(len(x) / sr, segment_seconds,
+                                                                             min_seconds))
+
+
+def _cut(audio: np.ndarray, rate: int, span: tuple[float, float]) -> np.ndarray:
+    return audio[int(round(span[0] * rate)): int(round(span[1] * rate))]
+
+
+def _encode_files(files: list[_File], enc: Encoders, batch_size: int) -> list[list[records.Clip]]:
+    """Clips of several files; equal-length segments share device calls (batches of at most batch_size)."""
+    be = enc.backend
+    r_sem, r_ac = be.semantic.sample_rate, be.acoustic.sample_rate
+    segs = [(i, k, span) for i, f in enumerate(files) for k, span in enumerate(f.spans)]
+    by_len: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
+    cut = [(_cut(files[i].audio[r_sem], r_sem, sp), _cut(files[i].audio[r_ac], r_ac, sp)) for i, _, sp in segs]
+    for j, (a_sem, a_ac) in enumerate(cut):
+        by_len[(len(a_sem), len(a_ac))].append(j)
+    out: list[Any] = [None] * len(segs)
+    for idx in by_len.values():
+        for b in range(0, len(idx), batch_size):
+            part = idx[b: b + batch_size]
+            h, u = be.encode_semantic_units(np.stack([cut[j][0] for j in part]), r_sem)
+            z = be.encode_acoustic(np.stack([cut[j][1] for j in part]), r_ac)
+            for n, j in enumerate(part):
+                out[j] = (h[n], u[n], z[n])
+    emb = mask = None
+    if enc.text is not None:
+        emb, mask = enc.text([f.entry.caption for f in files])
+    clips: list[list[records.Clip]] = [[] for _ in files]
+    for j, (i, k, (s0, s1)) in enumerate(segs):
+        e = files[i].entry
+        h, u, z = out[j]
+        clips[i].append(records.Clip(semantic=h, units=u, acoustic=z, caption=e.caption, duration=s1 - s0,
+                                     source=e.path, start=s0, clip_id=f"{Path(e.path).stem}#{k}",
+                                     t5_emb=None if emb is None else emb[i], t5_mask=None if mask is None else mask[i]))
+    return clips
+
+
+def _prepared(entries: list[Entry], enc: Encoders, segment_seconds: float, min_seconds: float, workers: int
+              ) -> Iterator[_File | SkipClipError]:
+    """Files decoded in a thread pool, in manifest order, at most 2 * workers ahead."""
+    rates = (enc.backend.semantic.sample_rate, enc.backend.acoustic.sample_rate)
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(entries)
+        for e in it:
+            pending.append(pool.submit(_prepare, e, rates, segment_seconds, min_seconds))
+            if len(pending) >= 2 * max(1, workers):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+# ----------------------------------------------------------------------------------------- shards
+
+
+@dataclasses.dataclass
+class Summary:
+    files_ok: int = 0
+    clips_ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+def done_marker(out: Path, index: int, count: int) -> Path:
+    return out / "_done" / f"shard-{index:05d}-of-{count:05d}.json"
+
+
+def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: int, count: int, enc: Encoders,
+              segment_seconds: float, min_seconds: float, *, batch_size: int = 8, workers: int = 2,
+              progress: bool = True) -> dict[str, Any]:
+    """Encode this shard's entries (entries[index::count]) into per-split shard files; returns its summary."""
+    from tqdm import tqdm
+
+    mine = entries[index::count]
+    failures = [dataclasses.asdict(p) for p in problems] if index == 0 else []
+    writers: dict[str, records.ClipShardWriter] = {}  # one streaming shard file per split
+    s = Summary(skipped=len(failures))
+    t0 = time.perf_counter()
+    group: list[_File] = []
+
+    def flush() -> None:
+        try:
+            results: list[Any] = _encode_files(group, enc, batch_size)
+        except Exception:  # noqa: BLE001 - isolate the failing file: encode one file at a time
+            results = []
+            for f in group:
+                try:
+                    results.append(_encode_files([f], enc, batch_size)[0])
+                except Exception as err:  # noqa: BLE001 - an encoder crash on one file must not stop the run
+                    results.append(err)
+        for f, clips in zip(group, results):
+            e = f.entry
+            if isinstance(clips, Exception):
+                failures.append({"where": e.where, "path": e.path,
+                                 "reason": f"failed: {type(clips).__name__}: {clips}"})
+                s.failed += 1
+                continue
+            s.files_ok += 1
+            s.clips_ok += len(clips)
+            s.audio_seconds += sum(c.duration for c in clips)
+            if e.split not in writers:
+                writers[e.split] = records.ClipShardWriter(out / records.shard_name(e.split, index, count))
+            for clip in clips:
+                writers[e.split].write(clip)
+        group.clear()
+
+    with tqdm(total=len(mine), desc=f"shard {index}/{count}", disable=not progress) as bar:
+        for e, f in zip(mine, _prepared(mine, enc, segment_seconds, min_seconds, workers)):
+            bar.update(1)
+            if isinstance(f, SkipClipError):
+                failures.append({"where": e.where, "path": e.path, "reason": str(f)})
+                s.skipped += 1
+                continue
+            group.append(f)
+            if sum(len(g.spans) for g in group) >= batch_size:
+                flush()
+        if group:
+            flush()
+    for w in writers.values():
+        w.close()
+    s.wall_seconds = time.perf_counter() - t0
+    summary = {**dataclasses.asdict(s), "failures": failures, "shard": index, "num_shards": count}
+    marker = done_marker(out, index, count)
+    marker.parent.mkdir(exist_ok=True)
+    records.atomic_write_text(marker, json.dumps(summary))
+    return summary
+
+
+def merge(out: Path, count: int, info: dict[str, Any]) -> dict[str, Any] | None:
+    """If all `count` shards are done: write index.json and failures.jsonl, return the totals; else None."""
+    markers = [done_marker(out, i, count) for i in range(count)]
+    if not all(m.is_file() for m in markers):
+        return None
+    sums = [json.loads(m.read_text()) for m in markers]
+    failures = [f for s in sums for f in s["failures"]]
+    records.atomic_write_text(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
+    totals = {k: sum(s[k] for s in sums) for k in ("files_ok", "clips_ok", "skipped", "failed", "audio_seconds")}
+    records.merge_index(out, {**info, "totals": totals, "num_shards": count})
+    reasons: dict[str, int] = {}
+    for f in failures:
+        key = f["reason"].split(":")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    return {**totals, "reasons": reasons}
+
+
+def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+encodec", engine: str = "jax",
+               hubert: str | None = None, encodec: str | None = None, layer: int | None = None,
+               kmeans: str | None = None, t5: str | None = None, text_max_len: int = 64, num_shards: int = 1,
+               shard_index: int | None = None, segment_seconds: float = 20.0, min_seconds: float = 1.0,
+               batch_size: int = 8, workers: int = 2, threads: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Run the shard(s) this process owns (all if shard_index is None), then merge if everything is done.
+    Returns what ran, with audio seconds per wall second."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries, problems = read_manifest(manifest)
+    enc = build_encoders(backend, engine, hubert=hubert, encodec=encodec, layer=layer, kmeans=kmeans, t5=t5,
+                         text_max_len=text_max_len, threads=threads)
+    be = enc.backend
+    info = {"backend": be.to_json(), "engine": engine, "rates": be.rates, "dims": {**be.dims, "t5": enc.text_dim},
+            "encoders": enc.info, "segment_seconds": segment_seconds, "min_seconds": min_seconds,
+            "manifest": str(manifest)}
+    mine = range(num_shards) if shard_index is None else [shard_index]
+    ran = []
+    t0 = time.perf_counter()
+    for i in mine:
+        if done_marker(out, i, num_shards).is_file():
+            ran.append({"shard": i, "skipped_rerun": True})
+            continue
+        ran.append(run_shard(entries, problems, out, i, num_shards, enc, segment_seconds, min_seconds,
+                             batch_size=batch_size, workers=workers, progress=progress))
+    wall = time.perf_counter() - t0
+    audio = sum(r.get("audio_seconds", 0.0) for r in ran)
+    result = {"shards_run": [r["shard"] for r in ran if not r.get("skipped_rerun")],
+              "shards_skipped": [r["shard"] for r in ran if r.get("skipped_rerun")],
+              "clips_ok": sum(r.get("clips_ok", 0) for r in ran), "skipped": sum(r.get("skipped", 0) for r in ran),
+              "failed": sum(r.get("failed", 0) for r in ran), "audio_seconds": round(audio, 2),
+              "wall_seconds": round(wall, 2), "audio_s_per_wall_s": round(audio / max(wall, 1e-9), 2),
+              "engine": engine}
+    result["merged"] = merge(out, num_shards, info)
+    return result

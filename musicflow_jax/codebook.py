@@ -46,6 +46,16 @@ def save_codebook(path: str | Path, centroids_kc: np.ndarray, *, layer: int, hub
     tmp.replace(path)
 
 
+def check_codebook(path: str | Path, meta: dict[str, str], layer: int, hubert_sha256: str | None) -> None:
+    """Raise ValueError unless the codebook at `path` (its metadata `meta`) was fitted on HuBERT layer `layer` and,
+    when both hashes are known, on the HuBERT weights whose `checkpoint_sha256` is `hubert_sha256`."""
+    if meta.get("layer") not in (None, str(layer)):
+        raise ValueError(f"{path} was fitted on HuBERT layer {meta['layer']}, not layer {layer}")
+    if meta.get("hubert_sha256") and hubert_sha256 and meta["hubert_sha256"] != hubert_sha256:
+        raise ValueError(f"{path} was fitted on a different HuBERT (sha256 {meta['hubert_sha256'][:12]}...) than "
+                         f"the one used here ({hubert_sha256[:12]}...); fit it on this HuBERT with tools/fit_kmeans.py")
+
+
 def load_codebook(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     """(centroids (K, C) float32, metadata) of a codebook file, with clear errors for a wrong file."""
     from safetensors import safe_open

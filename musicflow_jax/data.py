@@ -120,7 +120,10 @@ def check_rates(cfg: Config, index: dict[str, Any]) -> None:
                               f" set data.{stream}_rate={float(rates[stream]):g}")
 
 
-def shard_paths(folder: str | Path, split: str) -> list[Path]:
+def shard_paths(folder: str | Path, split: str, index: dict[str, Any] | None = None) -> list[Path]:
+    """The split's shard files: those the index lists (only the current precompute's), else every file found."""
+    if index is not None and split in index.get("splits", {}):
+        return [Path(folder) / s for s in sorted(index["splits"][split]["shards"])]
     paths = sorted(Path(folder).glob(f"{split}-*.array_record"))
     if not paths:
         raise FileNotFoundError(f"no shards {Path(folder)}/{split}-*.array_record: wrong data.path or data.split?")
@@ -249,7 +252,7 @@ def _host_source(cfg: Config, split: str, process_index: int, process_count: int
     else:
         index = load_index(cfg.data.path)
         check_rates(cfg, index)
-        src = ShardSource(shard_paths(cfg.data.path, split))
+        src = ShardSource(shard_paths(cfg.data.path, split, index))
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     ds = grain.MapDataset.source(src)[process_index::process_count]

@@ -16,16 +16,14 @@ def _ratio(src_rate: float, dst_rate: float) -> Fraction:
     return Fraction(src_rate).limit_denominator(10_000) / Fraction(dst_rate).limit_denominator(10_000)
 
 
-def upsample_index(n_out: int, n_src: int, src_rate: float = 50.0, dst_rate: float = 75.0,
-                   start: int = 0) -> np.ndarray:
+def upsample_index(n_out: int, n_src: int, src_rate: float, dst_rate: float, start: int = 0) -> np.ndarray:
     """Source frame index for destination frames start..start+n_out-1 (nearest-previous, exact rational math)."""
     r = _ratio(src_rate, dst_rate)
     i = np.arange(start, start + n_out, dtype=np.int64)
     return np.minimum((i * r.numerator) // r.denominator, max(n_src - 1, 0))
 
 
-def upsample_nearest(x_tc: np.ndarray, n_out: int, src_rate: float = 50.0, dst_rate: float = 75.0,
-                     start: int = 0) -> np.ndarray:
+def upsample_nearest(x_tc: np.ndarray, n_out: int, src_rate: float, dst_rate: float, start: int = 0) -> np.ndarray:
     """Semantic (T_s, C) -> (n_out, C) on the acoustic grid, for acoustic frames start..start+n_out-1."""
     return x_tc[upsample_index(n_out, len(x_tc), src_rate, dst_rate, start)]
 
@@ -72,7 +70,7 @@ def crop_semantic(rng: np.random.Generator | None, sem_tc: np.ndarray, frames: i
 
 
 def crop_aligned(rng: np.random.Generator | None, sem_tc: np.ndarray, ac_td: np.ndarray, frames: int,
-                 sem_rate: float = 50.0, ac_rate: float = 75.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 sem_rate: float, ac_rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stage 2: a `frames` window of the acoustic stream and the semantic stream upsampled onto the same frames.
 
     Returns (x1 (frames, D), cond (frames, C), mask (frames,)); padding frames are zero in both streams.

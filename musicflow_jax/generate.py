@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -23,7 +24,7 @@ from musicflow_jax.pipeline import GenerateError, Generation, StageSettings
 EXIT_BAD_INPUT = 2
 FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-audio", "steps": "--steps",
          "solver": "--solver", "cfg_scale": "--cfg", "overlap": "--overlap", "checkpoint": "--checkpoint",
-         "texts": "--text"}  # API parameter (GenerateError.param) -> the flag that sets it
+         "texts": "--text", "seed": "--seed"}  # API parameter (GenerateError.param) -> the flag that sets it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--text", action="append", default=[], help="description of the music (repeat for a batch)")
     ap.add_argument("--prompts-file", help="one prompt per line, or JSONL lines {\"text\", \"duration\"?, \"seed\"?, "
                     "\"out\"?}")
-    ap.add_argument("--duration", default="10", help="seconds (total length for --mode continue); default 10")
+    ap.add_argument("--duration", default=None, help="seconds (total length for --mode continue); default 10; "
+                    "infill/restyle keep the prompt's length")
     ap.add_argument("--out", default="out.wav", help="WAV path; with several prompts out_<i>.wav")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", default=None, help="ODE steps, N or N1,N2 per stage (default: the stage configs)")
@@ -81,32 +83,64 @@ def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | No
     return out[0], out[1]
 
 
-def read_prompts(path: str, default_duration: str, default_seed: int) -> list[dict[str, Any]]:
-    """Prompts file -> [{"text", "duration", "seed", "out"?}]; errors name the line."""
+def check_seed(seed: Any, name: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise GenerateError(f"{name} {seed!r} must be an integer in [0, 2**32)")
+    return seed
+
+
+def _int_field(value: Any) -> int:
+    """An integer from JSON: int or an integer string; bools and fractional numbers are refused."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    if isinstance(value, (int, float)):
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise ValueError
+
+
+def read_prompts(path: str, default_duration: str | None, default_seed: int) -> list[dict[str, Any]]:
+    """Prompts file -> [{"text", "duration", "seed", "out", "where"}]; errors name the line. "out" must be a relative
+    .wav path without "..": it is placed under --out's folder."""
     p = Path(path)
     if not p.is_file():
         raise GenerateError(f"--prompts-file {p} does not exist: give a text file with one prompt per line")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerateError(f"--prompts-file {p} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
     out = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
+        where = f"{p}:{n}"
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        if line.lstrip().startswith("{"):
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise GenerateError(f"{p}:{n}: invalid JSON ({e.msg}); write {{\"text\": \"...\"}} per line") from None
-            if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-                raise GenerateError(f"{p}:{n}: a JSON prompt needs a \"text\" string")
-            try:
-                seed = int(d.get("seed", default_seed))
-            except (TypeError, ValueError):
-                raise GenerateError(f"{p}:{n}: \"seed\" must be an integer, got {d['seed']!r}") from None
-            if d.get("out") is not None and not isinstance(d["out"], str):
-                raise GenerateError(f"{p}:{n}: \"out\" must be a file path string, got {d['out']!r}")
-            out.append({"text": d["text"], "duration": d.get("duration", default_duration), "seed": seed,
-                        "out": d.get("out")})
-        else:
-            out.append({"text": line.strip(), "duration": default_duration, "seed": default_seed, "out": None})
+        if not line.lstrip().startswith("{"):
+            out.append({"text": line.strip(), "duration": default_duration, "seed": default_seed, "out": None,
+                        "where": where})
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GenerateError(f"{where}: invalid JSON ({e.msg}); write {{\"text\": \"...\"}} per line") from None
+        if not isinstance(d, dict) or not isinstance(d.get("text"), str):
+            raise GenerateError(f"{where}: a JSON prompt needs a \"text\" string")
+        try:
+            seed = _int_field(d.get("seed", default_seed))
+        except ValueError:
+            raise GenerateError(f"{where}: \"seed\" must be an integer, got {d['seed']!r}") from None
+        duration = d.get("duration", default_duration)
+        if isinstance(duration, bool) or not isinstance(duration, (int, float, str, type(None))):
+            raise GenerateError(f"{where}: \"duration\" must be a number of seconds, got {duration!r}")
+        o = d.get("out")
+        if o is not None:
+            if not isinstance(o, str) or not o.strip():
+                raise GenerateError(f"{where}: \"out\" must be a file path string, got {o!r}")
+            rel = Path(o)
+            if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() != ".wav":
+                raise GenerateError(f"{where}: \"out\" {o!r} must be a relative .wav path without '..' (it is "
+                                    "written under --out's folder), e.g. \"organ.wav\"")
+        out.append({"text": d["text"], "duration": duration, "seed": seed, "out": o, "where": where})
     if not out:
         raise GenerateError(f"--prompts-file {p} has no prompts: write one description per line")
     return out
@@ -168,12 +202,34 @@ def write_outputs(g: Generation, outs: list[Path], spectrogram: bool, extra: dic
     return outs
 
 
-def _out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
+def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
+    """One WAV path per job: --out for a single job, else out_<i>.wav beside it; a prompts file's "out" is relative
+    to --out's folder. Refuses duplicates, a folder as --out and an unwritable folder before anything is generated."""
     b = Path(base)
-    if len(jobs) == 1:
-        return [Path(jobs[0]["out"]) if jobs[0].get("out") else b]
-    return [Path(j["out"]) if j.get("out") else b.with_name(f"{b.stem}_{i}{b.suffix or '.wav'}")
-            for i, j in enumerate(jobs)]
+    if b.is_dir():
+        raise GenerateError(f"--out {b} is a folder: give a file path, e.g. --out {b / 'music.wav'}")
+    if b.suffix.lower() not in (".wav", ""):
+        raise GenerateError(f"--out {b}: the output is WAV; use a .wav path")
+    b = b if b.suffix else b.with_suffix(".wav")
+    if len(jobs) == 1 and not jobs[0].get("out"):
+        outs = [b]
+    else:
+        outs = [b.parent / j["out"] if j.get("out") else b.with_name(f"{b.stem}_{i}.wav") for i, j in enumerate(jobs)]
+    seen: dict[Path, int] = {}
+    for i, o in enumerate(outs):
+        key = Path(os.path.abspath(o))
+        if key in seen:
+            where = jobs[i].get("where") or f"prompt {i + 1}"
+            raise GenerateError(f"{where}: output {o} is also prompt {seen[key] + 1}'s: give each prompt its own "
+                                "\"out\"")
+        seen[key] = i
+        if o.is_dir():
+            raise GenerateError(f"output {o} is a folder: give a file name ending in .wav")
+    folder = b.parent
+    probe = next((q for q in (folder, *folder.parents) if q.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise GenerateError(f"--out {b}: cannot write under {probe} (permission denied); choose a writable folder")
+    return outs
 
 
 def run(args: argparse.Namespace) -> list[Path]:
@@ -184,28 +240,41 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise GenerateError("give either --text or --prompts-file, not both")
     if not args.prompts_file and not args.text:
         raise GenerateError("no text given: pass --text 'a description of the music' or --prompts-file FILE")
-    jobs = (read_prompts(args.prompts_file, args.duration, args.seed) if args.prompts_file else
-            [{"text": t, "duration": args.duration, "seed": args.seed, "out": None} for t in args.text])
-    check_texts([j["text"] for j in jobs])
     mode = args.mode or ("continue" if args.prompt_audio else "generate")
+    fixed_length = mode in ("infill", "restyle")  # the result has the prompt's length
+    if fixed_length and args.duration is not None:
+        raise GenerateError(f"--mode {mode} keeps the prompt's length: drop --duration")
+    duration = None if fixed_length else (args.duration if args.duration is not None else "10")
+    check_seed(args.seed, "--seed")
+    jobs = (read_prompts(args.prompts_file, duration, args.seed) if args.prompts_file else
+            [{"text": t, "duration": duration, "seed": args.seed, "out": None} for t in args.text])
+    check_texts([j["text"] for j in jobs])
     if mode != "generate" and not args.prompt_audio:
         raise GenerateError(f"--mode {mode} needs --prompt-audio FILE")
     if mode == "generate" and args.prompt_audio:
         raise GenerateError("--prompt-audio is only used by --mode continue|infill|restyle")
     if (mode == "infill") != (args.regions is not None):
         raise GenerateError("--regions goes with --mode infill (and infill needs --regions START-END[,...])")
-    if mode in ("generate", "continue"):
-        for j in jobs:
-            j["duration"] = check_duration(j["duration"])
+    for j in jobs:
+        where = j.get("where")
+        if fixed_length and j["duration"] is not None:
+            raise GenerateError(f"{where}: --mode {mode} keeps the prompt's length: drop \"duration\"")
+        if not fixed_length:
+            try:
+                j["duration"] = check_duration(j["duration"])
+            except GenerateError as e:
+                raise GenerateError(f"{where}: \"duration\"{str(e)[len('duration'):]}" if where else cli_message(e)
+                                    ) from None
+        check_seed(j["seed"], f"{where}: \"seed\"" if where else "--seed")
     if args.batch < 1:
         raise GenerateError(f"--batch {args.batch} must be >= 1")
+    regions = parse_regions(args.regions) if mode == "infill" else None
+    outs = out_paths(args.out, jobs)  # refused before any model is loaded or anything generated
     mf = MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint)
     s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
     prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
-    outs = _out_paths(args.out, jobs)
     extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),
              "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
-    regions = parse_regions(args.regions) if mode == "infill" else None
     groups: dict[tuple[Any, int], list[int]] = {}
     for i, j in enumerate(jobs):  # batch prompts that share duration (infill/restyle: the prompt's) and seed
         groups.setdefault((j["duration"] if mode in ("generate", "continue") else None, j["seed"]), []).append(i)

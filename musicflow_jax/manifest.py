@@ -105,8 +105,14 @@ def read_manifest(path: str | Path, default_split: str = "train") -> tuple[list[
                                 "JSONL lines {\"path\": ..., \"caption\": ...})")
     entries: list[Entry] = []
     problems: list[Problem] = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # a caption or path in another encoding: listed, not silently mangled
+                problems.append(Problem(f"{path}:{n}", None, f"line is not UTF-8 text (byte {e.start}): re-save the "
+                                        "manifest as UTF-8"))
+                continue
             if not line.strip():
                 continue
             item = parse_line(line, f"{path}:{n}", path.parent, default_split)

@@ -372,6 +372,8 @@ class MusicFlow:
 
         if not 0.0 <= r.overlap < 1.0:
             raise GenerateError(f"overlap {r.overlap} must be a fraction of the window in [0, 1)", "overlap")
+        if isinstance(r.seed, bool) or not isinstance(r.seed, (int, np.integer)) or not 0 <= int(r.seed) < 2**32:
+            raise GenerateError(f"seed {r.seed!r} must be an integer in [0, 2**32)", "seed")
         t0 = time.perf_counter()
         key = jax.random.key(int(r.seed))
         total = sum(st.num_windows(len(g), r.overlap) for st, g in zip(self.stages, r.gen) if g.any()) + 1
@@ -392,10 +394,12 @@ class MusicFlow:
                     encoded[id(st.text)] = st.text(r.texts)
                 x, nfe[st.name] = st.sample(jax.random.fold_in(key, i + 1), encoded[id(st.text)], s, ctx, gen, cond,
                                             r.overlap, bar.update)
+                _check_finite(x, f"{st.name} ({st.stream} stream)")
                 outs.append(x)
             last = self.stages[-1].stream
             audio = self.backend.decode(self.backend.denormalize(last, outs[-1]))
             audio = audio[:, : int(round(r.duration * self.sample_rate))]
+            _check_finite(audio, f"the {self.backend.acoustic.kind} decoder")
             if r.mode in ("generate", "restyle"):  # keep clear of clipping (prompt modes keep the prompt's level)
                 peak = np.abs(audio).max(axis=-1, keepdims=True)
                 audio = np.where(peak > 0.95, audio * (0.95 / np.maximum(peak, 1e-9)), audio).astype(np.float32)
@@ -403,6 +407,13 @@ class MusicFlow:
         return Generation(audio=audio, sample_rate=self.sample_rate, semantic=outs[0], acoustic=outs[1],
                           texts=list(r.texts), seed=int(r.seed), mode=r.mode, nfe=nfe,
                           seconds=time.perf_counter() - t0)
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    """Refuse NaN/inf outputs (a corrupt model or a diverged solve) before anything is written."""
+    if not np.isfinite(x).all():
+        raise GenerateError(f"{what} produced {int(x.size - np.isfinite(x).sum())} NaN/inf values: nothing was "
+                            "written; check the model files (re-export them) or use another solver/fewer CFG")
 
 
 def frames_for(duration: float, rate: float) -> int:

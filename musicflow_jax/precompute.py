@@ -37,11 +37,16 @@ from musicflow_jax.codebook import checkpoint_sha256
 from musicflow_jax.manifest import Entry, Problem, read_manifest
 
 SEGMENT_QUANTUM_S = 0.04  # 2 semantic frames = 3 acoustic frames
+FINGERPRINT_FILE = "precompute.json"
 TextFn = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]  # captions -> (emb (B, L, E), mask (B, L))
 
 
 class SkipClipError(Exception):
     """An input that is skipped with a reason (it goes to the failures file)."""
+
+
+class PrecomputeError(ValueError):
+    """A run that cannot start as asked (stale output folder, empty manifest, ...): one line with the fix."""
 
 
 # ----------------------------------------------------------------------------------------- audio
@@ -117,7 +122,7 @@ def build_encoders(backend: str = "hubert+encodec", engine: str = "jax", *, hube
     """The backend `backend` ("SEMANTIC+ACOUSTIC") for `engine`; weight-based parts read HF `save_pretrained`
     folders (either engine) or converted Flax folders (jax)."""
     if engine not in ("jax", "torch"):
-        raise ValueError(f"engine {engine!r}: choose jax or torch")
+        raise PrecomputeError(f"engine {engine!r}: choose jax or torch")
     sem_kind, ac_kind = parse_name(backend)
     tmp = Path(tempfile.mkdtemp(prefix="musicflow_convert_"))  # HF -> Flax conversions for the jax engine
     if engine == "torch" and threads:
@@ -128,7 +133,7 @@ def build_encoders(backend: str = "hubert+encodec", engine: str = "jax", *, hube
     sem_spec: dict[str, Any] = {"kind": sem_kind}
     if sem_kind == "hubert":
         if hubert is None or layer is None:
-            raise ValueError(f"backend {backend} needs --hubert and --layer")
+            raise PrecomputeError(f"backend {backend} needs --hubert and --layer")
         sem_spec.update(folder=str(hubert), layer=int(layer), kmeans=kmeans)
         info["hubert"] = {"path": str(hubert), "sha256": checkpoint_sha256(hubert), "layer": int(layer),
                           "config": _config_json(hubert)}
@@ -141,7 +146,7 @@ def build_encoders(backend: str = "hubert+encodec", engine: str = "jax", *, hube
     ac_spec: dict[str, Any] = {"kind": ac_kind}
     if ac_kind == "encodec":
         if encodec is None:
-            raise ValueError(f"backend {backend} needs --encodec")
+            raise PrecomputeError(f"backend {backend} needs --encodec")
         ac_spec.update(folder=str(encodec))
         info["encodec"] = {"path": str(encodec), "sha256": checkpoint_sha256(encodec), "config": _config_json(encodec)}
     build_specs = {"semantic": dict(sem_spec), "acoustic": dict(ac_spec)}
@@ -149,8 +154,11 @@ def build_encoders(backend: str = "hubert+encodec", engine: str = "jax", *, hube
         for stream, kind in (("semantic", "hubert"), ("acoustic", "encodec")):
             if build_specs[stream]["kind"] == kind:
                 build_specs[stream]["folder"] = str(_converted(build_specs[stream]["folder"], kind, tmp))
-    sem = build_part("semantic", build_specs["semantic"], None, engine)
-    ac = build_part("acoustic", build_specs["acoustic"], None, engine)
+    try:
+        sem = build_part("semantic", build_specs["semantic"], None, engine)
+        ac = build_part("acoustic", build_specs["acoustic"], None, engine)
+    except (ValueError, OSError) as e:  # wrong layer, codebook of another HuBERT/layer, unreadable folders
+        raise PrecomputeError(str(e).splitlines()[0]) from None
     for part, spec in ((sem, sem_spec), (ac, ac_spec)):  # the index records the folders as given, not temp copies
         if "folder" in spec:
             part.folder = Path(spec["folder"])
@@ -336,7 +344,8 @@ def merge(out: Path, count: int, info: dict[str, Any]) -> dict[str, Any] | None:
     failures = [f for s in sums for f in s["failures"]]
     records.atomic_write_text(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
     totals = {k: sum(s[k] for s in sums) for k in ("files_ok", "clips_ok", "skipped", "failed", "audio_seconds")}
-    records.merge_index(out, {**info, "totals": totals, "num_shards": count})
+    records.merge_index(out, {**info, "totals": totals, "num_shards": count},
+                        pattern=f"*-of-{count:05d}.array_record.json")
     reasons: dict[str, int] = {}
     for f in failures:
         key = f["reason"].split(":")[0]
@@ -344,18 +353,73 @@ def merge(out: Path, count: int, info: dict[str, Any]) -> dict[str, Any] | None:
     return {**totals, "reasons": reasons}
 
 
+# ----------------------------------------------------------------------------------------- the output folder
+
+
+def fingerprint(manifest: Path, enc: Encoders, settings: dict[str, Any]) -> dict[str, Any]:
+    """What produced an output folder: the manifest's bytes, the backend (part settings and encoder hashes, not
+    where the files lie), the engine and the segmenting/sharding settings; "id" hashes all of it."""
+    import hashlib
+
+    backend = {s: {k: v for k, v in spec.items() if k not in ("folder", "kmeans")}
+               for s, spec in ((s, enc.backend.to_json()[s]) for s in ("semantic", "acoustic"))}
+    fp = {"manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(), "backend": backend,
+          "encoders": {k: v.get("sha256") for k, v in sorted(enc.info.items())}, "engine": enc.engine, **settings}
+    fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    return fp
+
+
+def _ours(out: Path) -> list[Path]:
+    """The files precompute writes into a folder (and nothing else)."""
+    names = ("*.array_record", "*.array_record.json", "*.array_record.tmp", "*.array_record.json.tmp",
+             records.INDEX_FILE, "failures.jsonl", FINGERPRINT_FILE)
+    return sorted({p for n in names for p in out.glob(n)} | ({out / "_done"} if (out / "_done").exists() else set()))
+
+
+def claim_folder(out: Path, fp: dict[str, Any], overwrite: bool) -> None:
+    """Make `out` this run's: reuse it when its fingerprint is this one (resume), clear precompute's files from it
+    with `overwrite`, else refuse naming what differs."""
+    f = out / FINGERPRINT_FILE
+    old = json.loads(f.read_text()) if f.is_file() else None
+    stale = _ours(out)
+    if old is not None and old.get("id") == fp["id"]:
+        return
+    if stale and not overwrite:
+        differ = [k for k in fp if k != "id" and (old or {}).get(k) != fp[k]] if old else ["unknown (no fingerprint)"]
+        raise PrecomputeError(f"--out {out} holds features of another precompute (differs in: {', '.join(differ)}); "
+                              "choose a new --out, or pass --overwrite to replace them")
+    for p in stale:
+        if p.is_dir():
+            import shutil
+
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    records.atomic_write_text(f, json.dumps(fp, indent=1))
+
+
 def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+encodec", engine: str = "jax",
                hubert: str | None = None, encodec: str | None = None, layer: int | None = None,
                kmeans: str | None = None, t5: str | None = None, text_max_len: int = 64, num_shards: int = 1,
                shard_index: int | None = None, segment_seconds: float = 20.0, min_seconds: float = 1.0,
-               batch_size: int = 8, workers: int = 2, threads: int = 0, progress: bool = True) -> dict[str, Any]:
+               batch_size: int = 8, workers: int = 2, threads: int = 0, progress: bool = True,
+               overwrite: bool = False) -> dict[str, Any]:
     """Run the shard(s) this process owns (all if shard_index is None), then merge if everything is done.
-    Returns what ran, with audio seconds per wall second."""
+    Returns what ran, with audio seconds per wall second. `out` must be new, hold this very precompute (same
+    fingerprint: resume) or be replaced with `overwrite`; a shard another live process is writing is refused."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     entries, problems = read_manifest(manifest)
+    if not entries:
+        first = f" (first: {problems[0].where}: {problems[0].reason})" if problems else ""
+        raise PrecomputeError(f"manifest {manifest} has no usable lines{first}: fix it or pass another --manifest")
+    if shard_index is not None and not 0 <= shard_index < num_shards:
+        raise PrecomputeError(f"--shard-index {shard_index} is not in [0, {num_shards}): pass 0..{num_shards - 1}")
     enc = build_encoders(backend, engine, hubert=hubert, encodec=encodec, layer=layer, kmeans=kmeans, t5=t5,
                          text_max_len=text_max_len, threads=threads)
+    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, fingerprint(Path(manifest), enc, {
+        "segment_seconds": segment_seconds, "min_seconds": min_seconds, "num_shards": num_shards,
+        "text_max_len": text_max_len if t5 else None}), overwrite)
     be = enc.backend
     info = {"backend": be.to_json(), "engine": engine, "rates": be.rates, "dims": {**be.dims, "t5": enc.text_dim},
             "encoders": enc.info, "segment_seconds": segment_seconds, "min_seconds": min_seconds,

@@ -301,15 +301,16 @@ def write_clip_shard(path: str | Path, clips: Iterable[Clip], extra: dict[str, A
     return w.close()
 
 
-def merge_index(folder: str | Path, info: dict[str, Any] | None = None, stats_split: str = "train") -> dict[str, Any]:
-    """Merge every shard summary under `folder` into `index.json` (atomically) and return it.
+def merge_index(folder: str | Path, info: dict[str, Any] | None = None, stats_split: str = "train",
+                pattern: str = "*.array_record.json") -> dict[str, Any]:
+    """Merge the shard summaries under `folder` matching `pattern` into `index.json` (atomically) and return it.
 
     Statistics (per-channel mean/std of each stream) come from `stats_split` (all splits if it has no shards).
     `info` (frame rates, dims, encoder configs, checkpoint hashes...) is stored as is under the top level.
     """
     folder = Path(folder)
     summaries = []
-    for p in sorted(folder.glob("*.array_record.json")):
+    for p in sorted(folder.glob(pattern)):
         s = json.loads(p.read_text())
         if s.get("schema_version") != SCHEMA_VERSION:
             raise RecordError(f"{p}: shard summary has schema version {s.get('schema_version')!r}, expected "

@@ -86,6 +86,8 @@ def load_stage(path: str | Path, expect_stage: str | None = None) -> tuple[Confi
         model = build_with_params(lambda: FlowTransformer(cfg, rngs=nnx.Rngs(0)), flat, str(path))
     except WeightsError as e:
         lines = str(e).splitlines()
-        raise StageError(f"{lines[0]}; {lines[1].strip()[:200] if len(lines) > 1 else ''}; re-export it with the "
-                         "config it was trained with") from None
+        if len(lines) == 1:  # non-finite values: the message names the tensor and the fix
+            raise StageError(lines[0]) from None
+        raise StageError(f"{lines[0]}; {lines[1].strip()[:200]}; re-export it with the config it was trained with"
+                         ) from None
     return cfg, model

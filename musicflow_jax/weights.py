@@ -65,10 +65,21 @@ def check_params(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarra
         raise WeightsError("\n  ".join(parts))
 
 
+def check_finite(flat: dict[str, np.ndarray], source: str) -> None:
+    """Raise WeightsError naming the first tensor with NaN/inf values (a corrupt or diverged file)."""
+    for key in sorted(flat):
+        arr = np.asarray(flat[key])
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            raise WeightsError(f"weights in {source} hold {bad} NaN/inf values in {key!r}: the file is corrupt or the "
+                               "run diverged; restore it (re-export / re-convert it from a good checkpoint)")
+
+
 def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source: str) -> M:
     """Build the model abstractly (no random init), check `flat` against it and fill it in."""
     model = nnx.eval_shape(ctor)
     check_params(param_shapes(model), flat, source)
+    check_finite(flat, source)
     state = nnx.state(model, nnx.Param)
     new = [(p, v.replace(jnp.asarray(flat[_key(p)], jnp.float32))) for p, v in nnx.to_flat_state(state)]
     nnx.update(model, nnx.from_flat_state(new))

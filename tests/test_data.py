@@ -81,12 +81,12 @@ def test_index_stats_match_numpy(tmp_path):
 
 
 def test_upsample_index_is_floor_of_rate_ratio():
-    idx = features.upsample_index(9, 100)
+    idx = features.upsample_index(9, 100, 50.0, 75.0)
     np.testing.assert_array_equal(idx, [0, 0, 1, 2, 2, 3, 4, 4, 5])  # floor(i * 50 / 75)
-    np.testing.assert_array_equal(features.upsample_index(4, 100, start=7), [4, 5, 6, 6])
-    np.testing.assert_array_equal(features.upsample_index(5, 2), [0, 0, 1, 1, 1])  # clipped to the last frame
+    np.testing.assert_array_equal(features.upsample_index(4, 100, 50.0, 75.0, start=7), [4, 5, 6, 6])
+    np.testing.assert_array_equal(features.upsample_index(5, 2, 50.0, 75.0), [0, 0, 1, 1, 1])  # clipped: last frame
     x = np.arange(6, dtype=np.float32)[:, None]
-    np.testing.assert_array_equal(features.upsample_nearest(x, 9)[:, 0], [0, 0, 1, 2, 2, 3, 4, 4, 5])
+    np.testing.assert_array_equal(features.upsample_nearest(x, 9, 50.0, 75.0)[:, 0], [0, 0, 1, 2, 2, 3, 4, 4, 5])
 
 
 def test_pad_and_normalize():

@@ -7,10 +7,12 @@ import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -99,7 +101,7 @@ def test_restyle_keeps_semantics_changes_acoustics(mf: MusicFlow) -> None:
 def test_prompts_file_plain_and_jsonl(folder: Path, tmp_path: Path) -> None:
     pf = tmp_path / "prompts.txt"
     pf.write_text("a piano piece\n# a comment\n\n" + json.dumps({"text": "an organ piece", "seed": 5,
-                                                                  "out": str(tmp_path / "o" / "organ.wav")}) + "\n"
+                                                                  "out": "organ.wav"}) + "\n"
                   + "a guitar piece\n")
     outs = _cli(folder, tmp_path / "o" / "p.wav", "--prompts-file", str(pf), "--duration", "1", "--batch", "1")
     assert [p.name for p in outs] == ["organ.wav", "p_0.wav", "p_2.wav"]
@@ -244,3 +246,102 @@ def test_encodec_backend_infill_and_generate(tmp_path: Path) -> None:
     # semantic context = k-means centroids of the prompt's HuBERT features
     assert all(any(np.array_equal(v, c) for c in cents) for v in g.prompt_semantic)
     assert g.audio.shape == (1, len(prompt)) and np.isfinite(g.audio).all()
+
+
+# ----------------------------------------------------------------------------------------- reliability
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    return subprocess.run([sys.executable, "-m", "musicflow_jax.generate", "--quiet", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(p: subprocess.CompletedProcess, needle: str) -> None:
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+
+
+def test_prompts_file_cannot_write_outside_the_output_folder(folder: Path, tmp_path: Path) -> None:
+    """A prompts file's "out" stays under --out's folder: absolute paths, '..', other extensions and duplicate
+    outputs are refused before anything is generated; nothing outside is touched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "gen" / "p.wav"
+    cases = {
+        "absolute": ({"text": "organ", "duration": 1, "out": str(victim)}, "must be a relative .wav path"),
+        "dotdot": ({"text": "organ", "duration": 1, "out": "../victim.wav"}, "without '..'"),
+        "extension": ({"text": "organ", "duration": 1, "out": "x.txt"}, "relative .wav path"),
+    }
+    for name, (line, needle) in cases.items():
+        pf = tmp_path / f"{name}.jsonl"
+        pf.write_text(json.dumps(line) + "\n")
+        with pytest.raises(GenerateError, match=needle):
+            generate.run(generate.build_parser().parse_args(["--prompts-file", str(pf), "--out", str(out)]))
+    pf = tmp_path / "dup.jsonl"
+    pf.write_text(json.dumps({"text": "a", "out": "same.wav"}) + "\n" + json.dumps({"text": "b", "out": "same.wav"})
+                  + "\n")
+    p = _run_cli("--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--steps", "1")
+    _one_line_error(p, "dup.jsonl:2: output")
+    assert victim.read_text() == "precious" and not out.parent.exists()
+    pf.write_text(json.dumps({"text": "a", "out": "sub/a.wav"}) + "\n")  # relative names land under --out's folder
+    assert generate.main(["--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--quiet",
+                          "--steps", "1", "--duration", "0.5", "--no-spectrogram"]) == 0
+    assert (out.parent / "sub" / "a.wav").is_file()
+
+
+def test_prompts_file_fields_are_strict(tmp_path: Path) -> None:
+    pf = tmp_path / "p.jsonl"
+    for line, msg in (('{"text": "x", "seed": 1.7}', ':1: "seed" must be an integer'),
+                      ('{"text": "x", "seed": true}', ':1: "seed" must be an integer'),
+                      ('{"text": "x", "duration": true}', ':1: "duration" must be a number')):
+        pf.write_text(line + "\n")
+        with pytest.raises(GenerateError, match=msg):
+            generate.read_prompts(str(pf), "10", 0)
+    pf.write_text('{"text": "x", "duration": -2}\n')
+    with pytest.raises(GenerateError, match=r'p.jsonl:1: "duration" -2 must be a positive'):
+        generate.run(generate.build_parser().parse_args(["--prompts-file", str(pf), "--out", str(tmp_path / "o.wav")]))
+    pf.write_bytes(b"caf\xe9 organ\n")
+    with pytest.raises(GenerateError, match="not UTF-8"):
+        generate.read_prompts(str(pf), "10", 0)
+
+
+def test_bad_cli_values_are_refused_before_generating(folder: Path, bad_files: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    m = str(folder)
+    (tmp_path / "adir").mkdir()
+    cases = [(["--text", "x", "--seed", "99999999999999999999"], "must be an integer in [0, 2**32)"),
+             (["--text", "x", "--out", str(tmp_path / "adir")], "is a folder"),
+             (["--text", "x", "--mode", "restyle", "--prompt-audio", str(bad_files["prompt"]), "--duration", "3"],
+              "keeps the prompt's length: drop --duration")]
+    for args, needle in cases:
+        argv = ["--checkpoint", m, *args] + ([] if "--out" in args else ["--out", str(tmp_path / "o.wav")])
+        with pytest.raises(GenerateError, match=re.escape(needle)):
+            generate.run(generate.build_parser().parse_args(argv))
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_corrupt_weights_and_non_finite_outputs_are_refused(folder: Path, tmp_path: Path) -> None:
+    """256 corrupt bytes in the middle of a stage file -> NaN weights: refused at load naming the file; a model whose
+    output is non-finite writes nothing and names the stage."""
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(folder, d)
+    f = d / "stage1.safetensors"
+    raw = bytearray(f.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    mid = header + (len(raw) - header) // 2
+    raw[mid: mid + 256] = b"\xff" * 256  # 0xffffffff is a float32 NaN
+    f.write_bytes(bytes(raw))
+    out = tmp_path / "o.wav"
+    p = _run_cli("--checkpoint", str(d), "--text", "organ", "--out", str(out), "--steps", "1")
+    _one_line_error(p, "NaN/inf values in")
+    assert str(f) in p.stderr and not out.exists()
+    mf = MusicFlow.load(folder)
+    st = mf.stages[1]
+    state = nnx.state(st.model, nnx.Param)
+    nnx.update(st.model, jax.tree.map(lambda v: v * np.nan, state))
+    with pytest.raises(GenerateError, match=r"stage2 \(acoustic stream\) produced .* NaN/inf values"):
+        mf.generate(["organ"], 0.5, stage1=FAST, stage2=FAST, progress=False)

@@ -297,3 +297,53 @@ def test_jax_engine_equals_torch_engine_and_shards_resume(setup):
         for f in ("semantic", "acoustic", "t5_emb"):
             np.testing.assert_allclose(getattr(sharded[k], f), getattr(got[k], f), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(sharded[k].units, got[k].units)
+
+
+def test_stale_output_folder_is_refused_or_replaced(setup, tmp_path):
+    """An --out made by another precompute (other segmenting, shard count, manifest) is refused with one line naming
+    what differs; --overwrite replaces it and the index then counts each clip once."""
+    root, _, kw, _, _ = setup
+    mkw = {k: v for k, v in kw.items() if k not in ("hubert", "encodec", "layer", "kmeans", "t5", "threads",
+                                                    "engine")}
+    out = tmp_path / "f"
+    pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", num_shards=2, **mkw)
+    n_clips = sum(v["clips"] for v in data.load_index(out)["splits"].values())
+    with pytest.raises(pf.PrecomputeError, match=r"differs in: segment_seconds.*--overwrite"):
+        pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", num_shards=2,
+                      **{**mkw, "segment_seconds": 1.0})
+    with pytest.raises(pf.PrecomputeError, match="differs in: num_shards"):
+        pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", num_shards=1, **mkw)
+    other = tmp_path / "other.jsonl"
+    other.write_text("\n".join((root / "manifest.jsonl").read_text().splitlines()[:2]) + "\n")
+    with pytest.raises(pf.PrecomputeError, match="differs in: manifest_sha256"):
+        pf.precompute(other, out, backend="chroma+mel", num_shards=2, **mkw)
+    assert sum(v["clips"] for v in data.load_index(out)["splits"].values()) == n_clips  # untouched
+    r = pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", num_shards=1, overwrite=True, **mkw)
+    index = data.load_index(out)
+    assert r["merged"]["clips_ok"] == n_clips and sum(v["clips"] for v in index["splits"].values()) == n_clips
+    assert sorted(p.name for p in out.glob("*.array_record")) == ["train-00000-of-00001.array_record",
+                                                                   "valid-00000-of-00001.array_record"]
+    cfg = config.load(CONFIGS / "stage2_tiny.py", ["data.source=arrayrecord", f"data.path={out}"])
+    assert [p.name for p in data.shard_paths(out, "train", index)] == ["train-00000-of-00001.array_record"]
+    assert cfg.data.path == str(out)
+
+
+def test_precompute_cli_input_errors_are_one_line(setup, tmp_path):
+    import subprocess
+    import sys
+
+    root = setup[0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"path": "x.wav", "caption": "caf\xe9"}\nnot json\n')
+    repo = Path(__file__).resolve().parent.parent
+    cases = [(["--manifest", str(tmp_path / "missing.jsonl")], "does not exist"),
+             (["--manifest", str(bad)], "has no usable lines (first: "),
+             (["--manifest", str(root / "manifest.jsonl"), "--backend", "wavenet"], "give SEMANTIC+ACOUSTIC"),
+             (["--manifest", str(root / "manifest.jsonl")], "needs --hubert and --layer")]
+    for args, needle in cases:
+        p = subprocess.run([sys.executable, "tools/precompute_features.py", "--out", str(tmp_path / "o"), *args],
+                           cwd=repo, capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, p.returncode, p.stderr[-1500:])
+    entries, problems = __import__("musicflow_jax.manifest", fromlist=["x"]).read_manifest(bad)
+    assert not entries and problems[0].reason.startswith("line is not UTF-8 text")

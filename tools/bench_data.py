@@ -34,7 +34,7 @@ def bench_render(out: Path, pieces: int, seed: int) -> dict[str, Any]:
 def bench_precompute(out: Path, manifest: Path, threads: int) -> dict[str, Any]:
     from tiny_models import save_tiny_encodec, save_tiny_hubert, save_tiny_t5
 
-    from tools.precompute_features import precompute
+    from musicflow_jax.precompute import precompute
 
     ck = out / "ckpt"
     hub, enc, t5 = save_tiny_hubert(ck / "hubert"), save_tiny_encodec(ck / "encodec"), save_tiny_t5(ck / "t5")

@@ -72,7 +72,8 @@ def musicflow_run(s: dict[str, Any], nfe: int, seed: int = 0) -> Any:
     kw = dict(text_emb=emb, text_mask=jnp.asarray(mask), solver="midpoint", steps=nfe // 2, cfg_scale=3.0)
     sem, _ = sample(s["model1"], jax.random.fold_in(key, 1), frames=c1.data.frames,
                     feature_dim=c1.model.feature_dim, **kw)
-    cond = features.upsample_nearest(np.asarray(sem[0]), c2.data.frames)[None]
+    cond = features.upsample_nearest(np.asarray(sem[0]), c2.data.frames, c1.data.semantic_rate,
+                                     c2.data.acoustic_rate)[None]
     ac, _ = sample(s["model2"], jax.random.fold_in(key, 2), frames=c2.data.frames, feature_dim=c2.model.feature_dim,
                    cond=jnp.asarray(cond), **kw)
     return jax.block_until_ready(s["codec"].decode_latents(ac))

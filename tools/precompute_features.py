@@ -17,10 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from musicflow_jax.precompute import precompute  # noqa: E402
+from musicflow_jax.backends import BackendError  # noqa: E402
+from musicflow_jax.precompute import PrecomputeError, precompute  # noqa: E402
+from musicflow_jax.weights import WeightsError  # noqa: E402
+
+INPUT_ERRORS = (PrecomputeError, BackendError, WeightsError, FileNotFoundError, NotADirectoryError, OSError)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--out", required=True, help="folder for <split>-*.array_record, index.json, failures.jsonl")
@@ -41,19 +45,29 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="equal-length segments per encoder call")
     ap.add_argument("--workers", type=int, default=2, help="audio decoding threads")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (engine torch; 0 = torch default)")
+    ap.add_argument("--overwrite", action="store_true", help="replace the features of another precompute in --out")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
     a = ap.parse_args(argv)
     if a.shard_index is not None and not 0 <= a.shard_index < a.num_shards:
         ap.error(f"--shard-index {a.shard_index} not in [0, {a.num_shards})")
     if a.batch_size < 1 or a.workers < 1:
         ap.error("--batch-size and --workers must be >= 1")
-    result = precompute(a.manifest, a.out, backend=a.backend, engine=a.engine, hubert=a.hubert, encodec=a.encodec,
-                        layer=a.layer, kmeans=a.kmeans, t5=a.t5, text_max_len=a.text_max_len,
-                        num_shards=a.num_shards, shard_index=a.shard_index, segment_seconds=a.segment_seconds,
-                        min_seconds=a.min_seconds, batch_size=a.batch_size, workers=a.workers, threads=a.threads)
+    try:
+        result = precompute(a.manifest, a.out, backend=a.backend, engine=a.engine, hubert=a.hubert,
+                            encodec=a.encodec, layer=a.layer, kmeans=a.kmeans, t5=a.t5, text_max_len=a.text_max_len,
+                            num_shards=a.num_shards, shard_index=a.shard_index, segment_seconds=a.segment_seconds,
+                            min_seconds=a.min_seconds, batch_size=a.batch_size, workers=a.workers,
+                            threads=a.threads, overwrite=a.overwrite)
+    except INPUT_ERRORS as e:  # bad input: one line naming it and the fix (tracebacks are for bugs, or --debug)
+        if a.debug:
+            raise
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=1))
     if result["merged"] is None:
         print("index.json not written yet: other shards are still missing; the last one to finish merges it")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

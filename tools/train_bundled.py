@@ -65,10 +65,10 @@ def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
 
 def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
     """Per-clip mean log-mel (acoustic stream) and the instrument phrase of its caption."""
-    from musicflow_jax.data import shard_paths
+    from musicflow_jax.data import load_index, shard_paths
     from musicflow_jax.records import ShardSource
 
-    src = ShardSource(shard_paths(data, split))
+    src = ShardSource(shard_paths(data, split, load_index(data)))
     feats, labels = [], []
     for i in range(len(src)):
         clip = src[i]

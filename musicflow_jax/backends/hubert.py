@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.backends.base import register, resolve
-from musicflow_jax.codebook import load_codebook
+from musicflow_jax.codebook import check_codebook, load_codebook
 from musicflow_jax.models.hubert import Hubert, HubertConfig
 from musicflow_jax.models.port_layers import nearest_code
 from musicflow_jax.weights import HUBERT, load_hubert, read_meta
@@ -55,12 +55,7 @@ class HubertSemantic:
         cents = None
         if kmeans_file is not None:
             cents, meta = load_codebook(kmeans_file)
-            if meta.get("layer") not in (None, str(layer)):
-                raise ValueError(f"{kmeans_file} was fitted on HuBERT layer {meta['layer']}, not layer {layer}")
-            src_sha = extra.get("source_sha256")
-            if meta.get("hubert_sha256") and src_sha and meta["hubert_sha256"] != src_sha:
-                raise ValueError(f"{kmeans_file} was fitted on a different HuBERT (sha256 {meta['hubert_sha256'][:12]}"
-                                 f"...) than {hubert_folder} was converted from ({src_sha[:12]}...)")
+            check_codebook(kmeans_file, meta, layer, extra.get("source_sha256"))
         return cls(cfg, model, layer, cents, do_normalize, folder=Path(hubert_folder),
                    kmeans_file=None if kmeans_file is None else Path(kmeans_file))
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from musicflow_jax.backends.base import BackendError, register, resolve
-from musicflow_jax.codebook import checkpoint_sha256, load_codebook
+from musicflow_jax.codebook import check_codebook, checkpoint_sha256, load_codebook
 
 
 def _torch() -> Any:
@@ -24,10 +24,12 @@ def _torch() -> Any:
 
 
 def assign_units(h_btc: np.ndarray, centroids_kc: np.ndarray) -> np.ndarray:
-    """Nearest centroid (squared Euclidean, float64) per frame -> int32 (..., T)."""
-    h, c = np.asarray(h_btc, np.float64), np.asarray(centroids_kc, np.float64)
-    d = (h * h).sum(-1, keepdims=True) - 2 * h @ c.T + (c * c).sum(-1)
-    return d.argmin(-1).astype(np.int32)
+    """Nearest centroid per frame -> int32 (..., T): the runtime's search (port_layers.nearest_code)."""
+    from musicflow_jax.models.port_layers import nearest_code
+
+    h = np.asarray(h_btc, np.float32)
+    return np.asarray(nearest_code(h.reshape(-1, *h.shape[-2:]), np.asarray(centroids_kc, np.float32))
+                      ).reshape(h.shape[:-1]).astype(np.int32)
 
 
 class TorchHubertSemantic:
@@ -50,11 +52,7 @@ class TorchHubertSemantic:
         self.centroids = None
         if self.kmeans_file is not None:
             self.centroids, meta = load_codebook(self.kmeans_file)
-            if meta.get("layer") not in (None, str(self.layer)):
-                raise BackendError(f"{kmeans_file} was fitted on HuBERT layer {meta['layer']}, not --layer {layer}")
-            if meta.get("hubert_sha256") not in (None, checkpoint_sha256(folder)):
-                raise BackendError(f"{kmeans_file} was fitted on another HuBERT checkpoint than {folder} (sha256 "
-                                   "mismatch)")
+            check_codebook(self.kmeans_file, meta, self.layer, checkpoint_sha256(folder))
 
     sample_rate = 16_000
 

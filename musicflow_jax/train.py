@@ -29,7 +29,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from musicflow_jax import checkpoint, flow, metrics, sharding, train_state
+from musicflow_jax import checkpoint, flow, metrics, sharding, train_state, workdir_lock
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config
 
@@ -162,15 +162,43 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
 # --------------------------------------------------------------------------- the loop
 
 
+def lock_workdir(workdir: Path) -> workdir_lock.WorkdirLock | None:
+    """Process 0 takes the workdir lock; every process raises WorkdirLockedError when it failed."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lock.acquire(workdir)
+        except workdir_lock.WorkdirLockedError as e:
+            error = e
+    if jax.process_count() > 1:  # the other hosts must not go on alone (they would hang in a collective)
+        failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if failed and error is None:
+            error = workdir_lock.WorkdirLockedError(f"workdir {workdir} is locked by another run (see process 0)")
+    if error is not None:
+        raise error
+    return lock
+
+
 def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = None,
           devices: list[jax.Device] | None = None, async_ckpt: bool = True) -> train_state.TrainState:
     """Train (or resume) `cfg` in `workdir` up to cfg.train.steps; returns the final state.
 
     batch_hook(step, local_batch) -> local_batch can alter batches (tests use it to inject NaNs).
+    The workdir is locked for the whole run (see workdir_lock): a second run on it raises WorkdirLockedError.
     """
+    workdir = Path(workdir)
+    lock = lock_workdir(workdir)
+    try:
+        return _train(cfg, workdir, batch_hook=batch_hook, devices=devices, async_ckpt=async_ckpt)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices: list[jax.Device] | None,
+           async_ckpt: bool) -> train_state.TrainState:
     from musicflow_jax.data import make_dataset
 
-    workdir = Path(workdir)
     is_main = jax.process_index() == 0
     t_cfg = cfg.train
 
@@ -283,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_lib.load(args.config, args.set)
         train(cfg, args.workdir)
-    except (config_lib.ConfigError, TrainingDivergedError) as e:
+    except (config_lib.ConfigError, TrainingDivergedError, workdir_lock.WorkdirLockedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -1,5 +1,6 @@
 """Audio I/O: read any soundfile-supported file as float32 (resampled, optionally downmixed), and write WAV
-files that carry the generation's metadata (text, seed, config hash, ...) in a RIFF LIST/INFO chunk.
+files that carry the generation's metadata (text, seed, config hash, ...) in a RIFF LIST/INFO chunk. WAV files
+are written atomically (temporary sibling, then rename).
 
 The metadata is UTF-8 JSON in the INFO `ICMT` (comment) sub-chunk, the caption is also in `INAM` (title) so
 ordinary players show it, and `ISFT` names the software. `read_wav_metadata(path)` returns the JSON dict.
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from musicflow_jax import atomic_io
 
 SOFTWARE = "musicflow_jax"
 
@@ -87,10 +90,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, metadata: d
     if metadata:
         info = _info_chunk(metadata)
         wav = wav[:4] + struct.pack("<I", len(wav) - 8 + len(info)) + wav[8:] + info
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(wav)
-    return path
+    return atomic_io.write_bytes(path, wav)  # a failed write (full disk) leaves no truncated file at `path`
 
 
 def _chunks(data: bytes, start: int, end: int):

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from musicflow_jax import checkpoint, flow, metrics, sharding, train_state, workdir_lock
+from musicflow_jax import atomic_io, checkpoint, flow, metrics, sharding, train_state, workdir_lock
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config
 
@@ -140,7 +140,8 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
     x1 = np.asarray(x1)
     out = workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / f"step{step:08d}.npy", x1)
+    with atomic_io.atomic_path(out / f"step{step:08d}.npy") as tmp:
+        np.save(tmp, x1)
     for i in range(n):
         writer.image(step, f"samples/{i}", x1[i].T)
     if cfg.model.stage == "acoustic" and cfg.train.sample_codec:
@@ -155,7 +156,8 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
         codec = Codec.load(cfg.train.sample_codec)
         audio = np.asarray(codec.decode_latents(jnp.asarray(latents)))
         for i in range(n):
-            sf.write(out / f"step{step:08d}_{i}.wav", audio[i].reshape(-1), codec.sample_rate)
+            with atomic_io.atomic_path(out / f"step{step:08d}_{i}.wav") as tmp:
+                sf.write(tmp, audio[i].reshape(-1), codec.sample_rate)
             writer.audio(step, f"audio/{i}", audio[i], codec.sample_rate)
 
 

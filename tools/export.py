@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = export(args.workdir, args.out, args.step, ema=not args.raw)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {path}")
     return 0
 

@@ -16,6 +16,10 @@ import numpy as np
 PAD_ID, EOS_ID, UNK_ID, BYTE_OFFSET = 0, 1, 2, 3
 
 
+class TokenizerError(ValueError):
+    """A converted T5 folder without a usable tokenizer, with a one-line message naming the folder and the fix."""
+
+
 class Tokenizer(Protocol):
     vocab_size: int
 

@@ -42,6 +42,34 @@ class TrainingDivergedError(RuntimeError):
     """Raised after train.max_nan_in_row consecutive non-finite steps."""
 
 
+class TrainInputError(ValueError):
+    """Bad input found before training starts (data folder, data/config mismatch), one line with the fix."""
+
+
+def check_data(cfg: Config) -> None:
+    """For data.source=arrayrecord: data.path exists, holds index.json, and its feature dims match the model's."""
+    if cfg.data.source != "arrayrecord":
+        return
+    from musicflow_jax.data import load_index
+
+    path = Path(cfg.data.path)
+    if not path.is_dir():
+        raise TrainInputError(f"data.path {path} is not a folder: point --set data.path=... at the output folder of "
+                              "tools/precompute_features.py")
+    index = load_index(path)
+    dims = dict(index.get("dims") or {})
+    for stream, stats in index.get("stats", {}).items():
+        dims.setdefault(stream, len(stats["mean"]))
+    m = cfg.model
+    want = [("acoustic", "model.feature_dim", m.feature_dim), ("semantic", "model.cond_dim", m.cond_dim)] \
+        if m.stage == "acoustic" else [("semantic", "model.feature_dim", m.feature_dim)]
+    for stream, key, value in want:
+        if stream in dims and int(dims[stream]) != value:
+            raise TrainInputError(f"config {key}={value} but the data index {path / 'index.json'} has {stream} "
+                                  f"features of dim {dims[stream]}: set --set {key}={dims[stream]} or point "
+                                  f"data.path at data precomputed for this model")
+
+
 # --------------------------------------------------------------------------- multi-host
 
 
@@ -201,6 +229,7 @@ def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices:
            async_ckpt: bool) -> train_state.TrainState:
     from musicflow_jax.data import make_dataset
 
+    check_data(cfg)  # before any compilation
     is_main = jax.process_index() == 0
     t_cfg = cfg.train
 
@@ -211,7 +240,8 @@ def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices:
     data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count()))
     manager = checkpoint.make_manager(workdir, cfg, async_save=async_ckpt)
     if manager.latest_step() is not None:
-        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, data_iter)
+        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, data_iter,
+                                                     set_aside_broken=True)
         if is_main and config_lib.config_hash(saved_cfg) != config_lib.config_hash(cfg):
             tqdm.write(f"resuming step {start} from {manager.directory} with a changed config "
                        f"(saved {config_lib.config_hash(saved_cfg)}, now {config_lib.config_hash(cfg)})")
@@ -308,15 +338,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() (auto if the "
                     "environment shows several processes)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
     args = ap.parse_args(argv)
     maybe_initialize_distributed(args.multihost)
     try:
         cfg = config_lib.load(args.config, args.set)
         train(cfg, args.workdir)
-    except (config_lib.ConfigError, TrainingDivergedError, workdir_lock.WorkdirLockedError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainingDivergedError, workdir_lock.WorkdirLockedError) as e:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except input_errors() as e:  # bad input: one line naming it and the fix; real bugs keep their traceback
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (config, data, checkpoints, converted folders), not a bug."""
+    from musicflow_jax.convert.io import ConversionError
+    from musicflow_jax.records import RecordError
+    from musicflow_jax.tokenizer import TokenizerError
+
+    return (config_lib.ConfigError, TrainInputError, checkpoint.CheckpointError, RecordError, ConversionError,
+            TokenizerError, FileNotFoundError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

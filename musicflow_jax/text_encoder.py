@@ -2,9 +2,10 @@
 
 `TextEncoder.load(cfg.text)`: cfg.checkpoint == "" gives the embedded default, a small byte-level T5 v1.1-style
 encoder (gated-gelu, d_model = cfg.dim, vocab 384, 2 layers) with deterministic random weights from `seed`, and
-the ByteTokenizer. Otherwise cfg.checkpoint is a converted T5 folder (tools/convert_weights.py t5 ...), with the
-sentencepiece tokenizer when it holds `spiece.model`. `.save(folder)` writes the exact encoder (and tokenizer
-file) so an exported model ships the text encoder it was trained with.
+the ByteTokenizer. Otherwise cfg.checkpoint is a converted T5 folder (tools/convert_weights.py t5 ...) that must
+carry its tokenizer (`spiece.model` or `tokenizer.json`; see tokenizer.load_tokenizer): one without it is refused
+unless it is byte-level. `.save(folder)` writes the exact encoder and its tokenizer file(s) so an exported model
+ships the text encoder it was trained with. `convert_t5_with_tokenizer` is the conversion that keeps the tokenizer.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.config import ConfigError, TextConfig
-from musicflow_jax.convert.io import flat_params, save_converted
-from musicflow_jax.convert.t5 import KIND, load_t5
+from musicflow_jax.convert.io import flat_params, read_meta, save_converted
+from musicflow_jax.convert.t5 import KIND, convert_t5, load_t5
 from musicflow_jax.models.t5 import T5Config, T5Encoder
-from musicflow_jax.tokenizer import Tokenizer, load_tokenizer
+from musicflow_jax.tokenizer import BYTE_LEVEL_SOURCE, TOKENIZER_FILES, Tokenizer, load_tokenizer
 
 DEFAULT_VOCAB, DEFAULT_LAYERS = 384, 2
 
@@ -40,11 +41,11 @@ class TextEncoder:
     """Tokenizer + frozen T5 encoder. `encode` is jitted; `apply(state, ...)` is the pure form for jit users."""
 
     def __init__(self, cfg: TextConfig, t5_cfg: T5Config, model: T5Encoder, tokenizer: Tokenizer,
-                 spiece: Path | None = None):
+                 tokenizer_dir: Path | None = None):
         if t5_cfg.d_model != cfg.dim:
             raise ConfigError(f"config key 'text.dim' is {cfg.dim} but the T5 checkpoint {cfg.checkpoint!r} has "
                               f"d_model={t5_cfg.d_model}: set text.dim={t5_cfg.d_model}")
-        self.cfg, self.t5_cfg, self.tokenizer, self._spiece = cfg, t5_cfg, tokenizer, spiece
+        self.cfg, self.t5_cfg, self.tokenizer, self._tokenizer_dir = cfg, t5_cfg, tokenizer, tokenizer_dir
         self.graphdef, self.state = nnx.split(model)
         self._encode = jax.jit(self.apply)
 
@@ -55,8 +56,7 @@ class TextEncoder:
             return cls(cfg, t5_cfg, T5Encoder(t5_cfg, rngs=nnx.Rngs(seed)), load_tokenizer(None))
         folder = Path(cfg.checkpoint)
         t5_cfg, model = load_t5(folder)
-        spiece = folder / "spiece.model"
-        return cls(cfg, t5_cfg, model, load_tokenizer(folder), spiece if spiece.is_file() else None)
+        return cls(cfg, t5_cfg, model, load_tokenizer(folder), folder)
 
     @property
     def dim(self) -> int:
@@ -84,8 +84,33 @@ class TextEncoder:
     def save(self, folder: str | Path) -> Path:
         """Write a converted T5 folder that `TextEncoder.load(TextConfig(checkpoint=folder, ...))` restores."""
         model = nnx.merge(self.graphdef, self.state)
-        out = save_converted(folder, KIND, dataclasses.asdict(self.t5_cfg), flat_params(model),
-                             source=self.cfg.checkpoint or "embedded byte-level T5")
-        if self._spiece is not None:
-            shutil.copy(self._spiece, out / "spiece.model")
+        source = self.cfg.checkpoint or BYTE_LEVEL_SOURCE
+        if self._tokenizer_dir is not None and read_meta(self._tokenizer_dir, KIND).get("source") == BYTE_LEVEL_SOURCE:
+            source = BYTE_LEVEL_SOURCE  # a re-saved embedded T5 stays recognisably byte-level
+        out = save_converted(folder, KIND, dataclasses.asdict(self.t5_cfg), flat_params(model), source=source)
+        if self._tokenizer_dir is not None:
+            copy_tokenizer(self._tokenizer_dir, out)
         return out
+
+
+def copy_tokenizer(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the tokenizer file(s) (spiece.model, tokenizer.json, tokenizer_config.json) of a T5 folder; returns
+    the names copied."""
+    src, dst = Path(src), Path(dst)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file() and (src / name).resolve() != (dst / name).resolve():
+            shutil.copy(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def convert_t5_with_tokenizer(src: str | Path, dst: str | Path) -> Path:
+    """convert_t5 (HF folder -> converted Flax folder) plus the tokenizer file(s) of the HF folder, so the
+    converted folder is usable on its own. Raises TokenizerError (after converting) when `src` has none and is not
+    byte-level (ByT5)."""
+    out = convert_t5(src, dst)
+    if Path(src).is_dir():
+        copy_tokenizer(src, out)
+    load_tokenizer(out)  # refuse now, not at training time, if the tokenizer did not come along
+    return out

@@ -21,7 +21,7 @@ from musicflow_jax.convert.hubert import convert_hubert
 from musicflow_jax.convert.io import ConversionError
 from musicflow_jax.convert.t5 import convert_t5, load_t5
 from musicflow_jax.semantic import SemanticEncoder
-from musicflow_jax.text_encoder import TextEncoder
+from musicflow_jax.text_encoder import TextEncoder, convert_t5_with_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_TORCH = """
@@ -45,7 +45,7 @@ print("NO_TORCH_OK")
 
 
 def test_converted_files_load_without_torch(tmp_path):
-    convert_t5(save_tiny_t5(tmp_path / "hf_t5"), tmp_path / "t5")
+    convert_t5_with_tokenizer(save_tiny_t5(tmp_path / "hf_t5"), tmp_path / "t5")
     convert_encodec(save_tiny_encodec(tmp_path / "hf_enc"), tmp_path / "encodec")
     convert_hubert(save_tiny_hubert(tmp_path / "hf_hub"), tmp_path / "hubert")
     te = TextEncoder.load(TextConfig(checkpoint=str(tmp_path / "t5"), max_len=16, dim=32))
@@ -178,10 +178,14 @@ def test_cli_converts_all_kinds(tmp_path):
     from tools.convert_weights import main
 
     for kind, save in (("t5", save_tiny_t5), ("encodec", save_tiny_encodec), ("hubert", save_tiny_hubert)):
-        out = main([kind, str(save(tmp_path / f"hf_{kind}")), str(tmp_path / kind)])
+        assert main([kind, str(save(tmp_path / f"hf_{kind}")), str(tmp_path / kind)]) == 0
+        out = tmp_path / kind
         meta = json.loads((out / "config.json").read_text())
         assert meta["kind"] == kind and (out / "model.safetensors").is_file()
     assert json.loads((tmp_path / "encodec" / "config.json").read_text())["config"]["hidden_size"] == \
         TINY_ENCODEC["hidden_size"]
+    # the T5 tokenizer declaration travelled with the converted folder
+    assert (tmp_path / "t5" / "tokenizer_config.json").read_bytes() == \
+        (tmp_path / "hf_t5" / "tokenizer_config.json").read_bytes()
     with pytest.raises(SystemExit):
         main(["vocoder", "a", "b"])

@@ -9,7 +9,7 @@ from tiny_models import save_tiny_t5
 from musicflow_jax.config import ConfigError, TextConfig
 from musicflow_jax.convert.t5 import convert_t5, load_t5
 from musicflow_jax.models.t5 import relative_position_bucket
-from musicflow_jax.text_encoder import TextEncoder
+from musicflow_jax.text_encoder import TextEncoder, convert_t5_with_tokenizer
 
 VARIANTS = {
     "v1.0-relu": dict(feed_forward_proj="relu"),
@@ -79,7 +79,7 @@ def test_text_encoder_dim_mismatch_is_clear(tmp_path):
 
 def test_text_encoder_from_converted_hf_folder_matches_torch(tmp_path):
     src = save_tiny_t5(tmp_path / "hf", seed=1, feed_forward_proj="gated-gelu")
-    convert_t5(src, tmp_path / "flax")
+    convert_t5_with_tokenizer(src, tmp_path / "flax")
     enc = TextEncoder.load(TextConfig(checkpoint=str(tmp_path / "flax"), max_len=24, dim=32))
     ids, mask = enc.tokenize(["ambient synth pad, slow", "fast techno"])
     ref = _torch_t5(src, ids, mask)

@@ -6,7 +6,8 @@ workdir/checkpoints, onto whatever mesh this run has) -> data iterator (restored
 step: global batch, jitted step (frozen text encoder inside, NaN/Inf skip), logging, eval, periodic samples,
 checkpoints -> final checkpoint. SIGTERM (e.g. TPU preemption) saves a checkpoint and returns cleanly; N
 non-finite steps in a row raise `TrainingDivergedError` without writing a checkpoint (the last good one stays).
-Outputs in workdir: config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/, samples/.
+Outputs in workdir: config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/, samples/, and train.lock while
+running (one run per workdir). CLI: bad input -> one `error:` line, exit 2; divergence or a locked workdir -> exit 1.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Audio I/O: read any soundfile-supported file as float32 (resampled, optionally downmixed), and write WAV
-files that carry the generation's metadata (text, seed, config hash, ...) in a RIFF LIST/INFO chunk.
+files that carry the generation's metadata (text, seed, config hash, ...) in a RIFF LIST/INFO chunk. WAV files
+are written atomically (temporary sibling, then rename).
 
 The metadata is UTF-8 JSON in the INFO `ICMT` (comment) sub-chunk, the caption is also in `INAM` (title) so
 ordinary players show it, and `ISFT` names the software. `read_wav_metadata(path)` returns the JSON dict.
@@ -16,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from musicflow_jax import atomic_io
+
 SOFTWARE = "musicflow_jax"
+MAX_TEXT_CHARS = 2000  # prompt text kept in a WAV's metadata (T5 reads far fewer tokens anyway)
 
 
 def resample(audio: np.ndarray, sr_in: int, sr_out: int, axis: int = -1) -> np.ndarray:
@@ -63,9 +67,16 @@ def _info_chunk(metadata: dict[str, Any]) -> bytes:
         data = text.encode("utf-8") + b"\x00"
         return tag + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) % 2 else b"")
 
-    body = b"INFO" + sub(b"ISFT", SOFTWARE) + sub(b"ICMT", json.dumps(metadata, sort_keys=True, ensure_ascii=False))
-    if "text" in metadata:
-        body += sub(b"INAM", str(metadata["text"]))
+    meta = dict(metadata)
+    text = meta.pop("text", None)  # stored once, in INAM (players show it as the title), capped
+    if text is not None:
+        text = str(text)
+        if len(text) > MAX_TEXT_CHARS:
+            meta["text_chars"] = len(text)  # the full length; INAM keeps the first MAX_TEXT_CHARS characters
+            text = text[:MAX_TEXT_CHARS]
+    body = b"INFO" + sub(b"ISFT", SOFTWARE) + sub(b"ICMT", json.dumps(meta, sort_keys=True, ensure_ascii=False))
+    if text is not None:
+        body += sub(b"INAM", text)
     return b"LIST" + struct.pack("<I", len(body)) + body
 
 
@@ -87,10 +98,7 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int, metadata: d
     if metadata:
         info = _info_chunk(metadata)
         wav = wav[:4] + struct.pack("<I", len(wav) - 8 + len(info)) + wav[8:] + info
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(wav)
-    return path
+    return atomic_io.write_bytes(path, wav)  # a failed write (full disk) leaves no truncated file at `path`
 
 
 def _chunks(data: bytes, start: int, end: int):
@@ -119,4 +127,7 @@ def read_wav_metadata(path: str | Path) -> dict[str, Any]:
     info = read_wav_info(path)
     if info.get("ISFT") != SOFTWARE or "ICMT" not in info:
         return {}
-    return json.loads(info["ICMT"])
+    meta = json.loads(info["ICMT"])
+    if "INAM" in info:  # the text (its first MAX_TEXT_CHARS characters; meta["text_chars"] is its full length)
+        meta["text"] = info["INAM"]
+    return meta

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
@@ -97,46 +100,129 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, 
     return manager.save(step, args=ocp.args.Composite(**args), force=force)
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
-            step: int | None = None) -> tuple[int, Any, Config]:
-    """Restore (step, state, saved config) onto the shardings in `abstract_state`; `data_iter`, when given,
-    is set to its saved position in place."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    args = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
-    if data_iter is not None:
-        args["data"] = DataStateRestore()
-    out = manager.restore(step, args=ocp.args.Composite(**args))
-    if data_iter is not None:
-        data_iter.set_state(out["data"])
-    return step, out["state"], config_lib.from_dict(out["config"])
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used (missing step, none restorable, incompatible shapes), with a one-line
+    message naming the checkpoint and the fix."""
 
 
-def read_config(workdir: str | Path, step: int | None = None) -> Config:
-    """The resolved config stored with a run's checkpoint (latest step unless `step`)."""
-    root = Path(workdir) / "checkpoints"
-    steps = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint steps under {root}: is {workdir} a training run folder?")
-    step = steps[-1] if step is None else step
-    return config_lib.from_json((root / str(step) / "config" / "metadata").read_text())
+class _UnrestorableError(Exception):
+    """This step cannot be restored (corrupt, truncated, non-finite); an older one may still be."""
 
 
-def load_model(workdir: str | Path, step: int | None = None, *, ema: bool = True) -> tuple[Config, Any, int]:
-    """(saved config, FlowTransformer with the EMA (or raw) weights, step) from a run's checkpoint, restored
-    onto one local device whatever mesh wrote it."""
-    from flax import nnx
+def _dotted(path: tuple[Any, ...]) -> str:
+    return ".".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
-    from musicflow_jax import sharding, train_state
 
-    cfg = read_config(workdir, step)
-    one = config_lib.apply_overrides(cfg, ["mesh.shape=(1,1,1)"])
-    setup = train_state.make_setup(one, sharding.make_mesh(one.mesh, jax.local_devices()[:1]))
-    manager = make_manager(workdir, one, async_save=False)
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """`Type: first line` of the innermost cause of `e` (orbax wraps the informative tensorstore error)."""
+    seen = {id(e)}
+    while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        seen.add(id(e))
+    text = (str(e).strip().splitlines() or [""])[0]
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_shapes(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+    """Raise CheckpointError naming the first array whose saved shape differs from the model's; a checkpoint whose
+    metadata cannot be read is _UnrestorableError."""
+    handler = ocp.StandardCheckpointHandler()
     try:
-        step, state, _ = restore(manager, setup.abstract_state, step=step)
+        tree = handler.metadata(epath.Path(manager.directory) / str(step) / "state")
+        saved = {_dotted(p): tuple(m.shape) for p, m in jax.tree_util.tree_flatten_with_path(tree)[0]
+                 if getattr(m, "shape", None) is not None}
+    except Exception as e:  # noqa: BLE001 - any unreadable metadata: this step is not usable
+        raise _UnrestorableError(_first_line(e)) from e
     finally:
-        manager.close()
-    model = nnx.merge(setup.graphdef, state.ema if ema else state.params, state.rest)
-    return cfg, model, step
+        handler.close()
+    fix = "resume with the config the run was trained with (see its config.json) or use a new --workdir"
+    for path, want in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+        name = _dotted(path)
+        if name not in saved:
+            raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not fit this model: "
+                                  f"'{name}' (shape {tuple(want.shape)}) is not in the checkpoint: {fix}")
+        if saved[name] != tuple(want.shape):
+            raise CheckpointError(f"checkpoint step {step} in {manager.directory} does not fit this model: "
+                                  f"'{name}' has shape {saved[name]} in the checkpoint but {tuple(want.shape)} in "
+                                  f"the model (was a model size such as model.dim changed?): {fix}")
+
+
+def _first_non_finite(state: Any) -> str | None:
+    """Dotted path of the first floating array of `state` holding NaN/Inf, or None."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+    finite = jax.device_get(jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])([x for _, x in leaves]))
+    return next((_dotted(p) for (p, _), ok in zip(leaves, finite) if not bool(ok)), None)
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+                  with_data: bool) -> dict[str, Any]:
+    _check_shapes(manager, step, abstract_state)
+    args = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
+    if with_data:
+        args["data"] = DataStateRestore()
+    try:
+        out = manager.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # noqa: BLE001 - truncated/corrupt files surface as many exception types
+        raise _UnrestorableError(_first_line(e)) from e
+    bad = _first_non_finite(out["state"])
+    if bad is not None:
+        raise _UnrestorableError(f"non-finite values (NaN/Inf) in '{bad}'")
+    return out
+
+
+def available_steps(manager: ocp.CheckpointManager) -> list[int]:
+    return sorted(manager.all_steps())
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
+            step: int | None = None, *, set_aside_broken: bool = False) -> tuple[int, Any, Config]:
+    """Restore (step, state, saved config) onto the shardings in `abstract_state`; `data_iter`, when given,
+    is set to its saved position in place.
+
+    Without `step`, the newest checkpoint that restores (readable, finite) is used: skipped ones are named in a
+    warning on stderr, and with `set_aside_broken` renamed to `<step>.unrestorable` (so a resumed run can save those
+    steps again). A shape mismatch with the model, a missing `step` or no restorable checkpoint raise CheckpointError.
+    """
+    steps = available_steps(manager)
+    if not steps:
+        raise CheckpointError(f"no checkpoint in {manager.directory}: train first, or point to the run's workdir")
+    if step is not None and step not in steps:
+        raise CheckpointError(f"no checkpoint step {step} in {manager.directory}; available steps: "
+                              f"{', '.join(map(str, steps))}: pass one of them")
+    candidates = [step] if step is not None else steps[::-1]
+    skipped: list[tuple[int, str]] = []
+    for s in candidates:
+        try:
+            out = _restore_step(manager, s, abstract_state, data_iter is not None)
+        except _UnrestorableError as e:
+            skipped.append((s, str(e)))
+            continue
+        for bad, reason in skipped:
+            print(f"warning: checkpoint step {bad} in {manager.directory} cannot be restored ({reason}); "
+                  f"falling back to step {s}", file=sys.stderr)
+        if set_aside_broken and skipped:
+            _set_aside(manager, [bad for bad, _ in skipped])
+        if data_iter is not None:
+            data_iter.set_state(out["data"])
+        return s, out["state"], config_lib.from_dict(out["config"])
+    reasons = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
+    fix = ("pass another --step" if step is not None else
+           "delete the broken step folders to resume from scratch, or use a new --workdir")
+    raise CheckpointError(f"no restorable checkpoint in {manager.directory} ({reasons}): {fix}")
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Rename broken step folders to `<step>.unrestorable` (process 0; shared storage) and reload the manager."""
+    from jax.experimental import multihost_utils
+
+    root = Path(str(manager.directory))
+    if jax.process_index() == 0:
+        for s in steps:
+            src = root / str(s)
+            if src.is_dir():
+                src.rename(root / f"{s}.unrestorable.{int(time.time())}")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("musicflow_checkpoint_set_aside")
+    manager.reload()

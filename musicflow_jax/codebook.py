@@ -36,14 +36,12 @@ def checkpoint_sha256(path: str | Path) -> str:
 def save_codebook(path: str | Path, centroids_kc: np.ndarray, *, layer: int, hubert_sha256: str,
                   extra: dict[str, str] | None = None) -> None:
     """Write atomically (tmp file, then rename)."""
-    from safetensors.numpy import save_file
+    from musicflow_jax.atomic_io import save_safetensors
 
     meta = {"layer": str(int(layer)), "hubert_sha256": hubert_sha256, "k": str(len(centroids_kc)), **(extra or {})}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"centroids": np.ascontiguousarray(centroids_kc, np.float32)}, str(tmp), metadata=meta)
-    tmp.replace(path)
+    save_safetensors(path, {"centroids": np.ascontiguousarray(centroids_kc, np.float32)}, meta)
 
 
 def check_codebook(path: str | Path, meta: dict[str, str], layer: int, hubert_sha256: str | None) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import math
 import sys
 import types
 import typing
@@ -170,11 +171,78 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key '{key}': {msg}")
 
 
+def _int_at_least(value: Any, key: str, low: int, what: str) -> None:
+    """`value` must be an int >= `low` (bools are not ints here); the message says what the key is for."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    _check(ok, key, f"must be an integer >= {low} ({what}), got {value!r}: set e.g. --set {key}={max(low, 1)}")
+
+
+def _number_at_least(value: Any, key: str, low: float, what: str, *, strict: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value > low if strict else value >= low)
+    bound = f"> {low}" if strict else f">= {low}"
+    _check(ok, key, f"must be a finite number {bound} ({what}), got {value!r}")
+
+
+def _validate_counts(cfg: Config) -> None:
+    """Intervals, counts and sizes: wrong ones would otherwise fail late (ZeroDivisionError after compile)."""
+    t, d, o, s = cfg.train, cfg.data, cfg.optim, cfg.sample
+    for key, value, low, what in (
+            ("train.steps", t.steps, 1, "total training steps"),
+            ("train.log_every", t.log_every, 1, "steps between log lines"),
+            ("train.ckpt_every", t.ckpt_every, 1, "steps between checkpoints"),
+            ("train.eval_every", t.eval_every, 0, "steps between evaluations; 0 = off"),
+            ("train.eval_batches", t.eval_batches, 1, "validation batches per evaluation"),
+            ("train.keep", t.keep, 1, "latest checkpoints kept"),
+            ("train.keep_every", t.keep_every, 0, "also keep every K-th step; 0 = off"),
+            ("train.sample_every", t.sample_every, 0, "steps between samples; 0 = off"),
+            ("train.max_nan_in_row", t.max_nan_in_row, 1, "non-finite steps in a row before stopping"),
+            ("train.seed", t.seed, 0, "random seed"),
+            ("data.frames", d.frames, 1, "crop length in frames"),
+            ("data.batch_size", d.batch_size, 1, "global batch size"),
+            ("data.num_workers", d.num_workers, 0, "data worker processes; 0 = in-process"),
+            ("data.prefetch", d.prefetch, 0, "prefetched batches"),
+            ("data.shuffle_seed", d.shuffle_seed, 0, "shuffle seed"),
+            ("optim.warmup_steps", o.warmup_steps, 0, "learning-rate warmup steps"),
+            ("optim.grad_accum", o.grad_accum, 1, "micro-batches per step"),
+            ("text.max_len", cfg.text.max_len, 1, "tokens per caption"),
+            ("text.dim", cfg.text.dim, 1, "text encoder width"),
+            ("sample.steps", s.steps, 1, "ODE solver steps")):
+        _int_at_least(value, key, low, what)
+    for key, value, low, what, strict in (
+            ("optim.lr", o.lr, 0.0, "learning rate", True),
+            ("optim.eps", o.eps, 0.0, "Adam epsilon", True),
+            ("optim.weight_decay", o.weight_decay, 0.0, "decoupled weight decay", False),
+            ("optim.grad_clip", o.grad_clip, 0.0, "global-norm clip; 0 = off", False),
+            ("train.peak_tflops", t.peak_tflops, 0.0, "per-device peak; 0 = measure", False),
+            ("data.semantic_rate", d.semantic_rate, 0.0, "Hz", True),
+            ("data.acoustic_rate", d.acoustic_rate, 0.0, "Hz", True),
+            ("sample.rtol", s.rtol, 0.0, "dopri5 relative tolerance", True),
+            ("sample.atol", s.atol, 0.0, "dopri5 absolute tolerance", True),
+            ("sample.cfg_scale", s.cfg_scale, 0.0, "guidance scale; 1 = none", False)):
+        _number_at_least(value, key, low, what, strict=strict)
+    for key, value in (("optim.b1", o.b1), ("optim.b2", o.b2)):
+        _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, key, f"must be in [0, 1), got {value!r}")
+
+
+def _validate_mesh_shape(shape: Any) -> None:
+    _check(isinstance(shape, tuple) and len(shape) == 3, "mesh.shape",
+           f"needs 3 integers for {MESH_AXES}, e.g. --set 'mesh.shape=(-1,1,1)', got {shape!r}")
+    for axis, s in zip(MESH_AXES, shape):
+        _check(isinstance(s, int) and not isinstance(s, bool), "mesh.shape",
+               f"entry {axis!r} must be an integer (> 0, or -1 = fill), got {s!r}: e.g. --set 'mesh.shape=(-1,1,1)'")
+    _check(sum(s == -1 for s in shape) <= 1 and all(s == -1 or s > 0 for s in shape), "mesh.shape",
+           "entries must be > 0, with at most one -1")
+
+
 def validate(cfg: Config) -> None:
+    _validate_counts(cfg)
+    _validate_mesh_shape(cfg.mesh.shape)
     m, f, d, o = cfg.model, cfg.flow, cfg.data, cfg.optim
     _check(m.stage in STAGES, "model.stage", f"must be one of {STAGES}, got {m.stage!r}")
     for k in ("dim", "depth", "heads", "mlp_dim", "feature_dim", "time_dim"):
-        _check(getattr(m, k) > 0, f"model.{k}", f"must be > 0, got {getattr(m, k)}")
+        _int_at_least(getattr(m, k), f"model.{k}", 1, "model size")
+    _int_at_least(m.cond_dim, "model.cond_dim", 0, "condition stream width; 0 = none")
     _check(m.dim % m.heads == 0, "model.heads", f"must divide model.dim={m.dim}, got {m.heads}")
     _check((m.dim // m.heads) % 2 == 0, "model.heads", "head dim (dim/heads) must be even for rotary embeddings")
     _check(m.depth % 2 == 0, "model.depth", f"must be even for the U-Net skips, got {m.depth}")
@@ -193,23 +261,14 @@ def validate(cfg: Config) -> None:
         _check(0.0 <= getattr(f, k) <= 1.0, f"flow.{k}", "must be a probability in [0, 1]")
     _check(d.source in ("synthetic", "arrayrecord"), "data.source", "synthetic | arrayrecord")
     _check(d.source != "arrayrecord" or bool(d.path), "data.path", "required when data.source=arrayrecord")
-    _check(d.frames > 0 and d.batch_size > 0, "data.frames", "frames and batch_size must be > 0")
-    _check(cfg.text.max_len > 0 and cfg.text.dim > 0, "text.max_len", "max_len and dim must be > 0")
-    shape = cfg.mesh.shape
-    _check(len(shape) == 3, "mesh.shape", f"needs 3 entries for {MESH_AXES}, got {shape}")
-    _check(sum(s == -1 for s in shape) <= 1 and all(s == -1 or s > 0 for s in shape), "mesh.shape",
-           "entries must be > 0, with at most one -1")
     for logical, mesh_axis in cfg.mesh.rules:
         _check(logical in LOGICAL_AXES, "mesh.rules", f"unknown logical axis {logical!r}; valid: {LOGICAL_AXES}")
         _check(mesh_axis is None or mesh_axis in MESH_AXES, "mesh.rules",
                f"unknown mesh axis {mesh_axis!r} for {logical!r}; valid: {MESH_AXES} or None")
-    _check(o.lr > 0 and o.grad_accum >= 1, "optim.lr", "lr must be > 0 and grad_accum >= 1")
     _check(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "cosine | linear | constant")
     _check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", "must be in [0, 1)")
-    _check(cfg.train.steps > 0, "train.steps", "must be > 0")
     _check(cfg.sample.solver in ("euler", "midpoint", "heun", "dopri5"), "sample.solver",
            "euler | midpoint | heun | dopri5")
-    _check(cfg.sample.steps > 0, "sample.steps", "must be > 0")
 
 
 # --------------------------------------------------------------------------- overrides

@@ -174,6 +174,8 @@ def spectrogram_png(path: Path, audio_s: np.ndarray, sample_rate: int, title: st
     """Log-magnitude spectrogram (matplotlib, Agg) of mono audio."""
     import matplotlib
 
+    from musicflow_jax.atomic_io import savefig
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.signal import stft
@@ -187,7 +189,7 @@ def spectrogram_png(path: Path, audio_s: np.ndarray, sample_rate: int, title: st
     ax.set_ylabel("Hz")
     ax.set_title(title[:90], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    savefig(fig, path)  # atomic: a failed write leaves no truncated PNG
     plt.close(fig)
     return path
 

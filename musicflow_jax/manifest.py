@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from musicflow_jax.records import atomic_write_text
+from musicflow_jax.atomic_io import write_text as atomic_write_text
 
 SPLITS = ("train", "valid", "test")
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax import records
+from musicflow_jax import atomic_io, records
 from musicflow_jax.audio import read_audio, resample
 from musicflow_jax.backends import FeatureBackend, build_part, parse_name
 from musicflow_jax.codebook import checkpoint_sha256
@@ -329,10 +329,21 @@ def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: i
         w.close()
     s.wall_seconds = time.perf_counter() - t0
     summary = {**dataclasses.asdict(s), "failures": failures, "shard": index, "num_shards": count}
+    atomic_io.write_text(done_marker(out, index, count), json.dumps(summary))
+    return summary
+
+
+def shard_lock(out: Path, index: int, count: int) -> Any:
+    """One process per shard: a second one is refused naming the owner (a dead owner's lock is taken over)."""
+    from musicflow_jax.workdir_lock import WorkdirLockedError, acquire_file
+
     marker = done_marker(out, index, count)
     marker.parent.mkdir(exist_ok=True)
-    records.atomic_write_text(marker, json.dumps(summary))
-    return summary
+    try:
+        return acquire_file(marker.with_suffix(".lock"), f"shard {index} of {count} in {out}", "precompute process",
+                            "run another --shard-index")
+    except WorkdirLockedError as e:
+        raise PrecomputeError(str(e)) from None
 
 
 def merge(out: Path, count: int, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -342,7 +353,7 @@ def merge(out: Path, count: int, info: dict[str, Any]) -> dict[str, Any] | None:
         return None
     sums = [json.loads(m.read_text()) for m in markers]
     failures = [f for s in sums for f in s["failures"]]
-    records.atomic_write_text(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
+    atomic_io.write_text(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
     totals = {k: sum(s[k] for s in sums) for k in ("files_ok", "clips_ok", "skipped", "failed", "audio_seconds")}
     records.merge_index(out, {**info, "totals": totals, "num_shards": count},
                         pattern=f"*-of-{count:05d}.array_record.json")
@@ -371,8 +382,8 @@ def fingerprint(manifest: Path, enc: Encoders, settings: dict[str, Any]) -> dict
 
 def _ours(out: Path) -> list[Path]:
     """The files precompute writes into a folder (and nothing else)."""
-    names = ("*.array_record", "*.array_record.json", "*.array_record.tmp", "*.array_record.json.tmp",
-             records.INDEX_FILE, "failures.jsonl", FINGERPRINT_FILE)
+    names = ("*.array_record", "*.array_record.json", "*.array_record.tmp", ".*.tmp*", records.INDEX_FILE,
+             "failures.jsonl", FINGERPRINT_FILE)
     return sorted({p for n in names for p in out.glob(n)} | ({out / "_done"} if (out / "_done").exists() else set()))
 
 
@@ -395,7 +406,7 @@ def claim_folder(out: Path, fp: dict[str, Any], overwrite: bool) -> None:
             shutil.rmtree(p)
         else:
             p.unlink(missing_ok=True)
-    records.atomic_write_text(f, json.dumps(fp, indent=1))
+    atomic_io.write_text(f, json.dumps(fp, indent=1))
 
 
 def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+encodec", engine: str = "jax",
@@ -431,8 +442,12 @@ def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+
         if done_marker(out, i, num_shards).is_file():
             ran.append({"shard": i, "skipped_rerun": True})
             continue
-        ran.append(run_shard(entries, problems, out, i, num_shards, enc, segment_seconds, min_seconds,
-                             batch_size=batch_size, workers=workers, progress=progress))
+        with shard_lock(out, i, num_shards):
+            if done_marker(out, i, num_shards).is_file():  # another process finished it while we waited
+                ran.append({"shard": i, "skipped_rerun": True})
+                continue
+            ran.append(run_shard(entries, problems, out, i, num_shards, enc, segment_seconds, min_seconds,
+                                 batch_size=batch_size, workers=workers, progress=progress))
     wall = time.perf_counter() - t0
     audio = sum(r.get("audio_seconds", 0.0) for r in ran)
     result = {"shards_run": [r["shard"] for r in ran if not r.get("skipped_rerun")],

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from musicflow_jax import atomic_io
+
 SCHEMA_VERSION = 1
 MAGIC = b"MFJR"
 _ALLOWED_DTYPES = ("<f4", "<i4", "|b1", "<f2", "<i8", "<f8")
@@ -243,13 +245,6 @@ INDEX_FILE = "index.json"
 STREAMS = ("semantic", "acoustic")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a `.tmp` sibling, then rename it over `path`: readers see the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def summary_path(shard: str | Path) -> Path:
     """The JSON sidecar of a shard; its presence marks the shard as finished (it is written after the shard)."""
     return Path(str(shard) + ".json")
@@ -289,7 +284,7 @@ class ClipShardWriter:
                    "sums": {k: {"n": v["n"], "sum": v["sum"].tolist(), "sumsq": v["sumsq"].tolist()}
                             for k, v in self._sums.items()},
                    **self._extra}
-        atomic_write_text(summary_path(self.path), json.dumps(summary))
+        atomic_io.write_text(summary_path(self.path), json.dumps(summary))
         return summary
 
 
@@ -338,5 +333,5 @@ def merge_index(folder: str | Path, info: dict[str, Any] | None = None, stats_sp
         stats[name] = {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "frames": int(n)}
     index = {**(info or {}), "schema_version": SCHEMA_VERSION, "splits": splits, "stats": stats,
              "stats_split": stats_split if any(s["shard"].startswith(stats_split + "-") for s in summaries) else "all"}
-    atomic_write_text(folder / INDEX_FILE, json.dumps(index, indent=1))
+    atomic_io.write_text(folder / INDEX_FILE, json.dumps(index, indent=1))
     return index

@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax import config as config_lib
+from musicflow_jax.atomic_io import save_safetensors
 from musicflow_jax.config import Config, ConfigError
 from musicflow_jax.models.transformer import FlowTransformer
 from musicflow_jax.weights import WeightsError, build_with_params, flat_params
@@ -30,14 +31,11 @@ class StageError(ValueError):
 
 def save_stage(path: str | Path, cfg: Config, model: nnx.Module, extra: dict[str, Any] | None = None) -> Path:
     """Write `model`'s parameters and `cfg` to a single safetensors file."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": config_lib.to_json(cfg), "stage": cfg.model.stage}
     meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
-    save_file({k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, str(path), metadata=meta)
-    return path
+    return save_safetensors(path, {k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, meta)
 
 
 def _read(path: Path) -> tuple[Config, dict[str, np.ndarray]]:

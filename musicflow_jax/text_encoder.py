@@ -2,15 +2,15 @@
 
 `TextEncoder.load(cfg.text)`: cfg.checkpoint == "" gives the embedded default, a small byte-level T5 v1.1-style
 encoder (gated-gelu, d_model = cfg.dim, vocab 384, 2 layers) with deterministic random weights from `seed`, and
-the ByteTokenizer. Otherwise cfg.checkpoint is a converted T5 folder (tools/convert_weights.py t5 ...), with the
-sentencepiece tokenizer when it holds `spiece.model`. `.save(folder)` writes the exact encoder (and tokenizer
-file) so an exported model ships the text encoder it was trained with.
+the ByteTokenizer. Otherwise cfg.checkpoint is a converted T5 folder (tools/convert_weights.py t5 ...) that must
+carry its tokenizer (`spiece.model` or `tokenizer.json`; see tokenizer.load_tokenizer): one without it is refused
+unless it is byte-level. `.save(folder)` writes the exact encoder and its tokenizer file(s) so an exported model
+ships the text encoder it was trained with.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from flax import nnx
 
 from musicflow_jax.config import ConfigError, TextConfig
 from musicflow_jax.models.t5 import T5Config, T5Encoder
-from musicflow_jax.tokenizer import Tokenizer, load_tokenizer
-from musicflow_jax.weights import T5, flat_params, load_t5, save_converted
+from musicflow_jax.tokenizer import BYTE_LEVEL_SOURCE, Tokenizer, copy_tokenizer, load_tokenizer
+from musicflow_jax.weights import T5, flat_params, load_t5, read_meta, save_converted
 
 DEFAULT_VOCAB, DEFAULT_LAYERS = 384, 2
 
@@ -39,11 +39,11 @@ class TextEncoder:
     """Tokenizer + frozen T5 encoder. `encode` is jitted; `apply(state, ...)` is the pure form for jit users."""
 
     def __init__(self, cfg: TextConfig, t5_cfg: T5Config, model: T5Encoder, tokenizer: Tokenizer,
-                 spiece: Path | None = None):
+                 tokenizer_dir: Path | None = None):
         if t5_cfg.d_model != cfg.dim:
             raise ConfigError(f"config key 'text.dim' is {cfg.dim} but the T5 checkpoint {cfg.checkpoint!r} has "
                               f"d_model={t5_cfg.d_model}: set text.dim={t5_cfg.d_model}")
-        self.cfg, self.t5_cfg, self.tokenizer, self._spiece = cfg, t5_cfg, tokenizer, spiece
+        self.cfg, self.t5_cfg, self.tokenizer, self._tokenizer_dir = cfg, t5_cfg, tokenizer, tokenizer_dir
         self.graphdef, self.state = nnx.split(model)
         self._encode = jax.jit(self.apply)
 
@@ -54,8 +54,7 @@ class TextEncoder:
             return cls(cfg, t5_cfg, T5Encoder(t5_cfg, rngs=nnx.Rngs(seed)), load_tokenizer(None))
         folder = Path(cfg.checkpoint)
         t5_cfg, model = load_t5(folder)
-        spiece = folder / "spiece.model"
-        return cls(cfg, t5_cfg, model, load_tokenizer(folder), spiece if spiece.is_file() else None)
+        return cls(cfg, t5_cfg, model, load_tokenizer(folder), folder)
 
     @property
     def dim(self) -> int:
@@ -83,8 +82,10 @@ class TextEncoder:
     def save(self, folder: str | Path) -> Path:
         """Write a converted T5 folder that `TextEncoder.load(TextConfig(checkpoint=folder, ...))` restores."""
         model = nnx.merge(self.graphdef, self.state)
-        out = save_converted(folder, T5, dataclasses.asdict(self.t5_cfg), flat_params(model),
-                             source=self.cfg.checkpoint or "embedded byte-level T5")
-        if self._spiece is not None:
-            shutil.copy(self._spiece, out / "spiece.model")
+        source = self.cfg.checkpoint or BYTE_LEVEL_SOURCE
+        if self._tokenizer_dir is not None and read_meta(self._tokenizer_dir, T5).get("source") == BYTE_LEVEL_SOURCE:
+            source = BYTE_LEVEL_SOURCE  # a re-saved embedded T5 stays recognisably byte-level
+        out = save_converted(folder, T5, dataclasses.asdict(self.t5_cfg), flat_params(model), source=source)
+        if self._tokenizer_dir is not None:
+            copy_tokenizer(self._tokenizer_dir, out)
         return out

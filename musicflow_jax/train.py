@@ -6,7 +6,8 @@ workdir/checkpoints, onto whatever mesh this run has) -> data iterator (restored
 step: global batch, jitted step (frozen text encoder inside, NaN/Inf skip), logging, eval, periodic samples,
 checkpoints -> final checkpoint. SIGTERM (e.g. TPU preemption) saves a checkpoint and returns cleanly; N
 non-finite steps in a row raise `TrainingDivergedError` without writing a checkpoint (the last good one stays).
-Outputs in workdir: config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/, samples/.
+Outputs in workdir: config.json, metrics.jsonl, tb/ (TensorBoard), checkpoints/, samples/, and train.lock while
+running (one run per workdir). CLI: bad input -> one `error:` line, exit 2; divergence or a locked workdir -> exit 1.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from musicflow_jax import checkpoint, flow, metrics, sharding, train_state
+from musicflow_jax import atomic_io, checkpoint, flow, metrics, sharding, train_state, workdir_lock
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config
 
@@ -40,6 +41,34 @@ SAMPLE_PROMPTS = ("a calm solo piano piece in C major", "an upbeat pop song with
 
 class TrainingDivergedError(RuntimeError):
     """Raised after train.max_nan_in_row consecutive non-finite steps."""
+
+
+class TrainInputError(ValueError):
+    """Bad input found before training starts (data folder, data/config mismatch), one line with the fix."""
+
+
+def check_data(cfg: Config) -> None:
+    """For data.source=arrayrecord: data.path exists, holds index.json, and its feature dims match the model's."""
+    if cfg.data.source != "arrayrecord":
+        return
+    from musicflow_jax.data import load_index
+
+    path = Path(cfg.data.path)
+    if not path.is_dir():
+        raise TrainInputError(f"data.path {path} is not a folder: point --set data.path=... at the output folder of "
+                              "tools/precompute_features.py")
+    index = load_index(path)
+    dims = dict(index.get("dims") or {})
+    for stream, stats in index.get("stats", {}).items():
+        dims.setdefault(stream, len(stats["mean"]))
+    m = cfg.model
+    want = [("acoustic", "model.feature_dim", m.feature_dim), ("semantic", "model.cond_dim", m.cond_dim)] \
+        if m.stage == "acoustic" else [("semantic", "model.feature_dim", m.feature_dim)]
+    for stream, key, value in want:
+        if stream in dims and int(dims[stream]) != value:
+            raise TrainInputError(f"config {key}={value} but the data index {path / 'index.json'} has {stream} "
+                                  f"features of dim {dims[stream]}: set --set {key}={dims[stream]} or point "
+                                  f"data.path at data precomputed for this model")
 
 
 # --------------------------------------------------------------------------- multi-host
@@ -138,7 +167,8 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
     x1 = np.asarray(x1)
     out = workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / f"step{step:08d}.npy", x1)
+    with atomic_io.atomic_path(out / f"step{step:08d}.npy") as tmp:
+        np.save(tmp, x1)
     for i in range(n):
         writer.image(step, f"samples/{i}", x1[i].T)
     if cfg.model.stage == "acoustic":
@@ -184,15 +214,44 @@ def sample_decoder(cfg: Config) -> tuple[Callable[[np.ndarray], np.ndarray], int
 # --------------------------------------------------------------------------- the loop
 
 
+def lock_workdir(workdir: Path) -> workdir_lock.WorkdirLock | None:
+    """Process 0 takes the workdir lock; every process raises WorkdirLockedError when it failed."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = workdir_lock.acquire(workdir)
+        except workdir_lock.WorkdirLockedError as e:
+            error = e
+    if jax.process_count() > 1:  # the other hosts must not go on alone (they would hang in a collective)
+        failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+        if failed and error is None:
+            error = workdir_lock.WorkdirLockedError(f"workdir {workdir} is locked by another run (see process 0)")
+    if error is not None:
+        raise error
+    return lock
+
+
 def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = None,
           devices: list[jax.Device] | None = None, async_ckpt: bool = True) -> train_state.TrainState:
     """Train (or resume) `cfg` in `workdir` up to cfg.train.steps; returns the final state.
 
     batch_hook(step, local_batch) -> local_batch can alter batches (tests use it to inject NaNs).
+    The workdir is locked for the whole run (see workdir_lock): a second run on it raises WorkdirLockedError.
     """
+    workdir = Path(workdir)
+    lock = lock_workdir(workdir)
+    try:
+        return _train(cfg, workdir, batch_hook=batch_hook, devices=devices, async_ckpt=async_ckpt)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices: list[jax.Device] | None,
+           async_ckpt: bool) -> train_state.TrainState:
     from musicflow_jax.data import make_dataset
 
-    workdir = Path(workdir)
+    check_data(cfg)  # before any compilation
     is_main = jax.process_index() == 0
     t_cfg = cfg.train
 
@@ -203,7 +262,8 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
     data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count()))
     manager = checkpoint.make_manager(workdir, cfg, async_save=async_ckpt)
     if manager.latest_step() is not None:
-        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, data_iter)
+        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, data_iter,
+                                                     set_aside_broken=True)
         if is_main and config_lib.config_hash(saved_cfg) != config_lib.config_hash(cfg):
             tqdm.write(f"resuming step {start} from {manager.directory} with a changed config "
                        f"(saved {config_lib.config_hash(saved_cfg)}, now {config_lib.config_hash(cfg)})")
@@ -211,7 +271,7 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
         start, state = 0, train_state.create_state(cfg, setup)
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config_lib.to_json(cfg))
+        atomic_io.write_text(workdir / "config.json", config_lib.to_json(cfg))
     writer = metrics.MetricsWriter(workdir, enabled=is_main)
     step_fn = train_state.make_train_step(cfg, setup, encode)
     eval_fn = make_eval_fn(cfg, setup, encode)
@@ -300,15 +360,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--multihost", action="store_true", help="call jax.distributed.initialize() (auto if the "
                     "environment shows several processes)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
     args = ap.parse_args(argv)
     maybe_initialize_distributed(args.multihost)
     try:
         cfg = config_lib.load(args.config, args.set)
         train(cfg, args.workdir)
-    except (config_lib.ConfigError, TrainingDivergedError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainingDivergedError, workdir_lock.WorkdirLockedError) as e:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except input_errors() as e:  # bad input: one line naming it and the fix; real bugs keep their traceback
+        if args.debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input (config, data, checkpoints, converted folders), not a bug."""
+    from musicflow_jax.records import RecordError
+    from musicflow_jax.tokenizer import TokenizerError
+    from musicflow_jax.weights import WeightsError
+
+    return (config_lib.ConfigError, TrainInputError, checkpoint.CheckpointError, RecordError, WeightsError,
+            TokenizerError, FileNotFoundError)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

@@ -91,13 +91,12 @@ def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source
 
 def save_converted(folder: str | Path, kind: str, config: dict[str, Any], flat: dict[str, np.ndarray],
                    source: str = "", extra: dict[str, Any] | None = None) -> Path:
-    from safetensors.numpy import save_file
+    from musicflow_jax.atomic_io import save_safetensors, write_text
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()}, str(folder / WEIGHTS_FILE))
+    save_safetensors(folder / WEIGHTS_FILE, {k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()})
     meta = {"format": FORMAT, "kind": kind, "config": config, "source": source, "extra": extra or {}}
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=list) + "\n")
+    write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True, default=list) + "\n")
     return folder
 
 

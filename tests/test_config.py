@@ -81,3 +81,66 @@ def test_missing_config_file_is_clear(tmp_path):
     (tmp_path / "bad.py").write_text("x = 1\n")
     with pytest.raises(C.ConfigError, match="no get_config"):
         C.load(tmp_path / "bad.py")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("train.ckpt_every=0", "train.ckpt_every"),
+        ("train.log_every=0", "train.log_every"),
+        ("train.steps=-5", "train.steps"),
+        ("train.eval_every=-1", "train.eval_every"),
+        ("train.eval_batches=0", "train.eval_batches"),
+        ("train.keep=0", "train.keep"),
+        ("train.keep_every=-10", "train.keep_every"),
+        ("train.sample_every=-1", "train.sample_every"),
+        ("train.max_nan_in_row=0", "train.max_nan_in_row"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.frames=0", "data.frames"),
+        ("data.num_workers=-2", "data.num_workers"),
+        ("optim.warmup_steps=-1", "optim.warmup_steps"),
+        ("optim.grad_accum=0", "optim.grad_accum"),
+        ("model.cond_dim=-4", "model.cond_dim"),
+        ("sample.steps=0", "sample.steps"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.lr=1e999", "optim.lr"),
+        ("optim.b2=1.0", "optim.b2"),
+        ("sample.cfg_scale=-1.0", "sample.cfg_scale"),
+        ("data.acoustic_rate=0.0", "data.acoustic_rate"),
+    ],
+)
+def test_counts_and_intervals_are_validated_up_front(override, key):
+    """Zero/negative intervals and counts are refused when the config is built, naming the key, on one line."""
+    with pytest.raises(C.ConfigError) as err:
+        C.load("configs/stage1_tiny.py", [override])
+    msg = str(err.value)
+    assert msg.startswith(f"config key '{key}': must be ") and "\n" not in msg
+    if key in ("train.ckpt_every", "train.log_every"):
+        assert msg == (f"config key '{key}': must be an integer >= 1 (steps between "
+                       f"{'checkpoints' if key == 'train.ckpt_every' else 'log lines'}), got 0: set e.g. --set {key}=1")
+
+
+def test_zero_off_switches_stay_valid():
+    cfg = C.load("configs/stage1_tiny.py", ["train.eval_every=0", "train.sample_every=0", "train.keep_every=0",
+                                            "optim.warmup_steps=0", "optim.grad_clip=0.0", "data.num_workers=0"])
+    assert (cfg.train.eval_every, cfg.train.sample_every, cfg.optim.warmup_steps) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("shape", ["('a',1,1)", "(1.5,1,1)", "(True,1,1)", "(1,1)"])
+def test_mesh_shape_with_non_integers_is_a_config_error(shape):
+    with pytest.raises(C.ConfigError) as err:
+        C.load("configs/stage1_tiny.py", [f"mesh.shape={shape}"])
+    msg = str(err.value)
+    assert msg.startswith("config key 'mesh.shape': ") and "mesh.shape=(-1,1,1)" in msg and "\n" not in msg
+
+
+def test_mesh_shape_entry_named_in_the_error():
+    with pytest.raises(C.ConfigError, match=r"entry 'data' must be an integer .*got 'a'"):
+        C.load("configs/stage1_tiny.py", ["mesh.shape=('a',1,1)"])
+
+
+def test_json_config_with_a_string_count_is_refused():
+    data = C.to_dict(C.load("configs/stage1_tiny.py"))
+    data["train"]["ckpt_every"] = "100"
+    with pytest.raises(C.ConfigError, match=r"config key 'train.ckpt_every': must be an integer >= 1 .*got '100'"):
+        C.from_dict(data)

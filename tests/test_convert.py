@@ -127,7 +127,8 @@ def test_pytorch_bin_checkpoint_converts_like_safetensors(tmp_path):
 
     src = save_tiny_t5(tmp_path / "st", seed=7, feed_forward_proj="gated-gelu")
     (tmp_path / "bin").mkdir()
-    shutil.copy(src / "config.json", tmp_path / "bin" / "config.json")  # legacy layout: config + pickled state
+    for name in ("config.json", "tokenizer_config.json"):  # legacy layout: config (+ tokenizer) + pickled state
+        shutil.copy(src / name, tmp_path / "bin" / name)
     torch.save(T5EncoderModel.from_pretrained(src).state_dict(), tmp_path / "bin" / "pytorch_model.bin")
     a = load_file(str(convert_t5(src, tmp_path / "a") / "model.safetensors"))
     b = load_file(str(convert_t5(tmp_path / "bin", tmp_path / "b") / "model.safetensors"))
@@ -178,10 +179,14 @@ def test_cli_converts_all_kinds(tmp_path):
     from tools.convert_weights import main
 
     for kind, save in (("t5", save_tiny_t5), ("encodec", save_tiny_encodec), ("hubert", save_tiny_hubert)):
-        out = main([kind, str(save(tmp_path / f"hf_{kind}")), str(tmp_path / kind)])
+        assert main([kind, str(save(tmp_path / f"hf_{kind}")), str(tmp_path / kind)]) == 0
+        out = tmp_path / kind
         meta = json.loads((out / "config.json").read_text())
         assert meta["kind"] == kind and (out / "model.safetensors").is_file()
     assert json.loads((tmp_path / "encodec" / "config.json").read_text())["config"]["hidden_size"] == \
         TINY_ENCODEC["hidden_size"]
+    # the T5 tokenizer declaration travelled with the converted folder
+    assert (tmp_path / "t5" / "tokenizer_config.json").read_bytes() == \
+        (tmp_path / "hf_t5" / "tokenizer_config.json").read_bytes()
     with pytest.raises(SystemExit):
         main(["vocoder", "a", "b"])

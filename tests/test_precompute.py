@@ -347,3 +347,32 @@ def test_precompute_cli_input_errors_are_one_line(setup, tmp_path):
         assert p.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, p.returncode, p.stderr[-1500:])
     entries, problems = __import__("musicflow_jax.manifest", fromlist=["x"]).read_manifest(bad)
     assert not entries and problems[0].reason.startswith("line is not UTF-8 text")
+
+
+def test_two_processes_on_one_shard(setup, tmp_path):
+    """A shard being written by a live process is refused with its owner named; a dead owner's lock is taken over."""
+    import subprocess
+    import sys
+
+    root, _, kw, _, _ = setup
+    mkw = {k: v for k, v in kw.items() if k not in ("hubert", "encodec", "layer", "kmeans", "t5", "threads",
+                                                    "engine")}
+    out = tmp_path / "f"
+    lock = pf.done_marker(out, 0, 1).with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from musicflow_jax.workdir_lock import "
+                               "acquire_file; from pathlib import Path; "
+                               "acquire_file(Path(sys.argv[1]), 'x', 'y', 'z'); print('held', flush=True); "
+                               "time.sleep(60)", str(lock)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(pf.PrecomputeError, match=rf"shard 0 of 1 in .* is in use by another precompute process "
+                                                      rf"\(pid {holder.pid} "):
+            pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", **mkw)
+        assert not list(out.glob("*.array_record"))
+    finally:
+        holder.kill()
+        holder.wait()
+    r = pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", **mkw)  # the dead owner's lock is taken
+    assert r["shards_run"] == [0] and r["merged"]["clips_ok"] == 6 and not lock.exists()

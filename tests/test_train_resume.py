@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicflow_jax import checkpoint, config, metrics, train
+from musicflow_jax import checkpoint, config, export, metrics, train
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["train.steps=30", "train.log_every=1", "train.ckpt_every=15", "train.eval_every=0",
@@ -84,4 +84,4 @@ def test_sigterm_saves_and_exits(tmp_path):
     mgr = checkpoint.make_manager(tmp_path, config.load("configs/stage1_tiny.py", OVERRIDES))
     assert mgr.all_steps() == [last]
     mgr.close()
-    assert checkpoint.read_config(tmp_path).train.steps == 30
+    assert export.read_config(tmp_path).train.steps == 30

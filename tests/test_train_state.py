@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from musicflow_jax import checkpoint, config, data, flow, sharding, stage_io, train, train_state
-from tools import export as export_tool
+from musicflow_jax import export as export_tool
 
 
 def _one_device(cfg: config.Config):

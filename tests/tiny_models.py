@@ -8,6 +8,7 @@ Dims match configs/stage*_tiny.py: HuBERT hidden 32 (50 Hz at 16 kHz), Encodec l
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -58,4 +59,6 @@ def save_tiny_t5(folder: str | Path, seed: int = 0, **overrides: Any) -> Path:
     _seed(seed)
     model = T5EncoderModel(T5Config(**{**TINY_T5, **overrides})).eval()
     model.save_pretrained(folder)
+    # byte-level like ByT5 (vocab 384 = 3 specials + 256 bytes + extra ids): its folder declares that tokenizer
+    (Path(folder) / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ByT5Tokenizer"}))
     return Path(folder)

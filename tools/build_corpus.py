@@ -60,6 +60,10 @@ class Piece:
     split: str
 
 
+class CorpusInputError(ValueError):
+    """Bad command-line input (composer, limit, soundfont...), with a one-line message naming it and the fix."""
+
+
 def _rng_for(seed: int, score: str) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(f"{seed}:{score}".encode()).digest()[:8], "little"))
 
@@ -68,9 +72,15 @@ def list_scores(composers: list[str], limit: int | None, seed: int) -> list[tupl
     """(corpus path, composer) pairs, seeded order, at most `limit`."""
     from music21 import corpus
 
+    if limit is not None and limit < 0:
+        raise CorpusInputError(f"--limit must be >= 0 (0 = all scores), got {limit}")
     items = []
     for c in composers:
-        items += [(str(p), c) for p in sorted(corpus.getComposer(c)) if str(p).endswith((".mxl", ".xml", ".krn"))]
+        found = [(str(p), c) for p in sorted(corpus.getComposer(c)) if str(p).endswith((".mxl", ".xml", ".krn"))]
+        if not found:
+            raise CorpusInputError(f"--composers: music21's corpus has no scores for composer {c!r}: use names such "
+                                   f"as {', '.join(sorted(GENRE))}")
+        items += found
     random.Random(seed).shuffle(items)
     return items[:limit] if limit else items
 
@@ -146,9 +156,11 @@ def render(midi: Path, wav_out: Path, soundfont: str, sample_rate: int = 24_000,
 
 
 def _find_soundfont(soundfont: str | None) -> str:
-    if soundfont:
+    """The given soundfont (which must exist: no silent fallback), else the first installed default."""
+    if soundfont is not None:
         if not Path(soundfont).is_file():
-            raise FileNotFoundError(f"soundfont {soundfont} not found")
+            raise CorpusInputError(f"--soundfont {soundfont!r} is not a file: pass a General MIDI .sf2 file, or omit "
+                                   f"--soundfont to use the first of {', '.join(SOUNDFONTS)}")
         return soundfont
     for sf2 in SOUNDFONTS:
         if Path(sf2).is_file():
@@ -166,12 +178,13 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     if shutil.which("fluidsynth") is None:
         raise FileNotFoundError("fluidsynth CLI not found: apt-get install fluidsynth (see .ci/setup_env.sh)")
     sf2 = _find_soundfont(soundfont)
+    scores = list_scores(list(composers), limit, seed)  # an unknown composer is refused before anything is written
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "midi").mkdir(exist_ok=True)
     entries, pieces, failures = [], [], []
     audio_s, t0 = 0.0, time.perf_counter()
-    for score, composer in tqdm(list_scores(list(composers), limit, seed), desc="render", disable=not progress):
+    for score, composer in tqdm(scores, desc="render", disable=not progress):
         stem = f"{composer}_{Path(score).stem}".replace(" ", "_")
         wav, mid = out / "audio" / f"{stem}.wav", out / "midi" / f"{stem}.mid"
         try:
@@ -198,7 +211,28 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_args(a: argparse.Namespace) -> tuple[str, ...]:
+    """Validate the command line before any work; returns the composers."""
+    composers = tuple(c.strip() for c in a.composers.split(",") if c.strip())
+    if not composers:
+        raise CorpusInputError(f"--composers {a.composers!r} names no composer: pass e.g. --composers bach,handel")
+    if a.limit < 0:
+        raise CorpusInputError(f"--limit must be >= 0 (0 = all scores), got {a.limit}")
+    if a.sample_rate <= 0:
+        raise CorpusInputError(f"--sample-rate must be > 0 Hz, got {a.sample_rate}")
+    if not a.max_seconds >= 0:
+        raise CorpusInputError(f"--max-seconds must be >= 0 (0 = no cut), got {a.max_seconds}")
+    for flag, frac in (("--valid-frac", a.valid_frac), ("--test-frac", a.test_frac)):
+        if not 0.0 <= frac < 1.0:
+            raise CorpusInputError(f"{flag} must be in [0, 1), got {frac}")
+    if a.valid_frac + a.test_frac >= 1.0:
+        raise CorpusInputError(f"--valid-frac + --test-frac must be < 1 to leave training data, got "
+                               f"{a.valid_frac} + {a.test_frac}")
+    _find_soundfont(a.soundfont)
+    return composers
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output folder (audio/, manifest.jsonl, failures.jsonl)")
     ap.add_argument("--composers", default="bach", help="comma-separated music21 corpus composers")
@@ -210,11 +244,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--valid-frac", type=float, default=0.05)
     ap.add_argument("--test-frac", type=float, default=0.05)
     a = ap.parse_args(argv)
-    summary = build_corpus(a.out, composers=tuple(a.composers.split(",")), limit=a.limit or None, seed=a.seed,
-                           sample_rate=a.sample_rate, soundfont=a.soundfont, max_seconds=a.max_seconds,
-                           valid_frac=a.valid_frac, test_frac=a.test_frac)
+    try:
+        composers = check_args(a)
+        summary = build_corpus(a.out, composers=composers, limit=a.limit or None, seed=a.seed,
+                               sample_rate=a.sample_rate, soundfont=a.soundfont, max_seconds=a.max_seconds,
+                               valid_frac=a.valid_frac, test_frac=a.test_frac)
+    except (CorpusInputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=1))
+    if not summary["ok"]:
+        print(f"error: no score could be rendered ({summary['skipped']} failed): see the reasons in "
+              f"{Path(a.out) / 'failures.jsonl'}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

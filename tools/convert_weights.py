@@ -6,6 +6,8 @@
     python tools/convert_weights.py hubert ckpt/hubert-base-ls960 ckpt/flax/hubert
 
 HF folders may hold model.safetensors (sharded or not) or pytorch_model.bin (read with weights_only=True).
+A T5 folder's tokenizer (spiece.model / tokenizer.json / a ByT5 tokenizer_config.json) is copied along; a T5 source
+without one is refused (exit 2). Bad input: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
@@ -22,9 +24,27 @@ if str(ROOT) not in sys.path:
 from musicflow_jax.convert.encodec import PRESETS, convert_encodec  # noqa: E402
 from musicflow_jax.convert.hubert import convert_hubert  # noqa: E402
 from musicflow_jax.convert.t5 import convert_t5  # noqa: E402
+from musicflow_jax.tokenizer import TokenizerError  # noqa: E402
+from musicflow_jax.weights import WeightsError  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> Path:
+def convert(a: argparse.Namespace) -> Path:
+    if not Path(a.src).exists():
+        raise FileNotFoundError(f"SRC {a.src} does not exist: pass an HF checkpoint folder (or an encodec .th file)")
+    if a.kind == "t5":
+        return convert_t5(a.src, a.dst)
+    if a.kind == "hubert":
+        return convert_hubert(a.src, a.dst)
+    if a.config and not Path(a.config).is_file():
+        raise FileNotFoundError(f"--config {a.config} does not exist: pass an HF-style EncodecConfig json file")
+    try:
+        hf_config = json.loads(Path(a.config).read_text()) if a.config else None
+    except ValueError as e:
+        raise WeightsError(f"--config {a.config} is not valid JSON ({e}): pass an HF EncodecConfig json") from None
+    return convert_encodec(a.src, a.dst, preset=a.preset, hf_config=hf_config)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("kind", choices=("t5", "encodec", "hubert"))
     ap.add_argument("src", help="HF checkpoint folder, or an original encodec .th file")
@@ -32,16 +52,14 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--preset", choices=sorted(PRESETS), help="encodec .th only: which released model it is")
     ap.add_argument("--config", help="encodec .th only: an HF-style EncodecConfig json instead of --preset")
     a = ap.parse_args(argv)
-    if a.kind == "t5":
-        out = convert_t5(a.src, a.dst)
-    elif a.kind == "hubert":
-        out = convert_hubert(a.src, a.dst)
-    else:
-        hf_config = json.loads(Path(a.config).read_text()) if a.config else None
-        out = convert_encodec(a.src, a.dst, preset=a.preset, hf_config=hf_config)
+    try:
+        out = convert(a)
+    except (WeightsError, TokenizerError, FileNotFoundError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     print(json.dumps({"kind": a.kind, "src": a.src, "out": str(out)}))
-    return out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

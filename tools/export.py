@@ -1,4 +1,5 @@
-"""Export a training run's EMA weights + resolved config to one safetensors file for inference.
+"""Export a training run's EMA weights + resolved config to one safetensors file for inference (CLI over
+musicflow_jax.export).
 
     python tools/export.py --workdir runs/stage1 --out exported/stage1.safetensors [--step N] [--raw]
 
@@ -16,13 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from musicflow_jax import checkpoint, stage_io  # noqa: E402
-
-
-def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema: bool = True) -> Path:
-    cfg, model, step = checkpoint.load_model(workdir, step, ema=ema)
-    return stage_io.save_stage(out, cfg, model, extra={"step": step, "weights": "ema" if ema else "raw",
-                                                       "workdir": str(workdir)})
+from musicflow_jax import checkpoint  # noqa: E402
+from musicflow_jax.export import export  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = export(args.workdir, args.out, args.step, ema=not args.raw)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {path}")
     return 0
 

@@ -63,7 +63,21 @@ def fit_kmeans(features_nc: np.ndarray, k: int, seed: int = 0, batch_size: int =
     return km.cluster_centers_.astype(np.float32)
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_args(a: argparse.Namespace) -> None:
+    """Validate the command line before loading anything; raises ValueError/FileNotFoundError with one line."""
+    if not Path(a.manifest).is_file():
+        raise FileNotFoundError(f"--manifest {a.manifest} does not exist: make one with tools/build_corpus.py")
+    if not Path(a.hubert).is_dir():
+        raise FileNotFoundError(f"--hubert {a.hubert} is not a folder: pass an HF save_pretrained HubertModel folder")
+    for flag, value, low in (("--layer", a.layer, 0), ("--k", a.k, 1), ("--max-files", a.max_files, 1),
+                             ("--max-frames", a.max_frames, 1)):
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if Path(a.out).is_dir():
+        raise ValueError(f"--out {a.out} is a folder: pass a file path such as ckpt/kmeans.safetensors")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", required=True)
     ap.add_argument("--hubert", required=True, help="HF save_pretrained folder of a HubertModel")
@@ -74,12 +88,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-frames", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    feats = hubert_sample(a.manifest, a.hubert, a.layer, max_files=a.max_files, max_frames=a.max_frames, seed=a.seed)
+    try:
+        check_args(a)
+        feats = hubert_sample(a.manifest, a.hubert, a.layer, max_files=a.max_files, max_frames=a.max_frames,
+                              seed=a.seed)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one line naming it (layer range, no audio, ...)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     cents = fit_kmeans(feats, a.k, a.seed)
     save_codebook(a.out, cents, layer=a.layer, hubert_sha256=checkpoint_sha256(a.hubert),
                   extra={"frames": str(len(feats)), "seed": str(a.seed)})
     print(json.dumps({"out": a.out, "k": len(cents), "dim": int(cents.shape[1]), "frames": len(feats)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

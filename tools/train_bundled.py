@@ -49,9 +49,8 @@ def bundled_configs(data: Path, steps1: int, steps2: int) -> tuple[Config, Confi
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
     """Train with musicflow_jax.train, then export the EMA weights with tools/export.py."""
-    from export import export
-
     from musicflow_jax import train
+    from musicflow_jax.export import export
 
     t0 = time.perf_counter()
     train.train(cfg, workdir, async_ckpt=False)

@@ -292,9 +292,9 @@ class FeatureBackend:
                 shutil.copytree(src, folder / name, dirs_exist_ok=True)
             else:
                 shutil.copy(src, folder / name)
-        from musicflow_jax.records import atomic_write_text
+        from musicflow_jax.atomic_io import write_text
 
-        atomic_write_text(folder / FEATURES_FILE, json.dumps(self.to_json(relative_to=folder), indent=1) + "\n")
+        write_text(folder / FEATURES_FILE, json.dumps(self.to_json(relative_to=folder), indent=1) + "\n")
         return folder
 
 

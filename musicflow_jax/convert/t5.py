@@ -1,13 +1,13 @@
 """T5 encoder conversion: HF T5EncoderModel / T5ForConditionalGeneration folder -> converted Flax folder.
 
-The decoder and LM head of full seq2seq checkpoints are dropped; `spiece.model` is copied when present so the
-converted folder carries its real tokenizer.
+The decoder and LM head of full seq2seq checkpoints are dropped; the tokenizer file(s) (`spiece.model`,
+`tokenizer.json`, `tokenizer_config.json`) are copied so the converted folder carries its real tokenizer, and a
+folder whose tokenizer did not come along (and that is not byte-level, ByT5) raises TokenizerError.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from pathlib import Path
 
 from flax import nnx
@@ -15,6 +15,7 @@ from flax import nnx
 from musicflow_jax import weights
 from musicflow_jax.convert.torch_state import apply_rules, linear_t, read_hf_config, read_state_dict
 from musicflow_jax.models.t5 import T5Config, T5Encoder
+from musicflow_jax.tokenizer import copy_tokenizer, load_tokenizer
 from musicflow_jax.weights import build_with_params, save_converted
 
 KIND = weights.T5
@@ -40,6 +41,7 @@ def convert_t5(src: str | Path, dst: str | Path) -> Path:
     flat = apply_rules(state, RULES, IGNORE, str(src))
     build_with_params(lambda: T5Encoder(cfg, rngs=nnx.Rngs(0)), flat, str(src))  # validate before writing
     out = save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src))
-    if Path(src).is_dir() and (Path(src) / "spiece.model").is_file():
-        shutil.copy(Path(src) / "spiece.model", out / "spiece.model")
+    if Path(src).is_dir():
+        copy_tokenizer(src, out)
+    load_tokenizer(out)  # refuse now, not at training time, if the tokenizer did not come along
     return out

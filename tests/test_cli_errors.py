@@ -1,0 +1,109 @@
+"""Bad input to the command-line tools ends in one line on stderr (`error: ...`, naming the input and the fix) and
+exit code 2, without a traceback and before any work; `--debug` shows the traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from data_fixtures import write_fake_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = [sys.executable, "-m", "musicflow_jax.train", "--config", "configs/stage1_tiny.py"]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def test_train_missing_config_file(tmp_path):
+    proc = _run([sys.executable, "-m", "musicflow_jax.train", "--config", str(tmp_path / "nope.py"), "--workdir",
+                 str(tmp_path / "run")])
+    _one_error_line(proc, f"config file {tmp_path / 'nope.py'} does not exist", "get_config()")
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_bad_config_value(tmp_path):
+    proc = _run([*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "train.ckpt_every=0"])
+    _one_error_line(proc, "config key 'train.ckpt_every': must be an integer >= 1")
+
+
+def test_train_missing_data_path(tmp_path):
+    missing = tmp_path / "features"
+    proc = _run([*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "data.source=arrayrecord",
+                 "--set", f"data.path={missing}"])
+    _one_error_line(proc, f"data.path {missing} is not a folder", "tools/precompute_features.py")
+    assert not (tmp_path / "run" / "train.lock").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_data_without_index(tmp_path):
+    (tmp_path / "features").mkdir()
+    proc = _run([*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "data.source=arrayrecord",
+                 "--set", f"data.path={tmp_path / 'features'}"])
+    _one_error_line(proc, f"{tmp_path / 'features' / 'index.json'} not found")
+
+
+def test_train_feature_dim_mismatch_with_the_data(tmp_path):
+    write_fake_dataset(tmp_path / "features", n_train=8, n_valid=8, shards=1, sem_dim=16, ac_dim=8)
+    args = [*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "data.source=arrayrecord",
+            "--set", f"data.path={tmp_path / 'features'}"]
+    line = _one_error_line(_run(args), "config model.feature_dim=32 but the data index",
+                           "has semantic features of dim 16: set --set model.feature_dim=16")
+    assert str(tmp_path / "features" / "index.json") in line
+    debug = _run([*args, "--debug"])  # the traceback on request
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert "TrainInputError: config model.feature_dim=32" in debug.stderr
+
+
+def test_build_corpus_unknown_composer_writes_nothing(tmp_path):
+    proc = _run([sys.executable, "tools/build_corpus.py", "--out", str(tmp_path / "c"), "--composers", "nobody"])
+    _one_error_line(proc, "--composers: music21's corpus has no scores for composer 'nobody'", "bach")
+    assert not (tmp_path / "c").exists()  # no empty manifest
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--limit", "-3"], "--limit must be >= 0 (0 = all scores), got -3"),
+    (["--soundfont", "/nonexistent/gm.sf2"], "--soundfont '/nonexistent/gm.sf2' is not a file"),
+    (["--soundfont", ""], "--soundfont '' is not a file"),
+    (["--composers", ","], "--composers ',' names no composer"),
+    (["--valid-frac", "0.6", "--test-frac", "0.5"], "--valid-frac + --test-frac must be < 1"),
+])
+def test_build_corpus_bad_arguments(tmp_path, args, fragment):
+    proc = _run([sys.executable, "tools/build_corpus.py", "--out", str(tmp_path / "c"), *args])
+    _one_error_line(proc, fragment)
+    assert not (tmp_path / "c").exists()
+
+
+def test_convert_weights_missing_source(tmp_path):
+    proc = _run([sys.executable, "tools/convert_weights.py", "hubert", str(tmp_path / "hf"), str(tmp_path / "out")])
+    _one_error_line(proc, f"SRC {tmp_path / 'hf'} does not exist")
+    (tmp_path / "enc.th").write_bytes(b"")
+    proc = _run([sys.executable, "tools/convert_weights.py", "encodec", str(tmp_path / "enc.th"), str(tmp_path / "o"),
+                 "--config", str(tmp_path / "cfg.json")])
+    _one_error_line(proc, f"--config {tmp_path / 'cfg.json'} does not exist")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_fit_kmeans_bad_arguments(tmp_path):
+    out = str(tmp_path / "k.safetensors")
+    proc = _run([sys.executable, "tools/fit_kmeans.py", "--manifest", str(tmp_path / "m.jsonl"), "--hubert",
+                 str(tmp_path), "--layer", "6", "--out", out])
+    _one_error_line(proc, f"--manifest {tmp_path / 'm.jsonl'} does not exist")
+    (tmp_path / "m.jsonl").write_text("")
+    proc = _run([sys.executable, "tools/fit_kmeans.py", "--manifest", str(tmp_path / "m.jsonl"), "--hubert",
+                 str(tmp_path), "--layer", "6", "--k", "0", "--out", out])
+    _one_error_line(proc, "--k must be >= 1, got 0")
+    assert not Path(out).exists()

@@ -383,8 +383,8 @@ def fingerprint(manifest: Path, enc: Encoders, settings: dict[str, Any]) -> dict
 def _ours(out: Path) -> list[Path]:
     """The files precompute writes into a folder (and nothing else)."""
     names = ("*.array_record", "*.array_record.json", "*.array_record.tmp", ".*.tmp*", records.INDEX_FILE,
-             "failures.jsonl", FINGERPRINT_FILE)
-    return sorted({p for n in names for p in out.glob(n)} | ({out / "_done"} if (out / "_done").exists() else set()))
+             "failures.jsonl", FINGERPRINT_FILE, "_done/*.json")  # not the shard locks: their owners live on
+    return sorted({p for n in names for p in out.glob(n)})
 
 
 def claim_folder(out: Path, fp: dict[str, Any], overwrite: bool) -> None:
@@ -400,12 +400,7 @@ def claim_folder(out: Path, fp: dict[str, Any], overwrite: bool) -> None:
         raise PrecomputeError(f"--out {out} holds features of another precompute (differs in: {', '.join(differ)}); "
                               "choose a new --out, or pass --overwrite to replace them")
     for p in stale:
-        if p.is_dir():
-            import shutil
-
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+        p.unlink(missing_ok=True)
     atomic_io.write_text(f, json.dumps(fp, indent=1))
 
 

@@ -58,3 +58,27 @@ def test_read_audio_errors_are_clear(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"not audio at all")
     with pytest.raises(ValueError, match="bad.wav"):
         read_audio(tmp_path / "bad.wav")
+
+
+def test_long_text_is_stored_once_and_capped(tmp_path):
+    from musicflow_jax.audio import MAX_TEXT_CHARS
+
+    text = "a slow piano piece " * 100_000  # 1.9 MB of text
+    path = write_wav(tmp_path / "a.wav", _sine(220.0, 24_000, 0.1), 24_000, metadata={"text": text, "seed": 1})
+    assert path.stat().st_size < 24_000 * 0.1 * 2 + 3 * MAX_TEXT_CHARS  # audio + the capped text, not 2x the text
+    meta = read_wav_metadata(path)
+    assert meta["text"] == text[:MAX_TEXT_CHARS] and meta["text_chars"] == len(text) and meta["seed"] == 1
+
+
+def test_exported_safetensors_follow_the_umask(tmp_path):
+    import os
+
+    from musicflow_jax.atomic_io import save_safetensors
+
+    old = os.umask(0o022)
+    try:
+        path = save_safetensors(tmp_path / "w.safetensors", {"x": np.zeros(3, np.float32)})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not [p for p in tmp_path.iterdir() if p.name != "w.safetensors"]  # no temp file left

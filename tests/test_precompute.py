@@ -376,3 +376,47 @@ def test_two_processes_on_one_shard(setup, tmp_path):
         holder.wait()
     r = pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", **mkw)  # the dead owner's lock is taken
     assert r["shards_run"] == [0] and r["merged"]["clips_ok"] == 6 and not lock.exists()
+
+
+def test_assemble_model_from_an_index(setup, tmp_path):
+    """tools/assemble_model.py: the index's backend (HF folders at precompute time) + converted encoder folders +
+    two exported stages -> a model folder MusicFlow loads, with the index's stats; missing folders: exit 2."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from flax import nnx
+    from gen_fixtures import tiny_configs
+
+    from musicflow_jax.convert.encodec import convert_encodec
+    from musicflow_jax.convert.hubert import convert_hubert
+    from musicflow_jax.models.transformer import FlowTransformer
+    from musicflow_jax.pipeline import MusicFlow, StageSettings
+    from musicflow_jax.stage_io import save_stage
+    from tools.assemble_model import assemble
+
+    root, ck, _, _, _ = setup
+    hub, enc = convert_hubert(ck["hubert"], tmp_path / "hubert"), convert_encodec(ck["encodec"], tmp_path / "encodec")
+    c1, c2 = tiny_configs()
+    c1 = dataclasses.replace(c1, model=dataclasses.replace(c1.model, feature_dim=32))
+    c2 = dataclasses.replace(c2, model=dataclasses.replace(c2.model, feature_dim=16, cond_dim=32))
+    save_stage(tmp_path / "s1.safetensors", c1, FlowTransformer(c1, rngs=nnx.Rngs(0)))
+    save_stage(tmp_path / "s2.safetensors", c2, FlowTransformer(c2, rngs=nnx.Rngs(1)))
+    index_file = root / "out1" / "index.json"
+    folder = assemble(str(tmp_path / "s1.safetensors"), str(tmp_path / "s2.safetensors"), str(index_file),
+                      str(tmp_path / "model"), encodec=str(enc), hubert=str(hub))
+    mf = MusicFlow.load(folder)
+    index = data.load_index(root / "out1")
+    assert mf.backend.name == "hubert+encodec" and mf.backend.semantic.layer == LAYER
+    np.testing.assert_allclose(mf.backend.stats["acoustic"].mean, index["stats"]["acoustic"]["mean"], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(mf.backend.semantic.centroids), codebook.load_codebook(
+        root / "km.safetensors")[0])
+    fast = StageSettings(steps=1, solver="euler", cfg_scale=1.0)
+    g = mf.generate(["a flute solo"], 0.5, stage1=fast, stage2=fast, progress=False)
+    assert g.audio.shape == (1, 12_000) and np.isfinite(g.audio).all()
+    p = subprocess.run([sys.executable, "tools/assemble_model.py", "--stage1", str(tmp_path / "s1.safetensors"),
+                        "--stage2", str(tmp_path / "s2.safetensors"), "--index", str(index_file), "--out",
+                        str(tmp_path / "m2")], cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                       text=True, timeout=300)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "pass --hubert" in lines[0], p.stderr[-1500:]

@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from musicflow_jax.backends import FeatureBackend  # noqa: E402
-from musicflow_jax.stage_io import load_stage  # noqa: E402
+from musicflow_jax.backends import BackendError, FeatureBackend  # noqa: E402
+from musicflow_jax.stage_io import StageError, load_stage  # noqa: E402
+from musicflow_jax.weights import WeightsError  # noqa: E402
 
 
 def backend_from_index(index: dict[str, Any], encodec: str | None = None, hubert: str | None = None,
@@ -38,13 +39,13 @@ def backend_from_index(index: dict[str, Any], encodec: str | None = None, hubert
     sem, ac = dict(spec["semantic"]), dict(spec["acoustic"])
     if sem["kind"] == "hubert":
         if not hubert:
-            raise SystemExit("error: the semantic stream is HuBERT: pass --hubert (a converted Flax folder, "
+            raise BackendError("the semantic stream is HuBERT: pass --hubert (a converted Flax folder, "
                              "tools/convert_weights.py hubert)")
         sem.update(folder=hubert, **({"layer": layer} if layer is not None else {}),
                    **({"kmeans": kmeans} if kmeans else {}))
     if ac["kind"] == "encodec":
         if not encodec:
-            raise SystemExit("error: the acoustic stream is Encodec: pass --encodec (a converted Flax folder, "
+            raise BackendError("the acoustic stream is Encodec: pass --encodec (a converted Flax folder, "
                              "tools/convert_weights.py encodec)")
         ac.update(folder=encodec)
     return FeatureBackend.from_json({**spec, "semantic": sem, "acoustic": ac}, where="--index backend")
@@ -66,7 +67,7 @@ def assemble(stage1: str, stage2: str, index_file: str, out: str, encodec: str |
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage1", required=True)
     ap.add_argument("--stage2", required=True)
@@ -77,8 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kmeans", default=None)
     ap.add_argument("--layer", type=int, default=None)
     a = ap.parse_args(argv)
-    print(assemble(a.stage1, a.stage2, a.index, a.out, a.encodec, a.hubert, a.kmeans, a.layer))
+    try:
+        index = Path(a.index)
+        if not index.is_file():
+            raise FileNotFoundError(f"--index {index} does not exist: pass the index.json of the features the stages "
+                                    "were trained on")
+        print(assemble(a.stage1, a.stage2, a.index, a.out, a.encodec, a.hubert, a.kmeans, a.layer))
+    except (BackendError, StageError, WeightsError, FileNotFoundError, KeyError) as e:  # bad input: one line, exit 2
+        msg = f"--index {a.index} has no {e} entry: rerun precompute" if isinstance(e, KeyError) else str(e)
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -60,6 +60,9 @@ def test_self_distance_is_zero_and_singular_covariances_are_finite() -> None:
     fd = {m: frechet_distance(a, b, m) for m in ("eigh", "sqrtm")}
     assert all(np.isfinite(v) for v in fd.values()), fd
     assert fd["eigh"] == pytest.approx(fd["sqrtm"], rel=1e-4)
+    # N < d with dimensions on very different scales (like the proxy embedding): FD(X, X) stays 0 to round-off
+    z = rng.normal(size=(6, 197)) * np.geomspace(0.01, 100.0, 197)
+    assert abs(frechet_distance(z, z)) < 1e-10 * float(np.trace(np.cov(z, rowvar=False)))
     # exact value for rank-deficient but commuting covariances: zero-padded diagonal Gaussians
     s1, s2 = np.diag([2.0, 0.0, 0.0, 1.0]), np.diag([0.0, 3.0, 0.0, 1.0])
     g1, g2 = Gaussian(np.zeros(4), s1, 3), Gaussian(np.ones(4), s2, 3)

@@ -15,8 +15,9 @@ Two ways of computing tr((S1 S2)^(1/2)) are given:
 - `method="eigh"` (default): S1 S2 is similar to the symmetric PSD matrix A S2 A with A = S1^(1/2)
   (S1 S2 = A (A S2 A) A^-1 when S1 is invertible, and by continuity otherwise), so the trace is the sum of the
   square roots of the eigenvalues of A S2 A. Two symmetric eigendecompositions, no complex arithmetic; exact for
-  singular covariances too (eigenvalues clipped at 0 against round-off). tests/test_evaluate_frechet.py checks
-  that both agree to 1e-6 relative.
+  singular covariances too (eigenvalues below numpy's rank tolerance set to 0, so FD(X, X) of N < d samples is
+  0 to round-off, where sqrtm's null-space round-off leaves a negative FD). tests/test_evaluate_frechet.py checks
+  that both agree to 1e-6 relative on full-rank covariances.
 """
 
 from __future__ import annotations
@@ -62,10 +63,18 @@ def _check(a: Gaussian, b: Gaussian) -> None:
                            "must come from the same embedding model and layer")
 
 
+def _clip_eigenvalues(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with round-off removed: those below max(w) * n * machine eps (numpy's
+    matrix_rank tolerance) are 0. Without this, the square roots of +-1e-13-size null-space eigenvalues add
+    sqrt(1e-13)-size terms per null dimension (covariances of fewer samples than dimensions)."""
+    tol = max(float(w.max()), 0.0) * w.size * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0)
+
+
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric PSD matrix (eigenvalues clipped at 0)."""
+    """Symmetric square root of a symmetric PSD matrix (round-off eigenvalues set to 0)."""
     w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_clip_eigenvalues(w))) @ v.T
 
 
 def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "eigh") -> float:
@@ -74,7 +83,7 @@ def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray, method: str = "eigh") -> 
         a = _psd_sqrt(np.asarray(s1, np.float64))
         m = a @ np.asarray(s2, np.float64) @ a
         w = np.linalg.eigvalsh((m + m.T) / 2)
-        return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+        return float(np.sqrt(_clip_eigenvalues(w)).sum())
     if method == "sqrtm":
         from scipy import linalg
 

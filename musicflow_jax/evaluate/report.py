@@ -8,7 +8,8 @@ note presence and onsets per second; the proxy embedding and the instrument feat
 
 results.json (format RESULTS_FORMAT): {"format", "generated": SET, "reference": SET, "fd_proxy": FD(generated,
 reference) on the proxy embeddings, "fd_proxy_reference_halves": FD(first half, second half) of the reference (the
-real-vs-real floor), "instrument_accuracy": share of generated clips whose caption instrument the classifier fitted
+real-vs-real row; FD grows as sample counts shrink, so compare it with an FD between sets of that half size),
+"instrument_accuracy": share of generated clips whose caption instrument the classifier fitted
 on the reference predicts (clips whose instrument the reference lacks are left out), "clap": mean CLAP or null} with
 SET = {"n", "seconds", "key_exact", "key_mirex", "key_n", "tempo": {class: share}, "tempo_n", "note_presence",
 "onsets_per_second"}; shares over the clips whose caption names the quantity (key_n, tempo_n), null when none does.

@@ -40,7 +40,9 @@ def test_cli_end_to_end_and_cache(corpus: Path, tmp_path: Path, monkeypatch) -> 
     res = json.loads((out / "results.json").read_text())
     assert res["format"] == R.RESULTS_FORMAT
     assert set(res) == {"format", "generated", "reference", "fd_proxy", "fd_proxy_reference_halves",
-                        "instrument_accuracy", "clap", "cache_hits"}
+                        "instrument_accuracy", "clap", "cache_hits", "clips"}
+    assert len(res["clips"]) == 6 and set(res["clips"][0]) == {"path", "caption", "seconds", "key_mirex",
+                                                                "tempo_class", "note_presence", "onsets_per_second"}
     assert set(res["generated"]) == SET_KEYS and res["generated"] == res["reference"]
     assert res["cache_hits"] == 6  # the reference set is the same files: analysed once
     assert abs(res["fd_proxy"]) < 1e-6 and res["fd_proxy_reference_halves"] > 0 and res["clap"] is None

@@ -1,7 +1,9 @@
 """`python -m musicflow_jax.evaluate --generated DIR|manifest --reference manifest --out DIR [--clap FOLDER]`:
 the weight-free music metrics (and the CLAP score with a local CLAP folder) of generated clips against a reference
 set, written to DIR/results.json and DIR/results.md (musicflow_jax.evaluate.report). Per-clip analyses are cached
-in DIR/cache by content hash, so re-runs are fast. Bad input: one line on stderr, exit code 2."""
+in DIR/cache by content hash, so re-runs are fast.
+`python -m musicflow_jax.evaluate --compare A/results.json B/results.json` prints both runs side by side with paired
+bootstrap 95% intervals over clips (musicflow_jax.evaluate.compare). Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -23,13 +25,19 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="python -m musicflow_jax.evaluate", description=__doc__.split("\n")[0])
-    ap.add_argument("--generated", required=True, help="folder of generated WAVs (captions in their metadata) or a "
-                    "manifest .jsonl")
-    ap.add_argument("--reference", required=True, help="manifest .jsonl (or WAV folder) of real clips with captions")
-    ap.add_argument("--out", required=True, help="output folder: results.json, results.md, cache/")
+    ap.add_argument("--generated", help="folder of generated WAVs (captions in their metadata) or a manifest .jsonl")
+    ap.add_argument("--reference", help="manifest .jsonl (or WAV folder) of real clips with captions")
+    ap.add_argument("--out", help="output folder: results.json, results.md, cache/")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two results.json of the same prompts: print them "
+                    "side by side with paired bootstrap 95%% intervals")
     ap.add_argument("--clap", default=None, help="local transformers CLAP folder (save_pretrained) for the CLAP score")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
+    if a.compare:
+        return _compare(*a.compare)
+    missing = [f for f, v in (("--generated", a.generated), ("--reference", a.reference), ("--out", a.out)) if not v]
+    if missing:
+        ap.error(f"{', '.join(missing)} required (or --compare A B)")
     from musicflow_jax.evaluate.clap import ClapError
 
     out = Path(a.out)
@@ -46,6 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "results.md", table)
     if not a.quiet:
         print(table)
+    return 0
+
+
+def _compare(path_a: str, path_b: str) -> int:
+    from musicflow_jax.evaluate.compare import CompareError, compare, load_results, markdown
+
+    try:
+        cmp = compare(load_results(path_a), load_results(path_b))
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(markdown(cmp, "A", "B"), end="")
     return 0
 
 

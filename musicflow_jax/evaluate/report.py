@@ -10,7 +10,8 @@ results.json (format RESULTS_FORMAT): {"format", "generated": SET, "reference": 
 reference) on the proxy embeddings, "fd_proxy_reference_halves": FD(first half, second half) of the reference (the
 real-vs-real row; FD grows as sample counts shrink, so compare it with an FD between sets of that half size),
 "instrument_accuracy": share of generated clips whose caption instrument the classifier fitted
-on the reference predicts (clips whose instrument the reference lacks are left out), "clap": mean CLAP or null} with
+on the reference predicts (clips whose instrument the reference lacks are left out), "clap": mean CLAP or null,
+"cache_hits": analyses read from the cache, "clips": the generated clips' per-clip values (`clip_rows`)} with
 SET = {"n", "seconds", "key_exact", "key_mirex", "key_n", "tempo": {class: share}, "tempo_n", "note_presence",
 "onsets_per_second"}; shares over the clips whose caption names the quantity (key_n, tempo_n), null when none does.
 """
@@ -118,6 +119,19 @@ def set_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "onsets_per_second": float(np.mean([r["onsets_per_second"] for r in rows]))}
 
 
+def clip_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-clip values for paired comparisons (musicflow_jax.evaluate.compare): the key's MIREX score and the tempo
+    class against the caption (None when it names none), note presence and onsets per second."""
+    out = []
+    for r in rows:
+        ref_key, ref_bpm = music.parse_key(r["caption"]), music.parse_bpm(r["caption"])
+        out.append({"path": r["path"], "caption": r["caption"], "seconds": r["seconds"],
+                    "key_mirex": None if ref_key is None else music.mirex_key_score(ref_key, music.Key(*r["key"])),
+                    "tempo_class": None if ref_bpm is None else music.tempo_class(r["tempo"], ref_bpm),
+                    "note_presence": r["note_presence"], "onsets_per_second": r["onsets_per_second"]})
+    return out
+
+
 def instrument_accuracy(generated: Sequence[dict[str, Any]], reference: Sequence[dict[str, Any]]) -> float | None:
     """Accuracy on generated clips of the instrument classifier fitted on the reference clips (None when the
     reference names fewer than 2 instruments or no generated caption names one of them)."""
@@ -149,7 +163,7 @@ def evaluate(generated: Sequence[Clip], reference: Sequence[Clip], cache: Path |
         "fd_proxy": frechet_distance(proxy_g, proxy_r) if len(gen) >= 2 and len(ref) >= 2 else None,
         "fd_proxy_reference_halves": frechet_distance(proxy_r[:half], proxy_r[half:]) if half >= 2 else None,
         "instrument_accuracy": instrument_accuracy(gen, ref), "clap": None,
-        "cache_hits": sum(r["cached"] for r in gen + ref)}
+        "cache_hits": sum(r["cached"] for r in gen + ref), "clips": clip_rows(gen)}
     if clap_folder is not None:
         from musicflow_jax.audio import read_audio
         from musicflow_jax.evaluate.clap import ClapScorer

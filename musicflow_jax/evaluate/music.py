@@ -11,10 +11,14 @@ Front ends (all numpy/scipy except the chroma):
   chroma) with the Aarden-Essen profiles by default: on 80 rendered Bach chorales (20 s each, build_corpus seed 0)
   they scored exact 0.725 / MIREX 0.836 against the captions' keys, Temperley's 0.662 / 0.799 and Krumhansl-
   Kessler's 0.412 / 0.605 (audio chroma is overtone-biased towards the dominant; music21's `analyze("key")`, which
-  wrote the captions from the scores, uses Aarden-Essen too);
-- onset strength (`onset_strength`): log-mel spectral flux as in librosa's `onset_strength` - power mel spectrogram
-  (64 HTK bands 30 Hz - min(8 kHz, sr / 2), n_fft 1024, hop sr / 100 -> 100 frames/s, centred Hann frames)
-  in dB clipped to 80 dB below the clip's maximum, half-wave rectified first difference over time, mean over bands.
+  wrote the captions from the scores, uses Aarden-Essen too). The profile and the 1-kHz chroma range were chosen
+  on that same measurement (4.2 kHz: 0.675 / 0.799), so these numbers are not held-out;
+- onset strength for the tempo (`onset_strength`): log-mel spectral flux as in librosa's `onset_strength` - power
+  mel spectrogram (64 HTK bands 30 Hz - min(8 kHz, sr / 2), n_fft 1024, hop sr / 100 -> 100 frames/s, centred
+  Hann frames) in dB clipped to 80 dB below the clip's maximum, half-wave rectified first difference over time,
+  mean over bands;
+- note onsets (`detect_onsets`): SuperFlux in semitone bands (`note_onset_strength`), peak-picked, kept where a
+  pitched frame starts; note presence (`note_presence`): the share of frames with low spectral flatness.
 """
 
 from __future__ import annotations
@@ -239,9 +243,10 @@ SILENCE_DB = -60.0  # frames quieter than this (mean square, dB re full scale) h
 
 def spectral_flatness(audio: np.ndarray, sample_rate: int, hop: int | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """((T,) spectral flatness, (T,) frame level in dB): flatness = geometric / arithmetic mean of the power
-    spectrum over FLATNESS_BAND (n_fft 2048 at 24 kHz scaled with the rate; 1 for white noise in expectation of
-    the arithmetic mean, ~0.56 = exp(-Euler gamma) measured per frame; -> 0 for a few sinusoids)."""
+    """((T,) spectral flatness, (T,) frame level in dB re full scale): flatness = geometric / arithmetic mean of the
+    power spectrum over FLATNESS_BAND (Wiener entropy; n_fft 2048 at 24 kHz, scaled with the rate, hop 1/100 s).
+    White noise gives exp(-Euler's gamma) ~ 0.56 per frame (its periodogram bins are exponentially distributed), a
+    few sinusoids -> 0. The level is the frame's mean square (Parseval over the Hann-windowed frame)."""
     n_fft = int(2 ** np.round(np.log2(2048 * sample_rate / 24_000)))
     hop = hop or int(round(sample_rate / ONSET_RATE))
     p = power_spectrogram(audio, sample_rate, n_fft, hop)

@@ -1,7 +1,9 @@
 """Audio manifests: reading, validating and writing the lists of (audio file, caption) the precompute step eats.
 
 Two JSONL forms are accepted, one object per line:
-- ours: {"path": str, "caption": str, "duration": float (s, optional), "split": "train"|"valid"|"test" (optional)}
+- ours: {"path": str, "caption": str, "duration": float (s, optional), "split": "train"|"valid"|"test" (optional),
+  "notes": str (optional: a JSON note list [[onset_s, offset_s, midi_pitch, gm_program], ...] of the notes the clip
+  was rendered from, written by tools/build_corpus.py; the evaluation's ground truth)}
 - audiocraft-style: {"path", "duration", "sample_rate", ...} without "caption"; the caption is read from the
   sidecar `<audio stem>.json` (audiocraft's MusicInfo: "description", else built from title/artist/genre/
   moods/key/bpm/instrument) or a "description" field on the line itself.
@@ -30,6 +32,7 @@ class Entry:
     split: str = "train"
     duration: float | None = None  # seconds, if the manifest knows it
     where: str = ""  # "manifest.jsonl:12", for error messages
+    notes: str | None = None  # absolute path of the clip's note list (JSON), if the manifest names one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +97,12 @@ def parse_line(line: str, where: str, root: Path, default_split: str = "train") 
     duration = obj.get("duration")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
         return Problem(where, str(audio), f"duration is not a number: {duration!r}")
-    return Entry(str(audio), caption.strip(), split, None if duration is None else float(duration), where)
+    notes = obj.get("notes")
+    if notes is not None and (not isinstance(notes, str) or not notes):
+        return Problem(where, str(audio), f"notes is not a file path string: {notes!r}")
+    if notes is not None:
+        notes = notes if Path(notes).is_absolute() else str(root / notes)
+    return Entry(str(audio), caption.strip(), split, None if duration is None else float(duration), where, notes)
 
 
 def read_manifest(path: str | Path, default_split: str = "train") -> tuple[list[Entry], list[Problem]]:
@@ -120,6 +128,13 @@ def read_manifest(path: str | Path, default_split: str = "train") -> tuple[list[
     return entries, problems
 
 
+def _relative(p: str, folder: Path) -> str:
+    try:
+        return str(Path(p).resolve().relative_to(folder.resolve()))
+    except ValueError:  # outside the manifest's folder: keep absolute
+        return p
+
+
 def write_manifest(path: str | Path, entries: Iterable[Entry], relative: bool = True) -> None:
     """Write our JSONL form (paths relative to the manifest's folder when possible), atomically."""
     path = Path(path)
@@ -132,5 +147,7 @@ def write_manifest(path: str | Path, entries: Iterable[Entry], relative: bool = 
         obj: dict[str, Any] = {"path": str(p), "caption": e.caption, "split": e.split}
         if e.duration is not None:
             obj["duration"] = round(e.duration, 4)
+        if e.notes is not None:
+            obj["notes"] = _relative(e.notes, path.parent) if relative else e.notes
         lines.append(json.dumps(obj))
     atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -2,9 +2,11 @@
 
 Each score gets seeded General MIDI instrument(s) and a tempo (the score's own metronome mark, else a seeded
 one), is written to MIDI by music21, rendered by the fluidsynth CLI with a GM soundfont, downmixed to mono,
-trimmed, and listed in `manifest.jsonl` ({path, caption, duration, split}) with a caption built from what was
-actually used, e.g. "A Bach chorale in G minor at 84 BPM played on a church organ". Scores that fail are
-skipped and listed with the reason in `failures.jsonl`. Reruns reuse WAVs already rendered.
+trimmed, and listed in `manifest.jsonl` ({path, caption, duration, split, notes}) with a caption built from what was
+actually used, e.g. "A Bach chorale in G minor at 84 BPM played on a church organ". `notes` names the clip's
+ground truth, `notes/<stem>.json`: every note the clip was rendered from, [onset_s, offset_s, midi_pitch,
+gm_program], read back from the MIDI file (its tempo map applied) and cut to the rendered length. Scores that fail
+are skipped and listed with the reason in `failures.jsonl`. Reruns reuse WAVs already rendered.
 
     python tools/build_corpus.py --out data/corpus --composers bach --limit 200 --seed 0
 """
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from musicflow_jax.atomic_io import write_text  # noqa: E402
 from musicflow_jax.manifest import Entry, write_manifest  # noqa: E402
 
 SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/FluidR3_GM.sf2",
@@ -155,6 +158,23 @@ def render(midi: Path, wav_out: Path, soundfont: str, sample_rate: int = 24_000,
     return len(x) / sample_rate
 
 
+def midi_notes(midi: Path, seconds: float) -> list[list[float | int]]:
+    """[onset_s, offset_s, midi_pitch, gm_program] of every pitched note of a MIDI file (times through its tempo map,
+    by pretty_midi), sorted by onset, pitch, program; notes starting less than 1 ms before `seconds` (the rendered
+    clip's length; MIDI ticks round a note on the cut to just before it) are left out and offsets are cut to it."""
+    import pretty_midi
+
+    out: list[list[float | int]] = []
+    for inst in pretty_midi.PrettyMIDI(str(midi)).instruments:
+        if inst.is_drum:
+            continue
+        for n in inst.notes:
+            if n.start < seconds - 1e-3:
+                out.append([round(float(n.start), 6), round(float(min(n.end, seconds)), 6), int(n.pitch),
+                            int(inst.program)])
+    return sorted(out, key=lambda r: (r[0], r[2], r[3]))
+
+
 def _find_soundfont(soundfont: str | None) -> str:
     """The given soundfont (which must exist: no silent fallback), else the first installed default."""
     if soundfont is not None:
@@ -172,7 +192,8 @@ def _find_soundfont(soundfont: str | None) -> str:
 def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), limit: int | None = None, seed: int = 0,
                  sample_rate: int = 24_000, soundfont: str | None = None, max_seconds: float = 0.0,
                  valid_frac: float = 0.05, test_frac: float = 0.05, progress: bool = True) -> dict[str, Any]:
-    """Render scores into `out`/audio, write `out`/manifest.jsonl, pieces.jsonl and failures.jsonl; return a summary."""
+    """Render scores into `out`/audio (notes/ beside it), write `out`/manifest.jsonl, pieces.jsonl and failures.jsonl;
+    return a summary."""
     from tqdm import tqdm
 
     if shutil.which("fluidsynth") is None:
@@ -182,11 +203,13 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "midi").mkdir(exist_ok=True)
+    (out / "notes").mkdir(exist_ok=True)
     entries, pieces, failures = [], [], []
     audio_s, t0 = 0.0, time.perf_counter()
     for score, composer in tqdm(scores, desc="render", disable=not progress):
         stem = f"{composer}_{Path(score).stem}".replace(" ", "_")
         wav, mid = out / "audio" / f"{stem}.wav", out / "midi" / f"{stem}.mid"
+        notes = out / "notes" / f"{stem}.json"
         try:
             piece = prepare(score, composer, seed, valid_frac, test_frac, mid)
             if wav.is_file():  # rerun: same seed gives the same MIDI, keep the audio
@@ -195,12 +218,14 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
                 seconds = sf.info(str(wav)).duration
             else:
                 seconds = render(mid, wav, sf2, sample_rate, max_seconds=max_seconds)
+            write_text(notes, json.dumps(midi_notes(mid, seconds)) + "\n")
         except Exception as e:  # noqa: BLE001 - any score/export/render problem skips that score
             failures.append({"score": score, "reason": f"{type(e).__name__}: {e}"[:500]})
             continue
         audio_s += seconds
-        entries.append(Entry(str(wav), piece.caption, piece.split, seconds))
-        pieces.append({**dataclasses.asdict(piece), "wav": str(wav.relative_to(out)), "seconds": seconds})
+        entries.append(Entry(str(wav), piece.caption, piece.split, seconds, notes=str(notes)))
+        pieces.append({**dataclasses.asdict(piece), "wav": str(wav.relative_to(out)), "seconds": seconds,
+                       "notes": str(notes.relative_to(out))})
     wall = time.perf_counter() - t0
     write_manifest(out / "manifest.jsonl", entries)
     (out / "pieces.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pieces))

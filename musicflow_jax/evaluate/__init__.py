@@ -1,0 +1,9 @@
+"""Evaluation library: the paper's metrics with their reference definitions (Fréchet distance, KL, Inception
+Score, CLAP score) and weight-free music metrics checked against the rendered corpus' ground truth.
+
+- `frechet`: Fréchet distance between Gaussian fits of two embedding sets;
+- `distributions`: KL divergence and Inception Score over classifier label distributions (audioldm_eval);
+- `clap`: CLAP score, the mean cosine of text and audio embeddings (audiocraft's text consistency);
+- `music`: key, tempo, note presence and onset estimators, caption parsing, MIREX key score;
+- `proxy`: a weight-free per-clip embedding (FD proxy) and the instrument classifier.
+"""

@@ -104,7 +104,7 @@ class MeshConfig:
         ("kv", None),
         ("text", None),
         ("vocab", None),
-        ("layers", None),  # stacked (scanned) blocks: pod-scale issue
+        ("layers", None),  # the stacking axis of scanned blocks (no parameter has it until blocks are scanned)
     )
 
 

@@ -229,6 +229,8 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
             raise GenerateError(f"output {o} is a folder: give a file name ending in .wav")
     folder = b.parent
     probe = next((q for q in (folder, *folder.parents) if q.exists()), Path("."))
+    if not probe.is_dir():
+        raise GenerateError(f"--out {b}: {probe} is a file, not a folder; choose an output path in a folder")
     if not os.access(probe, os.W_OK):
         raise GenerateError(f"--out {b}: cannot write under {probe} (permission denied); choose a writable folder")
     return outs

@@ -313,6 +313,7 @@ def test_bad_cli_values_are_refused_before_generating(folder: Path, bad_files: d
     (tmp_path / "adir").mkdir()
     cases = [(["--text", "x", "--seed", "99999999999999999999"], "must be an integer in [0, 2**32)"),
              (["--text", "x", "--out", str(tmp_path / "adir")], "is a folder"),
+             (["--text", "x", "--out", str(bad_files["prompt"] / "o.wav")], "is a file, not a folder"),
              (["--text", "x", "--mode", "restyle", "--prompt-audio", str(bad_files["prompt"]), "--duration", "3"],
               "keeps the prompt's length: drop --duration")]
     for args, needle in cases:

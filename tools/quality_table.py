@@ -3,7 +3,8 @@
 
 Rows (ROWS): real halves; backend ceiling (encode -> decode); text-to-music 4 s and 10 s at the stages' default
 settings; continuation (2 s real prompt -> 6 s, the generated 4 s evaluated); NFE 4 / 8 / 16 / 32 per stage
-(midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s). Each row's results.json lands in `<out>/<row>/`; a
+(midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s); real halves of 10-s clips (the 10-s row's floor).
+Each row's results.json lands in `<out>/<row>/`; a
 rerun skips rows that already have one, so rows can be run in several sittings (`--rows a,b`). `<out>/table.md`
 and `table.json` collect the rows found.
 
@@ -29,6 +30,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "ceiling": ("backend ceiling (encode -> decode)", {"mode": "ceiling"}),
     "t2m_4s": ("text-to-music 4 s (defaults)", {}),
     "t2m_10s": ("text-to-music 10 s (defaults)", {"duration": 10.0}),
+    "real_halves_10s": ("real halves, 10 s clips", {"mode": "halves", "duration": 10.0}),
     "continue": ("continuation 2 s prompt -> 6 s", {"mode": "continue", "duration": 6.0, "prompt_seconds": 2.0}),
     "nfe4": ("NFE 4 per stage (midpoint x2)", {"steps": (2, 2), "solver": "midpoint"}),
     "nfe8": ("NFE 8 per stage (midpoint x4)", {"steps": (4, 4), "solver": "midpoint"}),
@@ -49,6 +51,8 @@ def row_cells(name: str, res: dict[str, Any]) -> list[str]:
         return "-" if v is None else f"{v:.{d}f}"
 
     nfe = run["nfe"]
+    if run.get("same_run_as"):
+        name += f" (= {ROWS[run['same_run_as']][0]})"
     return [name, str(g["n"]), f"{run['audio_seconds_per_clip']:g}", f(g["key_exact"]), f(g["key_mirex"]),
             f(g["tempo"]["within_4pct"] if g["tempo"] else None), f(g["note_presence"]), f(g["onsets_per_second"], 2),
             f(res["fd_proxy"], 1), f(res["instrument_accuracy"]),

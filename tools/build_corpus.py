@@ -9,6 +9,9 @@ gm_program], read back from the MIDI file (its tempo map applied) and cut to the
 are skipped and listed with the reason in `failures.jsonl`. Reruns reuse WAVs already rendered.
 
     python tools/build_corpus.py --out data/corpus --composers bach --limit 200 --seed 0
+
+`--skip N` leaves out the first N scores of the seeded order: `--seed 0 --skip 160` renders only scores that
+`--seed 0 --limit 160` (the bundled model's training corpus) did not use - a held-out evaluation corpus.
 """
 
 from __future__ import annotations
@@ -191,7 +194,8 @@ def _find_soundfont(soundfont: str | None) -> str:
 
 def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), limit: int | None = None, seed: int = 0,
                  sample_rate: int = 24_000, soundfont: str | None = None, max_seconds: float = 0.0,
-                 valid_frac: float = 0.05, test_frac: float = 0.05, progress: bool = True) -> dict[str, Any]:
+                 valid_frac: float = 0.05, test_frac: float = 0.05, skip: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
     """Render scores into `out`/audio (notes/ beside it), write `out`/manifest.jsonl, pieces.jsonl and failures.jsonl;
     return a summary."""
     from tqdm import tqdm
@@ -199,7 +203,10 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     if shutil.which("fluidsynth") is None:
         raise FileNotFoundError("fluidsynth CLI not found: apt-get install fluidsynth (see .ci/setup_env.sh)")
     sf2 = _find_soundfont(soundfont)
-    scores = list_scores(list(composers), limit, seed)  # an unknown composer is refused before anything is written
+    if skip < 0:
+        raise CorpusInputError(f"--skip must be >= 0, got {skip}")
+    # an unknown composer is refused before anything is written; `skip` drops the head of the seeded order
+    scores = list_scores(list(composers), limit + skip if limit else None, seed)[skip:]
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "midi").mkdir(exist_ok=True)
@@ -243,6 +250,8 @@ def check_args(a: argparse.Namespace) -> tuple[str, ...]:
         raise CorpusInputError(f"--composers {a.composers!r} names no composer: pass e.g. --composers bach,handel")
     if a.limit < 0:
         raise CorpusInputError(f"--limit must be >= 0 (0 = all scores), got {a.limit}")
+    if a.skip < 0:
+        raise CorpusInputError(f"--skip must be >= 0, got {a.skip}")
     if a.sample_rate <= 0:
         raise CorpusInputError(f"--sample-rate must be > 0 Hz, got {a.sample_rate}")
     if not a.max_seconds >= 0:
@@ -263,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--composers", default="bach", help="comma-separated music21 corpus composers")
     ap.add_argument("--limit", type=int, default=0, help="max scores (0 = all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip", type=int, default=0, help="leave out the first N scores of the seeded order (held-out "
+                    "sets: --seed 0 --skip 160 avoids the bundled model's training scores)")
     ap.add_argument("--sample-rate", type=int, default=24_000)
     ap.add_argument("--soundfont", default=None, help=f"GM .sf2 (default: first of {SOUNDFONTS})")
     ap.add_argument("--max-seconds", type=float, default=0.0, help="cut each rendering to this length (0 = off)")
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         composers = check_args(a)
         summary = build_corpus(a.out, composers=composers, limit=a.limit or None, seed=a.seed,
                                sample_rate=a.sample_rate, soundfont=a.soundfont, max_seconds=a.max_seconds,
-                               valid_frac=a.valid_frac, test_frac=a.test_frac)
+                               valid_frac=a.valid_frac, test_frac=a.test_frac, skip=a.skip)
     except (CorpusInputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

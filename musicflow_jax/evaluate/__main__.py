@@ -2,6 +2,10 @@
 the weight-free music metrics (and the CLAP score with a local CLAP folder) of generated clips against a reference
 set, written to DIR/results.json and DIR/results.md (musicflow_jax.evaluate.report). Per-clip analyses are cached
 in DIR/cache by content hash, so re-runs are fast.
+`python -m musicflow_jax.evaluate --checkpoint MODEL --manifest test.jsonl --out DIR [--mode generate|continue|ceiling|
+halves --n N --seed S --duration D --steps1/--steps2 --cfg1/--cfg2 ...]`: generate from the manifest's captions with
+fixed seeds (or the backend-ceiling / real-halves reference rows) and evaluate in one go (musicflow_jax.evaluate.model;
+`--checkpoint bundled` = the bundled model).
 `python -m musicflow_jax.evaluate --compare A/results.json B/results.json` prints both runs side by side with paired
 bootstrap 95% intervals over clips (musicflow_jax.evaluate.compare). Bad input: one line on stderr, exit code 2."""
 
@@ -30,11 +34,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="output folder: results.json, results.md, cache/")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two results.json of the same prompts: print them "
                     "side by side with paired bootstrap 95%% intervals")
+    g = ap.add_argument_group("generate and evaluate (musicflow_jax.evaluate.model)")
+    g.add_argument("--checkpoint", help="MusicFlow model folder, or 'bundled'")
+    g.add_argument("--manifest", help="manifest .jsonl of real clips: the first --n captions are generated")
+    g.add_argument("--mode", default="generate", help="generate | continue | ceiling (backend encode -> decode) | "
+                   "halves (real clips [0, n) vs [n, 2n))")
+    g.add_argument("--n", type=int, default=32, help="clips to evaluate")
+    g.add_argument("--seed", type=int, default=0, help="batch k uses seed + k")
+    g.add_argument("--batch", type=int, default=16, help="captions per generate call")
+    g.add_argument("--duration", type=float, default=4.0, help="seconds per clip (continue: in total)")
+    g.add_argument("--prompt-seconds", type=float, default=2.0, help="continue: prompt length cut from the real clip")
+    g.add_argument("--steps", type=int, default=None, help="solver steps of both stages (default: each stage's)")
+    g.add_argument("--steps1", type=int, default=None)
+    g.add_argument("--steps2", type=int, default=None)
+    g.add_argument("--cfg", type=float, default=None, help="CFG scale of both stages (default: each stage's)")
+    g.add_argument("--cfg1", type=float, default=None)
+    g.add_argument("--cfg2", type=float, default=None)
+    g.add_argument("--solver", default=None, help="solver of both stages (default: each stage's)")
+    g.add_argument("--classifier", default=None, help="manifest/WAV folder to fit the instrument classifier on "
+                   "(default: the manifest's clips from 2n on, in no evaluated set)")
+    ap.add_argument("--cache", default=None, help="per-clip analysis cache folder (default: OUT/cache); share one "
+                    "between runs on the same reference clips")
     ap.add_argument("--clap", default=None, help="local transformers CLAP folder (save_pretrained) for the CLAP score")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     if a.compare:
         return _compare(*a.compare)
+    if a.checkpoint or a.manifest:
+        return _model(ap, a)
     missing = [f for f, v in (("--generated", a.generated), ("--reference", a.reference), ("--out", a.out)) if not v]
     if missing:
         ap.error(f"{', '.join(missing)} required (or --compare A B)")
@@ -43,17 +70,48 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     try:
         results = evaluate(load_clips(a.generated, "generated"), load_clips(a.reference, "reference"),
-                           cache=out / "cache", clap_folder=a.clap, progress=not a.quiet)
+                           cache=Path(a.cache) if a.cache else out / "cache", clap_folder=a.clap, progress=not a.quiet)
     except (EvaluateError, ClapError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    _write(out, results, a.quiet)
+    return 0
+
+
+def _write(out: Path, results: dict, quiet: bool) -> None:
     from musicflow_jax.atomic_io import write_text
 
     write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     table = markdown(results)
     write_text(out / "results.md", table)
-    if not a.quiet:
+    if not quiet:
         print(table)
+
+
+def _model(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
+    from musicflow_jax.evaluate.clap import ClapError
+    from musicflow_jax.evaluate.model import EvalSpec, evaluate_model
+
+    missing = [f for f, v in (("--checkpoint", a.checkpoint), ("--manifest", a.manifest), ("--out", a.out)) if not v]
+    if missing:
+        ap.error(f"{', '.join(missing)} required with --checkpoint/--manifest")
+    if a.generated or a.reference:
+        ap.error("--generated/--reference and --checkpoint/--manifest are two ways to run: give one")
+    def pick(both: float | None, one: float | None) -> float | None:
+        return one if one is not None else both
+
+    spec = EvalSpec(mode=a.mode, n=a.n, duration=a.duration, seed=a.seed, batch=a.batch,
+                    prompt_seconds=a.prompt_seconds, steps=(pick(a.steps, a.steps1), pick(a.steps, a.steps2)),
+                    cfg=(pick(a.cfg, a.cfg1), pick(a.cfg, a.cfg2)), solver=a.solver)
+    out = Path(a.out)
+    try:
+        results = evaluate_model(None if a.checkpoint == "bundled" else a.checkpoint, a.manifest, out, spec,
+                                 classifier=a.classifier, clap_folder=a.clap, progress=not a.quiet,
+                                 cache=a.cache)
+    except (EvaluateError, ClapError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _write(out, results, a.quiet)
     return 0
 
 

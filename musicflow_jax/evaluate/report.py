@@ -10,10 +10,13 @@ results.json (format RESULTS_FORMAT): {"format", "generated": SET, "reference": 
 reference) on the proxy embeddings, "fd_proxy_reference_halves": FD(first half, second half) of the reference (the
 real-vs-real row; FD grows as sample counts shrink, so compare it with an FD between sets of that half size),
 "instrument_accuracy": share of generated clips whose caption instrument the classifier fitted
-on the reference predicts (clips whose instrument the reference lacks are left out), "clap": mean CLAP or null,
+on the reference (or on separate classifier clips) predicts (clips whose instrument it lacks are left out), "clap":
+mean CLAP or null,
 "cache_hits": analyses read from the cache, "clips": the generated clips' per-clip values (`clip_rows`)} with
 SET = {"n", "seconds", "key_exact", "key_mirex", "key_n", "tempo": {class: share}, "tempo_n", "note_presence",
 "onsets_per_second"}; shares over the clips whose caption names the quantity (key_n, tempo_n), null when none does.
+Runs of musicflow_jax.evaluate.model add "run": {mode, checkpoint, manifest, spec, nfe, stage settings, clip
+counts, generation / evaluation wall seconds}.
 """
 
 from __future__ import annotations
@@ -148,21 +151,26 @@ def instrument_accuracy(generated: Sequence[dict[str, Any]], reference: Sequence
 
 
 def evaluate(generated: Sequence[Clip], reference: Sequence[Clip], cache: Path | None = None,
-             clap_folder: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """results.json's dict for two clip sets (see the module docstring)."""
+             clap_folder: str | Path | None = None, progress: bool = True,
+             classifier: Sequence[Clip] | None = None) -> dict[str, Any]:
+    """results.json's dict for two clip sets (see the module docstring). The instrument classifier is fitted on
+    `classifier` clips when given (clips in neither set: needed when the generated clips are real or derived from
+    the reference, as in musicflow_jax.evaluate.model's reference rows), else on the reference."""
     from tqdm import tqdm
 
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     gen = [analyze_clip(c.path, c.caption, cache) for c in tqdm(generated, desc="generated", disable=not progress)]
     ref = [analyze_clip(c.path, c.caption, cache) for c in tqdm(reference, desc="reference", disable=not progress)]
+    cls = ref if classifier is None else [analyze_clip(c.path, c.caption, cache)
+                                          for c in tqdm(classifier, desc="classifier", disable=not progress)]
     proxy_g, proxy_r = np.asarray([g["proxy"] for g in gen]), np.asarray([r["proxy"] for r in ref])
     half = len(ref) // 2
     out: dict[str, Any] = {
         "format": RESULTS_FORMAT, "generated": set_metrics(gen), "reference": set_metrics(ref),
         "fd_proxy": frechet_distance(proxy_g, proxy_r) if len(gen) >= 2 and len(ref) >= 2 else None,
         "fd_proxy_reference_halves": frechet_distance(proxy_r[:half], proxy_r[half:]) if half >= 2 else None,
-        "instrument_accuracy": instrument_accuracy(gen, ref), "clap": None,
+        "instrument_accuracy": instrument_accuracy(gen, cls), "clap": None,
         "cache_hits": sum(r["cached"] for r in gen + ref), "clips": clip_rows(gen)}
     if clap_folder is not None:
         from musicflow_jax.audio import read_audio
@@ -191,4 +199,9 @@ def markdown(results: dict[str, Any]) -> str:
               "|---|---|---|---|",
               f"| {_fmt(results['fd_proxy'])} | {_fmt(results['fd_proxy_reference_halves'])} | "
               f"{_fmt(results['instrument_accuracy'])} | {_fmt(results['clap'])} |"]
+    run = results.get("run")
+    if run:
+        lines += ["", f"run: mode {run['mode']}, {run['spec']['n']} clips of {run['audio_seconds_per_clip']:g} s, NFE "
+                  f"{run['nfe'] or '-'}, generation {run['generation_seconds']:.1f} s, evaluation "
+                  f"{run['evaluation_seconds']:.1f} s, instrument classifier fitted on {run['classifier_clips']} clips"]
     return "\n".join(lines) + "\n"

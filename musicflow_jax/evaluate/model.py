@@ -1,0 +1,197 @@
+"""Generate from a manifest's captions with a MusicFlow model folder and evaluate in one go, plus the reference rows
+that belong beside every model row (`python -m musicflow_jax.evaluate --checkpoint MODEL --manifest M --out DIR`).
+
+Clip selection (fixed, by manifest order): the first `n` entries are the evaluated captions and their real clips
+(the reference set); entries [n, 2n) are the second half of the "halves" row; the instrument classifier is fitted
+on the entries from 2n on (clips in no evaluated set; `classifier` overrides them). Every clip is cut to the same
+window of its source so that all sets compare like with like.
+
+Modes (`EvalSpec.mode`), each written as FLOAT WAVs (caption in the metadata) under `<out>/clips/` and evaluated
+by musicflow_jax.evaluate.report against the reference set:
+- "generate": text-to-music, `duration` s per caption; reference = the real clips' first `duration` s;
+- "continue": the real clip's first `prompt_seconds` s is the prompt, `duration` s in total; the evaluated clip is
+  the generated part only, [prompt_seconds, duration), against the same window of the real clip;
+- "ceiling": the backend ceiling, real clips through the model's feature backend,
+  `backend.decode(backend.encode_acoustic(audio))` at the backend's sample rate (no flow model involved): no model
+  on this backend can beat it;
+- "halves": real against real - the first n clips against clips [n, 2n) (same sizes as a model row, so the FD is
+  comparable with the model rows').
+Seeds: captions are generated in batches of `batch`; batch k uses seed `seed + k`, so (seed, n, batch) fix the
+output. `results["run"]` holds the mode, settings, NFE, clip counts and wall times (generation and evaluation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from musicflow_jax.evaluate.report import Clip, EvaluateError, evaluate
+
+MODES = ("generate", "continue", "ceiling", "halves")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    mode: str = "generate"
+    n: int = 32
+    duration: float = 4.0
+    seed: int = 0
+    batch: int = 16
+    prompt_seconds: float = 2.0  # "continue" only
+    steps: tuple[int | None, int | None] = (None, None)  # per stage; None = the stage's own default
+    cfg: tuple[float | None, float | None] = (None, None)
+    solver: str | None = None
+
+
+def _entries(manifest: str | Path) -> list[Any]:
+    from musicflow_jax.manifest import read_manifest
+
+    path = Path(manifest)
+    if not path.is_file():
+        raise EvaluateError(f"--manifest {path} does not exist: give a manifest .jsonl of real clips with captions")
+    entries, problems = read_manifest(path)
+    if problems:
+        raise EvaluateError(f"--manifest {path}: {len(problems)} bad line(s), first {problems[0].where}: "
+                            f"{problems[0].reason}")
+    return entries
+
+
+def _window(spec: EvalSpec) -> tuple[float, float]:
+    """(start, end) seconds of each source clip that the evaluated clips cover."""
+    return (spec.prompt_seconds, spec.duration) if spec.mode == "continue" else (0.0, spec.duration)
+
+
+def _read_window(path: str, start: float, end: float, sample_rate: int) -> np.ndarray:
+    from musicflow_jax.audio import read_audio
+
+    x, _ = read_audio(path, sample_rate=sample_rate, mono=True)
+    a, b = int(round(start * sample_rate)), int(round(end * sample_rate))
+    if x.size < b:
+        raise EvaluateError(f"{path} is {x.size / sample_rate:.2f} s long: this row needs {end:g} s per clip; use "
+                            "longer clips or a shorter --duration")
+    return np.asarray(x[a:b], np.float32)
+
+
+def _write(folder: Path, name: str, audio: np.ndarray, sample_rate: int, caption: str, meta: dict[str, Any]) -> Clip:
+    from musicflow_jax.audio import write_wav
+
+    path = write_wav(folder / f"{name}.wav", audio, sample_rate, {"text": caption, **meta}, subtype="FLOAT")
+    return Clip(str(path), caption)
+
+
+def real_clips(entries: list[Any], start: float, end: float, sample_rate: int, folder: Path) -> list[Clip]:
+    """The entries' real audio, window [start, end) s at `sample_rate`, written under `folder`."""
+    return [_write(folder, f"{i:04d}", _read_window(e.path, start, end, sample_rate), sample_rate, e.caption,
+                   {"source": e.path, "window": [start, end]}) for i, e in enumerate(entries)]
+
+
+def ceiling_audio(mf: Any, audio: np.ndarray) -> np.ndarray:
+    """Mono audio at the backend's rate through the backend: decode(encode_acoustic(audio)), trimmed to its length."""
+    be = mf.backend
+    return be.decode(be.encode_acoustic(np.asarray(audio, np.float32)[None]))[0, : audio.shape[-1]]
+
+
+def _settings(mf: Any, spec: EvalSpec) -> tuple[Any, Any]:
+    from musicflow_jax.pipeline import StageSettings
+
+    out = []
+    for st, steps, cfg in zip(mf.stages, spec.steps, spec.cfg):
+        d = st.settings
+        out.append(StageSettings(steps=d.steps if steps is None else int(steps), solver=spec.solver or d.solver,
+                                 cfg_scale=d.cfg_scale if cfg is None else float(cfg)))
+    return out[0], out[1]
+
+
+def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, progress: bool = True
+                    ) -> tuple[list[Clip], dict[str, Any]]:
+    """Generate (or pass through the backend, "ceiling") one clip per entry; returns the clips and run facts."""
+    from tqdm import tqdm
+
+    sr = mf.sample_rate
+    s1, s2 = _settings(mf, spec)
+    clips: list[Clip] = []
+    nfe: dict[str, int] = {}
+    t0 = time.perf_counter()
+    batches = [entries[i: i + spec.batch] for i in range(0, len(entries), spec.batch)]
+    for k, batch in enumerate(tqdm(batches, desc=spec.mode, disable=not progress)):
+        texts = [e.caption for e in batch]
+        seed = spec.seed + k
+        if spec.mode == "ceiling":
+            audio = [ceiling_audio(mf, _read_window(e.path, 0.0, spec.duration, sr)) for e in batch]
+        elif spec.mode == "generate":
+            g = mf.generate(texts, spec.duration, seed=seed, stage1=s1, stage2=s2, progress=False)
+            audio, nfe = list(g.audio), g.nfe
+        else:  # continue: one prompt per call (the API takes one prompt clip)
+            audio = []
+            for j, e in enumerate(batch):
+                prompt = _read_window(e.path, 0.0, spec.prompt_seconds, sr)
+                g = mf.continue_([e.caption], prompt, spec.duration, seed=seed * 1000 + j, stage1=s1, stage2=s2,
+                                 progress=False)
+                a = int(round(spec.prompt_seconds * sr))
+                audio.append(g.audio[0, a: int(round(spec.duration * sr))])
+                nfe = g.nfe
+        for e, x in zip(batch, audio):
+            clips.append(_write(folder, f"{len(clips):04d}", np.asarray(x, np.float32), sr, e.caption,
+                                {"source": e.path, "seed": seed, "mode": spec.mode}))
+    wall = time.perf_counter() - t0
+    info = {"generation_seconds": round(wall, 2), "nfe": nfe,
+            "stage1": dataclasses.asdict(s1) if spec.mode != "ceiling" else None,
+            "stage2": dataclasses.asdict(s2) if spec.mode != "ceiling" else None}
+    return clips, info
+
+
+def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str | Path, spec: EvalSpec,
+                   classifier: str | Path | None = None, clap_folder: str | Path | None = None,
+                   progress: bool = True, cache: str | Path | None = None) -> dict[str, Any]:
+    """Generate / pass through / select the clips of `spec.mode` (see the module docstring) and evaluate them against
+    the reference set; results.json's dict with a "run" section."""
+    from musicflow_jax.evaluate.report import load_clips
+    from musicflow_jax.pipeline import GenerateError, MusicFlow
+
+    if spec.mode not in MODES:
+        raise EvaluateError(f"--mode {spec.mode!r}: choose one of {', '.join(MODES)}")
+    if spec.n < 2 or spec.batch < 1:
+        raise EvaluateError(f"--n {spec.n} / --batch {spec.batch}: evaluate at least 2 clips in batches of >= 1")
+    start, end = _window(spec)
+    if spec.mode == "continue" and not 0 < spec.prompt_seconds < spec.duration:
+        raise EvaluateError(f"--prompt-seconds {spec.prompt_seconds:g} must be in (0, --duration {spec.duration:g})")
+    if end - start < 1.0:
+        raise EvaluateError(f"the evaluated clips would be {end - start:.2f} s long: the music metrics need >= 1 s")
+    entries = _entries(manifest)
+    need = 2 * spec.n if spec.mode == "halves" else spec.n
+    if len(entries) < need:
+        raise EvaluateError(f"--manifest {manifest} lists {len(entries)} clips; --mode {spec.mode} with --n {spec.n} "
+                            f"needs {need}")
+    try:
+        mf = MusicFlow.load(checkpoint)
+    except GenerateError as e:
+        raise EvaluateError(f"--checkpoint: {e}") from None
+    out = Path(out)
+    sr = mf.sample_rate
+    t0 = time.perf_counter()
+    reference = real_clips(entries[: spec.n], start, end, sr, out / "clips" / "reference")
+    if spec.mode == "halves":
+        generated = reference
+        reference = real_clips(entries[spec.n: 2 * spec.n], start, end, sr, out / "clips" / "second_half")
+        info: dict[str, Any] = {"generation_seconds": 0.0, "nfe": {}, "stage1": None, "stage2": None}
+    else:
+        generated, info = generated_clips(mf, entries[: spec.n], spec, out / "clips" / spec.mode, progress)
+    if classifier is not None:
+        cls_clips = load_clips(classifier, "classifier")
+    else:
+        rest = entries[2 * spec.n:]
+        cls_clips = real_clips(rest, 0.0, end - start, sr, out / "clips" / "classifier") if rest else []
+    t1 = time.perf_counter()
+    results = evaluate(generated, reference, cache=Path(cache) if cache else out / "cache", clap_folder=clap_folder,
+                       progress=progress,
+                       classifier=cls_clips)
+    results["run"] = {"mode": spec.mode, "checkpoint": str(mf.folder), "manifest": str(manifest),
+                      "spec": dataclasses.asdict(spec), "classifier_clips": len(cls_clips),
+                      "audio_seconds_per_clip": round(end - start, 4), **info,
+                      "evaluation_seconds": round(time.perf_counter() - t1, 2),
+                      "total_seconds": round(time.perf_counter() - t0, 2)}
+    return results

@@ -1,0 +1,148 @@
+"""The quality table: the paper's ablations in miniature for one model folder, each row one
+`python -m musicflow_jax.evaluate --checkpoint ...` run (musicflow_jax.evaluate.model) on the same manifest.
+
+Rows (ROWS): real halves; backend ceiling (encode -> decode); text-to-music 4 s and 10 s at the stages' default
+settings; continuation (2 s real prompt -> 6 s, the generated 4 s evaluated); NFE 4 / 8 / 16 / 32 per stage
+(midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s); real halves of 10-s clips (the 10-s row's floor).
+Each row's results.json lands in `<out>/<row>/`; a
+rerun skips rows that already have one, so rows can be run in several sittings (`--rows a,b`). `<out>/table.md`
+and `table.json` collect the rows found.
+
+    python tools/quality_table.py --manifest /tmp/heldout/manifest.jsonl --out eval/bundled --n 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from musicflow_jax.evaluate.model import EvalSpec  # noqa: E402
+
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "real_halves": ("real halves (clips [0,n) vs [n,2n))", {"mode": "halves"}),
+    "ceiling": ("backend ceiling (encode -> decode)", {"mode": "ceiling"}),
+    "t2m_4s": ("text-to-music 4 s (defaults)", {}),
+    "t2m_10s": ("text-to-music 10 s (defaults)", {"duration": 10.0}),
+    "real_halves_10s": ("real halves, 10 s clips", {"mode": "halves", "duration": 10.0}),
+    "continue": ("continuation 2 s prompt -> 6 s", {"mode": "continue", "duration": 6.0, "prompt_seconds": 2.0}),
+    "nfe4": ("NFE 4 per stage (midpoint x2)", {"steps": (2, 2), "solver": "midpoint"}),
+    "nfe8": ("NFE 8 per stage (midpoint x4)", {"steps": (4, 4), "solver": "midpoint"}),
+    "nfe16": ("NFE 16 per stage (midpoint x8)", {"steps": (8, 8), "solver": "midpoint"}),
+    "nfe32": ("NFE 32 per stage (midpoint x16)", {"steps": (16, 16), "solver": "midpoint"}),
+    "cfg1": ("CFG 1", {"cfg": (1.0, 1.0)}),
+    "cfg3": ("CFG 3", {"cfg": (3.0, 3.0)}),
+    "cfg5": ("CFG 5", {"cfg": (5.0, 5.0)}),
+}
+COLUMNS = ("row", "n", "s/clip", "key exact", "key MIREX", "tempo 4%", "note presence", "onsets/s", "FD proxy",
+           "instrument acc.", "NFE s1/s2", "gen. wall s", "eval wall s")
+
+
+def row_cells(name: str, res: dict[str, Any]) -> list[str]:
+    g, run = res["generated"], res["run"]
+
+    def f(v: Any, d: int = 3) -> str:
+        return "-" if v is None else f"{v:.{d}f}"
+
+    nfe = run["nfe"]
+    if run.get("same_run_as"):
+        name += f" (= {ROWS[run['same_run_as']][0]})"
+    return [name, str(g["n"]), f"{run['audio_seconds_per_clip']:g}", f(g["key_exact"]), f(g["key_mirex"]),
+            f(g["tempo"]["within_4pct"] if g["tempo"] else None), f(g["note_presence"]), f(g["onsets_per_second"], 2),
+            f(res["fd_proxy"], 1), f(res["instrument_accuracy"]),
+            f"{nfe['stage1']}/{nfe['stage2']}" if nfe else "-", f(run["generation_seconds"], 1),
+            f(run["evaluation_seconds"], 1)]
+
+
+def table(out: Path) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    rows = {}
+    for key, (name, _) in ROWS.items():
+        p = out / key / "results.json"
+        if p.is_file():
+            res = json.loads(p.read_text())
+            rows[key] = res
+            lines.append("| " + " | ".join(row_cells(name, res)) + " |")
+    (out / "table.json").write_text(json.dumps({k: {kk: v for kk, v in r.items() if kk != "clips"}
+                                                for k, r in rows.items()}, indent=1) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
+    """The spec with each stage's default steps / CFG / solver filled in from the model folder's stage configs."""
+    import dataclasses
+
+    from musicflow_jax.pipeline import BUNDLED
+    from musicflow_jax.stage_io import load_stage
+
+    folder = BUNDLED if checkpoint == "bundled" else Path(checkpoint)
+    cfgs = [load_stage(folder / f"stage{i}.safetensors", stream)[0] for i, stream in ((1, "semantic"), (2, "acoustic"))]
+    solvers = {spec.solver or c.sample.solver for c in cfgs}
+    if len(solvers) > 1:  # one --solver flag covers both stages: keep the defaults implicit
+        return spec
+    return dataclasses.replace(spec, solver=solvers.pop(),
+                               steps=tuple(c.sample.steps if s is None else s for c, s in zip(cfgs, spec.steps)),
+                               cfg=tuple(c.sample.cfg_scale if v is None else v for c, v in zip(cfgs, spec.cfg)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from musicflow_jax.evaluate.__main__ import main as evaluate_main
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", default="bundled")
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    ap.add_argument("--row-n", default="", help="per-row clip counts where CPU time is short, e.g. t2m_10s=16")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    row_n = {k: int(v) for k, v in (x.split("=") for x in a.row_n.split(",") if x)}
+    done: dict[EvalSpec, str] = {}
+    for key in [r.strip() for r in a.rows.split(",") if r.strip()]:
+        if key not in ROWS:
+            print(f"error: --rows {key!r} is not one of {', '.join(ROWS)}", file=sys.stderr)
+            return 2
+        spec = EvalSpec(n=row_n.get(key, a.n), seed=a.seed, **ROWS[key][1])
+        if spec.mode == "generate":  # the stages' defaults spelled out: rows with equal settings are one run
+            spec = _explicit(spec, a.checkpoint)
+        if (out / key / "results.json").is_file():
+            done[spec] = key
+            continue
+        if spec in done:  # same settings as a row already run: the same clips, so the same results
+            (out / key).mkdir(parents=True, exist_ok=True)
+            res = json.loads((out / done[spec] / "results.json").read_text())
+            res["run"]["same_run_as"] = done[spec]
+            (out / key / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+            continue
+        argv_row = ["--checkpoint", a.checkpoint, "--manifest", a.manifest, "--out", str(out / key), "--quiet",
+                    "--cache", str(out / "cache"),
+                    "--mode", spec.mode, "--n", str(spec.n), "--seed", str(spec.seed), "--duration",
+                    str(spec.duration), "--prompt-seconds", str(spec.prompt_seconds)]
+        for flag, vals in (("--steps", spec.steps), ("--cfg", spec.cfg)):
+            for i, v in enumerate(vals, 1):
+                if v is not None:
+                    argv_row += [f"{flag}{i}", str(v)]
+        if spec.solver:
+            argv_row += ["--solver", spec.solver]
+        print(" ".join(["python -m musicflow_jax.evaluate", *argv_row]), flush=True)
+        rc = evaluate_main(argv_row)
+        if rc:
+            return rc
+        done[spec] = key
+        print(table(out), flush=True)
+    md = table(out)
+    (out / "table.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

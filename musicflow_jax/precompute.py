@@ -124,7 +124,15 @@ def build_encoders(backend: str = "hubert+encodec", engine: str = "jax", *, hube
     if engine not in ("jax", "torch"):
         raise PrecomputeError(f"engine {engine!r}: choose jax or torch")
     sem_kind, ac_kind = parse_name(backend)
-    tmp = Path(tempfile.mkdtemp(prefix="musicflow_convert_"))  # HF -> Flax conversions for the jax engine
+    # HF -> Flax conversions for the jax engine: read into memory while building, removed after
+    with tempfile.TemporaryDirectory(prefix="musicflow_convert_") as tmp_dir:
+        return _build_encoders(backend, engine, sem_kind, ac_kind, Path(tmp_dir), hubert=hubert, encodec=encodec,
+                               layer=layer, kmeans=kmeans, t5=t5, text_max_len=text_max_len, threads=threads)
+
+
+def _build_encoders(backend: str, engine: str, sem_kind: str, ac_kind: str, tmp: Path, *, hubert: str | None,
+                    encodec: str | None, layer: int | None, kmeans: str | None, t5: str | None, text_max_len: int,
+                    threads: int) -> Encoders:
     if engine == "torch" and threads:
         import torch
 

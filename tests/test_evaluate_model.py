@@ -126,6 +126,13 @@ def test_ceiling_halves_and_continuation_rows(setup: tuple[Path, Path], tmp_path
         g = mf.continue_([CAPTIONS[k]], real[k][:SR], 2.5, seed=(k // 16) * 1000 + k % 16, progress=False)
         np.testing.assert_array_equal(got, g.audio[0, SR: int(2.5 * SR)])
 
+    fill = run(setup, tmp_path / "fill", "--mode", "infill", "--duration", "3", "--prompt-seconds", "1",
+               "--infill-seconds", "1.2")
+    assert fill["run"]["audio_seconds_per_clip"] == pytest.approx(1.2)
+    for k, got in enumerate(clips_of(fill)):  # the regenerated region only, as the API makes it for that seed
+        g = mf.infill([CAPTIONS[k]], real[k][: 3 * SR], [(1.0, 2.2)], seed=(k // 16) * 1000 + k % 16, progress=False)
+        np.testing.assert_array_equal(got, g.audio[0, SR: int(2.2 * SR)])
+
 
 def test_model_run_errors(setup: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     model, manifest = setup
@@ -137,6 +144,8 @@ def test_model_run_errors(setup: tuple[Path, Path], tmp_path: Path, capsys) -> N
         return msg
 
     assert "is not a folder" in err("--checkpoint", str(tmp_path / "nope"), "--manifest", str(manifest), "--n", "2")
+    assert "context on both sides" in err("--checkpoint", str(model), "--manifest", str(manifest), "--mode", "infill",
+                                          "--duration", "3", "--prompt-seconds", "2", "--infill-seconds", "1")
     assert "needs 8" in err("--checkpoint", str(model), "--manifest", str(manifest), "--n", "4", "--mode", "halves")
     assert "needs 10 s" in err("--checkpoint", str(model), "--manifest", str(manifest), "--n", "2", "--duration",
                                "10")

@@ -1,11 +1,12 @@
-"""`python -m musicflow_jax.evaluate --generated DIR|manifest --reference manifest --out DIR [--clap FOLDER]`:
-the weight-free music metrics (and the CLAP score with a local CLAP folder) of generated clips against a reference
-set, written to DIR/results.json and DIR/results.md (musicflow_jax.evaluate.report). Per-clip analyses are cached
-in DIR/cache by content hash, so re-runs are fast.
-`python -m musicflow_jax.evaluate --checkpoint MODEL --manifest test.jsonl --out DIR [--mode generate|continue|ceiling|
-halves --n N --seed S --duration D --steps1/--steps2 --cfg1/--cfg2 ...]`: generate from the manifest's captions with
-fixed seeds (or the backend-ceiling / real-halves reference rows) and evaluate in one go (musicflow_jax.evaluate.model;
-`--checkpoint bundled` = the bundled model).
+"""`python -m musicflow_jax.evaluate --generated DIR|manifest --reference manifest --out DIR [--clap FOLDER]
+[--vggish FILE --panns FILE --ast FOLDER --features FOLDER]`: the weight-free music metrics (and, with local
+weights, the CLAP score, VGGish FAD, PANNs FD/KL/IS, AST KL/IS and FD on a MusicFlow backend's features) of
+generated clips against a reference set, written to DIR/results.json and DIR/results.md
+(musicflow_jax.evaluate.report). Per-clip analyses are cached in DIR/cache by content hash, so re-runs are fast.
+`python -m musicflow_jax.evaluate --checkpoint MODEL --manifest test.jsonl --out DIR [--mode generate|continue|
+infill|ceiling|halves --n N --seed S --duration D --steps1/--steps2 --cfg1/--cfg2 ...]`: generate from the
+manifest's captions with fixed seeds (or the backend-ceiling / real-halves reference rows) and evaluate in one go
+(musicflow_jax.evaluate.model; `--checkpoint bundled` = the bundled model).
 `python -m musicflow_jax.evaluate --compare A/results.json B/results.json` prints both runs side by side with paired
 bootstrap 95% intervals over clips (musicflow_jax.evaluate.compare). Bad input: one line on stderr, exit code 2."""
 
@@ -37,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     g = ap.add_argument_group("generate and evaluate (musicflow_jax.evaluate.model)")
     g.add_argument("--checkpoint", help="MusicFlow model folder, or 'bundled'")
     g.add_argument("--manifest", help="manifest .jsonl of real clips: the first --n captions are generated")
-    g.add_argument("--mode", default="generate", help="generate | continue | ceiling (backend encode -> decode) | "
-                   "halves (real clips [0, n) vs [n, 2n))")
+    g.add_argument("--mode", default="generate", help="generate | continue | infill | ceiling (backend encode -> "
+                   "decode) | halves (real clips [0, n) vs [n, 2n))")
     g.add_argument("--n", type=int, default=32, help="clips to evaluate")
     g.add_argument("--seed", type=int, default=0, help="batch k uses seed + k")
     g.add_argument("--batch", type=int, default=16, help="captions per generate call")
     g.add_argument("--duration", type=float, default=4.0, help="seconds per clip (continue: in total)")
-    g.add_argument("--prompt-seconds", type=float, default=2.0, help="continue: prompt length cut from the real clip")
+    g.add_argument("--prompt-seconds", type=float, default=2.0, help="continue: prompt length cut from the real clip; "
+                   "infill: start of the regenerated region")
+    g.add_argument("--infill-seconds", type=float, default=2.0, help="infill: length of the regenerated region")
     g.add_argument("--steps", type=int, default=None, help="solver steps of both stages (default: each stage's)")
     g.add_argument("--steps1", type=int, default=None)
     g.add_argument("--steps2", type=int, default=None)
@@ -56,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help="per-clip analysis cache folder (default: OUT/cache); share one "
                     "between runs on the same reference clips")
     ap.add_argument("--clap", default=None, help="local transformers CLAP folder (save_pretrained) for the CLAP score")
+    e = ap.add_argument_group("embedding models (local weights only; musicflow_jax.evaluate.embeddings)")
+    e.add_argument("--vggish", default=None, help="torchvggish state-dict file (vggish-10086976.pth): FAD")
+    e.add_argument("--panns", default=None, help="PANNs CNN14 16 kHz checkpoint (Cnn14_16k_mAP=0.438.pth): FD, KL, IS")
+    e.add_argument("--ast", default=None, help="transformers AST AudioSet classifier folder (save_pretrained): KL "
+                   "(audiocraft's PaSST KL, AST standing in), IS")
+    e.add_argument("--features", default=None, help="MusicFlow model/backend folder with a features.json ('model' = "
+                   "the --checkpoint's): FD on its semantic and acoustic frames")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     if a.compare:
@@ -66,16 +76,24 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         ap.error(f"{', '.join(missing)} required (or --compare A B)")
     from musicflow_jax.evaluate.clap import ClapError
+    from musicflow_jax.evaluate.embeddings import EmbedError, build
 
     out = Path(a.out)
     try:
+        if a.features == "model":
+            raise EvaluateError("--features model needs --checkpoint; give a model/backend folder with --generated")
         results = evaluate(load_clips(a.generated, "generated"), load_clips(a.reference, "reference"),
-                           cache=Path(a.cache) if a.cache else out / "cache", clap_folder=a.clap, progress=not a.quiet)
-    except (EvaluateError, ClapError) as e:
+                           cache=Path(a.cache) if a.cache else out / "cache", clap_folder=a.clap, progress=not a.quiet,
+                           embedders=build(_embedders(a)))
+    except (EvaluateError, ClapError, EmbedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     _write(out, results, a.quiet)
     return 0
+
+
+def _embedders(a: argparse.Namespace) -> dict[str, str | None]:
+    return {"vggish": a.vggish, "panns": a.panns, "ast": a.ast, "features": a.features}
 
 
 def _write(out: Path, results: dict, quiet: bool) -> None:
@@ -101,13 +119,14 @@ def _model(ap: argparse.ArgumentParser, a: argparse.Namespace) -> int:
         return one if one is not None else both
 
     spec = EvalSpec(mode=a.mode, n=a.n, duration=a.duration, seed=a.seed, batch=a.batch,
-                    prompt_seconds=a.prompt_seconds, steps=(pick(a.steps, a.steps1), pick(a.steps, a.steps2)),
+                    prompt_seconds=a.prompt_seconds, infill_seconds=a.infill_seconds,
+                    steps=(pick(a.steps, a.steps1), pick(a.steps, a.steps2)),
                     cfg=(pick(a.cfg, a.cfg1), pick(a.cfg, a.cfg2)), solver=a.solver)
     out = Path(a.out)
     try:
         results = evaluate_model(None if a.checkpoint == "bundled" else a.checkpoint, a.manifest, out, spec,
                                  classifier=a.classifier, clap_folder=a.clap, progress=not a.quiet,
-                                 cache=a.cache)
+                                 cache=a.cache, embedders=_embedders(a))
     except (EvaluateError, ClapError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

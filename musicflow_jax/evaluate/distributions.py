@@ -16,8 +16,9 @@ pairs (audioldm_eval: reduction "sum" / N). Two versions are reported by audiold
   formulation"): p = softmax(logits) over the C classes;
 - "sigmoid" (`kullback_leibler_divergence_sigmoid`): p = sigmoid(logits) per class, plugged into the same sum
   (not a sum of Bernoulli KLs: the 1 - p terms are absent, exactly as in the reference).
-audiocraft's PaSST KL is the softmax form with the same direction and eps ("kld" = "kld_pq"), the clip's
-probability being the mean of its 10-s segments' softmax outputs; it also reports the reverse direction ("kld_qp").
+audiocraft's PaSST KL is the softmax form with the same direction and eps ("kld" = "kld_pq"); each unpadded 10-s
+segment of a clip is one row (segments of a generated clip and of its reference pair in order) and the mean is
+over rows; it also reports the reverse direction ("kld_qp"). See musicflow_jax.evaluate.ast_tagger.
 
 Inception Score (audioldm_eval `calculate_isc`, called with splits=10, samples_shuffle=True, rng_seed=2020): the
 generated clips' logits are shuffled with `np.random.RandomState(2020).permutation(N)`, cut into `splits` chunks

@@ -11,6 +11,8 @@ by musicflow_jax.evaluate.report against the reference set:
 - "generate": text-to-music, `duration` s per caption; reference = the real clips' first `duration` s;
 - "continue": the real clip's first `prompt_seconds` s is the prompt, `duration` s in total; the evaluated clip is
   the generated part only, [prompt_seconds, duration), against the same window of the real clip;
+- "infill": the real clip's first `duration` s is the prompt and [prompt_seconds, prompt_seconds + infill_seconds)
+  is regenerated (everything else kept); the evaluated clip is that region, against the same window of the real clip;
 - "ceiling": the backend ceiling, real clips through the model's feature backend,
   `backend.decode(backend.encode_acoustic(audio))` at the backend's sample rate (no flow model involved): no model
   on this backend can beat it;
@@ -29,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax.evaluate.report import Clip, EvaluateError, evaluate
+from musicflow_jax.evaluate.report import Clip, EvaluateError, evaluate, read_entries
 
-MODES = ("generate", "continue", "ceiling", "halves")
+MODES = ("generate", "continue", "infill", "ceiling", "halves")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,28 +43,20 @@ class EvalSpec:
     duration: float = 4.0
     seed: int = 0
     batch: int = 16
-    prompt_seconds: float = 2.0  # "continue" only
+    prompt_seconds: float = 2.0  # "continue": the prompt's length; "infill": the region's start
+    infill_seconds: float = 2.0  # "infill": the region's length
     steps: tuple[int | None, int | None] = (None, None)  # per stage; None = the stage's own default
     cfg: tuple[float | None, float | None] = (None, None)
     solver: str | None = None
 
 
-def _entries(manifest: str | Path) -> list[Any]:
-    from musicflow_jax.manifest import read_manifest
-
-    path = Path(manifest)
-    if not path.is_file():
-        raise EvaluateError(f"--manifest {path} does not exist: give a manifest .jsonl of real clips with captions")
-    entries, problems = read_manifest(path)
-    if problems:
-        raise EvaluateError(f"--manifest {path}: {len(problems)} bad line(s), first {problems[0].where}: "
-                            f"{problems[0].reason}")
-    return entries
-
-
 def _window(spec: EvalSpec) -> tuple[float, float]:
     """(start, end) seconds of each source clip that the evaluated clips cover."""
-    return (spec.prompt_seconds, spec.duration) if spec.mode == "continue" else (0.0, spec.duration)
+    if spec.mode == "continue":
+        return spec.prompt_seconds, spec.duration
+    if spec.mode == "infill":
+        return spec.prompt_seconds, spec.prompt_seconds + spec.infill_seconds
+    return 0.0, spec.duration
 
 
 def _read_window(path: str, start: float, end: float, sample_rate: int) -> np.ndarray:
@@ -114,6 +108,7 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
     sr = mf.sample_rate
     s1, s2 = _settings(mf, spec)
     clips: list[Clip] = []
+    full: list[np.ndarray] = []  # continue / infill: the whole output, prompt included (for the seams)
     nfe: dict[str, int] = {}
     t0 = time.perf_counter()
     batches = [entries[i: i + spec.batch] for i in range(0, len(entries), spec.batch)]
@@ -125,14 +120,20 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
         elif spec.mode == "generate":
             g = mf.generate(texts, spec.duration, seed=seed, stage1=s1, stage2=s2, progress=False)
             audio, nfe = list(g.audio), g.nfe
-        else:  # continue: one prompt per call (the API takes one prompt clip)
+        else:  # continue / infill: one prompt per call (the API takes one prompt clip)
             audio = []
+            start, end = _window(spec)
             for j, e in enumerate(batch):
-                prompt = _read_window(e.path, 0.0, spec.prompt_seconds, sr)
-                g = mf.continue_([e.caption], prompt, spec.duration, seed=seed * 1000 + j, stage1=s1, stage2=s2,
-                                 progress=False)
-                a = int(round(spec.prompt_seconds * sr))
-                audio.append(g.audio[0, a: int(round(spec.duration * sr))])
+                if spec.mode == "continue":
+                    prompt = _read_window(e.path, 0.0, spec.prompt_seconds, sr)
+                    g = mf.continue_([e.caption], prompt, spec.duration, seed=seed * 1000 + j, stage1=s1,
+                                     stage2=s2, progress=False)
+                else:
+                    prompt = _read_window(e.path, 0.0, spec.duration, sr)
+                    g = mf.infill([e.caption], prompt, [(start, end)], seed=seed * 1000 + j, stage1=s1, stage2=s2,
+                                  progress=False)
+                full.append(np.asarray(g.audio[0, : int(round(spec.duration * sr))], np.float32))
+                audio.append(full[-1][int(round(start * sr)): int(round(end * sr))])
                 nfe = g.nfe
         for e, x in zip(batch, audio):
             clips.append(_write(folder, f"{len(clips):04d}", np.asarray(x, np.float32), sr, e.caption,
@@ -146,9 +147,12 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
 
 def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str | Path, spec: EvalSpec,
                    classifier: str | Path | None = None, clap_folder: str | Path | None = None,
-                   progress: bool = True, cache: str | Path | None = None) -> dict[str, Any]:
+                   progress: bool = True, cache: str | Path | None = None,
+                   embedders: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Generate / pass through / select the clips of `spec.mode` (see the module docstring) and evaluate them against
-    the reference set; results.json's dict with a "run" section."""
+    the reference set; results.json's dict with a "run" section. `embedders`: {name: weights} of the embedding
+    models (musicflow_jax.evaluate.embeddings.build); "features": "model" means the evaluated model's backend."""
+    from musicflow_jax.evaluate.embeddings import EmbedError, build
     from musicflow_jax.evaluate.report import load_clips
     from musicflow_jax.pipeline import GenerateError, MusicFlow
 
@@ -159,9 +163,12 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     start, end = _window(spec)
     if spec.mode == "continue" and not 0 < spec.prompt_seconds < spec.duration:
         raise EvaluateError(f"--prompt-seconds {spec.prompt_seconds:g} must be in (0, --duration {spec.duration:g})")
+    if spec.mode == "infill" and not (spec.prompt_seconds > 0 and end < spec.duration):
+        raise EvaluateError(f"--prompt-seconds {spec.prompt_seconds:g} + --infill-seconds {spec.infill_seconds:g} must "
+                            f"lie inside (0, --duration {spec.duration:g}): the region needs context on both sides")
     if end - start < 1.0:
         raise EvaluateError(f"the evaluated clips would be {end - start:.2f} s long: the music metrics need >= 1 s")
-    entries = _entries(manifest)
+    entries = read_entries(manifest, "manifest")
     need = 2 * spec.n if spec.mode == "halves" else spec.n
     if len(entries) < need:
         raise EvaluateError(f"--manifest {manifest} lists {len(entries)} clips; --mode {spec.mode} with --n {spec.n} "
@@ -170,6 +177,13 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
         mf = MusicFlow.load(checkpoint)
     except GenerateError as e:
         raise EvaluateError(f"--checkpoint: {e}") from None
+    specs = dict(embedders or {})
+    if specs.get("features") == "model":
+        specs["features"] = str(mf.folder)
+    try:
+        models = build(specs)
+    except EmbedError as e:
+        raise EvaluateError(str(e)) from None
     out = Path(out)
     sr = mf.sample_rate
     t0 = time.perf_counter()
@@ -187,8 +201,7 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
         cls_clips = real_clips(rest, 0.0, end - start, sr, out / "clips" / "classifier") if rest else []
     t1 = time.perf_counter()
     results = evaluate(generated, reference, cache=Path(cache) if cache else out / "cache", clap_folder=clap_folder,
-                       progress=progress,
-                       classifier=cls_clips)
+                       progress=progress, classifier=cls_clips, embedders=models)
     results["run"] = {"mode": spec.mode, "checkpoint": str(mf.folder), "manifest": str(manifest),
                       "spec": dataclasses.asdict(spec), "classifier_clips": len(cls_clips),
                       "audio_seconds_per_clip": round(end - start, 4), **info,

@@ -11,7 +11,9 @@ reference) on the proxy embeddings, "fd_proxy_reference_halves": FD(first half, 
 real-vs-real row; FD grows as sample counts shrink, so compare it with an FD between sets of that half size),
 "instrument_accuracy": share of generated clips whose caption instrument the classifier fitted
 on the reference (or on separate classifier clips) predicts (clips whose instrument it lacks are left out), "clap":
-mean CLAP or null,
+mean CLAP or null, "embeddings": {model: metrics} of the embedding models given (musicflow_jax.evaluate.embeddings:
+"vggish" {"fad"}, "panns" {"fd", "kl_softmax", "kl_sigmoid", "is_mean", ...}, "ast" {"kl_softmax", ...},
+"features" {"fd_semantic", "fd_acoustic", ...}),
 "cache_hits": analyses read from the cache, "clips": the generated clips' per-clip values (`clip_rows`)} with
 SET = {"n", "seconds", "key_exact", "key_mirex", "key_n", "tempo": {class: share}, "tempo_n", "note_presence",
 "onsets_per_second"}; shares over the clips whose caption names the quantity (key_n, tempo_n), null when none does.
@@ -49,10 +51,23 @@ class Clip:
     caption: str
 
 
+def read_entries(path: str | Path, flag: str) -> list[Any]:
+    """The entries (musicflow_jax.manifest.Entry) of the manifest given as `--flag`; one-line errors naming it."""
+    from musicflow_jax.manifest import read_manifest
+
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluateError(f"--{flag} {path} does not exist: give a manifest .jsonl of clips with captions")
+    entries, problems = read_manifest(path)
+    if problems:
+        raise EvaluateError(f"--{flag} {path}: {len(problems)} bad line(s), first {problems[0].where}: "
+                            f"{problems[0].reason}")
+    return entries
+
+
 def load_clips(source: str | Path, name: str) -> list[Clip]:
     """Clips of a manifest (.jsonl) or of a folder of WAVs carrying their caption in their metadata."""
     from musicflow_jax.audio import read_wav_metadata
-    from musicflow_jax.manifest import read_manifest
 
     source = Path(source)
     if source.is_dir():
@@ -70,10 +85,7 @@ def load_clips(source: str | Path, name: str) -> list[Clip]:
         return clips
     if not source.is_file():
         raise EvaluateError(f"--{name} {source} does not exist: give a folder of WAVs or a manifest .jsonl")
-    entries, problems = read_manifest(source)
-    if problems:
-        raise EvaluateError(f"--{name} {source}: {len(problems)} bad line(s), first {problems[0].where}: "
-                            f"{problems[0].reason}")
+    entries = read_entries(source, name)
     if not entries:
         raise EvaluateError(f"--{name} {source} lists no clips")
     return [Clip(e.path, e.caption) for e in entries]
@@ -152,11 +164,14 @@ def instrument_accuracy(generated: Sequence[dict[str, Any]], reference: Sequence
 
 def evaluate(generated: Sequence[Clip], reference: Sequence[Clip], cache: Path | None = None,
              clap_folder: str | Path | None = None, progress: bool = True,
-             classifier: Sequence[Clip] | None = None) -> dict[str, Any]:
+             classifier: Sequence[Clip] | None = None, embedders: Sequence[Any] = ()) -> dict[str, Any]:
     """results.json's dict for two clip sets (see the module docstring). The instrument classifier is fitted on
     `classifier` clips when given (clips in neither set: needed when the generated clips are real or derived from
-    the reference, as in musicflow_jax.evaluate.model's reference rows), else on the reference."""
+    the reference, as in musicflow_jax.evaluate.model's reference rows), else on the reference. `embedders`
+    (musicflow_jax.evaluate.embeddings) add the model-based metrics under "embeddings"."""
     from tqdm import tqdm
+
+    from musicflow_jax.evaluate.embeddings import EmbedError, embedding_metrics
 
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -179,6 +194,10 @@ def evaluate(generated: Sequence[Clip], reference: Sequence[Clip], cache: Path |
         scorer = ClapScorer(clap_folder)
         audio = [read_audio(c.path, scorer.sample_rate)[0] for c in generated]
         out["clap"] = scorer.score(audio, [c.caption for c in generated], scorer.sample_rate).score
+    try:
+        out["embeddings"] = embedding_metrics(embedders, generated, reference, cache, progress)
+    except EmbedError as e:
+        raise EvaluateError(str(e)) from None
     return out
 
 
@@ -199,6 +218,9 @@ def markdown(results: dict[str, Any]) -> str:
               "|---|---|---|---|",
               f"| {_fmt(results['fd_proxy'])} | {_fmt(results['fd_proxy_reference_halves'])} | "
               f"{_fmt(results['instrument_accuracy'])} | {_fmt(results['clap'])} |"]
+    for name, m in results.get("embeddings", {}).items():
+        lines += ["", f"| {name} | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|",
+                  "| generated vs reference | " + " | ".join(_fmt(v) for v in m.values()) + " |"]
     run = results.get("run")
     if run:
         lines += ["", f"run: mode {run['mode']}, {run['spec']['n']} clips of {run['audio_seconds_per_clip']:g} s, NFE "

@@ -4,6 +4,9 @@ Score, CLAP score) and weight-free music metrics checked against the rendered co
 - `frechet`: Fréchet distance between Gaussian fits of two embedding sets;
 - `distributions`: KL divergence and Inception Score over classifier label distributions (audioldm_eval);
 - `clap`: CLAP score, the mean cosine of text and audio embeddings (audiocraft's text consistency);
+- `vggish`: VGGish frame embeddings for FAD and `panns`: PANNs CNN14 (16 kHz) clip embeddings for FD and logits
+  for KL / IS, both PyTorch, from the released weight files, as audioldm_eval uses them (`torch_embedding`: their
+  shared loading / audio checks and audioldm_eval's audio preprocessing);
 - `music`: key, tempo, note presence and onset estimators, caption parsing, MIREX key score;
 - `proxy`: a weight-free per-clip embedding (FD proxy) and the instrument classifier;
 - `report`: analyse two clip sets and write results.json / results.md; `compare`: paired bootstrap of two runs;

@@ -242,3 +242,50 @@ def test_audioldm_eval_waveform() -> None:
     assert (y[16_000:] == 0).all() and abs(float(y[:16_000].mean())) < 1e-2
     long = chord(2.5, 16_000, 7)
     np.testing.assert_allclose(audioldm_eval_waveform(long, 16_000), long - long.mean(), atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ through the CLI
+def test_cli_fad_fd_kl_is_equal_the_reference_pipeline(vggish_ref, panns_ref, tmp_path: Path) -> None:
+    """`python -m musicflow_jax.evaluate --vggish F --panns F`: FAD, FD, KL (softmax, sigmoid) and IS equal those
+    computed from the reference models on the audioldm_eval-prepared clips, clips paired by caption."""
+    import json
+
+    from torchvggish import vggish_input
+
+    from musicflow_jax.audio import read_audio, write_wav
+    from musicflow_jax.evaluate import distributions
+    from musicflow_jax.evaluate.__main__ import main
+    from musicflow_jax.evaluate.frechet import frechet_distance
+
+    caps = [f"A chorale in C major at {90 + 10 * i} BPM played on a piano" for i in range(4)]
+    for name, seed, order in (("ref", 0, caps), ("gen", 10, caps[::-1])):
+        lines = []
+        for i, c in enumerate(order):
+            p = write_wav(tmp_path / name / f"{i}.wav", chord(1.5 + 0.5 * i, 24_000, seed + i), 24_000, {"text": c})
+            lines.append(json.dumps({"path": str(p), "caption": c}))
+        (tmp_path / name / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "ref" / "manifest.jsonl"),
+                 "--out", str(out), "--vggish", str(vggish_ref[2]), "--panns", str(panns_ref[2]), "--quiet"]) == 0
+    emb = json.loads((out / "results.json").read_text())["embeddings"]
+
+    def prepared(folder: str, i: int) -> np.ndarray:
+        return audioldm_eval_waveform(read_audio(tmp_path / folder / f"{i}.wav")[0], 24_000)
+
+    with torch.no_grad():
+        frames = {f: [vggish_ref[0](vggish_input.waveform_to_examples(prepared(f, i), 16_000)).numpy()
+                      for i in range(4)] for f in ("gen", "ref")}
+        pann = {f: [panns_ref[0](torch.from_numpy(prepared(f, i))[None])["embedding"] for i in range(4)]
+                for f in ("gen", "ref")}
+        logits = {f: np.concatenate([panns_ref[0].fc_audioset(e).numpy() for e in v]) for f, v in pann.items()}
+    e = {f: np.concatenate([x.numpy() for x in v]) for f, v in pann.items()}
+    g_logits, r_logits = logits["gen"], logits["ref"][::-1]  # generated clip i has reference clip 3 - i's caption
+    assert emb["vggish"]["fad"] == pytest.approx(
+        frechet_distance(np.concatenate(frames["gen"]), np.concatenate(frames["ref"])), rel=1e-4)
+    assert emb["vggish"]["frames_reference"] == sum(len(f) for f in frames["ref"])
+    p = emb["panns"]
+    assert p["fd"] == pytest.approx(frechet_distance(e["gen"], e["ref"]), rel=1e-4)
+    assert p["kl_pairs"] == 4
+    assert p["kl_softmax"] == pytest.approx(distributions.kl_divergence(g_logits, r_logits, "softmax"), rel=1e-4)
+    assert p["kl_sigmoid"] == pytest.approx(distributions.kl_divergence(g_logits, r_logits, "sigmoid"), rel=1e-4)
+    assert p["is_mean"] == pytest.approx(distributions.inception_score(logits["gen"], splits=4)[0], rel=1e-4)

@@ -44,7 +44,7 @@ def test_agrees_with_plain_scipy_and_is_symmetric() -> None:
     x = rng.normal(size=(800, d)) @ rng.normal(size=(d, d)) * 0.3
     y = rng.normal(size=(700, d)) @ rng.normal(size=(d, d)) * 0.3 + 0.2
     ref = plain_fd(x, y)
-    for method in ("eigh", "sqrtm"):
+    for method in ("eigh", "sqrtm", "gram"):
         assert frechet_distance(x, y, method) == pytest.approx(ref, rel=1e-6)
         assert frechet_distance(y, x, method) == pytest.approx(ref, rel=1e-6)
 
@@ -53,13 +53,14 @@ def test_self_distance_is_zero_and_singular_covariances_are_finite() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 32))
     scale = float(np.trace(np.cov(x, rowvar=False)))
-    for method in ("eigh", "sqrtm"):
+    for method in ("eigh", "sqrtm", "gram"):
         assert abs(frechet_distance(x, x, method)) < 1e-8 * scale
     # fewer samples than dims: both covariances have rank <= 19 in 64 dimensions
     a, b = rng.normal(size=(20, 64)), rng.normal(size=(15, 64)) + 0.5
-    fd = {m: frechet_distance(a, b, m) for m in ("eigh", "sqrtm")}
+    fd = {m: frechet_distance(a, b, m) for m in ("eigh", "sqrtm", "gram", "auto")}
     assert all(np.isfinite(v) for v in fd.values()), fd
     assert fd["eigh"] == pytest.approx(fd["sqrtm"], rel=1e-4)
+    assert fd["gram"] == fd["auto"] == pytest.approx(fd["eigh"], rel=1e-9)  # both exact; auto picks gram here
     # N < d with dimensions on very different scales (like the proxy embedding): FD(X, X) stays 0 to round-off
     z = rng.normal(size=(6, 197)) * np.geomspace(0.01, 100.0, 197)
     assert abs(frechet_distance(z, z)) < 1e-10 * float(np.trace(np.cov(z, rowvar=False)))
@@ -67,6 +68,17 @@ def test_self_distance_is_zero_and_singular_covariances_are_finite() -> None:
     s1, s2 = np.diag([2.0, 0.0, 0.0, 1.0]), np.diag([0.0, 3.0, 0.0, 1.0])
     g1, g2 = Gaussian(np.zeros(4), s1, 3), Gaussian(np.ones(4), s2, 3)
     assert frechet_distance_stats(g1, g2) == pytest.approx(4.0 + 2.0 + 3.0, abs=1e-12)  # 4 + 2 + 3 + (1 + 1 - 2)
+
+
+def test_gram_method_on_wide_embeddings() -> None:
+    """32 clips of a 512-d embedding (PANNs-like: far fewer clips than dimensions): the cross-Gram nuclear norm
+    equals the eigendecomposition route, and FD(X, X) = 0."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(size=(32, 512)) @ rng.normal(size=(512, 512)) * 0.05, 0.0)
+    y = np.maximum(rng.normal(size=(40, 512)) @ rng.normal(size=(512, 512)) * 0.05 + 0.1, 0.0)
+    assert frechet_distance(x, y, "gram") == pytest.approx(frechet_distance(x, y, "eigh"), rel=1e-9)
+    assert frechet_distance(y, x) == pytest.approx(frechet_distance(x, y), rel=1e-12)
+    assert abs(frechet_distance(x, x)) < 1e-9 * float(np.trace(np.cov(x, rowvar=False)))
 
 
 def test_one_line_errors() -> None:

@@ -10,14 +10,17 @@ with the sample mean and the unbiased covariance (`np.cov(x, rowvar=False)`, ddo
 reported (no square root); `scipy.linalg.sqrtm(S1 @ S2)` is retried as `sqrtm((S1 + eps I)(S2 + eps I))`, eps 1e-6,
 when it is not finite; an imaginary part from round-off is dropped only when the diagonal's is within 1e-3 of 0.
 
-Two ways of computing tr((S1 S2)^(1/2)) are given:
+Three ways of computing tr((S1 S2)^(1/2)) are given:
 - `method="sqrtm"`: the reference recipe above (O(d^3) Schur method, ~seconds at d = 512);
 - `method="eigh"` (default): S1 S2 is similar to the symmetric PSD matrix A S2 A with A = S1^(1/2)
   (S1 S2 = A (A S2 A) A^-1 when S1 is invertible, and by continuity otherwise), so the trace is the sum of the
   square roots of the eigenvalues of A S2 A. Two symmetric eigendecompositions, no complex arithmetic; exact for
   singular covariances too (eigenvalues below numpy's rank tolerance set to 0, so FD(X, X) of N < d samples is
   0 to round-off, where sqrtm's null-space round-off leaves a negative FD). tests/test_evaluate_frechet.py checks
-  that both agree to 1e-6 relative on full-rank covariances.
+  that both agree to 1e-6 relative on full-rank covariances;
+- `method="gram"` (from samples only, `frechet_distance` picks it when N M < d^2): the nuclear norm of the
+  centred samples' cross-Gram matrix, exact, O(N M d) - 2048-d PANNs embeddings of 32 clips in milliseconds
+  instead of two 2048 x 2048 eigendecompositions (seconds).
 """
 
 from __future__ import annotations
@@ -108,7 +111,26 @@ def frechet_distance_stats(a: Gaussian, b: Gaussian, method: str = "eigh") -> fl
     return float(diff @ diff + np.trace(a.cov) + np.trace(b.cov) - 2.0 * tr)
 
 
-def frechet_distance(x_nd: np.ndarray, y_nd: np.ndarray, method: str = "eigh") -> float:
-    """FD between the Gaussian fits of embedding sets (N, d) and (M, d)."""
-    return frechet_distance_stats(Gaussian.fit(x_nd, "first embedding set"),
-                                  Gaussian.fit(y_nd, "second embedding set"), method)
+def _trace_sqrt_gram(x_nd: np.ndarray, y_md: np.ndarray) -> float:
+    """tr((S1 S2)^(1/2)) from the samples: with S1 = A^T A, S2 = B^T B (A, B the centred samples / sqrt(N - 1)),
+    the non-zero eigenvalues of S1 S2 are those of (A B^T)(A B^T)^T, so the trace is the sum of the singular values
+    of the (N, M) matrix A B^T (its nuclear norm): exact, O(N M d), no d x d decomposition."""
+    a = (x_nd - x_nd.mean(0)) / np.sqrt(x_nd.shape[0] - 1)
+    b = (y_md - y_md.mean(0)) / np.sqrt(y_md.shape[0] - 1)
+    return float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+
+
+def frechet_distance(x_nd: np.ndarray, y_nd: np.ndarray, method: str = "auto") -> float:
+    """FD between the Gaussian fits of embedding sets (N, d) and (M, d). `method` "auto": "gram" (the samples'
+    cross-Gram nuclear norm, `_trace_sqrt_gram`) when N M < d^2 - few clips of a wide embedding, e.g. 32 PANNs
+    2048-d clip embeddings - else "eigh"; or "eigh" / "sqrtm" / "gram" explicitly."""
+    a, b = Gaussian.fit(x_nd, "first embedding set"), Gaussian.fit(y_nd, "second embedding set")
+    d = a.mean.shape[0]
+    if method == "auto":
+        method = "gram" if a.n * b.n < d * d else "eigh"
+    if method != "gram":
+        return frechet_distance_stats(a, b, method)
+    _check(a, b)
+    x, y = np.asarray(x_nd, np.float64), np.asarray(y_nd, np.float64)
+    diff = a.mean - b.mean
+    return float(diff @ diff + np.trace(a.cov) + np.trace(b.cov) - 2.0 * _trace_sqrt_gram(x, y))

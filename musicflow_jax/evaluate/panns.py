@@ -45,7 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from musicflow_jax.evaluate.torch_embedding import EmbeddingModelError, clip_name, load_state_dict_file, mono_16k
+from musicflow_jax.evaluate.torch_embedding import (
+    AUDIOLDM_EVAL_RATE,
+    EmbeddingModelError,
+    audioldm_eval_waveform,
+    clip_name,
+    load_state_dict_file,
+    mono_16k,
+)
+
+CONVENTIONS_VERSION = "audioldm_eval-1"  # bump when the preprocessing changes: cached outputs are then recomputed
 
 SAMPLE_RATE = 16_000
 N_FFT = 512  # window_size
@@ -233,3 +242,31 @@ class PannsCnn14:
         with torch.no_grad():
             return [self.net.log_mel(torch.from_numpy(x[None]).to(self.device))[0, 0].cpu().double().numpy()
                     for x in clips]
+
+
+class PannsEmbedder:
+    """The "panns" embedder of musicflow_jax.evaluate.embeddings, audioldm_eval's CNN14 metrics: each clip prepared
+    as its `WaveDataset` does (torch_embedding.audioldm_eval_waveform), then "fd" on the 2048-d embeddings (one per
+    clip), "kl_softmax" / "kl_sigmoid" (KL(reference || generated) over caption-paired clips) and "is_mean" /
+    "is_std" on the 527 logits (musicflow_jax.evaluate.distributions)."""
+
+    name = "panns"
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        self.path = Path(path)
+        self.model = PannsCnn14(self.path, device)
+
+    def fingerprint(self) -> str:
+        from musicflow_jax.evaluate.embeddings import hash_files
+
+        return hash_files([self.path], f"{self.name}:{CONVENTIONS_VERSION}")
+
+    def outputs(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        out = self.model([audioldm_eval_waveform(audio, sample_rate)], AUDIOLDM_EVAL_RATE)
+        return {"embedding": out.embedding[0], "logits": out.logits[0]}
+
+    def metrics(self, gen: Sequence[dict[str, np.ndarray]], ref: Sequence[dict[str, np.ndarray]],
+                pairs: Sequence[tuple[int, int]]) -> dict[str, float | int | None]:
+        from musicflow_jax.evaluate.embeddings import fd_clips, kl_and_is
+
+        return {"fd": fd_clips(gen, ref, "embedding"), **kl_and_is(gen, ref, pairs, "logits", ("softmax", "sigmoid"))}

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from musicflow_jax.audio import resample
+from musicflow_jax.evaluate.embeddings import EmbedError
 
 AUDIOLDM_EVAL_RATE = 16_000  # audioldm_eval's WaveDataset rate for FAD (metrics/fad.py) and the 16-kHz CNN14
 AUDIOLDM_EVAL_MIN_SAMPLES = 32_000  # datasets/load_mel.py pad_short_audio(min_samples=32000): 2 s at 16 kHz
 
 
-class EmbeddingModelError(ValueError):
+class EmbeddingModelError(EmbedError):
     """An embedding-model file or input clip that cannot be used; the message names it and the fix."""
 
 

@@ -38,7 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from musicflow_jax.evaluate.torch_embedding import EmbeddingModelError, clip_name, load_state_dict_file, mono_16k
+from musicflow_jax.evaluate.torch_embedding import (
+    AUDIOLDM_EVAL_RATE,
+    EmbeddingModelError,
+    audioldm_eval_waveform,
+    clip_name,
+    load_state_dict_file,
+    mono_16k,
+)
+
+CONVENTIONS_VERSION = "audioldm_eval-1"  # bump when the preprocessing changes: cached outputs are then recomputed
 
 SAMPLE_RATE = 16_000
 WINDOW = 400  # 25 ms at 16 kHz
@@ -160,3 +169,31 @@ class VGGish:
         fitted to (audioldm_eval / frechet-audio-distance pool frames, not clips)."""
         frames = self.frame_embeddings(audio, sample_rate, names)
         return np.concatenate(frames) if frames else np.zeros((0, EMBEDDING_SIZE))
+
+
+class VGGishEmbedder:
+    """The "vggish" embedder of musicflow_jax.evaluate.embeddings: FAD as audioldm_eval computes it - each clip
+    prepared as its `WaveDataset` does (torch_embedding.audioldm_eval_waveform: first channel, mean removed, 16 kHz,
+    zero-padded to 2 s), the frame embeddings of all clips pooled, FD between the two pooled sets."""
+
+    name = "vggish"
+
+    def __init__(self, path: str | Path, device: str = "cpu"):
+        self.path = Path(path)
+        self.model = VGGish(self.path, device)
+
+    def fingerprint(self) -> str:
+        from musicflow_jax.evaluate.embeddings import hash_files
+
+        return hash_files([self.path], f"{self.name}:{CONVENTIONS_VERSION}")
+
+    def outputs(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
+        x = audioldm_eval_waveform(audio, sample_rate)
+        return {"frames": self.model.frame_embeddings([x], AUDIOLDM_EVAL_RATE)[0]}
+
+    def metrics(self, gen: Sequence[dict[str, np.ndarray]], ref: Sequence[dict[str, np.ndarray]],
+                pairs: Sequence[tuple[int, int]]) -> dict[str, float | int | None]:
+        from musicflow_jax.evaluate.embeddings import fd_frames
+
+        return {"fad": fd_frames(gen, ref, "frames"), "frames_generated": int(sum(len(o["frames"]) for o in gen)),
+                "frames_reference": int(sum(len(o["frames"]) for o in ref))}

@@ -5,7 +5,6 @@ input with captions in the metadata, one-line errors."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +16,14 @@ from musicflow_jax.evaluate import music
 from musicflow_jax.evaluate import report as R
 from musicflow_jax.evaluate.__main__ import main
 from musicflow_jax.evaluate.proxy import InstrumentClassifier, instrument_features, parse_instrument
-from tools import build_corpus as bc
 
 SET_KEYS = {"n", "seconds", "key_exact", "key_mirex", "key_n", "tempo", "tempo_n", "note_presence",
             "onsets_per_second"}
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    assert shutil.which("fluidsynth") and any(Path(p).is_file() for p in bc.SOUNDFONTS), \
-        "fluidsynth + a GM soundfont are needed: run .ci/setup_env.sh"
-    out = tmp_path_factory.mktemp("cli_corpus")
-    summary = bc.build_corpus(out, composers=("bach",), limit=6, seed=3, max_seconds=8.0, valid_frac=0.0,
-                              test_frac=0.0, progress=False)
-    assert summary["ok"] == 6, summary
-    return out / "manifest.jsonl"
+def corpus(rendered_corpus) -> Path:
+    return rendered_corpus(limit=6, seed=3, max_seconds=8.0) / "manifest.jsonl"  # shared: tests/conftest.py
 
 
 def test_cli_end_to_end_and_cache(corpus: Path, tmp_path: Path, monkeypatch) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -19,18 +18,11 @@ import pytest
 from musicflow_jax import manifest
 from musicflow_jax.audio import read_audio
 from musicflow_jax.evaluate import music as M
-from tools import build_corpus as bc
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    assert shutil.which("fluidsynth") and any(Path(p).is_file() for p in bc.SOUNDFONTS), \
-        "fluidsynth + a GM soundfont are needed: run .ci/setup_env.sh"
-    out = tmp_path_factory.mktemp("eval_corpus")
-    summary = bc.build_corpus(out, composers=("bach",), limit=12, seed=0, max_seconds=20.0, valid_frac=0.0,
-                              test_frac=0.0, progress=False)
-    assert summary["ok"] == 12, summary
-    return out
+def corpus(rendered_corpus) -> Path:
+    return rendered_corpus(limit=12, seed=0, max_seconds=20.0)  # the shared fixture of tests/conftest.py
 
 
 def _entries(corpus: Path) -> list[manifest.Entry]:

@@ -11,6 +11,8 @@ Score, CLAP score) and weight-free music metrics checked against the rendered co
   own semantic / acoustic frames (Flax HuBERT / Encodec ports, torch-free); `embeddings`: the common interface,
   per-clip cache and caption pairing of these models;
 - `music`: key, tempo, note presence and onset estimators, caption parsing, MIREX key score;
+- `alignment`: continuation / infilling / round-trip metrics against the real audio and the score's notes (note
+  chroma, chroma similarity, onset F vs the notes, seam discontinuity);
 - `proxy`: a weight-free per-clip embedding (FD proxy) and the instrument classifier;
 - `report`: analyse two clip sets and write results.json / results.md; `compare`: paired bootstrap of two runs;
 - `alignment`: same-piece scores for continuation, infilling and round trips (chroma similarity and onset

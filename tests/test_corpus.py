@@ -136,3 +136,19 @@ def test_skip_leaves_out_the_head_of_the_seeded_order(tmp_path, monkeypatch):
                                            (tmp_path / "c" / "failures.jsonl").read_text().splitlines()]
     assert sorted(done) == sorted(s for s, _ in order[3:5])
     assert bc.main(["--out", str(tmp_path / "d"), "--skip", "-1"]) == 2
+
+
+def test_render_stops_fluidsynth_writing_past_the_score(corpus, tmp_path, monkeypatch):
+    """A runaway render (fluidsynth kept writing GBs for bwv299) is stopped once its output outgrows the score's
+    length + RENDER_SLACK_S: here the slack is set so that the limit is 1 MiB, which a real render of these scores
+    exceeds within the first second."""
+    import pretty_midi
+
+    out, _ = corpus
+    midi = sorted((out / "midi").glob("*.mid"))[0]
+    end = pretty_midi.PrettyMIDI(str(midi)).get_end_time()
+    monkeypatch.setattr(bc, "RENDER_SLACK_S", -end)
+    soundfont = next(p for p in bc.SOUNDFONTS if Path(p).is_file())
+    with pytest.raises(RuntimeError, match="still writing after"):
+        bc.render(midi, tmp_path / "x.wav", soundfont)
+    assert not (tmp_path / "x.wav").exists()

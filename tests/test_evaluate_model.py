@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from musicflow_jax.atomic_io import write_text
 from musicflow_jax.audio import read_audio, write_wav
 from musicflow_jax.evaluate import report as R
 from musicflow_jax.evaluate.__main__ import main
+from musicflow_jax.evaluate.alignment import clip_alignment, seam_discontinuity
 from musicflow_jax.evaluate.frechet import frechet_distance
 from musicflow_jax.manifest import Entry, write_manifest
 from musicflow_jax.pipeline import MusicFlow
@@ -41,7 +43,9 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         x = tone(3.0, SR, freqs)
         x[:: int(SR * 60 / (90 + 10 * i))] += 0.3  # clicks: something for the onset and tempo estimators
         path = write_wav(root / "audio" / f"c{i}.wav", x, SR)
-        entries.append(Entry(str(path), cap, "test", 3.0))
+        pitches = [int(round(69 + 12 * np.log2(f / 440.0))) for f in freqs]  # the tones as a score: ground truth
+        notes = write_text(root / "notes" / f"c{i}.json", json.dumps([[0.0, 3.0, p, 0] for p in pitches]))
+        entries.append(Entry(str(path), cap, "test", 3.0, notes=str(notes)))
     write_manifest(root / "manifest.jsonl", entries)
     return model, root / "manifest.jsonl"
 
@@ -62,7 +66,8 @@ def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path:
     res = run(setup, tmp_path / "a", "--duration", "1.5", "--seed", "7", "--batch", "1", "--steps1", "2",
               "--cfg2", "1.5")
     assert set(res) == {"format", "generated", "reference", "fd_proxy", "fd_proxy_reference_halves",
-                        "instrument_accuracy", "clap", "cache_hits", "clips", "run"}
+                        "instrument_accuracy", "clap", "cache_hits", "clips", "run", "embeddings", "alignment"}
+    assert res["embeddings"] == {} and res["alignment"] is None  # no embedding model given; no same-piece row
     run_ = res["run"]
     assert run_["mode"] == "generate" and run_["spec"]["n"] == N and run_["audio_seconds_per_clip"] == 1.5
     assert run_["stage1"]["steps"] == 2 and run_["stage2"]["steps"] == 4  # stage 2 keeps its default (tiny: 4)
@@ -129,9 +134,21 @@ def test_ceiling_halves_and_continuation_rows(setup: tuple[Path, Path], tmp_path
     fill = run(setup, tmp_path / "fill", "--mode", "infill", "--duration", "3", "--prompt-seconds", "1",
                "--infill-seconds", "1.2")
     assert fill["run"]["audio_seconds_per_clip"] == pytest.approx(1.2)
+    rows = []
     for k, got in enumerate(clips_of(fill)):  # the regenerated region only, as the API makes it for that seed
         g = mf.infill([CAPTIONS[k]], real[k][: 3 * SR], [(1.0, 2.2)], seed=(k // 16) * 1000 + k % 16, progress=False)
         np.testing.assert_array_equal(got, g.audio[0, SR: int(2.2 * SR)])
+        # same-piece scores: the region against the real clip's region and the notes; seams at both region edges
+        want = clip_alignment(got, real[k][SR: int(2.2 * SR)], SR, manifest.parent / "notes" / f"c{k}.json", 1.0,
+                              2.2)
+        want["seam"] = np.mean([seam_discontinuity(g.audio[0], SR, t) for t in (1.0, 2.2)])
+        want["real_seam"] = np.mean([seam_discontinuity(real[k][: 3 * SR], SR, t) for t in (1.0, 2.2)])
+        assert fill["clips"][k]["alignment"] == pytest.approx(want, nan_ok=True)
+        rows.append(want)
+    assert fill["alignment"]["n"] == N
+    assert fill["alignment"]["chroma_vs_real"] == pytest.approx(np.mean([r["chroma_vs_real"] for r in rows]))
+    assert fill["alignment"]["real_chroma_vs_notes"] > 0.5  # the tones are their notes
+    assert "| alignment (same piece; n = 2)" in (tmp_path / "fill" / "results.md").read_text()
 
 
 def test_model_run_errors(setup: tuple[Path, Path], tmp_path: Path, capsys) -> None:

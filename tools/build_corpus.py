@@ -132,17 +132,37 @@ def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_f
     return Piece(score_path, composer, key_name, bpm, chosen, ensemble, score_seconds, caption, split)
 
 
+RENDER_SLACK_S = 30.0  # release tails and reverb past the MIDI's last note-off
+RENDER_TIMEOUT_S = 600.0
+
+
 def render(midi: Path, wav_out: Path, soundfont: str, sample_rate: int = 24_000, gain: float = 0.6,
            max_seconds: float = 0.0, tail_seconds: float = 0.5) -> float:
     """fluidsynth MIDI -> mono float WAV at `sample_rate`, trailing silence cut to `tail_seconds`. Returns seconds."""
+    import pretty_midi
     import soundfile as sf
 
+    # fluidsynth can keep writing long after the score ends (a voice that never releases: bwv299 wrote GBs);
+    # stop it once its output outgrows the score + RENDER_SLACK_S as 32-bit stereo, or after RENDER_TIMEOUT_S
+    limit = int((pretty_midi.PrettyMIDI(str(midi)).get_end_time() + RENDER_SLACK_S) * sample_rate * 2 * 4) + (1 << 20)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
-        proc = subprocess.run(["fluidsynth", "-ni", "-g", str(gain), "-r", str(sample_rate), "-F", str(raw),
-                               soundfont, str(midi)], capture_output=True, text=True, timeout=600)
+        log = Path(tmp) / "stderr.txt"
+        with open(log, "w") as err_f:
+            proc = subprocess.Popen(["fluidsynth", "-ni", "-g", str(gain), "-r", str(sample_rate), "-F", str(raw),
+                                     soundfont, str(midi)], stdout=subprocess.DEVNULL, stderr=err_f)
+        t0 = time.monotonic()
+        while proc.poll() is None:
+            size = raw.stat().st_size if raw.is_file() else 0
+            if size > limit or time.monotonic() - t0 > RENDER_TIMEOUT_S:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"fluidsynth was still writing after {size >> 20} MiB / "
+                                   f"{time.monotonic() - t0:.0f} s, far past the score's end: stopped")
+            time.sleep(0.1)
+        err = log.read_text(errors="replace")
         if proc.returncode != 0 or not raw.is_file():
-            raise RuntimeError(f"fluidsynth failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+            raise RuntimeError(f"fluidsynth failed ({proc.returncode}): {err.strip()[-300:]}")
         x, sr = sf.read(str(raw), dtype="float32", always_2d=True)
     if sr != sample_rate:
         raise RuntimeError(f"fluidsynth wrote {sr} Hz, asked for {sample_rate}")

@@ -3,7 +3,10 @@
 
 Rows (ROWS): real halves; backend ceiling (encode -> decode); text-to-music 4 s and 10 s at the stages' default
 settings; continuation (2 s real prompt -> 6 s, the generated 4 s evaluated); NFE 4 / 8 / 16 / 32 per stage
-(midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s); real halves of 10-s clips (the 10-s row's floor).
+(midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s); real halves of 10-s clips (the 10-s row's floor);
+infilling ([2, 4) s of a 6-s real clip regenerated). FD on the model's own backend features in every row
+(`--features model`; VGGish / PANNs / AST / CLAP when their local weights are given); the same-piece rows
+(ceiling, continuation, infilling) also get chroma similarity / onset F-measure against the score and the seam score.
 Each row's results.json lands in `<out>/<row>/`; a
 rerun skips rows that already have one, so rows can be run in several sittings (`--rows a,b`). `<out>/table.md`
 and `table.json` collect the rows found.
@@ -32,6 +35,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "t2m_10s": ("text-to-music 10 s (defaults)", {"duration": 10.0}),
     "real_halves_10s": ("real halves, 10 s clips", {"mode": "halves", "duration": 10.0}),
     "continue": ("continuation 2 s prompt -> 6 s", {"mode": "continue", "duration": 6.0, "prompt_seconds": 2.0}),
+    "infill": ("infilling [2, 4) s of 6 s", {"mode": "infill", "duration": 6.0, "prompt_seconds": 2.0,
+                                             "infill_seconds": 2.0}),
     "nfe4": ("NFE 4 per stage (midpoint x2)", {"steps": (2, 2), "solver": "midpoint"}),
     "nfe8": ("NFE 8 per stage (midpoint x4)", {"steps": (4, 4), "solver": "midpoint"}),
     "nfe16": ("NFE 16 per stage (midpoint x8)", {"steps": (8, 8), "solver": "midpoint"}),
@@ -41,7 +46,9 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "cfg5": ("CFG 5", {"cfg": (5.0, 5.0)}),
 }
 COLUMNS = ("row", "n", "s/clip", "key exact", "key MIREX", "tempo 4%", "note presence", "onsets/s", "FD proxy",
-           "instrument acc.", "NFE s1/s2", "gen. wall s", "eval wall s")
+           "FD features (sem. / ac.)", "instrument acc.", "NFE s1/s2", "gen. wall s", "eval wall s")
+SAME_PIECE_COLUMNS = ("row", "n", "chroma vs notes (real)", "chroma vs real", "onset F vs score (real)",
+                      "seam (real)")
 
 
 def row_cells(name: str, res: dict[str, Any]) -> list[str]:
@@ -53,15 +60,31 @@ def row_cells(name: str, res: dict[str, Any]) -> list[str]:
     nfe = run["nfe"]
     if run.get("same_run_as"):
         name += f" (= {ROWS[run['same_run_as']][0]})"
+    feats = res.get("embeddings", {}).get("features")
     return [name, str(g["n"]), f"{run['audio_seconds_per_clip']:g}", f(g["key_exact"]), f(g["key_mirex"]),
             f(g["tempo"]["within_4pct"] if g["tempo"] else None), f(g["note_presence"]), f(g["onsets_per_second"], 2),
-            f(res["fd_proxy"], 1), f(res["instrument_accuracy"]),
+            f(res["fd_proxy"], 1), f"{f(feats['fd_semantic'], 2)} / {f(feats['fd_acoustic'], 1)}" if feats else "-",
+            f(res["instrument_accuracy"]),
             f"{nfe['stage1']}/{nfe['stage2']}" if nfe else "-", f(run["generation_seconds"], 1),
             f(run["evaluation_seconds"], 1)]
 
 
+def same_piece_cells(name: str, res: dict[str, Any]) -> list[str] | None:
+    """The alignment scores of a continue / infill / ceiling row (None for other rows)."""
+    al = res.get("alignment")
+    if not al:
+        return None
+
+    def f(key: str) -> str:
+        return "-" if al.get(key) is None else f"{al[key]:.3f}"
+
+    return [name, str(al["n"]), f"{f('chroma_vs_notes')} ({f('real_chroma_vs_notes')})", f("chroma_vs_real"),
+            f"{f('onset_f')} ({f('real_onset_f')})", f"{f('seam')} ({f('real_seam')})" if "seam" in al else "-"]
+
+
 def table(out: Path) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    same = ["| " + " | ".join(SAME_PIECE_COLUMNS) + " |", "|" + "---|" * len(SAME_PIECE_COLUMNS)]
     rows = {}
     for key, (name, _) in ROWS.items():
         p = out / key / "results.json"
@@ -69,6 +92,11 @@ def table(out: Path) -> str:
             res = json.loads(p.read_text())
             rows[key] = res
             lines.append("| " + " | ".join(row_cells(name, res)) + " |")
+            cells = same_piece_cells(name, res)
+            if cells:
+                same.append("| " + " | ".join(cells) + " |")
+    if len(same) > 2:
+        lines += ["", "Same-piece rows (the real clip's own score in brackets: its ceiling):", "", *same]
     (out / "table.json").write_text(json.dumps({k: {kk: v for kk, v in r.items() if kk != "clips"}
                                                 for k, r in rows.items()}, indent=1) + "\n")
     return "\n".join(lines) + "\n"
@@ -102,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     ap.add_argument("--row-n", default="", help="per-row clip counts where CPU time is short, e.g. t2m_10s=16")
+    ap.add_argument("--features", default="model", help="FD on this backend's features ('model': the model's own; "
+                    "'' for none)")
+    for flag in ("--vggish", "--panns", "--ast", "--clap"):
+        ap.add_argument(flag, default=None, help="passed to python -m musicflow_jax.evaluate")
     a = ap.parse_args(argv)
     out = Path(a.out)
     row_n = {k: int(v) for k, v in (x.split("=") for x in a.row_n.split(",") if x)}
@@ -125,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         argv_row = ["--checkpoint", a.checkpoint, "--manifest", a.manifest, "--out", str(out / key), "--quiet",
                     "--cache", str(out / "cache"),
                     "--mode", spec.mode, "--n", str(spec.n), "--seed", str(spec.seed), "--duration",
-                    str(spec.duration), "--prompt-seconds", str(spec.prompt_seconds)]
+                    str(spec.duration), "--prompt-seconds", str(spec.prompt_seconds), "--infill-seconds",
+                    str(spec.infill_seconds)]
+        for flag in ("features", "vggish", "panns", "ast", "clap"):
+            if getattr(a, flag):
+                argv_row += [f"--{flag}", getattr(a, flag)]
         for flag, vals in (("--steps", spec.steps), ("--cfg", spec.cfg)):
             for i, v in enumerate(vals, 1):
                 if v is not None:

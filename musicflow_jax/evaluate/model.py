@@ -101,8 +101,9 @@ def _settings(mf: Any, spec: EvalSpec) -> tuple[Any, Any]:
 
 
 def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, progress: bool = True
-                    ) -> tuple[list[Clip], dict[str, Any]]:
-    """Generate (or pass through the backend, "ceiling") one clip per entry; returns the clips and run facts."""
+                    ) -> tuple[list[Clip], dict[str, Any], list[np.ndarray]]:
+    """Generate (or pass through the backend, "ceiling") one clip per entry; returns the clips, run facts and, for
+    continue / infill, each whole output (prompt included, [0, duration) s)."""
     from tqdm import tqdm
 
     sr = mf.sample_rate
@@ -142,7 +143,53 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
     info = {"generation_seconds": round(wall, 2), "nfe": nfe,
             "stage1": dataclasses.asdict(s1) if spec.mode != "ceiling" else None,
             "stage2": dataclasses.asdict(s2) if spec.mode != "ceiling" else None}
-    return clips, info
+    return clips, info, full
+
+
+def seams(spec: EvalSpec) -> list[float]:
+    """Where generated audio meets given audio, seconds: the prompt's end (continue), both region edges (infill)."""
+    start, end = _window(spec)
+    return [start] if spec.mode == "continue" else [start, end] if spec.mode == "infill" else []
+
+
+def alignment(entries: list[Any], clips: list[Clip], full: list[np.ndarray], spec: EvalSpec, sample_rate: int,
+              progress: bool = True) -> tuple[dict[str, Any] | None, list[dict[str, float] | None]]:
+    """Same-piece scores (musicflow_jax.evaluate.alignment) of continue / infill / ceiling clips against the real
+    audio of their window and the score's notes (entries whose manifest line names a note list): the evaluated
+    window's chroma similarity and onset F-measure (and the real audio's, the ceiling), and for continue / infill
+    the seam discontinuity of the whole output at each seam (mean over the seams) beside the real clip's at the same
+    points. Returns (means over clips with np.nanmean + "n", per-clip dicts or None); (None, [None...]) for other
+    modes or when no entry names notes."""
+    from tqdm import tqdm
+
+    from musicflow_jax.audio import read_audio
+    from musicflow_jax.evaluate.alignment import AlignmentError, clip_alignment, seam_discontinuity
+
+    if spec.mode not in ("continue", "infill", "ceiling") or not any(e.notes for e in entries):
+        return None, [None] * len(clips)
+    start, end = _window(spec)
+    per_clip: list[dict[str, float] | None] = []
+    for k, (e, c) in enumerate(tqdm(list(zip(entries, clips)), desc="alignment", disable=not progress)):
+        if not e.notes:
+            per_clip.append(None)
+            continue
+        real = _read_window(e.path, 0.0, max(end, spec.duration), sample_rate)
+        a = int(round(start * sample_rate))
+        try:
+            row = clip_alignment(read_audio(c.path)[0], real[a: int(round(end * sample_rate))], sample_rate,
+                                 e.notes, start, end)
+            if full:
+                row["seam"] = float(np.mean([seam_discontinuity(full[k], sample_rate, t) for t in seams(spec)]))
+                row["real_seam"] = float(np.mean([seam_discontinuity(real, sample_rate, t) for t in seams(spec)]))
+        except AlignmentError as err:
+            raise EvaluateError(f"{e.path} (notes {e.notes}): {err}") from None
+        per_clip.append(row)
+    rows = [r for r in per_clip if r is not None]
+    means: dict[str, Any] = {"n": len(rows)}
+    for key in rows[0]:
+        vals = np.asarray([r[key] for r in rows], np.float64)
+        means[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+    return means, per_clip
 
 
 def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str | Path, spec: EvalSpec,
@@ -188,12 +235,13 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     sr = mf.sample_rate
     t0 = time.perf_counter()
     reference = real_clips(entries[: spec.n], start, end, sr, out / "clips" / "reference")
+    full: list[np.ndarray] = []
     if spec.mode == "halves":
         generated = reference
         reference = real_clips(entries[spec.n: 2 * spec.n], start, end, sr, out / "clips" / "second_half")
         info: dict[str, Any] = {"generation_seconds": 0.0, "nfe": {}, "stage1": None, "stage2": None}
     else:
-        generated, info = generated_clips(mf, entries[: spec.n], spec, out / "clips" / spec.mode, progress)
+        generated, info, full = generated_clips(mf, entries[: spec.n], spec, out / "clips" / spec.mode, progress)
     if classifier is not None:
         cls_clips = load_clips(classifier, "classifier")
     else:
@@ -202,6 +250,9 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     t1 = time.perf_counter()
     results = evaluate(generated, reference, cache=Path(cache) if cache else out / "cache", clap_folder=clap_folder,
                        progress=progress, classifier=cls_clips, embedders=models)
+    results["alignment"], per_clip = alignment(entries[: spec.n], generated, full, spec, sr, progress)
+    for row, al in zip(results["clips"], per_clip):
+        row["alignment"] = al
     results["run"] = {"mode": spec.mode, "checkpoint": str(mf.folder), "manifest": str(manifest),
                       "spec": dataclasses.asdict(spec), "classifier_clips": len(cls_clips),
                       "audio_seconds_per_clip": round(end - start, 4), **info,

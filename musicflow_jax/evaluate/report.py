@@ -17,7 +17,9 @@ mean CLAP or null, "embeddings": {model: metrics} of the embedding models given 
 "cache_hits": analyses read from the cache, "clips": the generated clips' per-clip values (`clip_rows`)} with
 SET = {"n", "seconds", "key_exact", "key_mirex", "key_n", "tempo": {class: share}, "tempo_n", "note_presence",
 "onsets_per_second"}; shares over the clips whose caption names the quantity (key_n, tempo_n), null when none does.
-Runs of musicflow_jax.evaluate.model add "run": {mode, checkpoint, manifest, spec, nfe, stage settings, clip
+Runs of musicflow_jax.evaluate.model add "alignment" (continue / infill / ceiling rows of a manifest with note lists:
+means over clips of musicflow_jax.evaluate.model.alignment's same-piece scores, each clip's under clips[i]
+["alignment"]; else null) and "run": {mode, checkpoint, manifest, spec, nfe, stage settings, clip
 counts, generation / evaluation wall seconds}.
 """
 
@@ -218,6 +220,11 @@ def markdown(results: dict[str, Any]) -> str:
               "|---|---|---|---|",
               f"| {_fmt(results['fd_proxy'])} | {_fmt(results['fd_proxy_reference_halves'])} | "
               f"{_fmt(results['instrument_accuracy'])} | {_fmt(results['clap'])} |"]
+    al = results.get("alignment")
+    if al:
+        keys = [k for k in al if k != "n"]
+        lines += ["", f"| alignment (same piece; n = {al['n']}) | " + " | ".join(keys) + " |",
+                  "|---" * (len(keys) + 1) + "|", "| mean over clips | " + " | ".join(_fmt(al[k]) for k in keys) + " |"]
     for name, m in results.get("embeddings", {}).items():
         lines += ["", f"| {name} | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|",
                   "| generated vs reference | " + " | ".join(_fmt(v) for v in m.values()) + " |"]

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import save_tiny_encodec, save_tiny_hubert
+from tiny_models import save_tiny_backend_weights
 
 from musicflow_jax import config, data
 from musicflow_jax.backends import BackendError, FeatureBackend, StreamStats, build_part, load_backend
-from musicflow_jax.codebook import checkpoint_sha256, save_codebook
 
 BACKENDS = ("chroma+mel", "hubert+encodec", "chroma+encodec", "hubert+mel")
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -21,16 +20,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> dict[str, Path]:
-    from musicflow_jax.convert.encodec import convert_encodec
-    from musicflow_jax.convert.hubert import convert_hubert
-
-    root = tmp_path_factory.mktemp("be")
-    hf_hubert = save_tiny_hubert(root / "hf_hubert")
-    convert_hubert(hf_hubert, root / "hubert")
-    convert_encodec(save_tiny_encodec(root / "hf_encodec"), root / "encodec")
-    cents = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
-    save_codebook(root / "km.safetensors", cents, layer=1, hubert_sha256=checkpoint_sha256(hf_hubert))
-    return {"hubert": root / "hubert", "encodec": root / "encodec", "kmeans": root / "km.safetensors"}
+    return save_tiny_backend_weights(tmp_path_factory.mktemp("be"))
 
 
 def make_backend(name: str, w: dict[str, Path]) -> FeatureBackend:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.signal import resample_poly
-from tiny_models import save_tiny_encodec, save_tiny_hubert
+from tiny_models import save_tiny_backend_weights
 
 from musicflow_jax.audio import write_wav
 from musicflow_jax.evaluate import embeddings
@@ -44,19 +44,12 @@ def ast_folder(tmp_path_factory) -> Path:
 def backend_folder(tmp_path_factory) -> Path:
     """A hubert+encodec backend of the Flax ports (tiny random HuBERT + Encodec converted from transformers)."""
     from musicflow_jax.backends import FeatureBackend, build_part
-    from musicflow_jax.codebook import checkpoint_sha256, save_codebook
-    from musicflow_jax.convert.encodec import convert_encodec
-    from musicflow_jax.convert.hubert import convert_hubert
 
     root = tmp_path_factory.mktemp("be")
-    hf_hubert = save_tiny_hubert(root / "hf_hubert")
-    convert_hubert(hf_hubert, root / "hubert")
-    convert_encodec(save_tiny_encodec(root / "hf_encodec"), root / "encodec")
-    cents = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
-    save_codebook(root / "km.safetensors", cents, layer=1, hubert_sha256=checkpoint_sha256(hf_hubert))
-    sem = build_part("semantic", {"kind": "hubert", "folder": str(root / "hubert"), "layer": 1,
-                                  "kmeans": str(root / "km.safetensors")})
-    ac = build_part("acoustic", {"kind": "encodec", "folder": str(root / "encodec")})
+    w = save_tiny_backend_weights(root)
+    sem = build_part("semantic", {"kind": "hubert", "folder": str(w["hubert"]), "layer": 1,
+                                  "kmeans": str(w["kmeans"])})
+    ac = build_part("acoustic", {"kind": "encodec", "folder": str(w["encodec"])})
     return FeatureBackend(sem, ac).save(root / "model")
 
 

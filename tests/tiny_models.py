@@ -62,3 +62,21 @@ def save_tiny_t5(folder: str | Path, seed: int = 0, **overrides: Any) -> Path:
     # byte-level like ByT5 (vocab 384 = 3 specials + 256 bytes + extra ids): its folder declares that tokenizer
     (Path(folder) / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "ByT5Tokenizer"}))
     return Path(folder)
+
+
+def save_tiny_backend_weights(root: str | Path) -> dict[str, Path]:
+    """Converted (Flax) tiny HuBERT and Encodec folders plus a random 8-unit k-means codebook of HuBERT layer 1
+    under `root`: the weight files of a hubert+encodec backend. Returns {"hubert", "encodec", "kmeans"}."""
+    import numpy as np
+
+    from musicflow_jax.codebook import checkpoint_sha256, save_codebook
+    from musicflow_jax.convert.encodec import convert_encodec
+    from musicflow_jax.convert.hubert import convert_hubert
+
+    root = Path(root)
+    hf_hubert = save_tiny_hubert(root / "hf_hubert")
+    convert_hubert(hf_hubert, root / "hubert")
+    convert_encodec(save_tiny_encodec(root / "hf_encodec"), root / "encodec")
+    cents = np.random.default_rng(0).normal(size=(8, 32)).astype(np.float32)
+    save_codebook(root / "km.safetensors", cents, layer=1, hubert_sha256=checkpoint_sha256(hf_hubert))
+    return {"hubert": root / "hubert", "encodec": root / "encodec", "kmeans": root / "km.safetensors"}

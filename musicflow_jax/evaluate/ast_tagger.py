@@ -43,18 +43,13 @@ class AstTagger:
                  batch_size: int = 8):
         from transformers import ASTFeatureExtractor, ASTForAudioClassification
 
+        from musicflow_jax.evaluate.local_models import load_local
+
         folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "preprocessor_config.json").is_file():
-            raise EmbedError(f"--ast {folder}: needs config.json and preprocessor_config.json; save an "
-                             "ASTForAudioClassification and its ASTFeatureExtractor there with save_pretrained (no "
-                             "hub download is attempted)")
-        try:
-            self.extractor = ASTFeatureExtractor.from_pretrained(folder, local_files_only=True)
-            self.model = ASTForAudioClassification.from_pretrained(folder, local_files_only=True).to(device).eval()
-        except (OSError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise EmbedError(f"--ast {folder}: cannot load an AST classifier + feature extractor ({msg}); re-save "
-                             "both with save_pretrained") from None
+        self.extractor, model = load_local(
+            folder, "--ast AST", (ASTFeatureExtractor.from_pretrained, ASTForAudioClassification.from_pretrained),
+            EmbedError, ("config.json", "preprocessor_config.json"))
+        self.model = model.to(device).eval()
         self.folder, self.device, self.batch_size = folder, device, batch_size
         self.segment_seconds = float(segment_seconds)
 

@@ -60,17 +60,11 @@ class ClapScorer:
         import torch
         from transformers import ClapModel, ClapProcessor
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise ClapError(f"CLAP folder {folder} has no config.json: save a ClapModel and its ClapProcessor there "
-                            "with save_pretrained (no hub download is attempted)")
-        try:
-            self.processor = ClapProcessor.from_pretrained(folder, local_files_only=True)
-            self.model = ClapModel.from_pretrained(folder, local_files_only=True).to(device).eval()
-        except (OSError, ValueError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ClapError(f"CLAP folder {folder}: cannot load a ClapModel + ClapProcessor ({msg}); re-save both "
-                            "with save_pretrained") from None
+        from musicflow_jax.evaluate.local_models import load_local
+
+        self.processor, model = load_local(folder, "CLAP", (ClapProcessor.from_pretrained, ClapModel.from_pretrained),
+                                           ClapError)
+        self.model = model.to(device).eval()
         self.torch, self.device, self.batch_size, self.seed = torch, device, batch_size, seed
 
     @property

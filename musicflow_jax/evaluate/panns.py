@@ -48,13 +48,12 @@ from torch import nn
 from musicflow_jax.evaluate.torch_embedding import (
     AUDIOLDM_EVAL_RATE,
     EmbeddingModelError,
+    WeightFileEmbedder,
     audioldm_eval_waveform,
     clip_name,
     load_state_dict_file,
     mono_16k,
 )
-
-CONVENTIONS_VERSION = "audioldm_eval-1"  # bump when the preprocessing changes: cached outputs are then recomputed
 
 SAMPLE_RATE = 16_000
 N_FFT = 512  # window_size
@@ -244,7 +243,7 @@ class PannsCnn14:
                     for x in clips]
 
 
-class PannsEmbedder:
+class PannsEmbedder(WeightFileEmbedder):
     """The "panns" embedder of musicflow_jax.evaluate.embeddings, audioldm_eval's CNN14 metrics: each clip prepared
     as its `WaveDataset` does (torch_embedding.audioldm_eval_waveform), then "fd" on the 2048-d embeddings (one per
     clip), "kl_softmax" / "kl_sigmoid" (KL(reference || generated) over caption-paired clips) and "is_mean" /
@@ -253,13 +252,8 @@ class PannsEmbedder:
     name = "panns"
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        self.path = Path(path)
+        super().__init__(path)
         self.model = PannsCnn14(self.path, device)
-
-    def fingerprint(self) -> str:
-        from musicflow_jax.evaluate.embeddings import hash_files
-
-        return hash_files([self.path], f"{self.name}:{CONVENTIONS_VERSION}")
 
     def outputs(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
         out = self.model([audioldm_eval_waveform(audio, sample_rate)], AUDIOLDM_EVAL_RATE)

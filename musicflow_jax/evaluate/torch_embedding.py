@@ -114,3 +114,19 @@ def audioldm_eval_waveform(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     if x.size < AUDIOLDM_EVAL_MIN_SAMPLES:
         x = np.pad(x, (0, AUDIOLDM_EVAL_MIN_SAMPLES - x.size))
     return x.astype(np.float32, copy=False)
+
+
+class WeightFileEmbedder:
+    """Common part of the embedders (musicflow_jax.evaluate.embeddings) whose model is one weight file: the
+    fingerprint hashes the file's bytes with the embedder's name and conventions version."""
+
+    name: str
+    conventions = "audioldm_eval-1"  # bump when the preprocessing changes: cached outputs are then recomputed
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def fingerprint(self) -> str:
+        from musicflow_jax.evaluate.embeddings import hash_files
+
+        return hash_files([self.path], f"{self.name}:{self.conventions}")

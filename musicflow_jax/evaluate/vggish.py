@@ -41,13 +41,12 @@ from torch import nn
 from musicflow_jax.evaluate.torch_embedding import (
     AUDIOLDM_EVAL_RATE,
     EmbeddingModelError,
+    WeightFileEmbedder,
     audioldm_eval_waveform,
     clip_name,
     load_state_dict_file,
     mono_16k,
 )
-
-CONVENTIONS_VERSION = "audioldm_eval-1"  # bump when the preprocessing changes: cached outputs are then recomputed
 
 SAMPLE_RATE = 16_000
 WINDOW = 400  # 25 ms at 16 kHz
@@ -171,7 +170,7 @@ class VGGish:
         return np.concatenate(frames) if frames else np.zeros((0, EMBEDDING_SIZE))
 
 
-class VGGishEmbedder:
+class VGGishEmbedder(WeightFileEmbedder):
     """The "vggish" embedder of musicflow_jax.evaluate.embeddings: FAD as audioldm_eval computes it - each clip
     prepared as its `WaveDataset` does (torch_embedding.audioldm_eval_waveform: first channel, mean removed, 16 kHz,
     zero-padded to 2 s), the frame embeddings of all clips pooled, FD between the two pooled sets."""
@@ -179,13 +178,8 @@ class VGGishEmbedder:
     name = "vggish"
 
     def __init__(self, path: str | Path, device: str = "cpu"):
-        self.path = Path(path)
+        super().__init__(path)
         self.model = VGGish(self.path, device)
-
-    def fingerprint(self) -> str:
-        from musicflow_jax.evaluate.embeddings import hash_files
-
-        return hash_files([self.path], f"{self.name}:{CONVENTIONS_VERSION}")
 
     def outputs(self, audio: np.ndarray, sample_rate: int) -> dict[str, np.ndarray]:
         x = audioldm_eval_waveform(audio, sample_rate)

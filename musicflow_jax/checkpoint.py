@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +178,16 @@ def available_steps(manager: ocp.CheckpointManager) -> list[int]:
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
-            step: int | None = None, *, set_aside_broken: bool = False) -> tuple[int, Any, Config]:
+            step: int | None = None, *, set_aside_broken: bool = False,
+            config_from_dict: Callable[[dict[str, Any]], Any] = config_lib.from_dict) -> tuple[int, Any, Config]:
     """Restore (step, state, saved config) onto the shardings in `abstract_state`; `data_iter`, when given,
     is set to its saved position in place.
 
     Without `step`, the newest checkpoint that restores (readable, finite) is used: skipped ones are named in a
     warning on stderr, and with `set_aside_broken` renamed to `<step>.unrestorable` (so a resumed run can save those
     steps again). A shape mismatch with the model, a missing `step` or no restorable checkpoint raise CheckpointError.
+    `config_from_dict` turns the saved config back into its dataclass (another run type's config class, e.g. the
+    codec trainer's).
     """
     steps = available_steps(manager)
     if not steps:
@@ -206,7 +210,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any 
             _set_aside(manager, [bad for bad, _ in skipped])
         if data_iter is not None:
             data_iter.set_state(out["data"])
-        return s, out["state"], config_lib.from_dict(out["config"])
+        return s, out["state"], config_from_dict(out["config"])
     reasons = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
     fix = ("pass another --step" if step is not None else
            "delete the broken step folders to resume from scratch, or use a new --workdir")

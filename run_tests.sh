@@ -9,4 +9,6 @@ export PATH="$venv/bin:$PATH"
 echo "== ruff ($venv)"
 ruff check .
 echo "== pytest"
-python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+# two pytest-xdist workers (one per core here), whole test files per worker so module fixtures are built once;
+# PYTEST_WORKERS=0 runs in one process
+python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"

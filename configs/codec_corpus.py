@@ -2,12 +2,14 @@
 Encodec (16 base filters, 64-d latents at 75 Hz, 24 kHz mono, non-causal, one LSTM layer), 1 s crops, batch 8.
 Point it at a corpus: --set data.manifest=CORPUS/manifest.jsonl (tools/build_corpus.py)."""
 
+import dataclasses
+
 from musicflow_jax.codec_train import (
+    CODEC_OPTIM,
     CodecDataConfig,
     CodecLoopConfig,
     CodecLossConfig,
     CodecModelConfig,
-    CodecOptimConfig,
     CodecTrainConfig,
 )
 
@@ -20,7 +22,7 @@ def get_config() -> CodecTrainConfig:
         data=CodecDataConfig(manifest="", split="train", eval_split="valid", segment_seconds=1.0, batch_size=8),
         loss=CodecLossConfig(stft_sizes=(512, 1024, 2048), mel_fft=1024, n_mels=64, w_stft=1.0, w_mel=1.0,
                              w_wave=0.1),
-        optim=CodecOptimConfig(lr=3e-4, warmup_steps=200, schedule="cosine", grad_clip=1.0, ema_decay=0.999),
+        optim=dataclasses.replace(CODEC_OPTIM, lr=3e-4, warmup_steps=200, schedule="cosine", grad_clip=1.0),
         train=CodecLoopConfig(steps=20_000, seed=0, log_every=50, eval_every=1_000, eval_batches=4,
                               ckpt_every=1_000, keep=3),
     )

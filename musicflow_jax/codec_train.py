@@ -54,7 +54,7 @@ from flax import nnx
 
 from musicflow_jax import atomic_io, checkpoint, metrics, train_state, workdir_lock
 from musicflow_jax import config as config_lib
-from musicflow_jax.config import ConfigError
+from musicflow_jax.config import ConfigError, OptimConfig
 from musicflow_jax.models.encodec import Encodec, EncodecConfig
 
 TrainState = train_state.TrainState
@@ -121,19 +121,7 @@ class CodecLossConfig:
     w_wave: float = 0.1
 
 
-@dataclasses.dataclass(frozen=True)
-class CodecOptimConfig:
-    """Same fields and meaning as config.OptimConfig (train_state.make_optimizer reads them)."""
-
-    lr: float = 3e-4
-    b1: float = 0.9
-    b2: float = 0.99
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    warmup_steps: int = 200
-    schedule: str = "cosine"  # "cosine" | "linear" | "constant"
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+CODEC_OPTIM = OptimConfig(lr=3e-4, b2=0.99, weight_decay=0.0, warmup_steps=200, ema_decay=0.999)  # grad_accum unused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +143,7 @@ class CodecTrainConfig:
     model: CodecModelConfig = CodecModelConfig()
     data: CodecDataConfig = CodecDataConfig()
     loss: CodecLossConfig = CodecLossConfig()
-    optim: CodecOptimConfig = CodecOptimConfig()
+    optim: OptimConfig = CODEC_OPTIM
     train: CodecLoopConfig = CodecLoopConfig()
 
     def __post_init__(self) -> None:
@@ -216,6 +204,7 @@ def validate(cfg: CodecTrainConfig) -> None:
     for key, value in (("optim.b1", o.b1), ("optim.b2", o.b2), ("optim.ema_decay", o.ema_decay)):
         _check(isinstance(value, (int, float)) and 0.0 <= value < 1.0, key, f"must be in [0, 1), got {value!r}")
     _check(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "cosine | linear | constant")
+    _check(o.grad_accum == 1, "optim.grad_accum", "the codec trainer takes whole batches: leave it at 1")
 
 
 def from_dict(data: dict[str, Any]) -> CodecTrainConfig:
@@ -411,19 +400,9 @@ def make_train_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTran
 
     def step_fn(state: TrainState, x_bs: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         (loss, parts), grads = grad_fn(state.params, state.rest, x_bs)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(
-            step=state.step + 1, params=keep(new_params, state.params), rest=state.rest,
-            opt_state=keep(new_opt, state.opt_state),
-            ema=keep(train_state.ema_update(state.ema, new_params, decay), state.ema),
-            nan_in_row=jnp.where(finite, 0, state.nan_in_row + 1),
-            nan_total=state.nan_total + (~finite).astype(jnp.int32))
+        new_state, grad_norm, _ = train_state.guarded_update(state, grads, loss, state.rest, tx, decay)
         out = {"loss": loss, **parts, "grad_norm": grad_norm, "param_norm": optax.global_norm(new_state.params),
-               "lr": schedule(train_state._adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,
+               "lr": schedule(train_state.adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,
                "nan_total": new_state.nan_total}
         return new_state, out
 

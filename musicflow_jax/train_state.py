@@ -207,25 +207,12 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
             grads = jax.tree.map(lambda g: g / accum, grads)
             loss = losses.mean()
             aux = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), auxs)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(
-            step=state.step + 1,
-            params=keep(new_params, state.params),
-            rest=keep(rest, state.rest),
-            opt_state=keep(new_opt, state.opt_state),
-            ema=keep(ema_update(state.ema, new_params, decay), state.ema),
-            nan_in_row=jnp.where(finite, 0, state.nan_in_row + 1),
-            nan_total=state.nan_total + (~finite).astype(jnp.int32),
-        )
+        new_state, grad_norm, finite = guarded_update(state, grads, loss, rest, tx, decay)
         metrics = {
             "loss": loss,
             "grad_norm": grad_norm,
             "param_norm": optax.global_norm(new_state.params),
-            "lr": schedule(_adam_count(state.opt_state)),  # optax reads the count before incrementing it
+            "lr": schedule(adam_count(state.opt_state)),  # optax reads the count before incrementing it
             "finite": finite,
             "nan_in_row": new_state.nan_in_row,
             "nan_total": new_state.nan_total,
@@ -240,7 +227,28 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
                    out_shardings=(setup.state_shardings, rep))
 
 
-def _adam_count(opt_state: Any) -> jax.Array:
+def guarded_update(state: TrainState, grads: Any, loss: jax.Array, rest: Any, tx: optax.GradientTransformation,
+                   ema_decay: float) -> tuple[TrainState, jax.Array, jax.Array]:
+    """One optimizer + EMA update that is skipped (state kept, NaN counters advanced) when the loss or the gradient
+    norm is not finite. Returns (new state, gradient norm, finite)."""
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        rest=keep(rest, state.rest),
+        opt_state=keep(new_opt, state.opt_state),
+        ema=keep(ema_update(state.ema, new_params, ema_decay), state.ema),
+        nan_in_row=jnp.where(finite, 0, state.nan_in_row + 1),
+        nan_total=state.nan_total + (~finite).astype(jnp.int32),
+    )
+    return new_state, grad_norm, finite
+
+
+def adam_count(opt_state: Any) -> jax.Array:
     """The optimizer's step count (advances only on applied updates), for the logged learning rate."""
     counts = [x for x in jax.tree.leaves(opt_state) if x.ndim == 0 and jnp.issubdtype(x.dtype, jnp.integer)]
     return counts[0] if counts else jnp.zeros((), jnp.int32)

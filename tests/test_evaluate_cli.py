@@ -32,7 +32,8 @@ def test_cli_end_to_end_and_cache(corpus: Path, tmp_path: Path, monkeypatch) -> 
     res = json.loads((out / "results.json").read_text())
     assert res["format"] == R.RESULTS_FORMAT
     assert set(res) == {"format", "generated", "reference", "fd_proxy", "fd_proxy_reference_halves",
-                        "instrument_accuracy", "clap", "cache_hits", "clips"}
+                        "instrument_accuracy", "clap", "cache_hits", "clips", "embeddings"}
+    assert res["embeddings"] == {}  # no embedding model given
     assert len(res["clips"]) == 6 and set(res["clips"][0]) == {"path", "caption", "seconds", "key_mirex",
                                                                 "tempo_class", "note_presence", "onsets_per_second"}
     assert set(res["generated"]) == SET_KEYS and res["generated"] == res["reference"]

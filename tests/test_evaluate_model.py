@@ -113,6 +113,21 @@ def test_ceiling_halves_and_continuation_rows(setup: tuple[Path, Path], tmp_path
         np.testing.assert_array_equal(got, want)
         assert np.abs(got - x[: 2 * SR]).max() > 1e-3  # a lossy round trip, not a copy
 
+    # a backend-only folder (tools/backend_folder.py) gives the same ceiling row: no flow stages needed
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tools import backend_folder
+
+    be = json.loads((model / "features.json").read_text())
+    assert backend_folder.main(["--semantic", json.dumps(be["semantic"]), "--acoustic", json.dumps(be["acoustic"]),
+                                "--out", str(tmp_path / "be_only")]) == 0
+    alone = run((tmp_path / "be_only", manifest), tmp_path / "ceil_be", "--mode", "ceiling", "--duration", "2")
+    for x, y in zip(clips_of(res), clips_of(alone)):
+        np.testing.assert_array_equal(x, y)
+    assert alone["generated"] == res["generated"] and alone["alignment"] == res["alignment"]
+    assert backend_folder.main(["--semantic", "{bad", "--acoustic", "{}", "--out", str(tmp_path / "x")]) == 2
+
     halves = run(setup, tmp_path / "halves", "--mode", "halves", "--duration", "2")
     assert [c["caption"] for c in halves["clips"]] == CAPTIONS[:N]
     for x, got in zip(real, clips_of(halves)):

@@ -15,7 +15,8 @@ by musicflow_jax.evaluate.report against the reference set:
   is regenerated (everything else kept); the evaluated clip is that region, against the same window of the real clip;
 - "ceiling": the backend ceiling, real clips through the model's feature backend,
   `backend.decode(backend.encode_acoustic(audio))` at the backend's sample rate (no flow model involved): no model
-  on this backend can beat it;
+  on this backend can beat it. `checkpoint` may also be a backend-only folder (features.json + its part files, e.g.
+  written by tools/backend_folder.py), to measure a backend - a codec trained here - before any flow model exists;
 - "halves": real against real - the first n clips against clips [n, 2n) (same sizes as a model row, so the FD is
   comparable with the model rows').
 Seeds: captions are generated in batches of `batch`; batch k uses seed `seed + k`, so (seed, n, batch) fix the
@@ -107,7 +108,7 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
     from tqdm import tqdm
 
     sr = mf.sample_rate
-    s1, s2 = _settings(mf, spec)
+    s1, s2 = _settings(mf, spec) if spec.mode != "ceiling" else (None, None)
     clips: list[Clip] = []
     full: list[np.ndarray] = []  # continue / infill: the whole output, prompt included (for the seams)
     nfe: dict[str, int] = {}
@@ -141,8 +142,8 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
                                 {"source": e.path, "seed": seed, "mode": spec.mode}))
     wall = time.perf_counter() - t0
     info = {"generation_seconds": round(wall, 2), "nfe": nfe,
-            "stage1": dataclasses.asdict(s1) if spec.mode != "ceiling" else None,
-            "stage2": dataclasses.asdict(s2) if spec.mode != "ceiling" else None}
+            "stage1": dataclasses.asdict(s1) if s1 is not None else None,
+            "stage2": dataclasses.asdict(s2) if s2 is not None else None}
     return clips, info, full
 
 
@@ -192,6 +193,37 @@ def alignment(entries: list[Any], clips: list[Clip], full: list[np.ndarray], spe
     return means, per_clip
 
 
+@dataclasses.dataclass(frozen=True)
+class BackendOnly:
+    """A feature backend without flow stages (a folder holding only features.json and its part files): enough for
+    the rows that need no generation, "ceiling" (the backend's round trip) and "halves"."""
+
+    backend: Any
+    folder: Path
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.backend.sample_rate)
+
+
+def _load(checkpoint: str | Path | None, spec: EvalSpec) -> Any:
+    """The MusicFlow model folder (None = bundled), or for ceiling / halves rows also a backend-only folder."""
+    from musicflow_jax.backends import FEATURES_FILE, BackendError, load_backend
+    from musicflow_jax.pipeline import GenerateError, MusicFlow
+
+    folder = Path(checkpoint) if checkpoint is not None else None
+    if (spec.mode in ("ceiling", "halves") and folder is not None and (folder / FEATURES_FILE).is_file()
+            and not (folder / "stage1.safetensors").is_file()):
+        try:
+            return BackendOnly(load_backend(folder), folder)
+        except BackendError as e:
+            raise EvaluateError(f"--checkpoint {folder}: {e}") from None
+    try:
+        return MusicFlow.load(checkpoint)
+    except GenerateError as e:
+        raise EvaluateError(f"--checkpoint: {e}") from None
+
+
 def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str | Path, spec: EvalSpec,
                    classifier: str | Path | None = None, clap_folder: str | Path | None = None,
                    progress: bool = True, cache: str | Path | None = None,
@@ -201,7 +233,6 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     models (musicflow_jax.evaluate.embeddings.build); "features": "model" means the evaluated model's backend."""
     from musicflow_jax.evaluate.embeddings import EmbedError, build
     from musicflow_jax.evaluate.report import load_clips
-    from musicflow_jax.pipeline import GenerateError, MusicFlow
 
     if spec.mode not in MODES:
         raise EvaluateError(f"--mode {spec.mode!r}: choose one of {', '.join(MODES)}")
@@ -220,10 +251,7 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     if len(entries) < need:
         raise EvaluateError(f"--manifest {manifest} lists {len(entries)} clips; --mode {spec.mode} with --n {spec.n} "
                             f"needs {need}")
-    try:
-        mf = MusicFlow.load(checkpoint)
-    except GenerateError as e:
-        raise EvaluateError(f"--checkpoint: {e}") from None
+    mf = _load(checkpoint, spec)
     specs = dict(embedders or {})
     if specs.get("features") == "model":
         specs["features"] = str(mf.folder)

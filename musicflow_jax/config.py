@@ -360,7 +360,10 @@ def load_config_file(path: str | Path) -> Config:
         raise ConfigError(f"config file {path} has no get_config() function")
     cfg = module.get_config()
     if not isinstance(cfg, Config):
-        raise ConfigError(f"{path}: get_config() must return musicflow_jax.config.Config, got {type(cfg)}")
+        hint = (" (a codec config: train it with python -m musicflow_jax.train_codec)"
+                if type(cfg).__name__ == "CodecTrainConfig" else "")
+        raise ConfigError(f"{path}: get_config() must return musicflow_jax.config.Config, got "
+                          f"{type(cfg).__name__}{hint}")
     return cfg
 
 

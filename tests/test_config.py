@@ -8,7 +8,8 @@ import pytest
 from musicflow_jax import config as C
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.py"))
-CONFIGS = [p for p in CONFIGS if p.name != "__init__.py"]
+CODEC_CONFIGS = [p for p in CONFIGS if p.name.startswith("codec_")]  # musicflow_jax.train_codec's
+CONFIGS = [p for p in CONFIGS if p.name != "__init__.py" and p not in CODEC_CONFIGS]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -17,6 +18,19 @@ def test_shipped_configs_load_and_roundtrip(path):
     assert cfg.name == path.stem
     assert C.from_json(C.to_json(cfg)) == cfg
     assert C.config_hash(cfg) == C.config_hash(C.from_json(C.to_json(cfg)))
+
+
+@pytest.mark.parametrize("path", CODEC_CONFIGS, ids=lambda p: p.stem)
+def test_shipped_codec_configs_load_and_roundtrip(path):
+    import json
+
+    from musicflow_jax import codec_train
+
+    cfg = codec_train.load_config(path)
+    assert cfg.name == path.stem
+    assert codec_train.from_dict(json.loads(codec_train.to_json(cfg))) == cfg
+    with pytest.raises(C.ConfigError, match="python -m musicflow_jax.train_codec"):
+        C.load(path)  # the flow trainer names the right entry point
 
 
 def test_paper_sizes_and_tiny_derivation():

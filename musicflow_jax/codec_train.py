@@ -353,11 +353,6 @@ def build_model(cfg: CodecTrainConfig, seed: int) -> Encodec:
     return Encodec(cfg.model.encodec(), rngs=nnx.Rngs(seed))
 
 
-def make_optimizer(cfg: CodecTrainConfig) -> optax.GradientTransformation:
-    """train_state.make_optimizer (clip + AdamW + warmup schedule) over the codec config's optim/train sections."""
-    return train_state.make_optimizer(cfg)  # type: ignore[arg-type]  # reads optim.* and train.steps only
-
-
 def init_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation) -> tuple[Any, TrainState]:
     """(graphdef, fresh TrainState) from train.seed."""
     graphdef, params, rest = nnx.split(build_model(cfg, cfg.train.seed), _trainable, ...)
@@ -430,7 +425,7 @@ def evaluate(eval_fn: Any, params: Any, rest: Any, batches: list[np.ndarray]) ->
 def _compiled(cfg: CodecTrainConfig) -> tuple[Any, optax.GradientTransformation, TrainState, Any, Any]:
     """(graphdef, optimizer, abstract state, jitted train step, jitted eval) of a config, kept per process so that
     a resumed or repeated run in the same process (tests, notebooks) reuses the compiled programs."""
-    tx = make_optimizer(cfg)
+    tx = train_state.make_optimizer(cfg)  # type: ignore[arg-type]  # reads optim.* and train.steps only
     graphdef, abstract = abstract_state(cfg, tx)
     return graphdef, tx, abstract, make_train_step(cfg, graphdef, tx), make_eval_fn(cfg, graphdef)
 
@@ -527,7 +522,7 @@ def read_run_config(workdir: str | Path) -> CodecTrainConfig:
 def load_trained(workdir: str | Path, step: int | None = None) -> tuple[CodecTrainConfig, TrainState, int]:
     """(config, state, step) of a codec run's checkpoint (latest unless `step`)."""
     cfg = read_run_config(workdir)
-    tx = make_optimizer(cfg)
+    tx = train_state.make_optimizer(cfg)  # type: ignore[arg-type]  # reads optim.* and train.steps only
     _, abstract = abstract_state(cfg, tx)
     manager = _manager(Path(workdir), cfg, False)
     try:

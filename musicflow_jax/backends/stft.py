@@ -32,6 +32,15 @@ def _frame_index(n_frames: int, n_fft: int, hop: int) -> np.ndarray:
     return hop * np.arange(n_frames)[:, None] + np.arange(n_fft)[None, :]
 
 
+def frames(x_s: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """(S,) numpy -> (T, n_fft) zero-padded frames on `stft`'s grid (T = ceil(S / hop), same padding), no window:
+    for per-frame statistics that must line up with the parts' frames."""
+    n_frames = num_frames(x_s.shape[-1], hop)
+    left = _pad_left(n_fft, hop)
+    padded = np.pad(x_s, (left, (n_frames - 1) * hop + n_fft - left - x_s.shape[-1]))
+    return padded[_frame_index(n_frames, n_fft, hop)]
+
+
 def stft(x_bs: jax.Array, n_fft: int, hop: int) -> jax.Array:
     """(B, S) -> complex (B, T, n_fft/2+1), T = ceil(S / hop), centred frames, periodic Hann window."""
     n_frames = num_frames(x_bs.shape[-1], hop)

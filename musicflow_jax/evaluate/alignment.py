@@ -166,14 +166,12 @@ def note_chroma(notes: Notes, start_s: float, end_s: float, frame_rate: float = 
 def frame_level_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(T,) level in dB re full scale (mean square under the frame's Hann window) of `music.chroma`'s frames, same
     grid: 16 kHz, n_fft 2048, hop 320, frame t's window starting at t * 320 - 864 samples (zero padding)."""
+    from musicflow_jax.backends.stft import frames
+
     cfg = music.KEY_CHROMA
     x = resample(music._mono(audio, "audio"), sample_rate, cfg.sample_rate).astype(np.float64)
-    T = -(-x.size // cfg.hop_length)  # ceil, as backends/stft.py
-    left = (cfg.n_fft - cfg.hop_length) // 2
-    x2 = np.pad(x**2, (left, (T - 1) * cfg.hop_length + cfg.n_fft - left - x.size))
     w = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(cfg.n_fft) / cfg.n_fft)) ** 2
-    idx = cfg.hop_length * np.arange(T)[:, None] + np.arange(cfg.n_fft)[None]
-    ms = x2[idx] @ (w / w.sum())
+    ms = frames(x**2, cfg.n_fft, cfg.hop_length) @ (w / w.sum())
     return 10.0 * np.log10(np.maximum(ms, 1e-20))
 
 

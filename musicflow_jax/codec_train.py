@@ -17,10 +17,19 @@ Pieces, in the order `train_codec()` uses them:
           spectral convergence  sc_n = ||X_hat| - |X||_F / ||X||_F   (over the whole batch)
           log-magnitude L1      lm_n = mean | log|X_hat| - log|X| |
         stft = mean_n (sc_n + lm_n);
-      - mel L1: mean | log(max(M |X_hat|, 1e-5)) - log(max(M |X|, 1e-5)) | with `loss.n_mels` HTK triangles M
-        (musicflow_jax/backends/mel.py, 0 .. sr/2) on a `loss.mel_fft`-point STFT, hop `loss.mel_fft`/4;
+      - multi-scale mel L1: for each (n_fft, n_mels) in `loss.mel_scales`,
+          mean | log(max(M |X_hat|, 1e-5)) - log(max(M |X|, 1e-5)) |  with n_mels HTK triangles M
+        (musicflow_jax/backends/mel.py, 0 .. sr/2) on an n_fft-point STFT, hop n_fft/4; mel = the mean over scales
+        (Descript's audio codec uses windows 32 .. 2048 with 5 .. 320 bands: the short windows keep onsets sharp);
       - waveform L1: mean |x_hat - x|;
       total = loss.w_stft * stft + loss.w_mel * mel + loss.w_wave * wave. No discriminator.
+    With `loss.latent_noise` = s > 0 the decoder sees z + s * rms(z) * n (n standard normal, rms over the batch,
+    no gradient through the scale) during training: a decoder robust to small latent errors, which a flow model
+    generating the latents will make. `loss.w_smooth` adds w * smooth, smooth = mean |z_t - z_{t-1}|^2 / (2 var(z))
+    (var over time per clip and channel, averaged; = 1 - the latents' lag-1 autocorrelation): left free, the
+    latents follow the waveform's phase frame to frame (lag-1 autocorrelation ~0, white noise to a flow model);
+    with it they follow what changes slowly (pitch, loudness, timbre) and the decoder makes the phase, which the
+    magnitude losses leave free.
   * The state is musicflow_jax.train_state.TrainState (params = the encoder/decoder nnx.Params, weight-normalised
     convs trained as weight_g / weight_v exactly as the converted folders store them; rest = the quantiser's
     codebooks, random and untouched; EMA of the params), optimised by train_state.make_optimizer (AdamW, warmup +
@@ -114,11 +123,12 @@ class CodecDataConfig:
 @dataclasses.dataclass(frozen=True)
 class CodecLossConfig:
     stft_sizes: tuple[int, ...] = (512, 1024, 2048)  # multi-resolution STFT FFT sizes (hop n/4)
-    mel_fft: int = 1024
-    n_mels: int = 64
+    mel_scales: tuple[tuple[int, int], ...] = ((1024, 64),)  # (n_fft, n_mels) per mel scale (hop n_fft/4)
     w_stft: float = 1.0
     w_mel: float = 1.0
     w_wave: float = 0.1
+    latent_noise: float = 0.0  # decoder input noise, relative to the latents' RMS (training only)
+    w_smooth: float = 0.0  # weight of the latents' temporal smoothness term (1 - lag-1 autocorrelation)
 
 
 CODEC_OPTIM = OptimConfig(lr=3e-4, b2=0.99, weight_decay=0.0, warmup_steps=200, ema_decay=0.999)  # grad_accum unused
@@ -172,7 +182,6 @@ def validate(cfg: CodecTrainConfig) -> None:
                                                                       m.num_residual_layers, 1),
                             ("model.num_lstm_layers", m.num_lstm_layers, 0), ("model.kernel_size", m.kernel_size, 1),
                             ("data.batch_size", d.batch_size, 1), ("data.max_clips", d.max_clips, 0),
-                            ("loss.mel_fft", lo.mel_fft, 16), ("loss.n_mels", lo.n_mels, 1),
                             ("optim.warmup_steps", o.warmup_steps, 0), ("train.steps", t.steps, 1),
                             ("train.seed", t.seed, 0), ("train.log_every", t.log_every, 1),
                             ("train.eval_every", t.eval_every, 0), ("train.eval_batches", t.eval_batches, 1),
@@ -190,11 +199,16 @@ def validate(cfg: CodecTrainConfig) -> None:
            f"data.split / data.eval_split must be train | valid | test, got {d.split!r} / {d.eval_split!r}")
     _check(isinstance(lo.stft_sizes, tuple) and all(_is_int(n, 16) for n in lo.stft_sizes), "loss.stft_sizes",
            f"must be a tuple of FFT sizes >= 16 such as (512, 1024, 2048), got {lo.stft_sizes!r}")
-    longest = max((*lo.stft_sizes, lo.mel_fft))
+    _check(isinstance(lo.mel_scales, tuple) and len(lo.mel_scales) > 0 and all(
+        isinstance(sc, tuple) and len(sc) == 2 and _is_int(sc[0], 16) and _is_int(sc[1], 1) for sc in lo.mel_scales),
+        "loss.mel_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
+                           f"{lo.mel_scales!r}")
+    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales)))
     _check(cfg.segment_samples > longest, "data.segment_seconds",
            f"a crop of {cfg.segment_samples} samples is not longer than the largest FFT ({longest}): raise "
-           "data.segment_seconds or lower loss.stft_sizes / loss.mel_fft")
+           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales")
     for key, value in (("loss.w_stft", lo.w_stft), ("loss.w_mel", lo.w_mel), ("loss.w_wave", lo.w_wave),
+                       ("loss.latent_noise", lo.latent_noise), ("loss.w_smooth", lo.w_smooth),
                        ("optim.weight_decay", o.weight_decay), ("optim.grad_clip", o.grad_clip)):
         _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key,
                f"must be a finite number >= 0, got {value!r}")
@@ -311,15 +325,16 @@ def stft_mag(x_bs: jax.Array, n_fft: int) -> jax.Array:
     return jnp.sqrt(jnp.maximum(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2, 1e-7))
 
 
-def _mel_bank(cfg: CodecTrainConfig) -> np.ndarray:
+def _mel_banks(cfg: CodecTrainConfig) -> list[np.ndarray]:
+    """(n_mels, n_fft // 2 + 1) HTK mel matrices, one per loss.mel_scales entry."""
     from musicflow_jax.backends.mel import MelConfig, mel_filterbank
 
     sr = cfg.model.sample_rate
-    return mel_filterbank(MelConfig(sample_rate=sr, n_fft=cfg.loss.mel_fft, n_mels=cfg.loss.n_mels, fmin=0.0,
-                                    fmax=sr / 2))
+    return [mel_filterbank(MelConfig(sample_rate=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sr / 2))
+            for n_fft, n_mels in cfg.loss.mel_scales]
 
 
-def reconstruction_losses(y_bs: jax.Array, x_bs: jax.Array, cfg: CodecTrainConfig, mel_mf: np.ndarray
+def reconstruction_losses(y_bs: jax.Array, x_bs: jax.Array, cfg: CodecTrainConfig, mel_banks: list[np.ndarray]
                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(total, parts) of the reconstruction `y_bs` against the target `x_bs` (see the module docstring)."""
     lo = cfg.loss
@@ -332,10 +347,13 @@ def reconstruction_losses(y_bs: jax.Array, x_bs: jax.Array, cfg: CodecTrainConfi
         parts[f"sc_{n}"], parts[f"logmag_{n}"] = sc, lm
         stft_terms.append(sc + lm)
     parts["stft"] = jnp.mean(jnp.stack(stft_terms)) if stft_terms else jnp.zeros(())
-    bank = jnp.asarray(mel_mf)
-    ymel = jnp.log(jnp.maximum(stft_mag(y_bs, lo.mel_fft) @ bank.T, 1e-5))
-    xmel = jnp.log(jnp.maximum(stft_mag(x_bs, lo.mel_fft) @ bank.T, 1e-5))
-    parts["mel"] = jnp.mean(jnp.abs(ymel - xmel))
+    mel_terms = []
+    for (n_fft, _), bank_mf in zip(lo.mel_scales, mel_banks):
+        bank = jnp.asarray(bank_mf)
+        ymel = jnp.log(jnp.maximum(stft_mag(y_bs, n_fft) @ bank.T, 1e-5))
+        xmel = jnp.log(jnp.maximum(stft_mag(x_bs, n_fft) @ bank.T, 1e-5))
+        mel_terms.append(jnp.mean(jnp.abs(ymel - xmel)))
+    parts["mel"] = jnp.mean(jnp.stack(mel_terms))
     parts["wave"] = jnp.mean(jnp.abs(y_bs - x_bs))
     total = lo.w_stft * parts["stft"] + lo.w_mel * parts["mel"] + lo.w_wave * parts["wave"]
     return total, parts
@@ -375,26 +393,45 @@ def abstract_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation) -> t
     return out["graphdef"], jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), shapes)
 
 
-def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
-    """loss(params, rest, x_bs) -> (total, parts): encode -> decode -> reconstruction losses."""
-    mel_mf = _mel_bank(cfg)
+def latent_roughness(z_btd: jax.Array) -> jax.Array:
+    """mean |z_t - z_{t-1}|^2 / (2 var_t(z)): 1 - the lag-1 autocorrelation of the latents (0 = constant in time,
+    1 = white noise), the variance taken over time per clip and channel and averaged."""
+    var = jnp.mean(jnp.square(z_btd - z_btd.mean(axis=1, keepdims=True)))
+    return jnp.mean(jnp.square(z_btd[:, 1:] - z_btd[:, :-1])) / (2.0 * var + 1e-8)
 
-    def loss_fn(params: Any, rest: Any, x_bs: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+
+def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
+    """loss(params, rest, x_bs, noise_key=None) -> (total, parts): encode -> (latent noise when a key is given and
+    loss.latent_noise > 0) -> decode -> reconstruction losses."""
+    banks = _mel_banks(cfg)
+    noise = cfg.loss.latent_noise
+
+    def loss_fn(params: Any, rest: Any, x_bs: jax.Array, noise_key: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params, rest)
-        y_bs = model.decode_latents(model.encode_latents(x_bs[..., None]))[..., 0]
-        return reconstruction_losses(y_bs, x_bs, cfg, mel_mf)
+        z_btd = model.encode_latents(x_bs[..., None])
+        smooth = latent_roughness(z_btd)
+        if noise_key is not None and noise > 0:
+            rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(z_btd))))
+            z_btd = z_btd + noise * rms * jax.random.normal(noise_key, z_btd.shape, z_btd.dtype)
+        y_bs = model.decode_latents(z_btd)[..., 0]
+        total, parts = reconstruction_losses(y_bs, x_bs, cfg, banks)
+        parts["smooth"] = smooth
+        return total + cfg.loss.w_smooth * smooth, parts
 
     return loss_fn
 
 
 def make_train_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTransformation) -> Any:
-    """Jitted `step(state, x_bs) -> (state, metrics)` (state donated); metrics are device scalars."""
+    """Jitted `step(state, x_bs) -> (state, metrics)` (state donated); metrics are device scalars. The latent noise
+    of step k is drawn from fold_in(key(train.seed), k), so a resumed run draws what an uninterrupted one would."""
     grad_fn = jax.value_and_grad(make_loss_fn(cfg, graphdef), has_aux=True)
     schedule = train_state.make_schedule(cfg)  # type: ignore[arg-type]
     decay = cfg.optim.ema_decay
+    base_key = jax.random.key(cfg.train.seed)
 
     def step_fn(state: TrainState, x_bs: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-        (loss, parts), grads = grad_fn(state.params, state.rest, x_bs)
+        (loss, parts), grads = grad_fn(state.params, state.rest, x_bs, jax.random.fold_in(base_key, state.step))
         new_state, grad_norm, _ = train_state.guarded_update(state, grads, loss, state.rest, tx, decay)
         out = {"loss": loss, **parts, "grad_norm": grad_norm, "param_norm": optax.global_norm(new_state.params),
                "lr": schedule(train_state.adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,

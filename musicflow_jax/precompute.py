@@ -2,9 +2,11 @@
 backend (backends/). tools/precompute_features.py is its CLI.
 
 Per audio file: load (downmix) and check (empty / too short / silent), resample to each part's rate, cut into
-segments of `segment_seconds` (a multiple of 40 ms so 50 Hz and 75 Hz frames both start on the segment boundary)
-and encode each segment with the backend's semantic part (features + k-means units) and acoustic part
-(latents), and the caption with an optional T5. Two engines fill the same records:
+segments of `segment_seconds` (a multiple of 40 ms so 50 Hz and 75 Hz frames both start on the segment boundary;
+with `end_aligned` the last segment ends at the file's end, overlapping the one before, so every segment of a file
+longer than one segment has the same length: full training crops, and one compiled encoder for all of them) and
+encode each segment with the backend's semantic part (features + k-means units) and acoustic part (latents), and
+the caption with an optional T5. Two engines fill the same records:
 - "jax": the Flax ports (HubertSemantic, EncodecAcoustic, TextEncoder), jitted, many equal-length segments per
   device call, so precompute runs on TPU/GPU hosts without torch. HF folders are converted on the fly (safetensors
   need no torch); converted folders are used as they are.
@@ -72,12 +74,29 @@ def load_audio(path: str, min_seconds: float = 1.0, silence_rms: float = 1e-4) -
     return x, int(sr)
 
 
-def segments(n_seconds: float, segment_seconds: float, min_seconds: float) -> list[tuple[float, float]]:
-    """[start, end) seconds of consecutive segments; the last one is kept if at least `min_seconds` long."""
+@dataclasses.dataclass(frozen=True)
+class Segmenting:
+    """How files are cut: `seconds` per segment (rounded to SEGMENT_QUANTUM_S), a tail kept if at least
+    `min_seconds` long, and `end_aligned` (that tail becomes a full segment ending at the file's end)."""
+
+    seconds: float = 20.0
+    min_seconds: float = 1.0
+    end_aligned: bool = False
+
+
+def segments(n_seconds: float, segment_seconds: float, min_seconds: float, end_aligned: bool = False
+             ) -> list[tuple[float, float]]:
+    """[start, end) seconds of consecutive segments; the last one is kept if at least `min_seconds` long. With
+    `end_aligned`, a file longer than one segment ends with a full segment whose start is the latest 40-ms grid
+    point that keeps it inside the file (it overlaps the segment before)."""
     seg = max(SEGMENT_QUANTUM_S, round(segment_seconds / SEGMENT_QUANTUM_S) * SEGMENT_QUANTUM_S)
     out, start = [], 0.0
     while start + min_seconds <= n_seconds + 1e-9:
-        out.append((start, min(start + seg, n_seconds)))
+        end = min(start + seg, n_seconds)
+        if end_aligned and end - start < seg - 1e-9 and out:
+            start = round(float(np.floor((n_seconds - seg) / SEGMENT_QUANTUM_S + 1e-9)) * SEGMENT_QUANTUM_S, 6)
+            end = round(start + seg, 6)
+        out.append((start, end))
         start = round(start + seg, 6)
     return out
 
@@ -205,15 +224,14 @@ class _File:
     spans: list[tuple[float, float]]  # segment [start, end) seconds
 
 
-def _prepare(entry: Entry, rates: tuple[int, int], segment_seconds: float, min_seconds: float
-             ) -> _File | SkipClipError:
+def _prepare(entry: Entry, rates: tuple[int, int], cut: Segmenting) -> _File | SkipClipError:
     """Load, check and resample one file (runs in the decode pool)."""
     try:
-        x, sr = load_audio(entry.path, min_seconds)
+        x, sr = load_audio(entry.path, cut.min_seconds)
     except SkipClipError as e:
         return e
-    return _File(entry, {r: resample(x, sr, r) for r in set(rates)}, segments(len(x) / sr, segment_seconds,
-                                                                             min_seconds))
+    return _File(entry, {r: resample(x, sr, r) for r in set(rates)},
+                 segments(len(x) / sr, cut.seconds, cut.min_seconds, cut.end_aligned))
 
 
 def _cut(audio: np.ndarray, rate: int, span: tuple[float, float]) -> np.ndarray:
@@ -250,15 +268,14 @@ def _encode_files(files: list[_File], enc: Encoders, batch_size: int) -> list[li
     return clips
 
 
-def _prepared(entries: list[Entry], enc: Encoders, segment_seconds: float, min_seconds: float, workers: int
-              ) -> Iterator[_File | SkipClipError]:
+def _prepared(entries: list[Entry], enc: Encoders, cut: Segmenting, workers: int) -> Iterator[_File | SkipClipError]:
     """Files decoded in a thread pool, in manifest order, at most 2 * workers ahead."""
     rates = (enc.backend.semantic.sample_rate, enc.backend.acoustic.sample_rate)
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         pending: collections.deque = collections.deque()
         it = iter(entries)
         for e in it:
-            pending.append(pool.submit(_prepare, e, rates, segment_seconds, min_seconds))
+            pending.append(pool.submit(_prepare, e, rates, cut))
             if len(pending) >= 2 * max(1, workers):
                 yield pending.popleft().result()
         while pending:
@@ -283,8 +300,7 @@ def done_marker(out: Path, index: int, count: int) -> Path:
 
 
 def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: int, count: int, enc: Encoders,
-              segment_seconds: float, min_seconds: float, *, batch_size: int = 8, workers: int = 2,
-              progress: bool = True) -> dict[str, Any]:
+              cut: Segmenting, *, batch_size: int = 8, workers: int = 2, progress: bool = True) -> dict[str, Any]:
     """Encode this shard's entries (entries[index::count]) into per-split shard files; returns its summary."""
     from tqdm import tqdm
 
@@ -322,7 +338,7 @@ def run_shard(entries: list[Entry], problems: list[Problem], out: Path, index: i
         group.clear()
 
     with tqdm(total=len(mine), desc=f"shard {index}/{count}", disable=not progress) as bar:
-        for e, f in zip(mine, _prepared(mine, enc, segment_seconds, min_seconds, workers)):
+        for e, f in zip(mine, _prepared(mine, enc, cut, workers)):
             bar.update(1)
             if isinstance(f, SkipClipError):
                 failures.append({"where": e.where, "path": e.path, "reason": str(f)})
@@ -417,7 +433,7 @@ def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+
                kmeans: str | None = None, t5: str | None = None, text_max_len: int = 64, num_shards: int = 1,
                shard_index: int | None = None, segment_seconds: float = 20.0, min_seconds: float = 1.0,
                batch_size: int = 8, workers: int = 2, threads: int = 0, progress: bool = True,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, end_aligned: bool = False) -> dict[str, Any]:
     """Run the shard(s) this process owns (all if shard_index is None), then merge if everything is done.
     Returns what ran, with audio seconds per wall second. `out` must be new, hold this very precompute (same
     fingerprint: resume) or be replaced with `overwrite`; a shard another live process is writing is refused."""
@@ -433,10 +449,12 @@ def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+
     out.mkdir(parents=True, exist_ok=True)
     claim_folder(out, fingerprint(Path(manifest), enc, {
         "segment_seconds": segment_seconds, "min_seconds": min_seconds, "num_shards": num_shards,
-        "text_max_len": text_max_len if t5 else None}), overwrite)
+        "text_max_len": text_max_len if t5 else None, **({"end_aligned": True} if end_aligned else {})}), overwrite)
+    cut = Segmenting(segment_seconds, min_seconds, end_aligned)
     be = enc.backend
     info = {"backend": be.to_json(), "engine": engine, "rates": be.rates, "dims": {**be.dims, "t5": enc.text_dim},
             "encoders": enc.info, "segment_seconds": segment_seconds, "min_seconds": min_seconds,
+            "end_aligned": end_aligned,
             "manifest": str(manifest)}
     mine = range(num_shards) if shard_index is None else [shard_index]
     ran = []
@@ -449,8 +467,8 @@ def precompute(manifest: str | Path, out: str | Path, *, backend: str = "hubert+
             if done_marker(out, i, num_shards).is_file():  # another process finished it while we waited
                 ran.append({"shard": i, "skipped_rerun": True})
                 continue
-            ran.append(run_shard(entries, problems, out, i, num_shards, enc, segment_seconds, min_seconds,
-                                 batch_size=batch_size, workers=workers, progress=progress))
+            ran.append(run_shard(entries, problems, out, i, num_shards, enc, cut, batch_size=batch_size,
+                                 workers=workers, progress=progress))
     wall = time.perf_counter() - t0
     audio = sum(r.get("audio_seconds", 0.0) for r in ran)
     result = {"shards_run": [r["shard"] for r in ran if not r.get("skipped_rerun")],

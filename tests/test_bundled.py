@@ -1,6 +1,7 @@
 """The bundled model (musicflow_jax/assets/bundled): it loads with no arguments, matches its own description, and
 its outputs follow the text: audio for two prompts that differ only in the instrument is told apart by a
-classifier trained on the corpus' own spectral features (per-clip mean log-mel of the rendered corpus)."""
+classifier trained on the corpus' own features (per-clip mean of the codec latents of the rendered corpus), and
+generated clips play notes in the caption's key (floors set below what was measured on the shipped model)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
                  "corpus_features.npz", "train_report.json", "text_encoder/model.safetensors"):
         assert (BUNDLED / name).is_file(), name
     size_mb = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file()) / 2**20
-    assert size_mb < 16, size_mb
+    assert size_mb < 40, size_mb  # issue 12's budget for assets in git
     spec = json.loads((BUNDLED / "features.json").read_text())
     st1, st2 = mf.stages
-    assert spec["name"] == mf.backend.name == "chroma+mel"
+    assert spec["name"] == mf.backend.name == "chroma+encodec"
+    meta = json.loads((BUNDLED / spec["acoustic"]["folder"] / "config.json").read_text())
+    assert meta["extra"]["trained_by"] == "musicflow_jax.codec_train"  # the codec trained here, as an Encodec folder
     assert st1.cfg.model.stage == "semantic" and st2.cfg.model.stage == "acoustic"
     assert st2.cfg.model.cond_dim == st1.cfg.model.feature_dim == mf.backend.dims["semantic"]
     assert st2.cfg.model.feature_dim == mf.backend.dims["acoustic"]
@@ -44,7 +47,7 @@ def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
 
 def corpus_classifier(pair: tuple[str, str]) -> tuple[object, float]:
     d = np.load(BUNDLED / "corpus_features.npz")
-    x, y = d["mean_logmel"], d["instrument"]
+    x, y = d["mean_acoustic"], d["instrument"]
     m = np.isin(y, pair)
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=0.1))
     clf.fit(x[m], y[m])

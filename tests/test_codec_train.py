@@ -50,7 +50,8 @@ def tiny_config(manifest: Path, **train: int) -> ct.CodecTrainConfig:
     return ct.apply_overrides(ct.CodecTrainConfig(), [
         f"data.manifest={manifest}", "data.segment_seconds=0.1", "data.batch_size=4",
         "model.num_filters=4", "model.hidden_size=16", "model.num_lstm_layers=0",
-        "loss.stft_sizes=(256, 512)", "loss.mel_fft=512", "loss.n_mels=32",
+        "loss.stft_sizes=(256, 512)", "loss.mel_scales=((512, 32), (128, 8))", "loss.latent_noise=0.3",
+        "loss.w_smooth=0.5",
         "optim.lr=3e-3", "optim.warmup_steps=3", "optim.schedule=constant", "optim.ema_decay=0.9",
         f"train.steps={STEPS}", "train.log_every=1", "train.eval_every=15", "train.eval_batches=2",
         "train.ckpt_every=15", *[f"train.{k}={v}" for k, v in train.items()]])
@@ -74,7 +75,7 @@ def test_training_lowers_the_reconstruction_loss(full_run):
     valid = read_jsonl(workdir / "metrics.jsonl", "valid")
     assert [r["step"] for r in valid] == [0, 15, 30]
     assert valid[-1]["loss"] < 0.8 * valid[0]["loss"], valid
-    assert {"sc_512", "logmag_256", "stft", "mel", "wave", "seconds_per_step"} <= set(rows[-1])
+    assert {"sc_512", "logmag_256", "stft", "mel", "wave", "smooth", "seconds_per_step"} <= set(rows[-1])
 
 
 @pytest.mark.slow  # shares one ~60-100 s compile of the tiny codec's train step (2-core CPU)
@@ -122,10 +123,31 @@ def test_export_loads_as_codec_and_acoustic_part(full_run, tmp_path):
     assert any(k.endswith("conv.weight_g") for k in after)  # weight-norm parametrisation dumped as trained
 
 
+def test_latent_roughness_closed_forms():
+    """1 - lag-1 autocorrelation: 0 for latents constant in time, ~1 for white noise, 1 - cos(w) for a sinusoid of
+    w radians per frame; the reconstruction losses are 0 for a perfect reconstruction."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    const = jnp.broadcast_to(jnp.asarray(rng.normal(size=(2, 1, 8)), jnp.float32), (2, 50, 8))
+    assert float(ct.latent_roughness(const)) == pytest.approx(0.0, abs=1e-6)
+    white = jnp.asarray(rng.normal(size=(4, 2000, 8)), jnp.float32)
+    assert float(ct.latent_roughness(white)) == pytest.approx(1.0, abs=0.03)
+    w = 0.3
+    sine = jnp.asarray(np.sin(w * np.arange(4000))[None, :, None] * np.ones((1, 1, 3)), jnp.float32)
+    assert float(ct.latent_roughness(sine)) == pytest.approx(1 - np.cos(w), rel=0.01)
+    cfg = ct.apply_overrides(ct.CodecTrainConfig(), ["loss.mel_scales=((512, 32), (64, 5))"])
+    x = jnp.asarray(rng.normal(size=(2, 4800)) * 0.1, jnp.float32)
+    total, parts = ct.reconstruction_losses(x, x, cfg, ct._mel_banks(cfg))
+    assert float(total) == pytest.approx(0.0, abs=1e-5) and set(parts) >= {"mel", "stft", "wave"}
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("model.bogus=1", "unknown config key 'model.bogus'"),
     ("model.norm_type=batch", "config key 'model.norm_type'"),
     ("data.segment_seconds=0.01", "config key 'data.segment_seconds'"),
+    ("loss.mel_scales=((512,),)", "config key 'loss.mel_scales'"),
+    ("loss.w_smooth=-1", "config key 'loss.w_smooth'"),
 ])
 def test_cli_bad_config_is_one_line_exit_2(override, fragment, tmp_path, capsys):
     from musicflow_jax import train_codec

@@ -234,3 +234,24 @@ def test_clip_alignment_of_a_continuation_window(clips) -> None:
     assert bad["chroma_vs_notes"] < got["chroma_vs_notes"] - 0.15 and bad["chroma_vs_real"] < 0.8
     assert bad["onset_f"] < got["onset_f"] and bad["seam"] > got["seam"] + 0.5
     assert {k: bad[k] for k in bad if k.startswith("real_")} == {k: got[k] for k in got if k.startswith("real_")}
+
+
+def test_continuation_scores_of_real_continuations(clips) -> None:
+    """A real clip's second half is its first half's continuation: its pitch-class profile is closer to itself
+    than another piece's is (pc_vs_real 1 > pc_vs_other), and its key matches the first half's in most clips; a
+    transposed copy (resampled a whole tone up) shares neither. Closed forms: a profile is unit-norm, an A4 tone's
+    profile keys to a key with A in it, silence gives NaN."""
+    pc = A.pitch_class_profile(_tone(440.0, 1.0), SR)
+    assert pc.shape == (12,) and np.linalg.norm(pc) == pytest.approx(1.0) and int(np.argmax(pc)) == 9
+    assert np.isnan(A.profile_similarity(A.pitch_class_profile(np.zeros(SR, np.float32), SR), pc))
+    rows, up = [], []
+    for (_, a, *_), (_, b, *_) in zip(clips, clips[1:] + clips[:1]):
+        n = a.size // 2
+        rows.append(A.continuation_scores(a[:n], a[n:], a[n:], b[n:], SR))
+        shifted = np.interp(np.arange(0, n, 2 ** (2 / 12)), np.arange(n), a[n:]).astype(np.float32)  # +2 semitones
+        up.append(A.continuation_scores(a[:n], shifted, a[n:], b[n:], SR))
+    print("real", [{k: round(v, 3) for k, v in r.items()} for r in rows])
+    assert all(r["pc_vs_real"] == pytest.approx(1.0) for r in rows)
+    assert np.mean([r["pc_vs_other"] for r in rows]) < 0.95
+    assert np.mean([r["key_matches_prompt"] for r in rows]) >= 4 / 6
+    assert np.mean([u["pc_vs_real"] for u in up]) < 0.85 and np.mean([u["key_matches_prompt"] for u in up]) <= 1 / 6

@@ -420,3 +420,32 @@ def test_assemble_model_from_an_index(setup, tmp_path):
                        text=True, timeout=300)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2 and len(lines) == 1 and "pass --hubert" in lines[0], p.stderr[-1500:]
+
+
+def test_end_aligned_segments_have_equal_length(setup, tmp_path):
+    """end_aligned: the tail of a file longer than one segment becomes a full segment ending at the file's end (on
+    the 40-ms grid, overlapping the one before); files shorter than a segment keep one short segment; the records
+    equal direct backend calls on those exact spans."""
+    from musicflow_jax.audio import read_audio
+    from musicflow_jax.backends.chroma import ChromaSemantic
+
+    assert pf.segments(29.99995833, 8.0, 1.0, end_aligned=True) == [(0.0, 8.0), (8.0, 16.0), (16.0, 24.0),
+                                                                      (21.96, 29.96)]
+    assert pf.segments(29.99995833, 8.0, 1.0) == [(0.0, 8.0), (8.0, 16.0), (16.0, 24.0), (24.0, 29.99995833)]
+    assert pf.segments(16.5, 8.0, 1.0, end_aligned=True) == [(0.0, 8.0), (8.0, 16.0)]  # 0.5-s tail < min_seconds
+    assert pf.segments(17.0, 8.0, 1.0, end_aligned=True) == [(0.0, 8.0), (8.0, 16.0), (9.0, 17.0)]
+    assert pf.segments(7.5, 8.0, 1.0, end_aligned=True) == [(0.0, 7.5)]
+    root = setup[0]
+    out = tmp_path / "aligned"
+    pf.precompute(root / "manifest.jsonl", out, backend="chroma+mel", segment_seconds=2.0, progress=False,
+                  end_aligned=True)
+    index = json.loads((out / "index.json").read_text())
+    assert index["end_aligned"] is True
+    assert json.loads((out / pf.FINGERPRINT_FILE).read_text())["end_aligned"] is True  # a rerun without it is refused
+    clips = all_clips(out).values()
+    a_clips = sorted((c for c in clips if c.source.endswith("a.wav")), key=lambda c: c.start)
+    assert [(round(c.start, 2), round(c.duration, 2)) for c in a_clips] == [(0.0, 2.0), (1.0, 2.0)]
+    audio16 = read_audio(root / "audio" / "a.wav", sample_rate=16_000)[0]
+    tail = a_clips[1]
+    np.testing.assert_allclose(tail.semantic, ChromaSemantic().encode(audio16[None, 16_000: 48_000])[0][0],
+                               rtol=1e-4, atol=1e-4)

@@ -12,6 +12,11 @@ are skipped and listed with the reason in `failures.jsonl`. Reruns reuse WAVs al
 
 `--skip N` leaves out the first N scores of the seeded order: `--seed 0 --skip 160` renders only scores that
 `--seed 0 --limit 160` (the bundled model's training corpus) did not use - a held-out evaluation corpus.
+
+`--transpositions K` also renders each score transposed by K distinct seeded shifts in -5..+6 semitones (stems
+`<stem>_t+3`, ...), each with its own seeded instruments and tempo and the caption of the transposed score's key,
+in the original's split: key-balanced training data, since the scores cluster in a few keys. `--jobs J` renders J
+scores at a time (fluidsynth and music21 are single-threaded).
 """
 
 from __future__ import annotations
@@ -91,14 +96,36 @@ def list_scores(composers: list[str], limit: int | None, seed: int) -> list[tupl
     return items[:limit] if limit else items
 
 
-def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_frac: float, midi_out: Path) -> Piece:
-    """Parse, choose instruments/tempo, write MIDI; return the piece description (raises on bad scores)."""
+TRANSPOSE_RANGE = tuple(k for k in range(-5, 7) if k)  # semitones: every pitch class once
+
+
+def transpositions(seed: int, score: str, count: int) -> list[int]:
+    """The first `count` of a seeded order of TRANSPOSE_RANGE for this score (0 = none)."""
+    if not 0 <= count <= len(TRANSPOSE_RANGE):
+        raise CorpusInputError(f"--transpositions must be in 0..{len(TRANSPOSE_RANGE)}, got {count}")
+    shifts = list(TRANSPOSE_RANGE)
+    _rng_for(seed, f"{Path(score).name}:transpose").shuffle(shifts)
+    return shifts[:count]
+
+
+def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_frac: float, midi_out: Path,
+            transpose: int = 0, split: str | None = None) -> Piece:
+    """Parse, choose instruments/tempo, write MIDI; return the piece description (raises on bad scores). A
+    transposed copy (`transpose` semitones) draws its instruments and tempo from its own seed and takes `split`
+    (its original's)."""
     from music21 import converter, instrument, stream, tempo
+    from music21 import key as key_module
 
     s = converter.parse(score_path)
     if not isinstance(s, stream.Score) or not s.parts:
         raise ValueError(f"not a single multi-part score ({type(s).__name__})")
-    rng = _rng_for(seed, Path(score_path).name)
+    if transpose:
+        s = s.transpose(transpose)
+        # a transposed key signature can need 8 sharps (G# major), which MIDI readers refuse; playback needs none
+        for ks in list(s.recurse().getElementsByClass(key_module.KeySignature)):
+            ks.activeSite.remove(ks)
+    name = Path(score_path).name
+    rng = _rng_for(seed, f"{name}:t{transpose:+d}" if transpose else name)
     marks = list(s.recurse().getElementsByClass(tempo.MetronomeMark))
     qpm = next((m.getQuarterBPM() for m in marks if m.getQuarterBPM()), None)
     bpm = int(round(qpm)) if qpm else rng.randrange(60, 121)
@@ -128,7 +155,8 @@ def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_f
     genre = GENRE.get(composer, "piece")
     caption = f"A {composer.capitalize()} {genre} in {key_name} at {bpm} BPM played on {ensemble}"
     u = rng.random()
-    split = "test" if u < test_frac else "valid" if u < test_frac + valid_frac else "train"
+    if split is None:
+        split = "test" if u < test_frac else "valid" if u < test_frac + valid_frac else "train"
     return Piece(score_path, composer, key_name, bpm, chosen, ensemble, score_seconds, caption, split)
 
 
@@ -212,12 +240,47 @@ def _find_soundfont(soundfont: str | None) -> str:
                             "(see .ci/setup_env.sh) or pass --soundfont")
 
 
+def render_score(out: Path, score: str, composer: str, seed: int, sf2: str, sample_rate: int, max_seconds: float,
+                 valid_frac: float, test_frac: float, n_transpositions: int) -> list[dict[str, Any]]:
+    """Render one score and its transposed copies into `out`; one dict per rendering: {"entry", "piece"} or
+    {"failure"}. A failed original takes its copies with it (they need its split)."""
+    import soundfile as sf
+
+    results: list[dict[str, Any]] = []
+    split = None
+    for shift in [0, *transpositions(seed, score, n_transpositions)]:
+        stem = f"{composer}_{Path(score).stem}".replace(" ", "_") + (f"_t{shift:+d}" if shift else "")
+        wav, mid = out / "audio" / f"{stem}.wav", out / "midi" / f"{stem}.mid"
+        notes = out / "notes" / f"{stem}.json"
+        try:
+            piece = prepare(score, composer, seed, valid_frac, test_frac, mid, transpose=shift, split=split)
+            if wav.is_file():  # rerun: same seed gives the same MIDI, keep the audio
+                seconds = sf.info(str(wav)).duration
+            else:
+                seconds = render(mid, wav, sf2, sample_rate, max_seconds=max_seconds)
+            write_text(notes, json.dumps(midi_notes(mid, seconds)) + "\n")
+        except Exception as e:  # noqa: BLE001 - any score/export/render problem skips that score
+            label = score if not shift else f"{score} (transposed {shift:+d})"
+            results.append({"failure": {"score": label, "reason": f"{type(e).__name__}: {e}"[:500]}})
+            if not shift:
+                break
+            continue
+        split = piece.split
+        results.append({"entry": Entry(str(wav), piece.caption, piece.split, seconds, notes=str(notes)),
+                        "piece": {**dataclasses.asdict(piece), "transpose": shift, "wav": str(wav.relative_to(out)),
+                                  "seconds": seconds, "notes": str(notes.relative_to(out))}})
+    return results
+
+
 def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), limit: int | None = None, seed: int = 0,
                  sample_rate: int = 24_000, soundfont: str | None = None, max_seconds: float = 0.0,
-                 valid_frac: float = 0.05, test_frac: float = 0.05, skip: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
-    """Render scores into `out`/audio (notes/ beside it), write `out`/manifest.jsonl, pieces.jsonl and failures.jsonl;
+                 valid_frac: float = 0.05, test_frac: float = 0.05, skip: int = 0, transpositions_per_score: int = 0,
+                 jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Render scores (and `transpositions_per_score` transposed copies of each) into `out`/audio (notes/ beside it),
+    `jobs` scores at a time; write `out`/manifest.jsonl, pieces.jsonl and failures.jsonl in the seeded score order;
     return a summary."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     if shutil.which("fluidsynth") is None:
@@ -225,34 +288,40 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     sf2 = _find_soundfont(soundfont)
     if skip < 0:
         raise CorpusInputError(f"--skip must be >= 0, got {skip}")
+    if jobs < 1:
+        raise CorpusInputError(f"--jobs must be >= 1, got {jobs}")
+    transpositions(seed, "check", transpositions_per_score)  # range check before any work
     # an unknown composer is refused before anything is written; `skip` drops the head of the seeded order
     scores = list_scores(list(composers), limit + skip if limit else None, seed)[skip:]
     out = Path(out)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "midi").mkdir(exist_ok=True)
     (out / "notes").mkdir(exist_ok=True)
-    entries, pieces, failures = [], [], []
-    audio_s, t0 = 0.0, time.perf_counter()
-    for score, composer in tqdm(scores, desc="render", disable=not progress):
-        stem = f"{composer}_{Path(score).stem}".replace(" ", "_")
-        wav, mid = out / "audio" / f"{stem}.wav", out / "midi" / f"{stem}.mid"
-        notes = out / "notes" / f"{stem}.json"
-        try:
-            piece = prepare(score, composer, seed, valid_frac, test_frac, mid)
-            if wav.is_file():  # rerun: same seed gives the same MIDI, keep the audio
-                import soundfile as sf
+    args = [(out, score, composer, seed, sf2, sample_rate, max_seconds, valid_frac, test_frac,
+             transpositions_per_score) for score, composer in scores]
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(scores), desc="render", disable=not progress)
+    if jobs == 1:
+        per_score = []
+        for a in args:
+            per_score.append(render_score(*a))
+            bar.update(1)
+    else:
+        import multiprocessing
 
-                seconds = sf.info(str(wav)).duration
-            else:
-                seconds = render(mid, wav, sf2, sample_rate, max_seconds=max_seconds)
-            write_text(notes, json.dumps(midi_notes(mid, seconds)) + "\n")
-        except Exception as e:  # noqa: BLE001 - any score/export/render problem skips that score
-            failures.append({"score": score, "reason": f"{type(e).__name__}: {e}"[:500]})
-            continue
-        audio_s += seconds
-        entries.append(Entry(str(wav), piece.caption, piece.split, seconds, notes=str(notes)))
-        pieces.append({**dataclasses.asdict(piece), "wav": str(wav.relative_to(out)), "seconds": seconds,
-                       "notes": str(notes.relative_to(out))})
+        # spawned, not forked: the caller may hold JAX / BLAS threads that a fork would copy mid-flight
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(render_score, *a) for a in args]
+            for f in futures:
+                f.exception()
+                bar.update(1)
+            per_score = [f.result() for f in futures]
+    bar.close()
+    results = [r for rs in per_score for r in rs]
+    entries = [r["entry"] for r in results if "entry" in r]
+    pieces = [r["piece"] for r in results if "piece" in r]
+    failures = [r["failure"] for r in results if "failure" in r]
+    audio_s = sum(p["seconds"] for p in pieces)
     wall = time.perf_counter() - t0
     write_manifest(out / "manifest.jsonl", entries)
     (out / "pieces.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pieces))
@@ -272,6 +341,10 @@ def check_args(a: argparse.Namespace) -> tuple[str, ...]:
         raise CorpusInputError(f"--limit must be >= 0 (0 = all scores), got {a.limit}")
     if a.skip < 0:
         raise CorpusInputError(f"--skip must be >= 0, got {a.skip}")
+    if not 0 <= a.transpositions <= len(TRANSPOSE_RANGE):
+        raise CorpusInputError(f"--transpositions must be in 0..{len(TRANSPOSE_RANGE)}, got {a.transpositions}")
+    if a.jobs < 1:
+        raise CorpusInputError(f"--jobs must be >= 1, got {a.jobs}")
     if a.sample_rate <= 0:
         raise CorpusInputError(f"--sample-rate must be > 0 Hz, got {a.sample_rate}")
     if not a.max_seconds >= 0:
@@ -297,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-rate", type=int, default=24_000)
     ap.add_argument("--soundfont", default=None, help=f"GM .sf2 (default: first of {SOUNDFONTS})")
     ap.add_argument("--max-seconds", type=float, default=0.0, help="cut each rendering to this length (0 = off)")
+    ap.add_argument("--transpositions", type=int, default=0, help="also render each score in this many seeded "
+                    "transposed keys (-5..+6 semitones; captions name the transposed key)")
+    ap.add_argument("--jobs", type=int, default=1, help="scores rendered at a time")
     ap.add_argument("--valid-frac", type=float, default=0.05)
     ap.add_argument("--test-frac", type=float, default=0.05)
     a = ap.parse_args(argv)
@@ -304,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         composers = check_args(a)
         summary = build_corpus(a.out, composers=composers, limit=a.limit or None, seed=a.seed,
                                sample_rate=a.sample_rate, soundfont=a.soundfont, max_seconds=a.max_seconds,
-                               valid_frac=a.valid_frac, test_frac=a.test_frac, skip=a.skip)
+                               valid_frac=a.valid_frac, test_frac=a.test_frac, skip=a.skip,
+                               transpositions_per_score=a.transpositions, jobs=a.jobs)
     except (CorpusInputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-index", type=int, default=None, help="run only this shard (default: all)")
     ap.add_argument("--segment-seconds", type=float, default=20.0)
     ap.add_argument("--min-seconds", type=float, default=1.0)
+    ap.add_argument("--end-aligned", action="store_true", help="the last segment of a file ends at its end (full "
+                    "length, overlapping the one before): equal-length segments, one compiled encoder")
     ap.add_argument("--batch-size", type=int, default=8, help="equal-length segments per encoder call")
     ap.add_argument("--workers", type=int, default=2, help="audio decoding threads")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (engine torch; 0 = torch default)")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                             encodec=a.encodec, layer=a.layer, kmeans=a.kmeans, t5=a.t5, text_max_len=a.text_max_len,
                             num_shards=a.num_shards, shard_index=a.shard_index, segment_seconds=a.segment_seconds,
                             min_seconds=a.min_seconds, batch_size=a.batch_size, workers=a.workers,
-                            threads=a.threads, overwrite=a.overwrite)
+                            threads=a.threads, overwrite=a.overwrite, end_aligned=a.end_aligned)
     except INPUT_ERRORS as e:  # bad input: one line naming it and the fix (tracebacks are for bugs, or --debug)
         if a.debug:
             raise

@@ -4,7 +4,9 @@
 Rows (ROWS): real halves; backend ceiling (encode -> decode); text-to-music 4 s and 10 s at the stages' default
 settings; continuation (2 s real prompt -> 6 s, the generated 4 s evaluated); NFE 4 / 8 / 16 / 32 per stage
 (midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s); real halves of 10-s clips (the 10-s row's floor);
-infilling ([2, 4) s of a 6-s real clip regenerated). FD on the model's own backend features in every row
+infilling ([2, 4) s of a 6-s real clip regenerated); the 8-s rows of issue 12's targets (real halves, ceiling,
+text-to-music, continuation 4 s -> 8 s with the continuation's key against the prompt's and its pitch-class profile
+against the true continuation's and another piece's, one-sided paired Wilcoxon p). FD on the model's own backend features in every row
 (`--features model`; VGGish / PANNs / AST / CLAP when their local weights are given); the same-piece rows
 (ceiling, continuation, infilling) also get chroma similarity / onset F-measure against the score and the seam score.
 Each row's results.json lands in `<out>/<row>/`; a
@@ -44,11 +46,17 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "cfg1": ("CFG 1", {"cfg": (1.0, 1.0)}),
     "cfg3": ("CFG 3", {"cfg": (3.0, 3.0)}),
     "cfg5": ("CFG 5", {"cfg": (5.0, 5.0)}),
+    # issue 12's targets: 8-s clips
+    "real_halves_8s": ("real halves, 8 s clips", {"mode": "halves", "duration": 8.0}),
+    "ceiling_8s": ("backend ceiling, 8 s", {"mode": "ceiling", "duration": 8.0}),
+    "t2m_8s": ("text-to-music 8 s (defaults)", {"duration": 8.0}),
+    "continue_4to8": ("continuation 4 s prompt -> 8 s", {"mode": "continue", "duration": 8.0,
+                                                         "prompt_seconds": 4.0}),
 }
 COLUMNS = ("row", "n", "s/clip", "key exact", "key MIREX", "tempo 4%", "note presence", "onsets/s", "FD proxy",
            "FD features (sem. / ac.)", "instrument acc.", "NFE s1/s2", "gen. wall s", "eval wall s")
 SAME_PIECE_COLUMNS = ("row", "n", "chroma vs notes (real)", "chroma vs real", "onset F vs score (real)",
-                      "seam (real)")
+                      "seam (real)", "key = prompt's (real)", "profile vs real / other (p)")
 
 
 def row_cells(name: str, res: dict[str, Any]) -> list[str]:
@@ -78,8 +86,12 @@ def same_piece_cells(name: str, res: dict[str, Any]) -> list[str] | None:
     def f(key: str) -> str:
         return "-" if al.get(key) is None else f"{al[key]:.3f}"
 
+    cont = "pc_vs_real" in al
+    p = al.get("pc_real_gt_other_p")
     return [name, str(al["n"]), f"{f('chroma_vs_notes')} ({f('real_chroma_vs_notes')})", f("chroma_vs_real"),
-            f"{f('onset_f')} ({f('real_onset_f')})", f"{f('seam')} ({f('real_seam')})" if "seam" in al else "-"]
+            f"{f('onset_f')} ({f('real_onset_f')})", f"{f('seam')} ({f('real_seam')})" if "seam" in al else "-",
+            f"{f('key_matches_prompt')} ({f('real_key_matches_prompt')})" if cont else "-",
+            f"{f('pc_vs_real')} / {f('pc_vs_other')} ({'-' if p is None else f'{p:.2g}'})" if cont else "-"]
 
 
 def table(out: Path) -> str:

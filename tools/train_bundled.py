@@ -1,12 +1,19 @@
-"""Reproduce the bundled model (musicflow_jax/assets/bundled/) with the project's own pipeline, on CPU.
+"""Reproduce the bundled model (musicflow_jax/assets/bundled/) with the project's own pipeline, on CPU, in one command:
 
-Steps: render the music21 corpus (tools/build_corpus.py) -> precompute features with the weight-free "mel"
-backend (chroma 50 Hz semantic, log-mel 75 Hz acoustic; the shard/index code of tools/precompute_features.py,
-`--backend mel`) -> train stage 1 and stage 2 with
-musicflow_jax.train.train -> write the EMA weights, the embedded T5 it was trained with, the backend description
-and normalisation stats, and per-clip corpus features for the spectral classifier test into the bundle folder.
+    python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled
 
-    python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled --steps1 500 --steps2 700
+Steps, each resumable (a rerun skips what is finished and resumes runs from their checkpoints):
+  1. corpus    tools/build_corpus.py: `--limit` Bach scores (seed 0), each also in `--transpositions` seeded keys,
+               rendered by fluidsynth to 24 kHz mono, cut to 30 s;
+  2. codec     musicflow_jax.train_codec with configs/codec_corpus.py on the corpus' train split, exported as a
+               converted Encodec folder (the EMA weights);
+  3. features  musicflow_jax.precompute with the "chroma+encodec" backend (weight-free chroma semantic stream at
+               50 Hz, the codec's continuous latents at 75 Hz), 8-s end-aligned segments;
+  4. stage 1   musicflow_jax.train with configs/bundled_stage1.py (text -> chroma), EMA weights exported;
+  5. stage 2   musicflow_jax.train with configs/bundled_stage2.py (chroma + text -> codec latents), exported;
+  6. bundle    tools/assemble_model.py's assemble (stages, the embedded T5 they were trained with, features.json
+               with the stats and the codec folder), per-clip corpus features for tests/test_bundled.py, and
+               train_report.json with every step's wall time and losses.
 """
 
 from __future__ import annotations
@@ -28,42 +35,66 @@ for p in (ROOT, ROOT / "tools"):
 from musicflow_jax.config import Config  # noqa: E402
 
 SEGMENT_SECONDS = 8.0
+STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle")
 
 
-def precompute_mel(manifest: Path, out: Path) -> dict[str, Any]:
-    """musicflow_jax.precompute with the chroma+mel backend (reruns skip finished shards)."""
+def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
+    from build_corpus import build_corpus
+
+    return build_corpus(corpus, composers=("bach",), limit=limit, seed=0, max_seconds=30.0,
+                        transpositions_per_score=transpositions, jobs=jobs)
+
+
+def train_codec(manifest: Path, workdir: Path, steps: int | None) -> dict[str, Any]:
+    """configs/codec_corpus.py on the corpus, then its EMA weights exported to workdir/export."""
+    from musicflow_jax import codec_train
+
+    overrides = [f"data.manifest={manifest}"] + ([f"train.steps={steps}"] if steps else [])
+    cfg = codec_train.load_config(ROOT / "configs" / "codec_corpus.py", overrides)
+    codec_train.train_codec(cfg, workdir, async_ckpt=False)
+    codec_train.export_codec(workdir, workdir / "export", ema=True)
+    return {"steps": cfg.train.steps, **_losses(workdir)}
+
+
+def precompute_features(manifest: Path, codec: Path, out: Path) -> dict[str, Any]:
+    """musicflow_jax.precompute with the chroma+encodec backend (reruns skip finished shards)."""
     from musicflow_jax.precompute import precompute
 
-    precompute(manifest, out, backend="chroma+mel", segment_seconds=SEGMENT_SECONDS, min_seconds=1.0)
+    precompute(manifest, out, backend="chroma+encodec", encodec=str(codec), segment_seconds=SEGMENT_SECONDS,
+               min_seconds=1.0, end_aligned=True)
     return json.loads((out / "index.json").read_text())
 
 
-def bundled_configs(data: Path, steps1: int, steps2: int) -> tuple[Config, Config]:
-    """configs/bundled_stage1.py and bundled_stage2.py on `data` with the given step counts."""
+def stage_config(stage: int, data: Path, steps: int | None) -> Config:
+    """configs/bundled_stage{1,2}.py on `data` (train.steps from the config unless `steps`)."""
     from musicflow_jax import config as config_lib
 
-    return tuple(config_lib.load(ROOT / "configs" / f"bundled_stage{i}.py", [f"data.path={data}",
-                                                                            f"train.steps={steps}"])
-                 for i, steps in ((1, steps1), (2, steps2)))
+    return config_lib.load(ROOT / "configs" / f"bundled_stage{stage}.py",
+                           [f"data.path={data}"] + ([f"train.steps={steps}"] if steps else []))
 
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
-    """Train with musicflow_jax.train, then export the EMA weights with tools/export.py."""
+    """Train with musicflow_jax.train (resuming the workdir), then export the EMA weights."""
     from musicflow_jax import train
     from musicflow_jax.export import export
 
-    t0 = time.perf_counter()
     train.train(cfg, workdir, async_ckpt=False)
-    wall = time.perf_counter() - t0
     export(workdir, out_file)
-    logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    losses = [r["loss"] for r in logs if r.get("split") == "train" and "loss" in r]
-    return {"steps": cfg.train.steps, "wall_seconds": round(wall, 1), "first_loss": losses[0] if losses else None,
-            "last_loss": losses[-1] if losses else None}
+    return {"steps": cfg.train.steps, **_losses(workdir)}
+
+
+def _losses(workdir: Path) -> dict[str, Any]:
+    """First and last logged training loss, last validation loss (metrics.jsonl)."""
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    train = [r["loss"] for r in rows if r.get("split") == "train" and "loss" in r]
+    valid = [r["loss"] for r in rows if r.get("split") == "valid" and "loss" in r]
+    return {"first_loss": train[0] if train else None, "last_loss": train[-1] if train else None,
+            "last_valid_loss": valid[-1] if valid else None}
 
 
 def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
-    """Per-clip mean log-mel (acoustic stream) and the instrument phrase of its caption."""
+    """Per-clip mean of the acoustic stream (raw codec latents) and the instrument phrase of its caption: the
+    spectral-classifier data of tests/test_bundled.py."""
     from musicflow_jax.data import load_index, shard_paths
     from musicflow_jax.records import ShardSource
 
@@ -73,49 +104,68 @@ def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
         clip = src[i]
         feats.append(clip.acoustic.mean(0))
         labels.append(clip.caption.split(" played on ")[-1])
-    return {"mean_logmel": np.stack(feats).astype(np.float32), "instrument": np.asarray(labels)}
+    return {"mean_acoustic": np.stack(feats).astype(np.float32), "instrument": np.asarray(labels)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def bundle(stage1: Path, stage2: Path, index: Path, codec: Path, data: Path, out: Path) -> None:
+    from assemble_model import assemble
+
+    assemble(str(stage1), str(stage2), str(index), str(out), encodec=str(codec))
+    np.savez_compressed(out / "corpus_features.npz", **corpus_features(data))
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="/tmp/bundled", help="scratch folder (corpus, features, run dirs)")
+    ap.add_argument("--work", default="/tmp/bundled", help="scratch folder (corpus, codec, features, run dirs)")
     ap.add_argument("--out", default=str(ROOT / "musicflow_jax" / "assets" / "bundled"))
     ap.add_argument("--corpus", default=None, help="existing corpus folder with manifest.jsonl (else rendered)")
     ap.add_argument("--limit", type=int, default=160, help="scores to render")
-    ap.add_argument("--steps1", type=int, default=500)
-    ap.add_argument("--steps2", type=int, default=700)
-    ap.add_argument("--stage", choices=("all", "1", "2"), default="all")
+    ap.add_argument("--transpositions", type=int, default=2, help="transposed copies rendered per score")
+    ap.add_argument("--jobs", type=int, default=2, help="scores rendered at a time")
+    ap.add_argument("--codec-steps", type=int, default=None, help="default: configs/codec_corpus.py's")
+    ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
+    ap.add_argument("--steps2", type=int, default=None, help="default: configs/bundled_stage2.py's")
+    ap.add_argument("--until", choices=STEPS, default="bundle", help="stop after this step")
     a = ap.parse_args(argv)
     work, out = Path(a.work), Path(a.out)
     corpus = Path(a.corpus) if a.corpus else work / "corpus"
-    if not (corpus / "manifest.jsonl").is_file():
-        from build_corpus import build_corpus
+    manifest = corpus / "manifest.jsonl"
+    report: dict[str, Any] = {"command": " ".join(sys.argv), "wall_seconds": {}}
+    t_start = time.perf_counter()
 
-        print(json.dumps(build_corpus(corpus, composers=("bach",), limit=a.limit, seed=0, max_seconds=30.0)))
-    data = work / "features"
-    index = precompute_mel(corpus / "manifest.jsonl", data)
-    print(json.dumps({"clips": {k: v["clips"] for k, v in index["splits"].items()}}))
-    s1, s2 = bundled_configs(data, a.steps1, a.steps2)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {}
-    if a.stage in ("all", "1"):
-        report["stage1"] = train_stage(s1, work / "run1", out / "stage1.safetensors")
-    if a.stage in ("all", "2"):
-        report["stage2"] = train_stage(s2, work / "run2", out / "stage2.safetensors")
-    from musicflow_jax.text_encoder import TextEncoder
+    def step(name: str, fn: Any, *args: Any) -> Any:
+        t0 = time.perf_counter()
+        result = fn(*args)
+        report["wall_seconds"][name] = round(time.perf_counter() - t0, 1)
+        print(json.dumps({"step": name, "wall_seconds": report["wall_seconds"][name]}), flush=True)
+        return result
 
-    TextEncoder.load(s1.text, s1.train.seed).save(out / "text_encoder")
-    from assemble_model import backend_from_index
-
-    backend_from_index(index).save(out)  # the chroma+mel backend of the index, with its stats
-    np.savez_compressed(out / "corpus_features.npz", **corpus_features(data))
-    prev = json.loads((out / "train_report.json").read_text()) if (out / "train_report.json").is_file() else {}
-    prev.update(report)
-    prev["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
-                    "audio_seconds": index.get("totals", {}).get("audio_seconds")}
-    (out / "train_report.json").write_text(json.dumps(prev, indent=1) + "\n")
-    print(json.dumps(prev, indent=1))
+    if a.corpus is None:
+        report["corpus"] = step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
+    if not manifest.is_file():
+        print(f"error: {manifest} does not exist: pass --corpus with a tools/build_corpus.py folder", file=sys.stderr)
+        return 2
+    if a.until != "corpus":
+        report["codec"] = step("codec", train_codec, manifest, work / "codec", a.codec_steps)
+    codec = work / "codec" / "export"
+    if a.until not in ("corpus", "codec"):
+        index = step("features", precompute_features, manifest, codec, work / "features")
+        report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
+                          "audio_seconds": index.get("totals", {}).get("audio_seconds")}
+    stages = {}
+    for i in (1, 2):
+        name = f"stage{i}"
+        if STEPS.index(a.until) >= STEPS.index(name):
+            stages[i] = work / f"{name}.safetensors"
+            report[name] = step(name, train_stage, stage_config(i, work / "features", getattr(a, f"steps{i}")),
+                                work / f"run{i}", stages[i])
+    if a.until == "bundle":
+        step("bundle", bundle, stages[1], stages[2], work / "features" / "index.json", codec, work / "features", out)
+        report["total_wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        (out / "train_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

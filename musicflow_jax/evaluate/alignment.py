@@ -41,6 +41,10 @@ Metrics (measured on rendered Bach chorales in tests/test_evaluate_alignment.py)
   chord change of the same piece is ordinary music, not a discontinuity. One real cut onto a rest or fermata can
   still score as high as a splice: compare means over clips, and against `real_seam` (the real audio cut at the
   same point);
+- `pitch_class_profile` / `profile_similarity`: a window's pitch-class distribution (mean chroma over its sounding
+  frames, unit norm) and the cosine of two of them - harmony and key without timing, what a continuation should
+  carry on from its prompt (`continuation_scores`: the continuation's profile against the true continuation's and
+  against another piece's, and whether its key (`music.key_scores` on the profile) is the prompt's);
 - `clip_alignment`: all of these for one clip, a flat dict of floats.
 """
 
@@ -182,6 +186,39 @@ def audio_chroma(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.nd
     level = frame_level_db(x, sample_rate)
     n = min(len(c), len(level))
     return c[:n], level[:n] > SILENCE_DB
+
+
+def pitch_class_profile(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(12,) mean `music.chroma` over the sounding frames (louder than SILENCE_DB), unit L2 norm; zeros when no
+    frame sounds."""
+    c, sounding = audio_chroma(audio, sample_rate)
+    if not sounding.any():
+        return np.zeros(12)
+    p = c[sounding].astype(np.float64).mean(axis=0)
+    return p / max(float(np.linalg.norm(p)), 1e-12)
+
+
+def profile_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two pitch-class profiles (1 = same distribution); NaN when either is all zero."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(np.dot(a, b) / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def profile_key(profile: np.ndarray) -> music.Key:
+    """The key whose profile (music.DEFAULT_PROFILE) correlates best with a pitch-class profile."""
+    i = int(np.argmax(music.key_scores(np.asarray(profile, np.float64))))
+    return music.Key(i % 12, music.MODES[i // 12])
+
+
+def continuation_scores(prompt: np.ndarray, continuation: np.ndarray, true_continuation: np.ndarray,
+                        other_piece: np.ndarray, sample_rate: int) -> dict[str, float]:
+    """Does a continuation carry on its prompt's piece? key_matches_prompt: 1.0 when the key estimated on the
+    continuation is the one estimated on the prompt; pc_vs_real / pc_vs_other: `profile_similarity` of the
+    continuation's pitch-class profile with the true continuation's / another piece's (same window)."""
+    p, c = pitch_class_profile(prompt, sample_rate), pitch_class_profile(continuation, sample_rate)
+    return {"key_matches_prompt": float(profile_key(p) == profile_key(c)) if p.any() and c.any() else float("nan"),
+            "pc_vs_real": profile_similarity(c, pitch_class_profile(true_continuation, sample_rate)),
+            "pc_vs_other": profile_similarity(c, pitch_class_profile(other_piece, sample_rate))}
 
 
 def chroma_similarity(audio: np.ndarray, sample_rate: int, reference: np.ndarray,

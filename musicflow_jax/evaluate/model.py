@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,24 +165,35 @@ def alignment(entries: list[Any], clips: list[Clip], full: list[np.ndarray], spe
     from tqdm import tqdm
 
     from musicflow_jax.audio import read_audio
-    from musicflow_jax.evaluate.alignment import AlignmentError, clip_alignment, seam_discontinuity
+    from musicflow_jax.evaluate.alignment import (
+        AlignmentError,
+        clip_alignment,
+        continuation_scores,
+        seam_discontinuity,
+    )
 
     if spec.mode not in ("continue", "infill", "ceiling") or not any(e.notes for e in entries):
         return None, [None] * len(clips)
     start, end = _window(spec)
+    a, b = int(round(start * sample_rate)), int(round(end * sample_rate))
+    reals = [_read_window(e.path, 0.0, max(end, spec.duration), sample_rate) for e in entries]
     per_clip: list[dict[str, float] | None] = []
     for k, (e, c) in enumerate(tqdm(list(zip(entries, clips)), desc="alignment", disable=not progress)):
         if not e.notes:
             per_clip.append(None)
             continue
-        real = _read_window(e.path, 0.0, max(end, spec.duration), sample_rate)
-        a = int(round(start * sample_rate))
+        real = reals[k]
         try:
-            row = clip_alignment(read_audio(c.path)[0], real[a: int(round(end * sample_rate))], sample_rate,
-                                 e.notes, start, end)
+            evaluated = read_audio(c.path)[0]
+            row = clip_alignment(evaluated, real[a:b], sample_rate, e.notes, start, end)
             if full:
                 row["seam"] = float(np.mean([seam_discontinuity(full[k], sample_rate, t) for t in seams(spec)]))
                 row["real_seam"] = float(np.mean([seam_discontinuity(real, sample_rate, t) for t in seams(spec)]))
+            if spec.mode == "continue":  # the next entry's piece stands in for "another piece"
+                other = reals[(k + 1) % len(reals)]
+                row.update(continuation_scores(real[:a], evaluated, real[a:b], other[a:b], sample_rate))
+                row["real_key_matches_prompt"] = continuation_scores(real[:a], real[a:b], real[a:b], other[a:b],
+                                                                     sample_rate)["key_matches_prompt"]
         except AlignmentError as err:
             raise EvaluateError(f"{e.path} (notes {e.notes}): {err}") from None
         per_clip.append(row)
@@ -190,7 +202,21 @@ def alignment(entries: list[Any], clips: list[Clip], full: list[np.ndarray], spe
     for key in rows[0]:
         vals = np.asarray([r[key] for r in rows], np.float64)
         means[key] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+    if spec.mode == "continue":
+        means["pc_real_gt_other_p"] = paired_greater_p([r["pc_vs_real"] for r in rows],
+                                                       [r["pc_vs_other"] for r in rows])
     return means, per_clip
+
+
+def paired_greater_p(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """One-sided Wilcoxon signed-rank p-value that x exceeds y (paired, NaN pairs dropped); None below 6 pairs."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(x, np.float64) - np.asarray(y, np.float64)
+    d = d[np.isfinite(d)]
+    if d.size < 6 or not d.any():
+        return None
+    return float(wilcoxon(d, alternative="greater").pvalue)
 
 
 @dataclasses.dataclass(frozen=True)

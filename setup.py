@@ -10,6 +10,10 @@ def _reqs(name: str) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
 
 
+def _pinned(package: str) -> str:
+    return next(r.split("==")[1].split()[0] for r in _reqs("requirements.txt") if r.startswith(f"{package}=="))
+
+
 setup(
     name="musicflow_jax",
     version="0.1.0",
@@ -19,5 +23,7 @@ setup(
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=_reqs("requirements.txt"),
-    extras_require={"tools": _reqs("requirements-torch.txt") + ["encodec"]},
+    extras_require={"tools": _reqs("requirements-torch.txt") + ["encodec"],
+                    # accelerators: the plugin of the pinned jax version (requirements.txt)
+                    "cuda12": [f"jax[cuda12]=={_pinned('jax')}"], "tpu": [f"jax[tpu]=={_pinned('jax')}"]},
 )

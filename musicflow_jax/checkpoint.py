@@ -1,17 +1,17 @@
 """Orbax checkpoints of a training run: async, keep the latest N plus every K-th step, auto-resume.
 
 One checkpoint (workdir/checkpoints/<step>/) is a composite of
-  "state":  the TrainState pytree (params, optimizer, EMA, counters), saved sharded;
-  "data":   the grain iterator state, one JSON file per process (each host reads its own shard);
+  "state":  the TrainState pytree (params, optimizer, EMA, counters), saved sharded by every process;
   "config": the resolved Config as JSON.
-Restoring takes the abstract state of the *current* mesh (ShapeDtypeStructs with shardings), so a
-checkpoint written on one mesh shape restores onto any other.
+There is no per-process data state: the data position is the step (data.py builds global batch k for step k on
+any number of hosts), so a checkpoint written by N processes resumes on M. Restoring takes the abstract state of
+the *current* mesh (ShapeDtypeStructs with shardings), so a checkpoint written on one mesh shape restores onto any
+other. (Checkpoints from before, which also hold a "data" item, restore too: that item is not read.)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -27,54 +27,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config
 
-ITEMS = ("state", "data", "config")
-
-
-class DataStateHandler:
-    """Orbax handler for the data iterator position: one JSON file per process. Unlike grain's own handler it
-    takes a snapshot (`DataStateSave(iterator.get_state())`) when the save starts, so an async save cannot
-    record batches the loop consumed after the checkpoint's step."""
-
-    def save(self, directory: epath.Path, args: DataStateSave) -> None:
-        (directory / _state_file()).write_text(json.dumps(args.state))
-
-    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> Any:
-        path = directory / _state_file()
-        if not path.exists():
-            raise FileNotFoundError(f"{path} missing: the checkpoint was written with a different process count")
-        return json.loads(path.read_text())
-
-    def structure(self, directory: epath.Path) -> Any:
-        return None
-
-    def metadata(self, directory: epath.Path) -> Any:
-        return None
-
-    def finalize(self, directory: epath.Path) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    @classmethod
-    def typestr(cls) -> str:
-        return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _state_file() -> str:
-    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_save=True)
-@dataclasses.dataclass
-class DataStateSave(ocp.args.CheckpointArgs):
-    state: Any
-
-
-@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
-@dataclasses.dataclass
-class DataStateRestore(ocp.args.CheckpointArgs):
-    pass
+ITEMS = ("state", "config")
 
 
 def make_manager(workdir: str | Path, cfg: Config, *, async_save: bool = True) -> ocp.CheckpointManager:
@@ -91,13 +44,10 @@ def make_manager(workdir: str | Path, cfg: Config, *, async_save: bool = True) -
     return ocp.CheckpointManager(path, item_names=ITEMS, options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, cfg: Config,
-         *, force: bool = False) -> bool:
-    """Start saving (async); returns whether a save was started. Call `manager.wait_until_finished()`
-    before relying on it (the train loop does so before exit)."""
-    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config_lib.to_dict(cfg))}
-    if data_iter is not None:
-        args["data"] = DataStateSave(data_iter.get_state())
+def save(manager: ocp.CheckpointManager, step: int, state: Any, cfg: Any, *, force: bool = False) -> bool:
+    """Start saving (async) on every process; returns whether a save was started. Call
+    `manager.wait_until_finished()` before relying on it (the train loop does so before exit)."""
+    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(dataclasses.asdict(cfg))}
     return manager.save(step, args=ocp.args.Composite(**args), force=force)
 
 
@@ -157,12 +107,9 @@ def _first_non_finite(state: Any) -> str | None:
     return next((_dotted(p) for (p, _), ok in zip(leaves, finite) if not bool(ok)), None)
 
 
-def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
-                  with_data: bool) -> dict[str, Any]:
+def _restore_step(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> dict[str, Any]:
     _check_shapes(manager, step, abstract_state)
     args = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
-    if with_data:
-        args["data"] = DataStateRestore()
     try:
         out = manager.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # noqa: BLE001 - truncated/corrupt files surface as many exception types
@@ -177,11 +124,10 @@ def available_steps(manager: ocp.CheckpointManager) -> list[int]:
     return sorted(manager.all_steps())
 
 
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None,
-            step: int | None = None, *, set_aside_broken: bool = False,
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None, *,
+            set_aside_broken: bool = False,
             config_from_dict: Callable[[dict[str, Any]], Any] = config_lib.from_dict) -> tuple[int, Any, Config]:
-    """Restore (step, state, saved config) onto the shardings in `abstract_state`; `data_iter`, when given,
-    is set to its saved position in place.
+    """Restore (step, state, saved config) onto the shardings in `abstract_state`.
 
     Without `step`, the newest checkpoint that restores (readable, finite) is used: skipped ones are named in a
     warning on stderr, and with `set_aside_broken` renamed to `<step>.unrestorable` (so a resumed run can save those
@@ -199,7 +145,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any 
     skipped: list[tuple[int, str]] = []
     for s in candidates:
         try:
-            out = _restore_step(manager, s, abstract_state, data_iter is not None)
+            out = _restore_step(manager, s, abstract_state)
         except _UnrestorableError as e:
             skipped.append((s, str(e)))
             continue
@@ -208,8 +154,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any 
                   f"falling back to step {s}", file=sys.stderr)
         if set_aside_broken and skipped:
             _set_aside(manager, [bad for bad, _ in skipped])
-        if data_iter is not None:
-            data_iter.set_state(out["data"])
         return s, out["state"], config_from_dict(out["config"])
     reasons = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
     fix = ("pass another --step" if step is not None else

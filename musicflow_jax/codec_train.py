@@ -495,7 +495,7 @@ def _train(cfg: CodecTrainConfig, workdir: Path, *, stop_at: int | None, async_c
     graphdef, tx, abstract, step_fn, eval_fn = _compiled(cfg)
     manager = _manager(workdir, cfg, async_ckpt)
     if manager.latest_step() is not None:
-        start, state, _ = checkpoint.restore(manager, abstract, None, set_aside_broken=True, config_from_dict=from_dict)
+        start, state, _ = checkpoint.restore(manager, abstract, set_aside_broken=True, config_from_dict=from_dict)
     else:  # placed like a restored state, so both hit the same compiled step
         start, state = 0, jax.device_put(init_state(cfg, tx)[1], jax.tree.leaves(abstract)[0].sharding)
     atomic_io.write_text(workdir / "config.json", to_json(cfg))
@@ -530,7 +530,7 @@ def _train(cfg: CodecTrainConfig, workdir: Path, *, stop_at: int | None, async_c
                         f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
                         f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
                 if scalars["nan_in_row"] == 0 and (done % t_cfg.ckpt_every == 0 or done == t_cfg.steps or interrupt):
-                    checkpoint.save(manager, done, state, None, cfg, force=True)  # type: ignore[arg-type]
+                    checkpoint.save(manager, done, state, cfg, force=True)
             if t_cfg.eval_every and done % t_cfg.eval_every == 0:
                 writer.scalars(done, evaluate(eval_fn, state.params, state.rest, eval_data), prefix="valid")
                 t_window = time.perf_counter()  # eval time is not step time
@@ -563,7 +563,7 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[CodecTra
     _, abstract = abstract_state(cfg, tx)
     manager = _manager(Path(workdir), cfg, False)
     try:
-        step, state, _ = checkpoint.restore(manager, abstract, None, step, config_from_dict=from_dict)
+        step, state, _ = checkpoint.restore(manager, abstract, step, config_from_dict=from_dict)
     finally:
         manager.close()
     return cfg, state, step

@@ -24,6 +24,8 @@ STAGES = ("semantic", "acoustic")  # stage 1: text -> semantic; stage 2: semanti
 DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "frames", "embed", "mlp", "heads", "kv", "text", "vocab", "layers")
+REMAT_POLICIES = ("none", "dots", "full")
+ATTENTION = ("xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -56,7 +58,13 @@ class ModelConfig:
     dropout: float = 0.0
     dtype: str = "float32"  # activation/compute dtype
     param_dtype: str = "float32"  # master weights
-    remat: bool = False  # rematerialise each block in the backward pass
+    remat: str = "none"  # per-block rematerialisation in the backward pass: none | dots (save matmul outputs) | full
+    scan_layers: bool = True  # run each U-Net half as a scan over stacked layers (one block compiled per half)
+    attention: str = "xla"  # xla (any mask, fp32 scores) | cudnn (flash attention on NVIDIA GPUs, bf16/fp16)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.remat, bool):  # configs stored before remat became a policy: true = rematerialise all
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +112,7 @@ class MeshConfig:
         ("kv", None),
         ("text", None),
         ("vocab", None),
-        ("layers", None),  # the stacking axis of scanned blocks (no parameter has it until blocks are scanned)
+        ("layers", None),  # the stacking axis of the scanned blocks' parameters (never sharded by default)
     )
 
 
@@ -136,6 +144,7 @@ class TrainConfig:
     max_nan_in_row: int = 10
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = measure a matmul peak at start
     sample_codec: str = ""  # converted Encodec folder decoding stage-2 samples to WAV; "" = the data's acoustic part
+    block_every_step: bool = False  # wait for each step before the next (exact per-step timing; off = async dispatch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +256,12 @@ def validate(cfg: Config) -> None:
     _check((m.dim // m.heads) % 2 == 0, "model.heads", "head dim (dim/heads) must be even for rotary embeddings")
     _check(m.depth % 2 == 0, "model.depth", f"must be even for the U-Net skips, got {m.depth}")
     _check(m.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
+    _check(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {m.remat!r}")
+    _check(isinstance(m.scan_layers, bool), "model.scan_layers", f"must be true or false, got {m.scan_layers!r}")
+    _check(m.attention in ATTENTION, "model.attention", f"must be one of {ATTENTION} (cudnn needs an NVIDIA GPU and "
+                                                        f"model.dtype bfloat16 or float16), got {m.attention!r}")
+    _check(m.attention != "cudnn" or m.dtype != "float32", "model.attention",
+           "cudnn flash attention takes bfloat16 / float16 only: set model.dtype=bfloat16 or model.attention=xla")
     _check(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
     if m.stage == "acoustic":
         _check(m.cond_dim > 0, "model.cond_dim", "stage 'acoustic' needs the semantic feature dim (> 0)")

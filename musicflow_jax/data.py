@@ -4,11 +4,16 @@ Batch (dict of numpy arrays, B = cfg.data.batch_size // process_count, T = cfg.d
   x1 (B,T,feature_dim) f32 normalised target | frame_mask (B,T) bool | cond (B,T,cond_dim) f32 (stage "acoustic")
   text_ids (B,L) i32 | text_mask (B,L) bool | text_emb (B,L,text.dim) f32 (only if cfg.text.precomputed)
 
-Pipeline (train): source -> host slice [process_index::process_count] (disjoint records) -> seeded global
-shuffle, reshuffled every epoch, repeated forever -> per-example random crop seeded by (seed, host, position)
--> normalise -> pad + frame_mask -> batch (drop_remainder) -> optional worker processes. The returned
-grain IterDataset's iterators support get_state()/set_state() (checkpoint.py stores that state with each checkpoint).
-Eval (`make_eval_dataset`): same, but no shuffle, crops from frame 0, a single pass.
+Pipeline (train), defined on the *global* batch so that it does not depend on the number of hosts: source (every
+shard, random access) -> seeded global shuffle, reshuffled every epoch, repeated forever -> per-example random crop
+seeded by (seed, global position) -> normalise -> pad + frame_mask -> global batch g = positions [g B, (g + 1) B)
+-> this host's rows of it, [p B/P, (p + 1) B/P) for process p of P (`HostRows`: the host reads only those records)
+-> batch -> optional worker processes. So 1, 2 or 4 processes assemble the same global batches (the hosts' rows are
+disjoint and together complete), and the data position is one integer, the number of global batches consumed,
+which the train loop keeps equal to the step: `make_dataset(cfg, start_batch=step)` resumes exactly, also onto
+another process count (checkpoints store no per-host iterator state).
+Eval (`make_eval_dataset`): no shuffle, crops from frame 0, a single pass over the global batches that fit
+(drop_remainder), the same number on every host.
 """
 
 from __future__ import annotations
@@ -245,33 +250,51 @@ def shuffle(ds: grain.MapDataset, seed: int) -> grain.MapDataset:
     return EpochShuffle(ds, seed) if len(ds) <= EpochShuffle._MAX_CACHED_LEN else ds.shuffle(seed=seed % 2**32)
 
 
-def _host_source(cfg: Config, split: str, process_index: int, process_count: int,
-                 seed: int) -> tuple[grain.MapDataset, dict[str, Any] | None]:
+class HostRows(grain.MapDataset):
+    """This process's rows of each global batch: element i is the parent's element (i // b) * B + p * b + i % b
+    (b = B / P rows for process p of P), so batch g of this view holds rows [p b, (p + 1) b) of global batch g."""
+
+    def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._B, self._p = global_batch, process_index
+        self._b = global_batch // process_count
+        self._n = (len(parent) // global_batch) * self._b
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __str__(self) -> str:
+        return f"HostRows(B={self._B}, rows {self._p * self._b}..{(self._p + 1) * self._b - 1})"
+
+    def __getitem__(self, index):  # noqa: ANN001 - grain's int | slice protocol
+        if isinstance(index, slice):
+            return self.slice(index)
+        g, r = divmod(int(index), self._b)
+        return self._parent[g * self._B + self._p * self._b + r]
+
+
+def _source(cfg: Config, split: str, seed: int) -> tuple[grain.MapDataset, dict[str, Any] | None]:
+    """Every record of `split` (all shards; each host reads only the rows it needs)."""
     if cfg.data.source == "synthetic":
-        src, index = SyntheticSource(cfg, split, seed), None
-    else:
-        index = load_index(cfg.data.path)
-        check_rates(cfg, index)
-        src = ShardSource(shard_paths(cfg.data.path, split, index))
+        return grain.MapDataset.source(SyntheticSource(cfg, split, seed)), None
+    index = load_index(cfg.data.path)
+    check_rates(cfg, index)
+    return grain.MapDataset.source(ShardSource(shard_paths(cfg.data.path, split, index))), index
+
+
+def _per_host_batch(cfg: Config, process_index: int, process_count: int) -> int:
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    ds = grain.MapDataset.source(src)[process_index::process_count]
-    return ds, index
-
-
-def _per_host_batch(cfg: Config, process_count: int) -> int:
     if cfg.data.batch_size % process_count:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by the process count "
                          f"{process_count}")
     return cfg.data.batch_size // process_count
 
 
-def _check_batch(cfg: Config, ds: grain.MapDataset, split: str, process_index: int, process_count: int) -> int:
-    B = _per_host_batch(cfg, process_count)
-    if len(ds) < B:
-        raise ValueError(f"split {split!r} has {len(ds)} clips on host {process_index}/{process_count}, fewer than "
-                         f"one batch ({B}); use more data or a smaller data.batch_size")
-    return B
+def _check_size(cfg: Config, ds: grain.MapDataset, split: str) -> None:
+    if len(ds) < cfg.data.batch_size:
+        raise ValueError(f"split {split!r} has {len(ds)} clips, fewer than one global batch "
+                         f"({cfg.data.batch_size}); use more data or a smaller data.batch_size")
 
 
 def _finish(cfg: Config, ds: grain.MapDataset) -> grain.IterDataset:
@@ -295,28 +318,37 @@ def _defaults(process_index: int | None, process_count: int | None) -> tuple[int
 
 
 def make_dataset(cfg: Config, split: str | None = None, *, process_index: int | None = None,
-                 process_count: int | None = None, seed: int | None = None) -> grain.IterDataset:
-    """Infinite, shuffled training batches for this host. `iter(ds)` gives a checkpointable iterator.
+                 process_count: int | None = None, seed: int | None = None,
+                 start_batch: int = 0) -> grain.IterDataset:
+    """Infinite, shuffled training batches for this host, starting at global batch `start_batch` (a resumed run
+    passes its step). Every host count sees the same global batches (see the module docstring).
 
     seed defaults to cfg.data.shuffle_seed; process_index/count default to jax.process_index()/count().
     """
     split = split or cfg.data.split
     process_index, process_count = _defaults(process_index, process_count)
     seed = cfg.data.shuffle_seed if seed is None else seed
-    ds, index = _host_source(cfg, split, process_index, process_count, seed)
-    B = _check_batch(cfg, ds, split, process_index, process_count)
+    b = _per_host_batch(cfg, process_index, process_count)
+    ds, index = _source(cfg, split, seed)
+    _check_size(cfg, ds, split)
     ds = shuffle(ds, seed).repeat(None)
-    ds = ds.random_map(ToExample(cfg, index, random_crop=True), seed=(seed * 7919 + process_index) % 2**32)
-    ds = ds.batch(B, drop_remainder=True, batch_fn=Collate(cfg))
-    return _finish(cfg, ds)
+    ds = ds.random_map(ToExample(cfg, index, random_crop=True), seed=(seed * 7919) % 2**32)
+    ds = HostRows(ds, cfg.data.batch_size, process_index, process_count)
+    ds = ds.batch(b, drop_remainder=True, batch_fn=Collate(cfg))
+    if start_batch < 0:
+        raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+    return _finish(cfg, ds[start_batch:] if start_batch else ds)
 
 
 def make_eval_dataset(cfg: Config, split: str = "valid", *, process_index: int | None = None,
                       process_count: int | None = None) -> grain.IterDataset:
-    """One deterministic pass over `split` for this host: no shuffle, crops from frame 0, drop_remainder."""
+    """One deterministic pass over the full global batches of `split`, this host's rows of each: no shuffle,
+    crops from frame 0."""
     process_index, process_count = _defaults(process_index, process_count)
-    ds, index = _host_source(cfg, split, process_index, process_count, cfg.data.shuffle_seed)
+    b = _per_host_batch(cfg, process_index, process_count)
+    ds, index = _source(cfg, split, cfg.data.shuffle_seed)
+    _check_size(cfg, ds, split)
     ds = ds.random_map(ToExample(cfg, index, random_crop=False), seed=0)  # rng unused: crops start at frame 0
-    B = _check_batch(cfg, ds, split, process_index, process_count)
-    ds = ds.batch(B, drop_remainder=True, batch_fn=Collate(cfg))
+    ds = HostRows(ds, cfg.data.batch_size, process_index, process_count)
+    ds = ds.batch(b, drop_remainder=True, batch_fn=Collate(cfg))
     return _finish(cfg, ds)

@@ -6,12 +6,19 @@ metadata; `cfg.mesh.rules` maps each logical name to a mesh axis or None (replic
 most once per array and only on a dimension it divides; otherwise that dimension stays replicated.
 Batches are split along their leading axis over every mesh axis the "batch" rule names plus "fsdp"
 (FSDP shards the batch as well as the weights), and replicated over "tensor".
+
+Activations get sharding constraints from the same rules (MaxText's activation annotations): the model calls
+`constrain(x, ("batch", "frames", "mlp"), rules)`, which, while a train/eval step is traced inside
+`activation_mesh(mesh)`, pins x to the spec those logical axes map to ("batch" over the batch axes, "heads" /
+"mlp" over "tensor", each mesh axis at most once per array) and is the identity elsewhere (generation, tests).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -119,3 +126,51 @@ def global_batch(local: dict[str, np.ndarray], mesh: Mesh, rules: dict[str, str 
         out[k] = jax.make_array_from_process_local_data(sharding, v, (global_batch_size, *v.shape[1:]))
     return out
 
+
+
+# --------------------------------------------------------------------------------------------- activations
+
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("musicflow_activation_mesh",
+                                                                                default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh) -> Iterator[None]:
+    """While active (wrap the Python body of a function being traced), `constrain` pins activations on `mesh`."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def activation_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                    rules: dict[str, str | None]) -> PartitionSpec:
+    """PartitionSpec of an activation whose dims have the logical names `logical`: "batch" over batch_axes (the
+    batch rule's axis + fsdp, those that divide it), the other names by `rules`; a mesh axis is used at most once."""
+    used: set[str] = set()
+    out: list[Any] = []
+    for name, size in zip(logical, shape):
+        if name == "batch":
+            axes = [a for a in batch_axes(mesh, rules) if mesh.shape[a] > 1 and a not in used]
+            while axes and size % math.prod(mesh.shape[a] for a in axes):
+                axes.pop()
+            used.update(axes)
+            out.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
+            continue
+        axis = rules.get(name) if name is not None else None
+        if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
+            out.append(None)
+        else:
+            used.add(axis)
+            out.append(axis)
+    return PartitionSpec(*out)
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None], rules: Sequence[tuple[str, str | None]]) -> jax.Array:
+    """`x` with a sharding constraint from its logical axes while `activation_mesh` is active, else `x`."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or mesh.size == 1:
+        return x
+    spec = activation_spec(logical, x.shape, mesh, dict(rules))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

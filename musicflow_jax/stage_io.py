@@ -19,8 +19,8 @@ from flax import nnx
 from musicflow_jax import config as config_lib
 from musicflow_jax.atomic_io import save_safetensors
 from musicflow_jax.config import Config, ConfigError
-from musicflow_jax.models.transformer import FlowTransformer
-from musicflow_jax.weights import WeightsError, build_with_params, flat_params
+from musicflow_jax.models.transformer import FlowTransformer, stack_unrolled
+from musicflow_jax.weights import build_with_params, flat_params
 
 FORMAT = "musicflow_jax.flow/1"
 
@@ -81,8 +81,9 @@ def load_stage(path: str | Path, expect_stage: str | None = None) -> tuple[Confi
         raise StageError(f"checkpoint {path} is a {want.get(cfg.model.stage, cfg.model.stage)} model but was given "
                          f"as {want.get(expect_stage, expect_stage)}: swap the stage-1/stage-2 checkpoint arguments")
     try:
+        flat = stack_unrolled(flat, cfg.model.depth)  # files written before the layers were stacked
         model = build_with_params(lambda: FlowTransformer(cfg, rngs=nnx.Rngs(0)), flat, str(path))
-    except WeightsError as e:
+    except ValueError as e:  # WeightsError included
         lines = str(e).splitlines()
         if len(lines) == 1:  # non-finite values: the message names the tensor and the fix
             raise StageError(lines[0]) from None

@@ -120,7 +120,8 @@ def make_eval_fn(cfg: Config, setup: train_state.Setup, encode: Any) -> Callable
             model = nnx.merge(setup.graphdef, params, state.rest)
             return flow.flow_loss(lambda inp: model(inp, deterministic=True), key, batch, cfg.flow)[0]
 
-        return loss(state.params), loss(state.ema)
+        with sharding.activation_mesh(setup.mesh):
+            return loss(state.params), loss(state.ema)
 
     return jax.jit(eval_loss)
 
@@ -136,11 +137,8 @@ def evaluate(cfg: Config, eval_fn: Any, state: train_state.TrainState, text_para
         local_batches = list(itertools.islice(it, cfg.train.eval_batches))
     finally:
         it.close()  # worker processes (data.num_workers > 0) end here, not at garbage collection
-    n = len(local_batches)
-    if jax.process_count() > 1:  # hosts' valid slices may differ in length: all must run the same steps
-        n = int(np.min(multihost_utils.process_allgather(np.int32(n))))
-    losses = []
-    for i, local in enumerate(local_batches[:n]):
+    losses = []  # every host has the same number of batches: its rows of the same global batches (data.py)
+    for i, local in enumerate(local_batches):
         batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
         losses.append(jax.device_get(eval_fn(state, batch, text_params, jnp.int32(i))))
     mean = np.mean(losses, axis=0) if losses else (float("nan"), float("nan"))
@@ -247,6 +245,28 @@ def train(cfg: Config, workdir: str | Path, *, batch_hook: BatchHook | None = No
             lock.release()
 
 
+def preemption_check() -> Callable[[int], bool]:
+    """`reached(step) -> bool`, True on every process at the same step once preemption was signalled.
+
+    Several processes: JAX's preemption service (jax.distributed starts it; its notifier catches SIGTERM on any one
+    host and the coordination service makes every host agree on the step to stop after, as MaxText and orbax use
+    it). One process: a SIGTERM handler's flag. Call `restore()` of the returned function's `.restore` when done."""
+    if jax.process_count() > 1:
+        def reached(step: int) -> bool:
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+
+        reached.restore = lambda: None  # type: ignore[attr-defined]
+        return reached
+    flag = {"sigterm": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.update(sigterm=True))
+
+    def reached_local(step: int) -> bool:
+        return flag["sigterm"]
+
+    reached_local.restore = lambda: signal.signal(signal.SIGTERM, previous)  # type: ignore[attr-defined]
+    return reached_local
+
+
 def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices: list[jax.Device] | None,
            async_ckpt: bool) -> train_state.TrainState:
     from musicflow_jax.data import make_dataset
@@ -259,98 +279,106 @@ def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices:
     mesh = sharding.make_mesh(cfg.mesh, devices)
     setup = train_state.make_setup(cfg, mesh)
     encode, text_params = load_text_encoder(cfg, mesh)
-    data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count()))
     manager = checkpoint.make_manager(workdir, cfg, async_save=async_ckpt)
     if manager.latest_step() is not None:
-        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, data_iter,
-                                                     set_aside_broken=True)
+        start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, set_aside_broken=True)
         if is_main and config_lib.config_hash(saved_cfg) != config_lib.config_hash(cfg):
             tqdm.write(f"resuming step {start} from {manager.directory} with a changed config "
                        f"(saved {config_lib.config_hash(saved_cfg)}, now {config_lib.config_hash(cfg)})")
     else:
         start, state = 0, train_state.create_state(cfg, setup)
+    # the data position is the step: global batch k feeds step k, whatever the process count (data.py)
+    data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count(),
+                                  start_batch=start))
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_io.write_text(workdir / "config.json", config_lib.to_json(cfg))
     writer = metrics.MetricsWriter(workdir, enabled=is_main)
     step_fn = train_state.make_train_step(cfg, setup, encode)
     eval_fn = make_eval_fn(cfg, setup, encode)
-
-    # SIGTERM (preemption): finish the current step, save, return.
-    stop = {"sigterm": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    preempted = preemption_check()
 
     flops_per_step, peak, n_dev, compiled = 0.0, t_cfg.peak_tflops * 1e12, mesh.size, None
-    window: dict[str, list] = {}
-    t_window, sample_cond = 0.0, None  # t_window: seconds spent in data + steps since the last log
+    window: list[dict[str, jax.Array]] = []  # this log window's per-step metrics, still on the devices
+    t_window, sample_cond, last_crc = time.perf_counter(), None, 0.0
     if start == 0 and t_cfg.eval_every:  # the step-0 reference for the validation curve
         writer.scalars(0, evaluate(cfg, eval_fn, state, text_params, setup), prefix="valid")
     bar = tqdm(total=t_cfg.steps, initial=start, disable=not is_main, desc=cfg.name, dynamic_ncols=True)
     try:
         for step in range(start, t_cfg.steps):
-            t0 = time.perf_counter()
-            local = next(data_iter)
+            local = next(data_iter)  # host work for step k overlaps the devices' step k - 1 (nothing blocks)
             if batch_hook is not None:
                 local = batch_hook(step, local)
             batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
             if compiled is None:  # compile once; FLOPs of the global step from XLA's cost analysis
-                lowered = step_fn.lower(state, batch, text_params)
-                flops_per_step, _ = metrics.step_flops(lowered, cfg, metrics.count_params(state.params),
-                                                       metrics.count_params(text_params))
-                compiled = lowered.compile()
+                compiled = step_fn.lower(state, batch, text_params).compile()
+                flops_per_step, _ = train_state.step_flops(cfg, mesh, encode, state, batch, text_params)
                 peak = peak or metrics.measure_matmul_peak(
                     1024 if mesh.devices.flat[0].platform == "cpu" else 8192,
                     jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32)
-                t0 = time.perf_counter()
+                t_window = time.perf_counter()
             if sample_cond is None and "cond" in local:
                 sample_cond = np.asarray(local["cond"][: len(SAMPLE_PROMPTS)])
-            state, m = compiled(state, batch, text_params)
-            m = jax.device_get(jax.block_until_ready(m))  # block every step (XLA CPU rendezvous, exact timing)
-            t_window += time.perf_counter() - t0
+            state, m = compiled(state, batch, text_params)  # dispatched, not awaited
+            window.append(m)
+            if t_cfg.block_every_step:  # opt-in: exact per-step timing, or XLA CPU collectives that need it
+                jax.block_until_ready(m)
             bar.update(1)
-            for k in ("loss", "grad_norm", "param_norm", "lr"):
-                window.setdefault(k, []).append(float(m[k]))
-            window.setdefault("loss_b", []).append(m["loss_per_example"])
-            window.setdefault("t_b", []).append(m["t"])
             done = step + 1
-            if done % t_cfg.log_every == 0 or done == t_cfg.steps:
-                dt, n = t_window, len(window["loss"])
-                finite = [x for x in window["loss"] if np.isfinite(x)]
-                scalars = {k: float(np.mean(v)) for k, v in window.items() if k not in ("loss_b", "t_b")}
-                scalars["loss"] = float(np.mean(finite)) if finite else float("nan")
-                loss_b, t_b = np.concatenate(window["loss_b"]), np.concatenate(window["t_b"])
-                scalars.update(metrics.loss_by_t_bin(loss_b[np.isfinite(loss_b)], t_b[np.isfinite(loss_b)]))
-                sps = n / max(dt, 1e-9)
-                scalars.update(steps_per_s=sps, frames_per_s=sps * cfg.data.batch_size * cfg.data.frames,
-                               mfu=metrics.mfu(flops_per_step, sps, peak, n_dev),
-                               nan_skipped_total=float(m["nan_total"]),
-                               batch_crc=float(zlib.crc32(np.ascontiguousarray(local["x1"]).tobytes())))
-                writer.scalars(done, scalars)
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
-                window, t_window = {}, 0.0
-            if int(m["nan_in_row"]) >= t_cfg.max_nan_in_row:
-                raise TrainingDivergedError(
-                    f"step {done}: {int(m['nan_in_row'])} non-finite steps in a row (train.max_nan_in_row="
-                    f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
-                    f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
+            stop = preempted(done)
+            ckpt_due = done % t_cfg.ckpt_every == 0 or done == t_cfg.steps or stop
+            if done % t_cfg.log_every == 0 or done == t_cfg.steps or ckpt_due:
+                rows = jax.device_get(window)  # the only host sync of the loop (besides eval/samples/checkpoints)
+                last = rows[-1]
+                if done % t_cfg.log_every == 0 or done == t_cfg.steps:
+                    last_crc = float(zlib.crc32(np.ascontiguousarray(local["x1"]).tobytes()))
+                    writer.scalars(done, log_scalars(cfg, rows, time.perf_counter() - t_window, flops_per_step,
+                                                     peak, n_dev, last_crc))
+                    bar.set_postfix(loss=f"{float(np.mean([r['loss'] for r in rows])):.4f}",
+                                    lr=f"{float(last['lr']):.2e}", refresh=False)
+                    window, t_window = [], time.perf_counter()
+                if int(last["nan_in_row"]) >= t_cfg.max_nan_in_row:
+                    raise TrainingDivergedError(
+                        f"step {done}: {int(last['nan_in_row'])} non-finite steps in a row (train.max_nan_in_row="
+                        f"{t_cfg.max_nan_in_row}); stopped without saving. Last good checkpoint: step "
+                        f"{manager.latest_step()} in {manager.directory}. Lower optim.lr or check the data.")
+                if ckpt_due and int(last["nan_in_row"]) == 0:
+                    checkpoint.save(manager, done, state, cfg, force=True)
             if t_cfg.eval_every and done % t_cfg.eval_every == 0:
                 writer.scalars(done, evaluate(cfg, eval_fn, state, text_params, setup), prefix="valid")
+                t_window = time.perf_counter()  # eval time is not step time
             if t_cfg.sample_every and done % t_cfg.sample_every == 0:
                 write_samples(cfg, setup, state, encode, text_params, done, workdir, writer, sample_cond)
-            if int(m["nan_in_row"]) == 0 and (done % t_cfg.ckpt_every == 0 or done == t_cfg.steps
-                                              or stop["sigterm"]):
-                checkpoint.save(manager, done, state, data_iter, cfg, force=True)
-            if stop["sigterm"]:
-                tqdm.write(f"SIGTERM: stopping after step {done}; latest checkpoint: {manager.latest_step()}")
+                t_window = time.perf_counter()
+            if stop:
+                tqdm.write(f"preemption (SIGTERM): stopping after step {done}; latest checkpoint: "
+                           f"{manager.latest_step()}")
                 break
     finally:
-        data_iter.close()  # after the last checkpoint took its snapshot; ends data worker processes
+        data_iter.close()  # ends data worker processes
         manager.wait_until_finished()
         manager.close()
         writer.close()
         bar.close()
-        signal.signal(signal.SIGTERM, previous_handler)
+        preempted.restore()  # type: ignore[attr-defined]
     return state
+
+
+def log_scalars(cfg: Config, rows: list[dict[str, Any]], seconds: float, flops_per_step: float, peak: float,
+                n_dev: int, batch_crc: float) -> dict[str, float]:
+    """The scalars of one log window (per-step metric dicts fetched from the devices): means over the window's
+    finite losses, loss by t-bin, steps/s from the window's wall time, MFU, NaN counters, the last batch's CRC."""
+    loss = np.array([float(r["loss"]) for r in rows])
+    out = {k: float(np.mean([float(r[k]) for r in rows])) for k in ("grad_norm", "param_norm", "lr")}
+    out["loss"] = float(loss[np.isfinite(loss)].mean()) if np.isfinite(loss).any() else float("nan")
+    loss_b = np.concatenate([np.asarray(r["loss_per_example"]) for r in rows])
+    t_b = np.concatenate([np.asarray(r["t"]) for r in rows])
+    out.update(metrics.loss_by_t_bin(loss_b[np.isfinite(loss_b)], t_b[np.isfinite(loss_b)]))
+    sps = len(rows) / max(seconds, 1e-9)
+    out.update(steps_per_s=sps, frames_per_s=sps * cfg.data.batch_size * cfg.data.frames,
+               mfu=metrics.mfu(flops_per_step, sps, peak, n_dev), nan_skipped_total=float(rows[-1]["nan_total"]),
+               batch_crc=batch_crc)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

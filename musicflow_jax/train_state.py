@@ -189,6 +189,10 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def step_fn(state: TrainState, batch: dict[str, jax.Array], text_params: Any) -> tuple[TrainState, dict]:
+        with sharding.activation_mesh(setup.mesh):  # the model's activation constraints apply while tracing
+            return _step(state, batch, text_params)
+
+    def _step(state: TrainState, batch: dict[str, jax.Array], text_params: Any) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
         batch = with_text_emb(batch, text_encode, text_params)
         if accum == 1:
@@ -252,3 +256,16 @@ def adam_count(opt_state: Any) -> jax.Array:
     """The optimizer's step count (advances only on applied updates), for the logged learning rate."""
     counts = [x for x in jax.tree.leaves(opt_state) if x.ndim == 0 and jnp.issubdtype(x.dtype, jnp.integer)]
     return counts[0] if counts else jnp.zeros((), jnp.int32)
+
+
+def step_flops(cfg: Config, mesh: Mesh, text_encode: TextEncodeFn | None, state: Any, batch: Any,
+               text_params: Any) -> tuple[float, str]:
+    """(FLOPs of one global train step, source) from XLA's cost analysis of the *unrolled* step: the cost analysis
+    counts a scan's body once, so a scanned model is lowered (traced only, never compiled) with scan_layers=false,
+    which runs the same stacked parameters in a Python loop. `state` / `batch` may be abstract."""
+    from musicflow_jax import metrics
+
+    unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
+    setup = make_setup(unrolled, mesh)
+    lowered = make_train_step(unrolled, setup, text_encode).lower(state, batch, text_params)
+    return metrics.step_flops(lowered, cfg, metrics.count_params(state.params), metrics.count_params(text_params))

@@ -45,11 +45,16 @@ def test_paper_sizes_and_tiny_derivation():
 
 
 def test_overrides_apply_with_types():
-    cfg = C.load("configs/stage1_tiny.py", ["optim.lr=3e-4", "mesh.shape=(2,2,2)", "model.remat=true",
+    cfg = C.load("configs/stage1_tiny.py", ["optim.lr=3e-4", "mesh.shape=(2,2,2)", "model.remat=dots",
                                             "data.source=synthetic", "sample.solver=dopri5", "train.steps=7"])
     assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.mesh.shape == (2, 2, 2)
-    assert cfg.model.remat is True
+    assert cfg.model.remat == "dots"
+    # configs stored when remat was a bool (exported stages, checkpoints) still load: false = none, true = full
+    for old, new in ((False, "none"), (True, "full")):
+        data = C.to_dict(cfg)
+        data["model"]["remat"] = old
+        assert C.from_dict(data).model.remat == new
     assert cfg.sample.solver == "dopri5" and cfg.train.steps == 7
     # overrides are applied together, then validated: switching stage needs cond_dim in the same call
     cfg2 = C.apply_overrides(cfg, ["model.stage=acoustic", "model.cond_dim=32"])
@@ -68,7 +73,10 @@ def test_overrides_apply_with_types():
         ("model.depth=3", "model.depth"),
         ("train.steps=abc", "config key 'train.steps': expected int"),
         ("train.steps=1.5", "expected int"),
-        ("model.remat=maybe", "expected a bool"),
+        ("model.remat=maybe", "'model.remat': must be one of ('none', 'dots', 'full')"),
+        ("model.scan_layers=maybe", "expected a bool"),
+        ("model.attention=flash", "'model.attention': must be one of ('xla', 'cudnn')"),
+        ("model.attention=cudnn", "cudnn flash attention takes bfloat16"),
         ("model.stage=acoustic", "model.cond_dim"),
         ("sample.solver=rk4", "sample.solver"),
         ("mesh.shape=(-1,-1,2)", "mesh.shape"),

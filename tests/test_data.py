@@ -3,7 +3,6 @@ synthetic source."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -139,34 +138,36 @@ def test_same_seed_same_order_and_other_seed_differs():
     assert not np.array_equal(a[0]["x1"], c[0]["x1"])
 
 
-def test_hosts_disjoint_and_cover_every_epoch(tmp_path):
+def test_hosts_split_the_same_global_batches(tmp_path):
+    """1, 2 and 3 hosts see the same global batches: host p's batch k is rows [p b, (p + 1) b) of global batch k
+    (disjoint, together complete); every epoch holds every record once, reshuffled per epoch; crops are the same."""
     write_fake_dataset(tmp_path, n_train=24, shards=3)
     cfg = cfg_for(1, "data.source=arrayrecord", f"data.path={tmp_path}", "data.normalize=false",
                   "data.batch_size=6")
-    hosts = 3
-    seen = []
-    for h in range(hosts):
-        batches = take(data.make_dataset(cfg, "train", process_index=h, process_count=hosts), 8)  # 2 epochs
-        ids = [b["x1"][:, 0, 0].astype(int) for b in batches]
-        epoch1, epoch2 = np.concatenate(ids[:4]), np.concatenate(ids[4:])
-        assert sorted(epoch1) == sorted(epoch2) and len(set(epoch1)) == 8  # each epoch: every host record once
-        assert not np.array_equal(epoch1, epoch2)  # reshuffled per epoch
-        seen.append(set(epoch1.tolist()))
-    assert set().union(*seen) == set(range(24)) and sum(len(s) for s in seen) == 24
+    one = take(data.make_dataset(cfg, "train", process_index=0, process_count=1), 8)  # 2 epochs of 4 batches
+    ids = [b["x1"][:, 0, 0].astype(int) for b in one]
+    epoch1, epoch2 = np.concatenate(ids[:4]), np.concatenate(ids[4:])
+    assert sorted(epoch1) == sorted(epoch2) == list(range(24))  # each epoch: every record once
+    assert not np.array_equal(epoch1, epoch2)  # reshuffled per epoch
+    for hosts in (2, 3):
+        per_host = [take(data.make_dataset(cfg, "train", process_index=h, process_count=hosts), 8)
+                    for h in range(hosts)]
+        for k in range(8):
+            assert all(len(per_host[h][k]["x1"]) == 6 // hosts for h in range(hosts))
+            joined = {key: np.concatenate([per_host[h][k][key] for h in range(hosts)]) for key in one[k]}
+            assert_batches_equal([joined], [one[k]])
 
 
-def test_restored_iterator_continues_exactly(tmp_path):
+def test_start_batch_continues_exactly(tmp_path):
+    """make_dataset(start_batch=k) yields what the k-th and later batches of a fresh iterator are: the position a
+    resumed run passes (its step), across an epoch boundary."""
     write_fake_dataset(tmp_path, n_train=12, shards=2)
     cfg = cfg_for(2, "data.source=arrayrecord", f"data.path={tmp_path}", "data.batch_size=4")
-    ds = data.make_dataset(cfg, "train", process_index=0, process_count=1, seed=3)
-    it = iter(ds)
-    for _ in range(5):  # crosses an epoch boundary (3 batches per epoch)
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
-    expected = [next(it) for _ in range(4)]
-    it2 = iter(data.make_dataset(cfg, "train", process_index=0, process_count=1, seed=3))
-    it2.set_state(state)
-    assert_batches_equal([next(it2) for _ in range(4)], expected)
+    expected = take(data.make_dataset(cfg, "train", process_index=0, process_count=1, seed=3), 9)[5:]
+    resumed = take(data.make_dataset(cfg, "train", process_index=0, process_count=1, seed=3, start_batch=5), 4)
+    assert_batches_equal(resumed, expected)
+    with pytest.raises(ValueError, match="start_batch"):
+        data.make_dataset(cfg, "train", process_index=0, process_count=1, start_batch=-1)
 
 
 def test_stage2_crops_keep_alignment_and_normalise(tmp_path):
@@ -234,15 +235,12 @@ def test_worker_processes_match_in_process_and_resume():
     ref = take(data.make_dataset(cfg0, "train", process_index=0, process_count=1), 6)
     it = iter(data.make_dataset(cfg2, "train", process_index=0, process_count=1))
     try:
-        got = [next(it) for _ in range(4)]
-        state = it.get_state()
-        got += [next(it) for _ in range(2)]
+        got = [next(it) for _ in range(6)]
     finally:
         it.close()
     assert_batches_equal(got, ref)
-    it = iter(data.make_dataset(cfg2, "train", process_index=0, process_count=1))
+    it = iter(data.make_dataset(cfg2, "train", process_index=0, process_count=1, start_batch=4))
     try:
-        it.set_state(state)
         assert_batches_equal([next(it) for _ in range(2)], ref[4:])
     finally:
         it.close()

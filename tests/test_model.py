@@ -138,22 +138,111 @@ def test_input_errors_name_the_problem():
 
 def test_skip_connections_structure_and_effect(tiny):
     cfg, model, inp = tiny
-    assert len(model.blocks) == cfg.model.depth and len(model.skips) == cfg.model.depth // 2
-    assert all(isinstance(s, SkipMerge) for s in model.skips)
+    half = cfg.model.depth // 2
+    for stack, with_skip in ((model.down, False), (model.up, True)):  # stacked layers: leading axis = layer
+        kernel = stack.layers.block.mlp.fc_in.kernel[...]
+        assert kernel.shape == (half, cfg.model.dim, cfg.model.mlp_dim)
+        assert (stack.layers.skip is not None) == with_skip
     v = model(FlowInput(**inp))
-    # SkipMerge is exactly a Linear on concat(h, skip)
-    s = model.skips[0]
+    # SkipMerge is exactly a Linear on concat(h, skip) (layer 0's slice of the stacked parameters)
+    s = model.up.layers.skip
+    kh, ks, bias = s.kernel_h[...][0], s.kernel_skip[...][0], s.bias[...][0]
+    one = SkipMerge(cfg.model.dim, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    one.kernel_h[...], one.kernel_skip[...], one.bias[...] = kh, ks, bias
     h, sk = jax.random.normal(jax.random.key(1), (2, 2, 5, cfg.model.dim))
-    w_cat = jnp.concatenate([s.kernel_h[...], s.kernel_skip[...]], axis=0)
-    np.testing.assert_allclose(np.asarray(s(h, sk)), np.asarray(jnp.concatenate([h, sk], -1) @ w_cat + s.bias[...]),
+    w_cat = jnp.concatenate([kh, ks], axis=0)
+    np.testing.assert_allclose(np.asarray(one(h, sk)), np.asarray(jnp.concatenate([h, sk], -1) @ w_cat + bias),
                                atol=1e-5, rtol=1e-5)
     graphdef, state = nnx.split(model)
     zeroed = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
-    for skip in zeroed.skips:
-        skip.kernel_skip[...] = jnp.zeros_like(skip.kernel_skip[...])
+    zeroed.up.layers.skip.kernel_skip[...] = jnp.zeros_like(zeroed.up.layers.skip.kernel_skip[...])
     v0 = zeroed(FlowInput(**inp))
     assert float(jnp.abs(v0 - v).max()) > 1e-3
     np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(v), atol=0, rtol=0)  # original untouched
+
+
+def _unrolled_reference(model: FlowTransformer, inp: dict) -> jax.Array:
+    """The U-Net as written before the layers were stacked: block i < depth/2 stores its output, block j >= depth/2
+    first merges the output of block depth-1-j (here with the stacked parameters sliced per layer)."""
+    from musicflow_jax.models.layers import sinusoidal_embedding as emb
+
+    graphdef, state = nnx.split(model)
+    m = nnx.merge(graphdef, state)
+    half = m.depth // 2
+    x, ctx, t_b, text, tmask, cond = (inp[k] for k in ("x_t_btd", "ctx_btd", "t_b", "text_bld", "text_mask_bl",
+                                                         "cond_btc"))
+    b, t, _ = x.shape
+    h = m.in_proj(jnp.concatenate([x, ctx] + ([cond] if cond is not None else []), -1))
+    h = h + m.time_fc2(jax.nn.silu(m.time_fc1(emb(t_b, m.time_dim))))[:, None]
+    text = m.text_proj(m.text_norm(text))
+    pos, fmask = jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.ones((b, t), bool)
+
+    def layer(stack, i):  # noqa: ANN001, ANN202
+        gd, st = nnx.split(stack.layers)
+        return nnx.merge(gd, jax.tree.map(lambda a: a[i], st))
+
+    skips = []
+    for i in range(2 * half):
+        if i >= half:
+            lay = layer(m.up, i - half)
+            h = lay.skip(h, skips[2 * half - 1 - i])
+        else:
+            lay = layer(m.down, i)
+        h = lay.block(h, text, tmask.astype(bool), fmask, pos)
+        if i < half:
+            skips.append(h)
+    return m.out_proj(m.norm_out(h)).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_scanned_layers_equal_the_unrolled_model(stage):
+    """The scan over stacked layers == a Python loop over the same layers (model.scan_layers=false) == the U-Net
+    written out block by block: outputs and gradients."""
+    cfg = tiny_cfg(stage)
+    inp = make_inputs(cfg, t=16)
+    models = {scan: FlowTransformer(tiny_cfg(stage, scan_layers=scan), rngs=nnx.Rngs(0)) for scan in (True, False)}
+    ref = _unrolled_reference(models[True], inp)
+    for scan, model in models.items():
+        np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(ref), atol=2e-6, rtol=1e-5,
+                                   err_msg=f"scan_layers={scan}")
+    grads = {scan: nnx.jit(nnx.grad(lambda m: jnp.mean(m(FlowInput(**inp)) ** 2)))(model)
+             for scan, model in models.items()}
+    flat = {scan: dict(nnx.to_flat_state(g)) for scan, g in grads.items()}
+    assert flat[True].keys() == flat[False].keys()
+    for path in flat[True]:
+        np.testing.assert_allclose(np.asarray(flat[True][path][...]), np.asarray(flat[False][path][...]),
+                                   atol=1e-6, rtol=1e-4, err_msg=str(path))
+
+
+def test_stage_files_written_before_stacking_load(tmp_path):
+    """A stage file in the unrolled layout (`blocks.<i>.*`, `skips.<j>.*`, as the previous bundled model was
+    exported) loads into the stacked model with every tensor in its place: same outputs."""
+    from safetensors.numpy import save_file
+
+    from musicflow_jax import config as config_lib
+    from musicflow_jax.stage_io import load_stage
+    from musicflow_jax.weights import flat_params
+
+    cfg = tiny_cfg(2)
+    model = FlowTransformer(cfg, rngs=nnx.Rngs(3))
+    flat, half = flat_params(model), cfg.model.depth // 2
+    old = {}
+    for k, v in flat.items():
+        for prefix, base in (("down.layers.block.", 0), ("up.layers.block.", half), ("up.layers.skip.", None)):
+            if k.startswith(prefix):
+                rest = k[len(prefix):]
+                for i in range(half):
+                    old[f"blocks.{base + i}.{rest}" if base is not None else f"skips.{i}.{rest}"] = v[i]
+                break
+        else:
+            old[k] = v
+    assert not any(k.startswith(("down.", "up.")) for k in old) and f"blocks.{2 * half - 1}.mlp.fc_in.kernel" in old
+    path = tmp_path / "old_stage2.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in old.items()}, str(path),
+              metadata={"format": "musicflow_jax.flow/1", "config": config_lib.to_json(cfg), "stage": "acoustic"})
+    _, loaded = load_stage(path, "acoustic")
+    inp = make_inputs(cfg)
+    np.testing.assert_array_equal(np.asarray(loaded(FlowInput(**inp))), np.asarray(model(FlowInput(**inp))))
 
 
 # --------------------------------------------------------------------------- layers vs references
@@ -178,7 +267,13 @@ def test_rope_is_relative_and_a_rotation():
     np.testing.assert_allclose(np.asarray(out), np.stack([np.cos([0, 1, 2]), np.sin([0, 1, 2])], -1), atol=1e-6)
 
 
-def test_attention_matches_torch_sdpa():
+def _einsum_attention(q, k, v, mask):  # noqa: ANN001, ANN202 - the implementation before jax.nn.dot_product_attention
+    logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) / np.sqrt(q.shape[-1])
+    logits = jnp.where(mask[:, None, None, :], logits, -1e30)
+    return jnp.einsum("bhts,bshk->bthk", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+
+
+def test_attention_matches_torch_sdpa_and_the_einsum_form():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, n, 3, 8)).astype(np.float32) for n in (5, 7, 7))
@@ -188,6 +283,17 @@ def test_attention_matches_torch_sdpa():
     tq, tk, tv = (torch.from_numpy(a).transpose(1, 2) for a in (q, k, v))  # (b, h, t, k)
     ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=torch.from_numpy(mask)[:, None, None])
     np.testing.assert_allclose(np.asarray(ours), ref.transpose(1, 2).numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(_einsum_attention(q, k, v, mask)), atol=1e-5, rtol=1e-5)
+    # bf16 inputs: within bf16 rounding of the fp32 result (fp32 logits and softmax inside)
+    qb, kb, vb = (jnp.asarray(a, jnp.bfloat16) for a in (q, k, v))
+    out16 = attention(qb, kb, vb, jnp.asarray(mask))
+    assert out16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out16, np.float32), np.asarray(ours), atol=3e-2, rtol=3e-2)
+    np.testing.assert_allclose(np.asarray(out16, np.float32), np.asarray(_einsum_attention(qb, kb, vb, mask),
+                                                                          np.float32), atol=1e-2, rtol=1e-2)
+    # a query whose keys are all masked: a finite (uniform) average, as before
+    none = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.zeros((2, 7), bool))
+    np.testing.assert_allclose(np.asarray(none), np.broadcast_to(v.mean(1, keepdims=True), none.shape), atol=1e-5)
 
 
 def test_layernorm_matches_torch():
@@ -236,7 +342,8 @@ def test_sharded_forward_matches_unsharded():
     with core_spmd.logical_axis_rules(cfg.mesh.rules), jax.set_mesh(mesh):
         specs = nnx.get_partition_spec(state)
         state = jax.tree.map(lambda x, s: jax.device_put(x, jax.NamedSharding(mesh, s)), state, specs)
-        assert state["blocks"][0]["mlp"]["fc_in"]["kernel"][...].sharding.spec == jax.P("fsdp", "tensor")
+        kernel = state["down"]["layers"]["block"]["mlp"]["fc_in"]["kernel"][...]
+        assert kernel.sharding.spec == jax.P(None, "fsdp", "tensor")  # ("layers", "embed", "mlp")
 
         @jax.jit
         def fwd(state, inp):
@@ -249,16 +356,17 @@ def test_sharded_forward_matches_unsharded():
 # --------------------------------------------------------------------------- remat, dropout, gradients
 
 
-def test_remat_same_values_and_grads():
+@pytest.mark.parametrize("policy", ["dots", "full"])
+def test_remat_same_values_and_grads(policy):
     cfg = tiny_cfg(2, depth=2)
     inp = make_inputs(cfg, t=12)
 
-    def loss_and_grad(remat: bool):
+    def loss_and_grad(remat: str):
         model = FlowTransformer(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, remat=remat)),
                                 rngs=nnx.Rngs(0))
         return nnx.jit(nnx.value_and_grad(lambda m: jnp.mean(m(FlowInput(**inp)) ** 2)))(model)
 
-    (l0, g0), (l1, g1) = loss_and_grad(False), loss_and_grad(True)
+    (l0, g0), (l1, g1) = loss_and_grad("none"), loss_and_grad(policy)
     np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5)

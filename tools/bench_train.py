@@ -3,11 +3,16 @@
     python tools/bench_train.py --preset tiny            # configs/stage1_tiny.py
     python tools/bench_train.py --preset mid             # stage-1 transformer of dim 256, depth 8, 250 frames
     python tools/bench_train.py --config configs/stage1_base.py --set data.batch_size=32 --steps 20   # e.g. on a GPU
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/bench_train.py --config configs/stage2_base.py \
+        --set 'mesh.shape=(1,-1,1)' --aot     # compile time + per-device memory from AOT compilation, no arrays
 
 MFU = FLOPs of one global step * steps/s / (peak * devices). FLOPs: XLA's cost analysis of the lowered step, or
 the analytic 6N count where XLA gives none (GPU). Peak: the best FLOP/s of an n x n matmul on one device in the
 model's compute dtype, measured in the same run (--peak-tflops overrides).
 On CPU run it without --xla_force_host_platform_device_count (virtual devices share the same cores).
+`--aot` lowers and compiles the train step from abstract shapes only (no parameter is allocated, so paper-scale
+configs fit on any machine) and reports the lower / compile seconds and `compiled.memory_analysis()` per device:
+arguments (state + batch), outputs, temporaries (activations kept for the backward pass, ...) and their sum.
 """
 
 from __future__ import annotations
@@ -60,11 +65,10 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
     local = random_batch(cfg, jax.process_count())
     batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
     t0 = time.perf_counter()
-    lowered = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp)
-    n_params = metrics.count_params(state.params)
-    flops, flops_source = metrics.step_flops(lowered, cfg, n_params, metrics.count_params(tp))
-    compiled = lowered.compile()
+    compiled = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp).compile()
     compile_s = time.perf_counter() - t0
+    n_params = metrics.count_params(state.params)
+    flops, flops_source = train_state.step_flops(cfg, mesh, encode, state, batch, tp)
     for _ in range(warmup):
         state, m = compiled(state, batch, tp)
         jax.block_until_ready(m)
@@ -86,6 +90,44 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
             f"measured {matmul_n}^3 matmul", "mfu": round(metrics.mfu(flops, sps, peak, mesh.size), 4)}
 
 
+def aot(cfg) -> dict:  # noqa: ANN001
+    """Lower + compile the train step of `cfg` on this process's devices from abstract shapes; compile time and
+    per-device memory (bytes) from XLA's memory analysis."""
+    import jax
+    import numpy as np
+
+    from musicflow_jax import sharding, train, train_state
+
+    mesh = sharding.make_mesh(cfg.mesh)
+    setup = train_state.make_setup(cfg, mesh)
+    encode, tp = train.load_text_encoder(cfg, mesh)
+    local = random_batch(cfg, jax.process_count())
+    batch_sh = {k: sharding.batch_sharding(mesh, setup.rules, v.ndim) for k, v in local.items()}
+    batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sh[k])
+             for k, v in local.items()}
+    t0 = time.perf_counter()
+    lowered = train_state.make_train_step(cfg, setup, encode).lower(setup.abstract_state, batch, tp)
+    lower_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+              "generated_code_size_in_bytes")
+    per_device = {f.removesuffix("_size_in_bytes"): int(getattr(mem, f, 0) or 0) for f in fields}
+    # donated state: outputs alias the arguments, so the peak is arguments + temporaries + unaliased outputs
+    per_device["peak_estimate"] = (per_device["argument"] + per_device["temp"] + per_device["output"]
+                                   - per_device["alias"])
+    n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state.params)))
+    return {"config": cfg.name, "devices": mesh.size, "mesh": dict(mesh.shape), "platform": jax.devices()[0].platform,
+            "params": n_params, "batch": cfg.data.batch_size, "frames": cfg.data.frames, "dtype": cfg.model.dtype,
+            "scan_layers": cfg.model.scan_layers, "remat": cfg.model.remat,
+            "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
+            "memory_per_device_gib": {k: round(v / 2**30, 3) for k, v in per_device.items()},
+            "step_gflop": round(train_state.step_flops(cfg, mesh, encode, setup.abstract_state, batch, tp)[0] / 1e9,
+                                1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None)
@@ -95,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak; 0 = measure a matmul")
     ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--aot", action="store_true", help="compile time and per-device memory from AOT compilation only")
     args = ap.parse_args(argv)
     from musicflow_jax import config
 
     path, preset_sets = PRESETS[args.preset or "tiny"] if not args.config else (args.config, [])
     cfg = config.load(ROOT / path if not Path(path).is_absolute() else path, [*preset_sets, *args.set])
-    print(json.dumps(bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)))
+    print(json.dumps(aot(cfg) if args.aot else bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)))
     return 0
 
 

@@ -12,9 +12,10 @@ Choices (see also models/transformer.py):
   logits/softmax and norms run in float32.
 - Sharding: every parameter carries logical axis names (config.LOGICAL_AXES) as `out_sharding` metadata
   with eager sharding off, so the model builds without a mesh; the train step maps the names with
-  cfg.mesh.rules (nnx.get_partition_spec under flax.core.spmd.logical_axis_rules). Activations carry no
-  sharding constraints: their layout follows the inputs' (chosen by the train step, e.g. batch over
-  data x fsdp) and the parameters' shardings through GSPMD propagation (use a mesh with Auto axis types).
+  cfg.mesh.rules (sharding.state_shardings). Activations are pinned with `sharding.constrain` under the same
+  rules (`rules`, the cfg.mesh.rules pairs): attention q/k/v ("batch", "frames"|"text", "heads", "kv"), the MLP
+  hidden ("batch", "frames", "mlp"), the residual stream ("batch", "frames", "embed"); a no-op outside a step
+  traced under `sharding.activation_mesh`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from musicflow_jax.sharding import constrain
+
+Rules = tuple[tuple[str, str | None], ...]
+
 Initializer = nnx.initializers.Initializer
-NEG_INF = -1e30  # logit of a masked key (float32); its softmax weight underflows to exactly 0
 
 
 def param(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
@@ -96,16 +100,25 @@ def apply_rope(x_bthk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.
 # --------------------------------------------------------------------------- attention
 
 
-def attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, key_mask_bs: jax.Array) -> jax.Array:
-    """Scaled dot-product attention; keys with key_mask False get exactly zero weight.
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
-    Logits and softmax in float32; a query whose keys are all masked gets a uniform (finite) average.
+
+def attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, key_mask_bs: jax.Array,
+              implementation: str = "xla") -> jax.Array:
+    """Scaled dot-product attention through `jax.nn.dot_product_attention`; keys with key_mask False get exactly
+    zero weight.
+
+    "xla": logits and softmax in float32 with the boolean mask (any mask; a query whose keys are all masked gets a
+    uniform, finite average). "cudnn": cuDNN flash attention on NVIDIA GPUs (bf16/fp16, no (T, S) score matrix in
+    memory); the mask is passed as per-example key lengths, so it must be a prefix mask (valid keys first, padding
+    at the end), which is what the data pipeline, the tokenizer and the null key (prepended) produce.
     """
-    scale = 1.0 / math.sqrt(q_bthk.shape[-1])
-    logits_bhts = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk, preferred_element_type=jnp.float32) * scale
-    logits_bhts = jnp.where(key_mask_bs[:, None, None, :], logits_bhts, NEG_INF)
-    attn_bhts = jax.nn.softmax(logits_bhts, axis=-1)
-    return jnp.einsum("bhts,bshk->bthk", attn_bhts.astype(v_bshk.dtype), v_bshk)
+    if implementation == "cudnn":
+        kv_len_b = jnp.sum(key_mask_bs, axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, key_value_seq_lengths=kv_len_b,
+                                            implementation="cudnn")
+    return jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, mask=key_mask_bs[:, None, None, :],
+                                        implementation="xla")
 
 
 class MultiHeadAttention(nnx.Module):
@@ -114,7 +127,8 @@ class MultiHeadAttention(nnx.Module):
     dropped for classifier-free guidance) is well defined."""
 
     def __init__(self, dim: int, ctx_dim: int, heads: int, *, rope_theta: float | None, null_kv: bool,
-                 dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 dtype: jnp.dtype, param_dtype: jnp.dtype, implementation: str = "xla", rules: Rules = (),
+                 rngs: nnx.Rngs):
         head_dim = dim // heads
         init_in = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0, out_axis=(1, 2))
         init_out = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=(0, 1), out_axis=2)
@@ -129,7 +143,7 @@ class MultiHeadAttention(nnx.Module):
             self.null_v = nnx.Param(param(init_null, ("heads", "kv"))(rngs.params(), (heads, head_dim), param_dtype))
         else:
             self.null_k = self.null_v = nnx.data(None)
-        self.rope_theta, self.dtype = rope_theta, dtype
+        self.rope_theta, self.dtype, self.implementation, self.rules = rope_theta, dtype, implementation, rules
 
     def __call__(self, x_btd: jax.Array, ctx_bsc: jax.Array, key_mask_bs: jax.Array,
                  positions_bt: jax.Array | None = None) -> jax.Array:
@@ -138,6 +152,10 @@ class MultiHeadAttention(nnx.Module):
         q_bthk = jnp.einsum("btd,dhk->bthk", x_btd, self.w_q[...].astype(dt))
         k_bshk = jnp.einsum("bsc,chk->bshk", ctx_bsc, self.w_k[...].astype(dt))
         v_bshk = jnp.einsum("bsc,chk->bshk", ctx_bsc, self.w_v[...].astype(dt))
+        kv_axis = "frames" if self.rope_theta is not None else "text"
+        q_bthk = constrain(q_bthk, ("batch", "frames", "heads", "kv"), self.rules)
+        k_bshk = constrain(k_bshk, ("batch", kv_axis, "heads", "kv"), self.rules)
+        v_bshk = constrain(v_bshk, ("batch", kv_axis, "heads", "kv"), self.rules)
         if self.rope_theta is not None:
             assert positions_bt is not None, "self-attention with rope needs positions_bt"
             q_bthk = apply_rope(q_bthk, positions_bt, self.rope_theta)
@@ -149,7 +167,7 @@ class MultiHeadAttention(nnx.Module):
             k_bshk = jnp.concatenate([null_k_b1hk, k_bshk], axis=1)
             v_bshk = jnp.concatenate([null_v_b1hk, v_bshk], axis=1)
             key_mask_bs = jnp.concatenate([jnp.ones((b, 1), bool), key_mask_bs], axis=1)
-        o_bthk = attention(q_bthk, k_bshk, v_bshk, key_mask_bs)
+        o_bthk = attention(q_bthk, k_bshk, v_bshk, key_mask_bs, self.implementation)
         return jnp.einsum("bthk,hkd->btd", o_bthk, self.w_o[...].astype(dt))
 
 
@@ -157,13 +175,14 @@ class MLP(nnx.Module):
     """Position-wise feed-forward: Dense(dim->mlp) -> GELU -> dropout -> Dense(mlp->dim)."""
 
     def __init__(self, dim: int, mlp_dim: int, *, dropout: float, dtype: jnp.dtype, param_dtype: jnp.dtype,
-                 rngs: nnx.Rngs):
+                 rules: Rules = (), rngs: nnx.Rngs):
         self.fc_in = Dense(dim, mlp_dim, ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc_out = Dense(mlp_dim, dim, ("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.drop = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else nnx.data(None)
+        self.rules = rules
 
     def __call__(self, x_btd: jax.Array, *, deterministic: bool = True) -> jax.Array:
-        h_btf = jax.nn.gelu(self.fc_in(x_btd))
+        h_btf = constrain(jax.nn.gelu(self.fc_in(x_btd)), ("batch", "frames", "mlp"), self.rules)
         if self.drop is not None:
             h_btf = self.drop(h_btf, deterministic=deterministic)
         return self.fc_out(h_btf)

@@ -1,0 +1,202 @@
+"""Multi-process training on this machine: real subprocesses joined by jax.distributed on 127.0.0.1 with CPU
+collectives (gloo), each with several virtual devices, on one global 8-device mesh.
+
+- 1, 2 and 4 processes train the same 20 steps with the same losses (rtol 1e-5); the hosts' rows of every global
+  batch are disjoint and together are the single process's batch; eval is identical on every host;
+- SIGKILL of every process, then a rerun: resume == uninterrupted (losses 1e-6, identical batches);
+- SIGTERM to one process: every process stops after the same step, saves it, and exits 0 within a bounded time
+  (JAX's preemption service, through `python -m musicflow_jax.train`);
+- a checkpoint written by N processes resumes on M (2 -> 1, 1 -> 2, 2 -> 4) with the data position carried (the
+  position is the step: global batch k feeds step k on any host count).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicflow_jax.metrics import read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+DRIVER = ROOT / "tests" / "mp_driver.py"
+GLOBAL_DEVICES = 8
+STEPS = 20
+OVERRIDES = ["data.batch_size=16", "train.log_every=1", "train.eval_every=0", "train.ckpt_every=10",
+             "train.eval_batches=2", "train.keep=5", "mesh.shape=(-1,1,1)", "data.prefetch=1"]
+
+pytestmark = pytest.mark.slow
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(n: int, i: int, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={GLOBAL_DEVICES // n}",
+               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    if n > 1:
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
+    return env
+
+
+def start(n: int, workdir: Path, tag: str, overrides: list[str], cli: bool = False) -> list[subprocess.Popen]:
+    """n processes of one run (tests/mp_driver.py, or the training CLI with `cli`); logs in workdir/<tag>.<i>.log."""
+    port = _port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(n):
+        if cli:
+            cmd = [sys.executable, "-m", "musicflow_jax.train", "--config", "configs/stage1_tiny.py", "--workdir",
+                   str(workdir), *[a for o in overrides for a in ("--set", o)]]
+        else:
+            cmd = [sys.executable, str(DRIVER), str(workdir), str(workdir / f"{tag}.{i}.json"), json.dumps(overrides)]
+        log = open(workdir / f"{tag}.{i}.log", "w")  # noqa: SIM115 - closed with the process
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(n, i, port), stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def wait(procs: list[subprocess.Popen], workdir: Path, tag: str, timeout: float = 300.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for i, p in enumerate(procs):
+        try:
+            codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            log = (workdir / f"{tag}.{i}.log").read_text()[-3000:]
+            raise AssertionError(f"process {i} of {tag} did not finish: {log}") from None
+    return codes
+
+
+def run(n: int, workdir: Path, tag: str, steps: int = STEPS) -> list[dict]:
+    procs = start(n, workdir, tag, [*OVERRIDES, f"train.steps={steps}"])
+    codes = wait(procs, workdir, tag)
+    for i, c in enumerate(codes):
+        assert c == 0, (workdir / f"{tag}.{i}.log").read_text()[-3000:]
+    return [json.loads((workdir / f"{tag}.{i}.json").read_text()) for i in range(n)]
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    """step -> loss of the last logged occurrence (a resumed run logs the resumed steps again)."""
+    return {r["step"]: r["loss"] for r in read_jsonl(workdir / "metrics.jsonl") if r.get("split") == "train"}
+
+
+def global_rows(reports: list[dict]) -> dict[int, list[int]]:
+    """step -> CRCs of the global batch's rows, the hosts' rows concatenated in process order."""
+    by_proc = sorted(reports, key=lambda r: r["process_index"])
+    steps = set(by_proc[0]["crcs"])
+    assert all(set(r["crcs"]) == steps for r in by_proc)
+    return {int(s): [c for r in by_proc for c in r["crcs"][s]] for s in steps}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, tuple[Path, list[dict]]]:
+    """Uninterrupted 20-step runs with 1, 2 and 4 processes (8, 4 and 2 devices each)."""
+    root = tmp_path_factory.mktemp("mp")
+    return {n: (root / f"p{n}", run(n, root / f"p{n}", "run")) for n in (1, 2, 4)}
+
+
+def test_process_counts_train_the_same_global_batches(reference):
+    one_dir, one = reference[1]
+    ref_losses, ref_rows = losses(one_dir), global_rows(one)
+    assert sorted(ref_losses) == list(range(1, STEPS + 1))
+    for n in (2, 4):
+        workdir, reports = reference[n]
+        assert sorted(r["process_index"] for r in reports) == list(range(n))
+        assert all(r["process_count"] == n and r["local_devices"] == GLOBAL_DEVICES // n for r in reports)
+        got = losses(workdir)
+        np.testing.assert_allclose([got[s] for s in sorted(ref_losses)], [ref_losses[s] for s in sorted(ref_losses)],
+                                   rtol=1e-5)
+        rows = global_rows(reports)
+        assert rows == ref_rows  # each host's rows are its slice of the same global batch
+        for s in rows:  # disjoint: a host's rows are not another's
+            per_host = [set(r["crcs"][str(s)]) for r in reports]
+            assert sum(len(h) for h in per_host) == len(set().union(*per_host)) == 16
+        evals = [r["eval"] for r in reports]
+        assert all(e == evals[0] for e in evals), evals  # identical on every host
+        np.testing.assert_allclose(evals[0]["loss"], one[0]["eval"]["loss"], rtol=1e-5)
+
+
+def kill_after_checkpoint(n: int, workdir: Path, step: int) -> None:
+    """Start an n-process run of STEPS steps (checkpoints every 5) and SIGKILL every process once checkpoint
+    `step` is on disk (orbax renames a finished checkpoint into place, so the folder means complete)."""
+    procs = start(n, workdir, "killed", [*OVERRIDES, f"train.steps={STEPS}", "train.ckpt_every=5"])
+    deadline = time.monotonic() + 240
+    while not (workdir / "checkpoints" / str(step)).is_dir() and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert (workdir / "checkpoints" / str(step)).is_dir(), (workdir / "killed.0.log").read_text()[-3000:]
+
+
+def test_sigkill_all_then_resume_equals_uninterrupted(reference, tmp_path):
+    workdir = tmp_path / "killed"
+    kill_after_checkpoint(2, workdir, 10)
+    resumed = run(2, workdir, "second")  # same command again: resumes from the newest checkpoint
+    ref_dir, ref = reference[2]
+    ref_losses, got = losses(ref_dir), losses(workdir)
+    first_resumed = min(int(s) for s in resumed[0]["crcs"])
+    assert first_resumed in (10, 15)  # batch_hook steps are 0-based: the step after the newest checkpoint
+    np.testing.assert_allclose([got[s] for s in range(1, STEPS + 1)], [ref_losses[s] for s in range(1, STEPS + 1)],
+                               rtol=1e-6)
+    ref_rows, rows = global_rows(ref), global_rows(resumed)
+    assert all(rows[s] == ref_rows[s] for s in rows)
+
+
+def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
+    workdir = tmp_path / "preempted"
+    procs = start(2, workdir, "cli", [*OVERRIDES, "train.steps=5000", "train.ckpt_every=10", "train.log_every=10"],
+                  cli=True)
+    deadline = time.monotonic() + 240
+    while not (workdir / "checkpoints" / "10").is_dir() and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), (workdir / "cli.0.log").read_text()[-3000:]
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    codes = wait(procs, workdir, "cli", timeout=120)
+    assert codes == [0, 0], [(workdir / f"cli.{i}.log").read_text()[-2000:] for i in range(2)]
+    assert time.monotonic() - t0 < 60
+    stopped = []
+    for i in range(2):
+        text = (workdir / f"cli.{i}.log").read_text()
+        line = next(x for x in text.splitlines() if "stopping after step" in x)
+        stopped.append(int(line.split("stopping after step")[1].split(";")[0]))
+    assert stopped[0] == stopped[1] and stopped[0] < 5000
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == stopped[0]
+
+
+@pytest.mark.parametrize("first,second", [(2, 1), (1, 2), (2, 4)])
+def test_restore_onto_another_process_count(reference, tmp_path, first, second):
+    """`first` processes are killed after checkpoint 10; `second` processes resume it: steps 11-20 have the losses
+    and global batches of the uninterrupted run (the data position is the step, whatever the host count)."""
+    workdir = tmp_path / f"p{first}to{second}"
+    kill_after_checkpoint(first, workdir, 10)
+    shutil.rmtree(workdir / "checkpoints" / "15", ignore_errors=True)  # resume from 10 even if 15 was reached
+    resumed = run(second, workdir, "second", steps=STEPS)
+    ref_dir, ref = reference[first]
+    ref_losses, got = losses(ref_dir), losses(workdir)
+    np.testing.assert_allclose([got[s] for s in range(11, STEPS + 1)], [ref_losses[s] for s in range(11, STEPS + 1)],
+                               rtol=1e-5)
+    ref_rows, rows = global_rows(ref), global_rows(resumed)
+    assert sorted(rows) == list(range(10, STEPS))  # steps 11..20 consumed global batches 10..19
+    assert all(rows[s] == ref_rows[s] for s in rows)
+    evals = [r["eval"] for r in resumed]
+    assert all(e == evals[0] for e in evals)

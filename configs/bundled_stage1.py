@@ -25,7 +25,7 @@ def get_config() -> Config:
         flow=FlowConfig(),
         data=DataConfig(source="arrayrecord", path="data/features", frames=int(50 * WINDOW_SECONDS), batch_size=16),
         optim=OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.995, weight_decay=0.01),
-        train=TrainConfig(steps=500, seed=0, log_every=25, eval_every=0, ckpt_every=100_000, keep=1, keep_every=0,
+        train=TrainConfig(steps=1500, seed=0, log_every=25, eval_every=0, ckpt_every=100_000, keep=1, keep_every=0,
                           sample_every=0),
-        sample=SampleConfig(solver="midpoint", steps=16, cfg_scale=3.0),
+        sample=SampleConfig(solver="midpoint", steps=16, cfg_scale=5.0),
     )

@@ -17,5 +17,6 @@ def get_config() -> Config:
         model=dataclasses.replace(s1.model, stage="acoustic", feature_dim=codec_config().model.hidden_size,
                                   cond_dim=s1.model.feature_dim),
         data=dataclasses.replace(s1.data, frames=int(75 * WINDOW_SECONDS)),
-        train=dataclasses.replace(s1.train, steps=700),
+        train=dataclasses.replace(s1.train, steps=1500),
+        sample=dataclasses.replace(s1.sample, cfg_scale=12.0),  # the random-weight T5 gives a weak text signal
     )

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -172,6 +173,13 @@ def cli_message(e: GenerateError) -> str:
 
 def spectrogram_png(path: Path, audio_s: np.ndarray, sample_rate: int, title: str) -> Path:
     """Log-magnitude spectrogram (matplotlib, Agg) of mono audio."""
+    return spectrogram_panels_png(path, [(title, audio_s)], sample_rate)
+
+
+def spectrogram_panels_png(path: Path, panels: Sequence[tuple[str, np.ndarray]], sample_rate: int,
+                           fmax: float | None = None) -> Path:
+    """Log-magnitude spectrograms of mono clips stacked top to bottom on a shared time axis, each titled, each
+    shown over 80 dB below its own maximum (up to `fmax` Hz); written atomically."""
     import matplotlib
 
     from musicflow_jax.atomic_io import savefig
@@ -180,14 +188,16 @@ def spectrogram_png(path: Path, audio_s: np.ndarray, sample_rate: int, title: st
     import matplotlib.pyplot as plt
     from scipy.signal import stft
 
-    f, t, z = stft(audio_s, fs=sample_rate, nperseg=1024, noverlap=768)
-    fig, ax = plt.subplots(figsize=(8, 3), dpi=100)
-    db = 20 * np.log10(np.abs(z) + 1e-9)
-    top = float(db.max()) if db.size else 0.0
-    ax.pcolormesh(t, f, db, shading="auto", vmin=top - 80.0, vmax=top, cmap="magma")
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("Hz")
-    ax.set_title(title[:90], fontsize=8)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), dpi=100, sharex=True, squeeze=False)
+    for ax, (title, audio_s) in zip(axes[:, 0], panels, strict=True):
+        f, t, z = stft(audio_s, fs=sample_rate, nperseg=1024, noverlap=768)
+        keep = f <= (fmax or f[-1])
+        db = 20 * np.log10(np.abs(z[keep]) + 1e-9)
+        top = float(db.max()) if db.size else 0.0
+        ax.pcolormesh(t, f[keep], db, shading="auto", vmin=top - 80.0, vmax=top, cmap="magma")
+        ax.set_ylabel("Hz")
+        ax.set_title(title[:110], fontsize=8)
+    axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     savefig(fig, path)  # atomic: a failed write leaves no truncated PNG
     plt.close(fig)

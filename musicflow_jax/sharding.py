@@ -61,15 +61,17 @@ def logical_to_spec(logical: Sequence[str | None] | None, shape: Sequence[int], 
     if len(logical) != len(shape):
         raise ValueError(f"logical axes {tuple(logical)} do not match an array of shape {tuple(shape)}")
     used: set[str] = set()
-    out: list[str | None] = []
-    for name, size in zip(logical, shape):
-        axis = rules.get(name) if name is not None else None
-        if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
-            out.append(None)
-        else:
-            used.add(axis)
-            out.append(axis)
-    return PartitionSpec(*out)
+    return PartitionSpec(*(_rule_axis(name, size, mesh, rules, used) for name, size in zip(logical, shape)))
+
+
+def _rule_axis(name: str | None, size: int, mesh: Mesh, rules: dict[str, str | None], used: set[str]) -> str | None:
+    """The mesh axis `rules` gives logical axis `name` of `size`, or None where it is unmapped, already used by
+    another dim (added to `used` otherwise), of size 1, or does not divide `size`."""
+    axis = rules.get(name) if name is not None else None
+    if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
+        return None
+    used.add(axis)
+    return axis
 
 
 def _logical_names(var: nnx.Variable) -> tuple[str | None, ...] | None:
@@ -157,13 +159,8 @@ def activation_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: M
                 axes.pop()
             used.update(axes)
             out.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
-            continue
-        axis = rules.get(name) if name is not None else None
-        if axis is None or axis in used or mesh.shape[axis] == 1 or size % mesh.shape[axis]:
-            out.append(None)
         else:
-            used.add(axis)
-            out.append(axis)
+            out.append(_rule_axis(name, size, mesh, rules, used))
     return PartitionSpec(*out)
 
 

@@ -346,3 +346,19 @@ def test_corrupt_weights_and_non_finite_outputs_are_refused(folder: Path, tmp_pa
     nnx.update(st.model, jax.tree.map(lambda v: v * np.nan, state))
     with pytest.raises(GenerateError, match=r"stage2 \(acoustic stream\) produced .* NaN/inf values"):
         mf.generate(["organ"], 0.5, stage1=FAST, stage2=FAST, progress=False)
+
+
+def test_spectrogram_panels_stack_one_panel_per_clip(tmp_path: Path) -> None:
+    """tools/spectrograms.py's figure: one 2.6-inch panel per clip at 100 dpi (PNG header: width, height)."""
+    import struct
+
+    sr = 8000
+    t = np.arange(sr) / sr
+    panels = [(f"tone {f} Hz", np.sin(2 * np.pi * f * t).astype(np.float32)) for f in (220, 440, 880)]
+    path = generate.spectrogram_panels_png(tmp_path / "p.png", panels, sr, fmax=2000)
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", head[16:24])
+    assert (width, height) == (800, round(3 * 2.6 * 100))
+    one = generate.spectrogram_png(tmp_path / "one.png", panels[0][1], sr, "one")
+    assert struct.unpack(">II", one.read_bytes()[16:24]) == (800, 260)

@@ -35,6 +35,7 @@ for p in (ROOT, ROOT / "tools"):
 from musicflow_jax.config import Config  # noqa: E402
 
 SEGMENT_SECONDS = 8.0
+CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle")
 
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=160, help="scores to render")
     ap.add_argument("--transpositions", type=int, default=2, help="transposed copies rendered per score")
     ap.add_argument("--jobs", type=int, default=2, help="scores rendered at a time")
-    ap.add_argument("--codec-steps", type=int, default=None, help="default: configs/codec_corpus.py's")
+    ap.add_argument("--codec-steps", type=int, default=CODEC_STEPS, help="codec training steps (~0.8 s each)")
     ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
     ap.add_argument("--steps2", type=int, default=None, help="default: configs/bundled_stage2.py's")
     ap.add_argument("--until", choices=STEPS, default="bundle", help="stop after this step")

@@ -61,7 +61,7 @@ def _window(spec: EvalSpec) -> tuple[float, float]:
     return 0.0, spec.duration
 
 
-def _read_window(path: str, start: float, end: float, sample_rate: int) -> np.ndarray:
+def read_window(path: str, start: float, end: float, sample_rate: int) -> np.ndarray:
     from musicflow_jax.audio import read_audio
 
     x, _ = read_audio(path, sample_rate=sample_rate, mono=True)
@@ -81,7 +81,7 @@ def _write(folder: Path, name: str, audio: np.ndarray, sample_rate: int, caption
 
 def real_clips(entries: list[Any], start: float, end: float, sample_rate: int, folder: Path) -> list[Clip]:
     """The entries' real audio, window [start, end) s at `sample_rate`, written under `folder`."""
-    return [_write(folder, f"{i:04d}", _read_window(e.path, start, end, sample_rate), sample_rate, e.caption,
+    return [_write(folder, f"{i:04d}", read_window(e.path, start, end, sample_rate), sample_rate, e.caption,
                    {"source": e.path, "window": [start, end]}) for i, e in enumerate(entries)]
 
 
@@ -119,7 +119,7 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
         texts = [e.caption for e in batch]
         seed = spec.seed + k
         if spec.mode == "ceiling":
-            audio = [ceiling_audio(mf, _read_window(e.path, 0.0, spec.duration, sr)) for e in batch]
+            audio = [ceiling_audio(mf, read_window(e.path, 0.0, spec.duration, sr)) for e in batch]
         elif spec.mode == "generate":
             g = mf.generate(texts, spec.duration, seed=seed, stage1=s1, stage2=s2, progress=False)
             audio, nfe = list(g.audio), g.nfe
@@ -128,11 +128,11 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
             start, end = _window(spec)
             for j, e in enumerate(batch):
                 if spec.mode == "continue":
-                    prompt = _read_window(e.path, 0.0, spec.prompt_seconds, sr)
+                    prompt = read_window(e.path, 0.0, spec.prompt_seconds, sr)
                     g = mf.continue_([e.caption], prompt, spec.duration, seed=seed * 1000 + j, stage1=s1,
                                      stage2=s2, progress=False)
                 else:
-                    prompt = _read_window(e.path, 0.0, spec.duration, sr)
+                    prompt = read_window(e.path, 0.0, spec.duration, sr)
                     g = mf.infill([e.caption], prompt, [(start, end)], seed=seed * 1000 + j, stage1=s1, stage2=s2,
                                   progress=False)
                 full.append(np.asarray(g.audio[0, : int(round(spec.duration * sr))], np.float32))
@@ -176,7 +176,7 @@ def alignment(entries: list[Any], clips: list[Clip], full: list[np.ndarray], spe
         return None, [None] * len(clips)
     start, end = _window(spec)
     a, b = int(round(start * sample_rate)), int(round(end * sample_rate))
-    reals = [_read_window(e.path, 0.0, max(end, spec.duration), sample_rate) for e in entries]
+    reals = [read_window(e.path, 0.0, max(end, spec.duration), sample_rate) for e in entries]
     per_clip: list[dict[str, float] | None] = []
     for k, (e, c) in enumerate(tqdm(list(zip(entries, clips)), desc="alignment", disable=not progress)):
         if not e.notes:

@@ -178,7 +178,7 @@ def test_instrument_classifier_is_the_bundled_test_method() -> None:
     from musicflow_jax.pipeline import BUNDLED
 
     d = np.load(BUNDLED / "corpus_features.npz")
-    x, y = d["mean_logmel"], d["instrument"]
+    x, y = d["mean_acoustic"], d["instrument"]
     m = np.isin(y, PAIR)
     ours = InstrumentClassifier().fit(x[m], y[m])
     theirs, train_acc = corpus_classifier(PAIR)

@@ -80,10 +80,10 @@ KEY_FLOORS = {"key_mirex": 0.15, "note_presence": 0.9}
 
 @pytest.mark.slow
 def test_generated_clips_play_notes_in_the_captions_key(mf: MusicFlow) -> None:
-    """8-s clips at the shipped CFG with 8 midpoint steps per stage: the evaluation suite's key estimator (Krumhansl-Schmuckler on the
-    clips' chroma) scored against the caption's key (MIREX weighting) and the share of pitched frames; floors below
-    what the shipped model measured (MODEL_CARD.md), above what a noise texture (the previous bundled model: note
-    presence 0.70, key near chance) gives."""
+    """8-s clips at the shipped CFG with 8 midpoint steps per stage: the evaluation suite's key estimator
+    (Krumhansl-Schmuckler on the clips' chroma) scored against the caption's key (MIREX weighting) and the share
+    of pitched frames; floors below what the shipped model measured (MODEL_CARD.md), above what a noise texture
+    (the previous bundled model: note presence 0.70, key near chance) gives."""
     from musicflow_jax.evaluate import music
 
     captions = [KEY_CAPTION.format(k) for k in KEYS]

@@ -47,7 +47,8 @@ def make_manager(workdir: str | Path, cfg: Config, *, async_save: bool = True) -
 def save(manager: ocp.CheckpointManager, step: int, state: Any, cfg: Any, *, force: bool = False) -> bool:
     """Start saving (async) on every process; returns whether a save was started. Call
     `manager.wait_until_finished()` before relying on it (the train loop does so before exit)."""
-    args = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(dataclasses.asdict(cfg))}
+    item = state.checkpointed() if hasattr(state, "checkpointed") else state  # e.g. TrainState: no frozen base
+    args = {"state": ocp.args.StandardSave(item), "config": ocp.args.JsonSave(dataclasses.asdict(cfg))}
     return manager.save(step, args=ocp.args.Composite(**args), force=force)
 
 
@@ -127,7 +128,8 @@ def available_steps(manager: ocp.CheckpointManager) -> list[int]:
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None, *,
             set_aside_broken: bool = False,
             config_from_dict: Callable[[dict[str, Any]], Any] = config_lib.from_dict) -> tuple[int, Any, Config]:
-    """Restore (step, state, saved config) onto the shardings in `abstract_state`.
+    """Restore (step, state, saved config) onto the shardings in `abstract_state` (a state with `checkpointed()` /
+    `from_checkpoint()`, like TrainState, is saved and restored as what `checkpointed()` returns).
 
     Without `step`, the newest checkpoint that restores (readable, finite) is used: skipped ones are named in a
     warning on stderr, and with `set_aside_broken` renamed to `<step>.unrestorable` (so a resumed run can save those
@@ -135,6 +137,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     `config_from_dict` turns the saved config back into its dataclass (another run type's config class, e.g. the
     codec trainer's).
     """
+    target = abstract_state.checkpointed() if hasattr(abstract_state, "checkpointed") else abstract_state
     steps = available_steps(manager)
     if not steps:
         raise CheckpointError(f"no checkpoint in {manager.directory}: train first, or point to the run's workdir")
@@ -145,7 +148,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
     skipped: list[tuple[int, str]] = []
     for s in candidates:
         try:
-            out = _restore_step(manager, s, abstract_state)
+            out = _restore_step(manager, s, target)
         except _UnrestorableError as e:
             skipped.append((s, str(e)))
             continue
@@ -154,7 +157,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
                   f"falling back to step {s}", file=sys.stderr)
         if set_aside_broken and skipped:
             _set_aside(manager, [bad for bad, _ in skipped])
-        return s, out["state"], config_from_dict(out["config"])
+        state = abstract_state.from_checkpoint(out["state"]) if hasattr(abstract_state, "from_checkpoint") \
+            else out["state"]
+        return s, state, config_from_dict(out["config"])
     reasons = "; ".join(f"step {s}: {reason}" for s, reason in skipped)
     fix = ("pass another --step" if step is not None else
            "delete the broken step folders to resume from scratch, or use a new --workdir")

@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -26,6 +27,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "frames", "embed", "mlp", "heads", "kv", "text", "vocab", "layers")
 REMAT_POLICIES = ("none", "dots", "full")
 ATTENTION = ("xla", "cudnn")
+# LoRA on the blocks' attention projections (self and cross) and MLP kernels (finetune.py)
+LORA_TARGETS = r"(self_attn|cross_attn)\.w_[qkvo]$|mlp\.fc_(in|out)\.kernel$"
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,9 @@ class ModelConfig:
     remat: str = "none"  # per-block rematerialisation in the backward pass: none | dots (save matmul outputs) | full
     scan_layers: bool = True  # run each U-Net half as a scan over stacked layers (one block compiled per half)
     attention: str = "xla"  # xla (any mask, fp32 scores) | cudnn (flash attention on NVIDIA GPUs, bf16/fp16)
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank on lora_targets (finetune.py); 0 = off
+    lora_alpha: float = 8.0  # adapters enter as W + lora_alpha / lora_rank * A B
+    lora_targets: str = LORA_TARGETS  # regex searched in parameter paths (e.g. down.layers.block.self_attn.w_q)
 
     def __post_init__(self) -> None:
         if isinstance(self.remat, bool):  # configs stored before remat became a policy: true = rematerialise all
@@ -93,6 +99,7 @@ class DataConfig:
     num_workers: int = 0  # grain worker processes; 0 = in-process
     prefetch: int = 2
     normalize: bool = True  # normalise features with the index statistics
+    stats: str = ""  # features.json / index.json whose stats normalise instead (fine-tuning: the base model's)
     semantic_rate: float = 50.0  # Hz
     acoustic_rate: float = 75.0  # Hz
 
@@ -145,6 +152,9 @@ class TrainConfig:
     peak_tflops: float = 0.0  # per-device peak for MFU; 0 = measure a matmul peak at start
     sample_codec: str = ""  # converted Encodec folder decoding stage-2 samples to WAV; "" = the data's acoustic part
     block_every_step: bool = False  # wait for each step before the next (exact per-step timing; off = async dispatch)
+    init_from: str = ""  # start from an exported stage (file/folder) or a run's workdir: fresh optimizer, EMA = loaded
+    init_partial: bool = False  # init_from may miss / add parameters (missing ones keep their fresh init)
+    trainable: str = ""  # regex of base parameter paths that train ("" = all; with LoRA: none, adapters only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,6 +273,14 @@ def validate(cfg: Config) -> None:
     _check(m.attention != "cudnn" or m.dtype != "float32", "model.attention",
            "cudnn flash attention takes bfloat16 / float16 only: set model.dtype=bfloat16 or model.attention=xla")
     _check(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")
+    _int_at_least(m.lora_rank, "model.lora_rank", 0, "LoRA adapter rank; 0 = off")
+    _number_at_least(m.lora_alpha, "model.lora_alpha", 0.0, "LoRA scale numerator", strict=True)
+    for key, pattern in (("model.lora_targets", m.lora_targets), ("train.trainable", cfg.train.trainable)):
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"config key '{key}': {pattern!r} is not a regular expression ({e}): e.g. "
+                              f"--set '{key}=cross_attn'") from None
     if m.stage == "acoustic":
         _check(m.cond_dim > 0, "model.cond_dim", "stage 'acoustic' needs the semantic feature dim (> 0)")
     else:

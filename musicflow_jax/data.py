@@ -143,6 +143,22 @@ def index_stats(index: dict[str, Any] | None, stream: str) -> tuple[np.ndarray |
     return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 
+def stats_file(path: str | Path) -> dict[str, Any]:
+    """The {"stats": {stream: {"mean", "std"}}} of a model folder's features.json (or the folder) or an index.json:
+    data.stats, normalising with a base model's statistics when fine-tuning it on other data."""
+    path = Path(path)
+    path = path / "features.json" if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text())
+        for stream in ("semantic", "acoustic"):
+            if stream in data["stats"]:
+                np.asarray(data["stats"][stream]["mean"], np.float32)
+        return data
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FileNotFoundError(f"data.stats {path} has no readable feature stats ({type(e).__name__}: {e}): point "
+                                "it at a model folder's features.json or a precompute index.json") from None
+
+
 class ToExample(grain.transforms.RandomMap):
     """Clip -> one unbatched example of the contract (crop, normalise, pad, mask). rng None = crop at frame 0."""
 
@@ -152,7 +168,7 @@ class ToExample(grain.transforms.RandomMap):
         self.random_crop, self.precomputed = random_crop, cfg.text.precomputed
         self.text_len, self.text_dim = cfg.text.max_len, cfg.text.dim
         self.feature_dim, self.cond_dim = cfg.model.feature_dim, cfg.model.cond_dim
-        stats_index = index if cfg.data.normalize else None
+        stats_index = (stats_file(cfg.data.stats) if cfg.data.stats else index) if cfg.data.normalize else None
         self.sem_stats = index_stats(stats_index, "semantic")
         self.ac_stats = index_stats(stats_index, "acoustic")
 

@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from musicflow_jax import compile_cache
 from musicflow_jax.pipeline import GenerateError, Generation, StageSettings
 
 EXIT_BAD_INPUT = 2
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--stage1-checkpoint", default=None, help="exported stage-1 .safetensors replacing the folder's")
     ap.add_argument("--stage2-checkpoint", default=None, help="exported stage-2 .safetensors replacing the folder's")
+    ap.add_argument("--lora", action="append", default=[], help="adapter file of a LoRA fine-tune (tools/export.py); "
+                    "repeat for one per stage")
+    ap.add_argument("--lora-scale", default=None, help="adapter strength, S or S1,S2 per --lora (default 1; 0 = the "
+                    "base model)")
     ap.add_argument("--mode", choices=("generate", "continue", "infill", "restyle"), default=None,
                     help="default: generate, or continue when --prompt-audio is given")
     ap.add_argument("--prompt-audio", default=None, help="audio file for continue/infill/restyle")
@@ -82,6 +87,21 @@ def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | No
                                  solver=base.solver if so[i] is None else so[i],
                                  cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
     return out[0], out[1]
+
+
+def lora_scales(value: str | None, n: int) -> list[float]:
+    """--lora-scale: one number for every --lora file, or one per file."""
+    if value is None:
+        return [1.0] * n
+    if not n:
+        raise GenerateError("--lora-scale goes with --lora FILE")
+    try:
+        vals = [float(v) for v in str(value).split(",")]
+    except ValueError:
+        raise GenerateError(f"--lora-scale {value!r}: expected numbers, e.g. --lora-scale 0.7") from None
+    if len(vals) not in (1, n) or not all(np.isfinite(vals)):
+        raise GenerateError(f"--lora-scale {value!r}: give one finite number or one per --lora ({n})")
+    return vals * n if len(vals) == 1 else vals
 
 
 def check_seed(seed: Any, name: str) -> int:
@@ -284,11 +304,15 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise GenerateError(f"--batch {args.batch} must be >= 1")
     regions = parse_regions(args.regions) if mode == "infill" else None
     outs = out_paths(args.out, jobs)  # refused before any model is loaded or anything generated
-    mf = MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint)
+    mf = MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint,
+                        lora=args.lora, lora_scale=lora_scales(args.lora_scale, len(args.lora)))
     s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
     prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
     extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),
              "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
+    if args.lora:
+        extra["lora"] = [str(p) for p in args.lora]
+        extra["lora_scale"] = lora_scales(args.lora_scale, len(args.lora))
     groups: dict[tuple[Any, int], list[int]] = {}
     for i, j in enumerate(jobs):  # batch prompts that share duration (infill/restyle: the prompt's) and seed
         groups.setdefault((j["duration"] if mode in ("generate", "continue") else None, j["seed"]), []).append(i)
@@ -316,6 +340,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    compile_cache.enable()  # a second run starts with its executables compiled (~/.cache/musicflow_jax/xla)
     try:
         for path in run(args):
             print(path)

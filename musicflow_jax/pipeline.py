@@ -226,8 +226,11 @@ class MusicFlow:
     # --------------------------------------------------------------------- loading
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, stage1: str | Path | None = None,
-             stage2: str | Path | None = None) -> MusicFlow:
-        """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages."""
+             stage2: str | Path | None = None, lora: Sequence[str | Path] = (),
+             lora_scale: float | Sequence[float] = 1.0) -> MusicFlow:
+        """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages; `lora`:
+        adapter files of fine-tunes (tools/export.py of a LoRA run) applied at `lora_scale` (one value, or one per
+        file), see `with_lora`."""
         from musicflow_jax.stage_io import StageError, load_stage
         from musicflow_jax.weights import WeightsError
 
@@ -250,7 +253,50 @@ class MusicFlow:
                 stages.append(Stage(name, cfg.model.stage, cfg, model, text, backend.rates[cfg.model.stage]))
         except (StageError, WeightsError, BackendError, ConfigError, FileNotFoundError) as e:
             raise GenerateError(str(e).replace("\n", " ")) from None
-        return cls(backend, (stages[0], stages[1]), folder)
+        mf = cls(backend, (stages[0], stages[1]), folder)
+        lora = [lora] if isinstance(lora, (str, Path)) else list(lora)
+        scales = list(lora_scale) if isinstance(lora_scale, (list, tuple)) else [lora_scale] * len(lora)
+        if len(scales) != len(lora):
+            raise GenerateError(f"{len(scales)} lora scales for {len(lora)} adapter files: give one scale, or one "
+                                "per file", "lora_scale")
+        for path, scale in zip(lora, scales):
+            mf = mf.with_lora(path, scale)
+        return mf
+
+    def with_lora(self, adapters: str | Path, scale: float = 1.0) -> MusicFlow:
+        """A cascade whose stage (the one the adapter file was trained on) has the fine-tune's adapters applied at
+        `scale` (0 = this model, 1 = the fine-tuned one; see finetune.apply_adapters). This model is unchanged."""
+        from flax import nnx
+
+        from musicflow_jax import finetune
+        from musicflow_jax.config import from_json
+        from musicflow_jax.models.transformer import FlowTransformer
+        from musicflow_jax.weights import WeightsError, build_with_params, flat_params
+
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale):
+            raise GenerateError(f"lora_scale {scale!r} must be a finite number (0 = base model, 1 = fine-tuned)",
+                                "lora_scale")
+        try:
+            meta, tensors = finetune.read_adapters(adapters)
+            stream = meta.get("stage", "")
+            idx = [st.stream for st in self.stages].index(stream) if stream in ("semantic", "acoustic") else -1
+            if idx < 0:
+                raise finetune.FineTuneError(f"adapter file {adapters} names no stage ({stream!r})")
+            stage = self.stages[idx]
+            trained = from_json(meta["config"]).model
+            for f in ("stage", "feature_dim", "cond_dim", "dim", "depth", "heads", "mlp_dim", "time_dim"):
+                if getattr(trained, f) != getattr(stage.cfg.model, f):
+                    raise finetune.FineTuneError(
+                        f"adapter file {adapters} was trained on a {stream} stage with model.{f}="
+                        f"{getattr(trained, f)}, this model's {stage.name} has {getattr(stage.cfg.model, f)}: apply "
+                        "it to the model it was fine-tuned from")
+            flat = finetune.apply_adapters(flat_params(stage.model), meta, tensors, float(scale), str(adapters))
+            model = build_with_params(lambda: FlowTransformer(stage.cfg, rngs=nnx.Rngs(0)), flat, str(adapters))
+        except (finetune.FineTuneError, WeightsError, ConfigError) as e:
+            raise GenerateError(" ".join(str(e).split()), "lora") from None
+        stages = list(self.stages)
+        stages[idx] = dataclasses.replace(stage, model=model)
+        return MusicFlow(self.backend, (stages[0], stages[1]), self.folder)
 
     @property
     def sample_rate(self) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import signal
 import sys
@@ -26,11 +27,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from musicflow_jax import atomic_io, checkpoint, flow, metrics, sharding, train_state, workdir_lock
+from musicflow_jax import atomic_io, checkpoint, compile_cache, flow, metrics, sharding, train_state, workdir_lock
 from musicflow_jax import config as config_lib
 from musicflow_jax.config import Config
 
@@ -51,7 +51,13 @@ def check_data(cfg: Config) -> None:
     """For data.source=arrayrecord: data.path exists, holds index.json, and its feature dims match the model's."""
     if cfg.data.source != "arrayrecord":
         return
-    from musicflow_jax.data import load_index
+    from musicflow_jax.data import load_index, stats_file
+
+    if cfg.data.stats:
+        stats_file(cfg.data.stats)  # readable before any compilation
+    elif cfg.train.init_from and cfg.data.normalize and jax.process_index() == 0:
+        tqdm.write("warning: fine-tuning with train.init_from normalises features with this data's own statistics; "
+                   "set data.stats=<the base model folder>/features.json to use the base model's")
 
     path = Path(cfg.data.path)
     if not path.is_dir():
@@ -117,7 +123,7 @@ def make_eval_fn(cfg: Config, setup: train_state.Setup, encode: Any) -> Callable
         key = jax.random.fold_in(jax.random.key(cfg.train.seed + 1), i)
 
         def loss(params: Any) -> jax.Array:
-            model = nnx.merge(setup.graphdef, params, state.rest)
+            model = train_state.merge_model(setup.graphdef, params, state.frozen, state.rest)
             return flow.flow_loss(lambda inp: model(inp, deterministic=True), key, batch, cfg.flow)[0]
 
         with sharding.activation_mesh(setup.mesh):
@@ -156,7 +162,7 @@ def write_samples(cfg: Config, setup: train_state.Setup, state: train_state.Trai
     ids, mask = load_tokenizer(cfg.text.checkpoint or None)(list(SAMPLE_PROMPTS), cfg.text.max_len)
     text_emb = jax.jit(encode)(text_params, ids, mask) if encode else jnp.zeros((len(ids), cfg.text.max_len,
                                                                                      cfg.text.dim))
-    model = nnx.merge(setup.graphdef, jax.device_get(state.ema), jax.device_get(state.rest))
+    model = train_state.merge_model(setup.graphdef, *jax.device_get((state.ema, state.frozen, state.rest)))
     n = len(SAMPLE_PROMPTS) if cond is None else min(len(SAMPLE_PROMPTS), cond.shape[0])
     x1, _ = sample(model, jax.random.key(cfg.train.seed + 2), text_emb=text_emb[:n], text_mask=mask[:n],
                    frames=cfg.data.frames, feature_dim=cfg.model.feature_dim,
@@ -210,6 +216,29 @@ def sample_decoder(cfg: Config) -> tuple[Callable[[np.ndarray], np.ndarray], int
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+INIT_RECORD = "init_from.json"
+
+
+def check_init_source(cfg: Config, workdir: Path, resuming: bool) -> None:
+    """Record train.init_from's fingerprint when a run starts; on resume, a changed file is an error (the frozen base
+    is not in the checkpoints: it must be the one the run started from)."""
+    if not cfg.train.init_from:
+        return
+    from musicflow_jax import finetune
+
+    record = workdir / INIT_RECORD
+    now = {"init_from": cfg.train.init_from, "fingerprint": finetune.fingerprint(cfg.train.init_from)}
+    if resuming and record.is_file():
+        was = json.loads(record.read_text())
+        if was.get("fingerprint") != now["fingerprint"]:
+            raise TrainInputError(f"train.init_from {cfg.train.init_from} differs from the weights this run started "
+                                  f"from ({was.get('init_from')}, fingerprint {was.get('fingerprint')} vs "
+                                  f"{now['fingerprint']}): restore that file, or start a new --workdir")
+    elif jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_io.write_text(record, json.dumps(now, indent=2) + "\n")
 
 
 def lock_workdir(workdir: Path) -> workdir_lock.WorkdirLock | None:
@@ -280,13 +309,17 @@ def _train(cfg: Config, workdir: Path, *, batch_hook: BatchHook | None, devices:
     setup = train_state.make_setup(cfg, mesh)
     encode, text_params = load_text_encoder(cfg, mesh)
     manager = checkpoint.make_manager(workdir, cfg, async_save=async_ckpt)
+    base = train_state.init_weights(cfg)  # train.init_from (fine-tuning), checked against this model
+    check_init_source(cfg, workdir, resuming=manager.latest_step() is not None)
     if manager.latest_step() is not None:
         start, state, saved_cfg = checkpoint.restore(manager, setup.abstract_state, set_aside_broken=True)
+        if setup.abstract_state.frozen is not None:  # a fine-tune's frozen base is init_from's, not checkpointed
+            state = state.replace(frozen=train_state.create_state(cfg, setup, base=base).frozen)
         if is_main and config_lib.config_hash(saved_cfg) != config_lib.config_hash(cfg):
             tqdm.write(f"resuming step {start} from {manager.directory} with a changed config "
                        f"(saved {config_lib.config_hash(saved_cfg)}, now {config_lib.config_hash(cfg)})")
     else:
-        start, state = 0, train_state.create_state(cfg, setup)
+        start, state = 0, train_state.create_state(cfg, setup, base=base)
     # the data position is the step: global batch k feeds step k, whatever the process count (data.py)
     data_iter = iter(make_dataset(cfg, process_index=jax.process_index(), process_count=jax.process_count(),
                                   start_batch=start))
@@ -390,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                     "environment shows several processes)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of input errors too")
     args = ap.parse_args(argv)
+    compile_cache.enable()  # a second run starts with its executables compiled (~/.cache/musicflow_jax/xla)
     maybe_initialize_distributed(args.multihost)
     try:
         cfg = config_lib.load(args.config, args.set)
@@ -409,12 +443,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (config, data, checkpoints, converted folders), not a bug."""
+    from musicflow_jax.finetune import FineTuneError
     from musicflow_jax.records import RecordError
     from musicflow_jax.tokenizer import TokenizerError
     from musicflow_jax.weights import WeightsError
 
     return (config_lib.ConfigError, TrainInputError, checkpoint.CheckpointError, RecordError, WeightsError,
-            TokenizerError, FileNotFoundError)
+            TokenizerError, FineTuneError, FileNotFoundError)
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,8 +1,10 @@
 """The train state pytree, the optimizer (AdamW + schedule + clipping), EMA and the jitted train step.
 
 `TrainState` holds everything that changes during training (step, params, optimizer state, EMA of the
-params, non-trainable model state, NaN counters); it is created already sharded by `create_state` and
-updated by the step that `make_train_step` jits with explicit in/out shardings and a donated state.
+params, non-trainable model state, NaN counters) and, when fine-tuning (finetune.py), the frozen base parameters
+beside the trained ones; it is created already sharded by `create_state` and updated by the step that
+`make_train_step` jits with explicit in/out shardings and a donated state. Checkpoints hold `SavedState` (all but
+the frozen base).
 A step whose loss or gradient norm is not finite leaves params/optimizer/EMA untouched, bumps
 `nan_in_row` and `nan_total`, and still advances `step` (so the data and the RNG move on).
 The step's randomness is `fold_in(key(seed), step)`: resuming at step k replays exactly what an
@@ -12,16 +14,18 @@ uninterrupted run would have done.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from musicflow_jax import flow, sharding
+from musicflow_jax import finetune, flow, sharding
 from musicflow_jax.config import Config
 
 TextEncodeFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (text_params, ids_bl, mask_bl) -> emb_bld
@@ -36,6 +40,42 @@ class TrainState:
     ema: Any  # exponential moving average of params; used for sampling and export
     nan_in_row: jax.Array  # int32 (); consecutive skipped (non-finite) steps
     nan_total: jax.Array  # int32 (); all skipped steps
+    frozen: Any = None  # fine-tuning: nnx.State of the frozen base parameters (not checkpointed); else None
+
+    def checkpointed(self) -> SavedState:
+        """What checkpoint.save writes (and restore reads) for this state: everything but the frozen base."""
+        return saved(self)
+
+    def from_checkpoint(self, saved_state: SavedState) -> TrainState:
+        """The restored state; its frozen base is None (a fine-tune sets it from train.init_from)."""
+        return restored(saved_state, None)
+
+
+@struct.dataclass
+class SavedState:
+    """What a checkpoint holds: the TrainState without the frozen base (train.init_from's weights)."""
+
+    step: jax.Array
+    params: Any
+    rest: Any
+    opt_state: Any
+    ema: Any
+    nan_in_row: jax.Array
+    nan_total: jax.Array
+
+
+def saved(state: TrainState) -> SavedState:
+    return SavedState(**{f.name: getattr(state, f.name) for f in dataclasses.fields(SavedState)})
+
+
+def restored(saved_state: SavedState, frozen: Any) -> TrainState:
+    return TrainState(**{f.name: getattr(saved_state, f.name) for f in dataclasses.fields(SavedState)},
+                      frozen=frozen)
+
+
+def merge_model(graphdef: Any, params: Any, frozen: Any, rest: Any) -> nnx.Module:
+    """The model from trained params (or their EMA), the frozen base (None when everything trains) and the rest."""
+    return nnx.merge(graphdef, params, *(() if frozen is None else (frozen,)), rest)
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -84,19 +124,29 @@ class Setup:
 
 
 def _build_model(cfg: Config, seed: int) -> nnx.Module:
+    """The flow transformer, with LoRA adapters on model.lora_targets when model.lora_rank > 0."""
     from musicflow_jax.models.transformer import FlowTransformer
 
-    return FlowTransformer(cfg, rngs=nnx.Rngs(seed))
+    model = FlowTransformer(cfg, rngs=nnx.Rngs(seed))
+    if cfg.model.lora_rank > 0:
+        finetune.add_adapters(model, cfg, jax.random.fold_in(jax.random.key(seed), 0x10A))
+    return model
 
 
 def _init_state(cfg: Config, seed: int, tx: optax.GradientTransformation,
-                build: Callable[[Config, int], nnx.Module]) -> tuple[Any, TrainState]:
+                build: Callable[[Config, int], nnx.Module], base: dict[str, Any] | None = None
+                ) -> tuple[Any, TrainState]:
+    """Fresh state; `base` (flat weights, train.init_from) replaces the initial values it has. Fine-tuning options
+    split the parameters into trained (+ adapters) and frozen; the EMA starts at the trained values."""
     with nnx.use_eager_sharding(False):
         model = build(cfg, seed)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if base is not None:
+        params = finetune.load_values(params, base)
+    params, frozen = finetune.split(params, cfg)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                        ema=jax.tree.map(jnp.copy, params), nan_in_row=jnp.zeros((), jnp.int32),
-                       nan_total=jnp.zeros((), jnp.int32))
+                       nan_total=jnp.zeros((), jnp.int32), frozen=frozen)
     return graphdef, state
 
 
@@ -117,7 +167,8 @@ def make_setup(cfg: Config, mesh: Mesh, build: Callable[[Config, int], nnx.Modul
     rep = sharding.replicated(mesh)
     shardings = TrainState(step=rep, params=param_sh, rest=rest_sh,
                            opt_state=_opt_shardings(tx, abstract.opt_state, param_sh, mesh),
-                           ema=param_sh, nan_in_row=rep, nan_total=rep)
+                           ema=param_sh, nan_in_row=rep, nan_total=rep,
+                           frozen=sharding.state_shardings(abstract.frozen, mesh, rules))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     return Setup(graphdef=graphdef, tx=tx, mesh=mesh, rules=rules, state_shardings=shardings,
                  abstract_state=abstract)
@@ -137,11 +188,36 @@ def _abstract_init(cfg: Config, tx: optax.GradientTransformation,
 
 
 def create_state(cfg: Config, setup: Setup, seed: int | None = None,
-                 build: Callable[[Config, int], nnx.Module] = _build_model) -> TrainState:
-    """Initialise the state inside jit with the target out_shardings: no full copy on one device."""
+                 build: Callable[[Config, int], nnx.Module] = _build_model,
+                 base: dict[str, Any] | None = None) -> TrainState:
+    """Initialise the state inside jit with the target out_shardings: no full copy on one device. `base`: flat
+    weights to start from (train.init_from, see `init_weights`)."""
     seed = cfg.train.seed if seed is None else seed
-    init = jax.jit(lambda: _init_state(cfg, seed, setup.tx, build)[1], out_shardings=setup.state_shardings)
-    return init()
+    init = jax.jit(lambda b: _init_state(cfg, seed, setup.tx, build, b)[1], out_shardings=setup.state_shardings)
+    return init(base)
+
+
+def param_shapes(cfg: Config, build: Callable[[Config, int], nnx.Module] = _build_model) -> dict[str, tuple]:
+    """Flat parameter path -> shape of the base model `cfg` builds, adapters left out (no allocation)."""
+    from musicflow_jax.weights import param_shapes as shapes
+
+    with nnx.use_eager_sharding(False):
+        return {k: v for k, v in shapes(nnx.eval_shape(lambda: build(cfg, 0))).items() if not finetune.is_adapter(k)}
+
+
+def init_weights(cfg: Config, verbose: bool = True) -> dict[str, Any] | None:
+    """train.init_from's weights checked against this config's model (see finetune.check_init), or None."""
+    if not cfg.train.init_from:
+        return None
+    flat, source = finetune.load_init(cfg.train.init_from)
+    report = finetune.check_init(param_shapes(cfg), flat, source, cfg.train.init_partial)
+    if verbose and jax.process_index() == 0:
+        n = sum(int(np.prod(flat[k].shape)) for k in report["loaded"])
+        print(f"init_from {source}: loaded {len(report['loaded'])} parameters ({n:,} values), missing "
+              f"{len(report['missing'])}{' ' + str(report['missing'][:3]) if report['missing'] else ''}, unexpected "
+              f"{len(report['unexpected'])}{' ' + str(report['unexpected'][:3]) if report['unexpected'] else ''}",
+              file=sys.stderr)
+    return {k: flat[k] for k in report["loaded"]}
 
 
 # --------------------------------------------------------------------------- the step
@@ -179,8 +255,9 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
     schedule = make_schedule(cfg)
     deterministic = cfg.model.dropout == 0.0
 
-    def loss_fn(params: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array]) -> tuple[jax.Array, Any]:
-        model = nnx.merge(graphdef, params, rest)
+    def loss_fn(params: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array], frozen: Any
+                ) -> tuple[jax.Array, Any]:
+        model = merge_model(graphdef, params, frozen, rest)
 
         loss, aux = flow.flow_loss(lambda inp: model(inp, deterministic=deterministic), key, mb, flow_cfg)
         new_rest = nnx.state(model, nnx.Not(nnx.Param))
@@ -196,14 +273,15 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
         key = jax.random.fold_in(base_key, state.step)
         batch = with_text_emb(batch, text_encode, text_params)
         if accum == 1:
-            (loss, (aux, rest)), grads = grad_fn(state.params, state.rest, key, batch)
+            (loss, (aux, rest)), grads = grad_fn(state.params, state.rest, key, batch, state.frozen)
         else:
             micro = _split_micro(batch, accum)
 
             def body(carry, xs):  # noqa: ANN001, ANN202
                 g_acc, rest_c = carry
                 i, mb = xs
-                (l_i, (aux_i, rest_i)), g_i = grad_fn(state.params, rest_c, jax.random.fold_in(key, i), mb)
+                (l_i, (aux_i, rest_i)), g_i = grad_fn(state.params, rest_c, jax.random.fold_in(key, i), mb,
+                                                         state.frozen)
                 return (jax.tree.map(jnp.add, g_acc, g_i), rest_i), (l_i, aux_i)
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -248,6 +326,7 @@ def guarded_update(state: TrainState, grads: Any, loss: jax.Array, rest: Any, tx
         ema=keep(ema_update(state.ema, new_params, ema_decay), state.ema),
         nan_in_row=jnp.where(finite, 0, state.nan_in_row + 1),
         nan_total=state.nan_total + (~finite).astype(jnp.int32),
+        frozen=state.frozen,
     )
     return new_state, grad_norm, finite
 

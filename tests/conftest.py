@@ -11,10 +11,26 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent XLA compilation cache per test session (fresh in CI: nothing carried between runs), shared by the
+# xdist workers and the subprocesses tests start: the same tiny train/generate steps compile once per session.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="musicflow_jax_test_xla_")
+    os.environ["MUSICFLOW_JAX_TEST_CACHE_OWNER"] = str(os.getpid())
+
 ROOT = Path(__file__).resolve().parent.parent
 for p in (str(ROOT), str(ROOT / "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+
+def pytest_unconfigure(config):
+    """The process that created the session's compilation cache removes it at the end."""
+    if os.environ.get("MUSICFLOW_JAX_TEST_CACHE_OWNER") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -107,3 +107,19 @@ def test_fit_kmeans_bad_arguments(tmp_path):
                  str(tmp_path), "--layer", "6", "--k", "0", "--out", out])
     _one_error_line(proc, "--k must be >= 1, got 0")
     assert not Path(out).exists()
+
+
+def test_spectrograms_missing_manifest_and_model(tmp_path):
+    tool = [sys.executable, "tools/spectrograms.py", "--out", str(tmp_path / "s.png")]
+    _one_error_line(_run([*tool, "--manifest", str(tmp_path / "none.jsonl")]), "--manifest", "does not exist")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"path": "a.wav", "caption": "x", "split": "train", "duration": 1.0}\n')
+    _one_error_line(_run([*tool, "--manifest", str(manifest), "--checkpoint", str(tmp_path / "nomodel")]),
+                    "is not a folder")
+
+
+def test_train_init_from_missing_and_build_corpus_unknown_instrument(tmp_path):
+    proc = _run([*TRAIN, "--workdir", str(tmp_path / "run"), "--set", f"train.init_from={tmp_path / 'none'}"])
+    _one_error_line(proc, f"train.init_from {tmp_path / 'none'} does not exist")
+    proc = _run([sys.executable, "tools/build_corpus.py", "--out", str(tmp_path / "c"), "--instrument", "a kazoo"])
+    _one_error_line(proc, "--instrument 'a kazoo' is not one of the corpus instruments")

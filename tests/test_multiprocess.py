@@ -1,7 +1,7 @@
 """Multi-process training on this machine: real subprocesses joined by jax.distributed on 127.0.0.1 with CPU
 collectives (gloo), each with several virtual devices, on one global 8-device mesh.
 
-- 1, 2 and 4 processes train the same 20 steps with the same losses (rtol 1e-5); the hosts' rows of every global
+- 1, 2 and 4 processes train the same 12 steps with the same losses (rtol 1e-5); the hosts' rows of every global
   batch are disjoint and together are the single process's batch; eval is identical on every host;
 - SIGKILL of every process, then a rerun: resume == uninterrupted (losses 1e-6, identical batches);
 - SIGTERM to one process: every process stops after the same step, saves it, and exits 0 within a bounded time
@@ -30,8 +30,9 @@ from musicflow_jax.metrics import read_jsonl
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = ROOT / "tests" / "mp_driver.py"
 GLOBAL_DEVICES = 8
-STEPS = 20
-OVERRIDES = ["data.batch_size=16", "train.log_every=1", "train.eval_every=0", "train.ckpt_every=10",
+STEPS = 12
+KILL_AT = 6  # the killed runs checkpoint every 3 steps and die after this one
+OVERRIDES = ["data.batch_size=16", "train.log_every=1", "train.eval_every=0", "train.ckpt_every=6",
              "train.eval_batches=2", "train.keep=5", "mesh.shape=(-1,1,1)", "data.prefetch=1"]
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,8 @@ def _port() -> int:
 
 
 def _env(n: int, i: int, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("JAX_", "XLA_")) or k == "JAX_COMPILATION_CACHE_DIR"}
     env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={GLOBAL_DEVICES // n}",
                PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     if n > 1:
@@ -105,7 +107,7 @@ def global_rows(reports: list[dict]) -> dict[int, list[int]]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[int, tuple[Path, list[dict]]]:
-    """Uninterrupted 20-step runs with 1, 2 and 4 processes (8, 4 and 2 devices each)."""
+    """Uninterrupted 12-step runs with 1, 2 and 4 processes (8, 4 and 2 devices each)."""
     root = tmp_path_factory.mktemp("mp")
     return {n: (root / f"p{n}", run(n, root / f"p{n}", "run")) for n in (1, 2, 4)}
 
@@ -132,10 +134,10 @@ def test_process_counts_train_the_same_global_batches(reference):
 
 
 def kill_after_checkpoint(n: int, workdir: Path, step: int) -> None:
-    """Start an n-process run of STEPS steps (checkpoints every 5) and SIGKILL every process once checkpoint
+    """Start an n-process run of STEPS steps (checkpoints every 3) and SIGKILL every process once checkpoint
     `step` is on disk (orbax renames a finished checkpoint into place, so the folder means complete); a later
     checkpoint that made it is removed, so the rerun resumes from `step`."""
-    procs = start(n, workdir, "killed", [*OVERRIDES, f"train.steps={STEPS}", "train.ckpt_every=5"])
+    procs = start(n, workdir, "killed", [*OVERRIDES, f"train.steps={STEPS}", "train.ckpt_every=3"])
     deadline = time.monotonic() + 240
     while not (workdir / "checkpoints" / str(step)).is_dir() and time.monotonic() < deadline:
         if any(p.poll() is not None for p in procs):
@@ -152,27 +154,27 @@ def kill_after_checkpoint(n: int, workdir: Path, step: int) -> None:
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory) -> dict[int, Path]:
-    """Runs of 1 and 2 processes SIGKILLed after checkpoint 10 (each resume below works on a copy)."""
+    """Runs of 1 and 2 processes SIGKILLed after checkpoint KILL_AT (each resume below works on a copy)."""
     root = tmp_path_factory.mktemp("killed")
     for n in (1, 2):
-        kill_after_checkpoint(n, root / f"p{n}", 10)
+        kill_after_checkpoint(n, root / f"p{n}", KILL_AT)
     return {n: root / f"p{n}" for n in (1, 2)}
 
 
 def resume_copy(killed: Path, workdir: Path, n: int) -> list[dict]:
-    """Copy a killed run's workdir and rerun its command with n processes (it resumes from checkpoint 10)."""
+    """Copy a killed run's workdir and rerun its command with n processes (it resumes from checkpoint KILL_AT)."""
     shutil.copytree(killed, workdir)
     return run(n, workdir, "second")
 
 
 def check_resumed(ref: tuple[Path, list[dict]], workdir: Path, resumed: list[dict], rtol: float) -> None:
-    """Steps 11-20 of the resumed run have the losses and global batches of the uninterrupted run."""
+    """Steps KILL_AT+1..STEPS of the resumed run have the losses and global batches of the uninterrupted run."""
     ref_dir, ref_reports = ref
     ref_losses, got = losses(ref_dir), losses(workdir)
-    np.testing.assert_allclose([got[s] for s in range(11, STEPS + 1)], [ref_losses[s] for s in range(11, STEPS + 1)],
-                               rtol=rtol)
+    after = range(KILL_AT + 1, STEPS + 1)
+    np.testing.assert_allclose([got[s] for s in after], [ref_losses[s] for s in after], rtol=rtol)
     ref_rows, rows = global_rows(ref_reports), global_rows(resumed)
-    assert sorted(rows) == list(range(10, STEPS))  # batch_hook steps are 0-based: steps 11..20 fed batches 10..19
+    assert sorted(rows) == list(range(KILL_AT, STEPS))  # batch_hook steps are 0-based: step k + 1 fed batch k
     assert all(rows[s] == ref_rows[s] for s in rows)
 
 
@@ -181,7 +183,8 @@ def test_sigkill_all_then_resume_equals_uninterrupted(reference, killed, tmp_pat
     resumed = resume_copy(killed[2], workdir, 2)  # same command again: resumes from the newest checkpoint
     check_resumed(reference[2], workdir, resumed, rtol=1e-6)
     got, ref = losses(workdir), losses(reference[2][0])
-    np.testing.assert_allclose([got[s] for s in range(1, 11)], [ref[s] for s in range(1, 11)], rtol=1e-6)
+    before = range(1, KILL_AT + 1)
+    np.testing.assert_allclose([got[s] for s in before], [ref[s] for s in before], rtol=1e-6)
 
 
 def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
@@ -209,7 +212,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
 
 @pytest.mark.parametrize("first,second", [(2, 1), (1, 2), (2, 4)])
 def test_restore_onto_another_process_count(reference, killed, tmp_path, first, second):
-    """`first` processes were killed after checkpoint 10; `second` processes resume it: steps 11-20 have the losses
-    and global batches of the uninterrupted run (the data position is the step, whatever the host count)."""
+    """`first` processes were killed after checkpoint KILL_AT; `second` processes resume it: the later steps have the
+    losses and global batches of the uninterrupted run (the data position is the step, whatever the host count)."""
     workdir = tmp_path / f"p{first}to{second}"
     check_resumed(reference[first], workdir, resume_copy(killed[first], workdir, second), rtol=1e-5)

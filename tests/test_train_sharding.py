@@ -42,10 +42,10 @@ def _run(cfg: config.Config, steps: int) -> list[float]:
 
 @pytest.mark.slow
 def test_same_losses_on_every_mesh_layout():
-    ref = _run(_cfg(MESHES["1dev"]), 20)
-    assert ref[-1] < ref[0]  # it learns something in 20 steps
+    ref = _run(_cfg(MESHES["1dev"]), 10)
+    assert ref[-1] < ref[0]  # it learns something in 10 steps
     for name in ("data8", "data2_fsdp4", "data2_fsdp2_tensor2"):
-        got = _run(_cfg(MESHES[name]), 20)
+        got = _run(_cfg(MESHES[name]), 10)
         np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=name)
 
 

@@ -48,7 +48,7 @@ def test_grad_accumulation_matches_mean_of_micro_batch_gradients():
                                     jax.random.fold_in(key, i), mb, cfg.flow)[0]
         return total / 2
 
-    loss, grads = jax.value_and_grad(ref_loss)(jax.device_put(params0, jax.devices()[0]))
+    loss, grads = jax.jit(jax.value_and_grad(ref_loss))(jax.device_put(params0, jax.devices()[0]))
     tx = train_state.make_optimizer(cfg)
     updates, _ = tx.update(grads, tx.init(params0), params0)
     expected = optax.apply_updates(params0, updates)

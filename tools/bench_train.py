@@ -9,6 +9,7 @@
 MFU = FLOPs of one global step * steps/s / (peak * devices). FLOPs: XLA's cost analysis of the lowered step, or
 the analytic 6N count where XLA gives none (GPU). Peak: the best FLOP/s of an n x n matmul on one device in the
 model's compute dtype, measured in the same run (--peak-tflops overrides).
+`--lora-vs-full R` benches the config as a full fine-tune and as a LoRA fine-tune of rank R, one after the other.
 On CPU run it without --xla_force_host_platform_device_count (virtual devices share the same cores).
 `--aot` lowers and compiles the train step from abstract shapes only (no parameter is allocated, so paper-scale
 configs fit on any machine) and reports the lower / compile seconds and `compiled.memory_analysis()` per device:
@@ -138,11 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="per-device peak; 0 = measure a matmul")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--aot", action="store_true", help="compile time and per-device memory from AOT compilation only")
+    ap.add_argument("--lora-vs-full", type=int, default=0, metavar="RANK", help="bench the config as a full fine-tune "
+                    "and as a LoRA fine-tune of this rank (base frozen), one after the other; print both and the ratio")
     args = ap.parse_args(argv)
     from musicflow_jax import config
 
     path, preset_sets = PRESETS[args.preset or "tiny"] if not args.config else (args.config, [])
     cfg = config.load(ROOT / path if not Path(path).is_absolute() else path, [*preset_sets, *args.set])
+    if args.lora_vs_full:
+        full = bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)
+        lora_cfg = config.apply_overrides(cfg, [f"model.lora_rank={args.lora_vs_full}"])
+        lora = bench(lora_cfg, args.steps, args.warmup, full["peak_tflops_per_device"], args.matmul_n)
+        print(json.dumps({"full": full, "lora": lora, "trained_params": {"full": full["params"],
+                                                                          "lora": lora["params"]},
+                          "lora_over_full_steps_per_s": round(lora["steps_per_s"] / full["steps_per_s"], 3)}))
+        return 0
     print(json.dumps(aot(cfg) if args.aot else bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)))
     return 0
 

@@ -48,6 +48,9 @@ SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/Fluid
 # caption name -> GM program (0-based); solo instruments play every part
 SOLO = {"a church organ": 19, "a piano": 0, "a harpsichord": 6, "a string ensemble": 48, "a choir": 52,
         "a nylon-string guitar": 24, "a marimba": 12, "an accordion": 21, "a brass section": 61}
+# instruments only `--instrument` plays (never drawn, so corpora built before them stay the same): new timbres and
+# caption words for fine-tuning subsets
+EXTRA_SOLO = {"a kalimba": 108, "a steel drum": 114, "a music box": 10}
 # ensembles: one instrument per part, from the top voice down (repeats the last for extra parts)
 ENSEMBLES = {
     "a string quartet": (("violin", 40), ("violin", 40), ("viola", 41), ("cello", 42)),
@@ -109,10 +112,11 @@ def transpositions(seed: int, score: str, count: int) -> list[int]:
 
 
 def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_frac: float, midi_out: Path,
-            transpose: int = 0, split: str | None = None) -> Piece:
+            transpose: int = 0, split: str | None = None, instrument_name: str | None = None) -> Piece:
     """Parse, choose instruments/tempo, write MIDI; return the piece description (raises on bad scores). A
     transposed copy (`transpose` semitones) draws its instruments and tempo from its own seed and takes `split`
-    (its original's)."""
+    (its original's). `instrument_name` (a SOLO or ENSEMBLES caption name) replaces the seeded instrument draw (the
+    draw still happens, so tempo and split stay those of the unrestricted corpus)."""
     from music21 import converter, instrument, stream, tempo
     from music21 import key as key_module
 
@@ -139,6 +143,11 @@ def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_f
     else:
         ensemble = rng.choice(sorted(ENSEMBLES))
         voices = ENSEMBLES[ensemble]
+        chosen = tuple(voices[min(i, len(voices) - 1)] for i in range(len(s.parts)))
+    if instrument_name:
+        ensemble = instrument_name
+        program = {**SOLO, **EXTRA_SOLO}.get(instrument_name)
+        voices = ENSEMBLES.get(instrument_name) or ((instrument_name.split(" ", 1)[1], program),)
         chosen = tuple(voices[min(i, len(voices) - 1)] for i in range(len(s.parts)))
     for part, (_, program) in zip(s.parts, chosen):
         for inst in list(part.recurse().getElementsByClass(instrument.Instrument)):
@@ -241,7 +250,8 @@ def _find_soundfont(soundfont: str | None) -> str:
 
 
 def render_score(out: Path, score: str, composer: str, seed: int, sf2: str, sample_rate: int, max_seconds: float,
-                 valid_frac: float, test_frac: float, n_transpositions: int) -> list[dict[str, Any]]:
+                 valid_frac: float, test_frac: float, n_transpositions: int, instrument_name: str | None = None
+                 ) -> list[dict[str, Any]]:
     """Render one score and its transposed copies into `out`; one dict per rendering: {"entry", "piece"} or
     {"failure"}. A failed original takes its copies with it (they need its split)."""
     import soundfile as sf
@@ -253,7 +263,8 @@ def render_score(out: Path, score: str, composer: str, seed: int, sf2: str, samp
         wav, mid = out / "audio" / f"{stem}.wav", out / "midi" / f"{stem}.mid"
         notes = out / "notes" / f"{stem}.json"
         try:
-            piece = prepare(score, composer, seed, valid_frac, test_frac, mid, transpose=shift, split=split)
+            piece = prepare(score, composer, seed, valid_frac, test_frac, mid, transpose=shift, split=split,
+                            instrument_name=instrument_name)
             if wav.is_file():  # rerun: same seed gives the same MIDI, keep the audio
                 seconds = sf.info(str(wav)).duration
             else:
@@ -275,10 +286,11 @@ def render_score(out: Path, score: str, composer: str, seed: int, sf2: str, samp
 def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), limit: int | None = None, seed: int = 0,
                  sample_rate: int = 24_000, soundfont: str | None = None, max_seconds: float = 0.0,
                  valid_frac: float = 0.05, test_frac: float = 0.05, skip: int = 0, transpositions_per_score: int = 0,
-                 jobs: int = 1, progress: bool = True) -> dict[str, Any]:
+                 jobs: int = 1, progress: bool = True, instrument: str | None = None) -> dict[str, Any]:
     """Render scores (and `transpositions_per_score` transposed copies of each) into `out`/audio (notes/ beside it),
     `jobs` scores at a time; write `out`/manifest.jsonl, pieces.jsonl and failures.jsonl in the seeded score order;
-    return a summary."""
+    return a summary. `instrument`: every score played on this one (a caption name of SOLO or ENSEMBLES), e.g. a
+    fine-tuning subset."""
     from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
@@ -290,6 +302,7 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
         raise CorpusInputError(f"--skip must be >= 0, got {skip}")
     if jobs < 1:
         raise CorpusInputError(f"--jobs must be >= 1, got {jobs}")
+    check_instrument(instrument)
     transpositions(seed, "check", transpositions_per_score)  # range check before any work
     # an unknown composer is refused before anything is written; `skip` drops the head of the seeded order
     scores = list_scores(list(composers), limit + skip if limit else None, seed)[skip:]
@@ -298,7 +311,7 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     (out / "midi").mkdir(exist_ok=True)
     (out / "notes").mkdir(exist_ok=True)
     args = [(out, score, composer, seed, sf2, sample_rate, max_seconds, valid_frac, test_frac,
-             transpositions_per_score) for score, composer in scores]
+             transpositions_per_score, instrument) for score, composer in scores]
     t0 = time.perf_counter()
     bar = tqdm(total=len(scores), desc="render", disable=not progress)
     if jobs == 1:
@@ -332,6 +345,13 @@ def build_corpus(out: str | Path, *, composers: tuple[str, ...] = ("bach",), lim
     return summary
 
 
+def check_instrument(name: str | None) -> None:
+    known = sorted(SOLO) + sorted(ENSEMBLES) + sorted(EXTRA_SOLO)
+    if name and name not in known:
+        raise CorpusInputError(f"--instrument {name!r} is not one of the corpus instruments: pass one of "
+                               f"{', '.join(repr(n) for n in known)}")
+
+
 def check_args(a: argparse.Namespace) -> tuple[str, ...]:
     """Validate the command line before any work; returns the composers."""
     composers = tuple(c.strip() for c in a.composers.split(",") if c.strip())
@@ -355,6 +375,7 @@ def check_args(a: argparse.Namespace) -> tuple[str, ...]:
     if a.valid_frac + a.test_frac >= 1.0:
         raise CorpusInputError(f"--valid-frac + --test-frac must be < 1 to leave training data, got "
                                f"{a.valid_frac} + {a.test_frac}")
+    check_instrument(a.instrument)
     _find_soundfont(a.soundfont)
     return composers
 
@@ -373,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transpositions", type=int, default=0, help="also render each score in this many seeded "
                     "transposed keys (-5..+6 semitones; captions name the transposed key)")
     ap.add_argument("--jobs", type=int, default=1, help="scores rendered at a time")
+    ap.add_argument("--instrument", default=None, help="play every score on this one (caption name, e.g. 'a marimba'; "
+                    "default: a seeded draw per score)")
     ap.add_argument("--valid-frac", type=float, default=0.05)
     ap.add_argument("--test-frac", type=float, default=0.05)
     a = ap.parse_args(argv)
@@ -381,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = build_corpus(a.out, composers=composers, limit=a.limit or None, seed=a.seed,
                                sample_rate=a.sample_rate, soundfont=a.soundfont, max_seconds=a.max_seconds,
                                valid_frac=a.valid_frac, test_frac=a.test_frac, skip=a.skip,
-                               transpositions_per_score=a.transpositions, jobs=a.jobs)
+                               transpositions_per_score=a.transpositions, jobs=a.jobs, instrument=a.instrument)
     except (CorpusInputError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

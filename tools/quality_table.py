@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row-n", default="", help="per-row clip counts where CPU time is short, e.g. t2m_10s=16")
     ap.add_argument("--features", default="model", help="FD on this backend's features ('model': the model's own; "
                     "'' for none)")
-    for flag in ("--vggish", "--panns", "--ast", "--clap"):
+    for flag in ("--vggish", "--panns", "--ast", "--clap", "--classifier"):
         ap.add_argument(flag, default=None, help="passed to python -m musicflow_jax.evaluate")
     a = ap.parse_args(argv)
     out = Path(a.out)
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--mode", spec.mode, "--n", str(spec.n), "--seed", str(spec.seed), "--duration",
                     str(spec.duration), "--prompt-seconds", str(spec.prompt_seconds), "--infill-seconds",
                     str(spec.infill_seconds)]
-        for flag in ("features", "vggish", "panns", "ast", "clap"):
+        for flag in ("features", "vggish", "panns", "ast", "clap", "classifier"):
             if getattr(a, flag):
                 argv_row += [f"--{flag}", getattr(a, flag)]
         for flag, vals in (("--steps", spec.steps), ("--cfg", spec.cfg)):

@@ -35,19 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     from musicflow_jax.evaluate.model import ceiling_audio, read_window
     from musicflow_jax.generate import spectrogram_panels_png
     from musicflow_jax.manifest import read_manifest
-    from musicflow_jax.pipeline import MusicFlow
+    from musicflow_jax.pipeline import GenerateError, MusicFlow
 
+    if not Path(a.manifest).is_file():
+        print(f"error: --manifest {a.manifest} does not exist: pass a tools/build_corpus.py manifest.jsonl",
+              file=sys.stderr)
+        return 2
     try:
         entries, _ = read_manifest(a.manifest)
         rows = [int(i) for i in a.clips.split(",")]
         chosen = [entries[i] for i in rows]
     except (ValueError, IndexError) as e:
-        print(f"error: --clips {a.clips!r} / --manifest {a.manifest}: {e}; give row numbers of the manifest",
-              file=sys.stderr)
+        print(f"error: --clips {a.clips!r} / --manifest {a.manifest}: {' '.join(str(e).split())}; give row numbers "
+              "of the manifest", file=sys.stderr)
         return 2
-    models = [("generated", MusicFlow.load(None if a.checkpoint == "bundled" else a.checkpoint))]
-    if a.compare:
-        models.append((a.compare_label, MusicFlow.load(a.compare)))
+    try:
+        models = [("generated", MusicFlow.load(None if a.checkpoint == "bundled" else a.checkpoint))]
+        if a.compare:
+            models.append((a.compare_label, MusicFlow.load(a.compare)))
+    except GenerateError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
     mf = models[0][1]
     sr = mf.sample_rate
     panels = []

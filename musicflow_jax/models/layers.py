@@ -33,6 +33,24 @@ Rules = tuple[tuple[str, str | None], ...]
 Initializer = nnx.initializers.Initializer
 
 
+def kernel_einsum(module: nnx.Module, name: str, spec: str, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """einsum(spec, x, module.<name>) in `dtype`, plus the LoRA term when the kernel has adapters
+    (`<name>_lora_a` over the contracted axes, `<name>_lora_b` over the output axes; finetune.add_adapters):
+    x W + lora_factor * (x A) B, never forming W + A B, so no gradient of the frozen W is computed."""
+    y = jnp.einsum(spec, x, getattr(module, name)[...].astype(dtype))
+    a = getattr(module, name + "_lora_a", None)
+    if a is None:
+        return y
+    b = getattr(module, name + "_lora_b")
+    ins, out = spec.split("->")
+    xs, ks = ins.split(",")
+    contracted = "".join(c for c in ks if c in xs)
+    kept = "".join(c for c in xs if c not in contracted)
+    produced = "".join(c for c in ks if c not in contracted)
+    xa = jnp.einsum(f"{xs},{contracted}z->{kept}z", x, a[...].astype(dtype))
+    return y + module.lora_factor * jnp.einsum(f"{kept}z,z{produced}->{out}", xa, b[...].astype(dtype))
+
+
 def param(init: Initializer, names: tuple[str | None, ...]) -> Initializer:
     """Wrap an initializer so the created nnx.Param carries logical axis `names` (not eagerly sharded)."""
     return nnx.with_partitioning(init, names, eager_sharding=False)
@@ -68,7 +86,7 @@ class Dense(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x_bti: jax.Array) -> jax.Array:
-        y_bto = jnp.einsum("...i,io->...o", x_bti.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y_bto = kernel_einsum(self, "kernel", "...i,io->...o", x_bti.astype(self.dtype), self.dtype)
         if self.bias is not None:
             y_bto = y_bto + self.bias[...].astype(self.dtype)
         return y_bto
@@ -149,9 +167,9 @@ class MultiHeadAttention(nnx.Module):
                  positions_bt: jax.Array | None = None) -> jax.Array:
         dt = self.dtype
         x_btd, ctx_bsc = x_btd.astype(dt), ctx_bsc.astype(dt)
-        q_bthk = jnp.einsum("btd,dhk->bthk", x_btd, self.w_q[...].astype(dt))
-        k_bshk = jnp.einsum("bsc,chk->bshk", ctx_bsc, self.w_k[...].astype(dt))
-        v_bshk = jnp.einsum("bsc,chk->bshk", ctx_bsc, self.w_v[...].astype(dt))
+        q_bthk = kernel_einsum(self, "w_q", "btd,dhk->bthk", x_btd, dt)
+        k_bshk = kernel_einsum(self, "w_k", "bsc,chk->bshk", ctx_bsc, dt)
+        v_bshk = kernel_einsum(self, "w_v", "bsc,chk->bshk", ctx_bsc, dt)
         kv_axis = "frames" if self.rope_theta is not None else "text"
         q_bthk = constrain(q_bthk, ("batch", "frames", "heads", "kv"), self.rules)
         k_bshk = constrain(k_bshk, ("batch", kv_axis, "heads", "kv"), self.rules)
@@ -168,7 +186,7 @@ class MultiHeadAttention(nnx.Module):
             v_bshk = jnp.concatenate([null_v_b1hk, v_bshk], axis=1)
             key_mask_bs = jnp.concatenate([jnp.ones((b, 1), bool), key_mask_bs], axis=1)
         o_bthk = attention(q_bthk, k_bshk, v_bshk, key_mask_bs, self.implementation)
-        return jnp.einsum("bthk,hkd->btd", o_bthk, self.w_o[...].astype(dt))
+        return kernel_einsum(self, "w_o", "bthk,hkd->btd", o_bthk, dt)
 
 
 class MLP(nnx.Module):

@@ -49,6 +49,7 @@ from musicflow_jax.models.layers import (
     Dense,
     LayerNorm,
     MultiHeadAttention,
+    kernel_einsum,
     param,
     sinusoidal_embedding,
 )
@@ -96,8 +97,8 @@ class SkipMerge(nnx.Module):
 
     def __call__(self, h_btd: jax.Array, skip_btd: jax.Array) -> jax.Array:
         dt = self.dtype
-        y_btd = (jnp.einsum("btd,de->bte", h_btd.astype(dt), self.kernel_h[...].astype(dt))
-                 + jnp.einsum("btd,de->bte", skip_btd.astype(dt), self.kernel_skip[...].astype(dt)))
+        y_btd = (kernel_einsum(self, "kernel_h", "btd,de->bte", h_btd.astype(dt), dt)
+                 + kernel_einsum(self, "kernel_skip", "btd,de->bte", skip_btd.astype(dt), dt))
         return y_btd + self.bias[...].astype(dt)
 
 

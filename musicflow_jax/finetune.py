@@ -1,0 +1,317 @@
+"""Fine-tuning: start from an exported model or another run (`train.init_from`), LoRA adapters (`model.lora_rank`,
+`model.lora_alpha`, `model.lora_targets`), freezing by pattern (`train.trainable`), and the adapter files that
+generation applies and export merges.
+
+Parameter paths are the model's NNX paths joined with "." (as in exported stage files), e.g.
+`down.layers.block.cross_attn.w_q` (stacked layers carry a leading "layers" axis).
+
+The train state's `params` (what the optimizer and the EMA see) holds the trainable base parameters and the
+adapters; the frozen base parameters are the state's `frozen`, never written to checkpoints (they are
+train.init_from's weights, loaded again on resume; `fingerprint` guards against that file changing).
+
+LoRA (Hu et al. 2021): a targeted kernel W of shape (*layers, *in, *out) gets A (*layers, *in, r), Gaussian with
+std 1/sqrt(prod(in)), and B (*layers, r, *out), zero, so training starts at the base model. `add_adapters` makes
+them nnx.Params of the module owning W (`<name>_lora_a`, `<name>_lora_b`, with W's logical axes and None on the
+rank axis, so they shard like W and stack like the layers), and the layer computes x W + (lora_alpha / lora_rank)
+(x A) B (models/layers.kernel_einsum): W is never differentiated. Export folds them in (`merge_flat`:
+W + factor A B) or writes them alone; in adapter files, base parameters trained alongside are stored whole and
+applied as base + scale * (trained - base), so `scale` 0 is exactly the base model and 1 the fine-tuned one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from musicflow_jax.config import Config
+
+ADAPTER_FORMAT = "musicflow_jax.adapters/1"
+LORA_A, LORA_B = "_lora_a", "_lora_b"
+ADAPTABLE = ("kernel", "w_q", "w_k", "w_v", "w_o", "kernel_h", "kernel_skip")  # kernels kernel_einsum applies
+
+
+class FineTuneError(ValueError):
+    """A fine-tuning input that does not fit (init_from weights, adapter file, patterns), with the fix."""
+
+
+def key_of(path: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def is_active(cfg: Config) -> bool:
+    """Whether the run trains only part of the model (LoRA and/or train.trainable)."""
+    return cfg.model.lora_rank > 0 or bool(cfg.train.trainable)
+
+
+def lora_factor(cfg: Config) -> float:
+    return cfg.model.lora_alpha / cfg.model.lora_rank if cfg.model.lora_rank else 0.0
+
+
+def is_adapter(key: str) -> bool:
+    return key.endswith((LORA_A, LORA_B))
+
+
+def _names(var: nnx.Variable, ndim: int) -> tuple[str | None, ...]:
+    meta = var.get_metadata()
+    names = meta.get("out_sharding") or meta.get("sharding_names")
+    return tuple(names) if names else (None,) * ndim
+
+
+def _in_axes(names: tuple[str | None, ...]) -> int:
+    """Input axes of a kernel after its leading "layers" axes: (heads, kv) for the attention output projection,
+    else the first axis."""
+    return 2 if names and names[0] == "heads" else 1
+
+
+def lora_plan(params: nnx.State, cfg: Config) -> list[tuple[tuple[Any, ...], int, int]]:
+    """(path, leading layer axes, input axes) of every parameter model.lora_targets matches."""
+    pattern = re.compile(cfg.model.lora_targets)
+    plan, seen = [], []
+    for path, var in nnx.to_flat_state(params):
+        key = key_of(path)
+        seen.append(key)
+        if not pattern.search(key):
+            continue
+        names = _names(var, var[...].ndim)
+        lead = sum(1 for n in names if n == "layers")
+        rest = names[lead:]
+        if str(path[-1]) not in ADAPTABLE or len(rest) < 2:
+            raise FineTuneError(f"config key 'model.lora_targets': {cfg.model.lora_targets!r} matches {key} of shape "
+                                f"{tuple(var[...].shape)}, not a weight matrix LoRA can adapt "
+                                f"({', '.join(ADAPTABLE)}): narrow the pattern (e.g. end it with w_[qkvo]$ or kernel$)")
+        plan.append((path, lead, _in_axes(rest)))
+    if not plan:
+        raise FineTuneError(f"config key 'model.lora_targets': {cfg.model.lora_targets!r} matches no parameter; "
+                            f"paths look like {', '.join(seen[:3])}")
+    return plan
+
+
+def trainable_keys(params: nnx.State, cfg: Config) -> set[str]:
+    """Base parameters that train: all without fine-tuning options, those train.trainable matches with it (none by
+    default when LoRA is on: the adapters alone train)."""
+    keys = [key_of(p) for p, _ in nnx.to_flat_state(params)]
+    if not is_active(cfg):
+        return set(keys)
+    if not cfg.train.trainable:
+        return set()
+    pattern = re.compile(cfg.train.trainable)
+    chosen = {k for k in keys if pattern.search(k)}
+    if not chosen and cfg.model.lora_rank == 0:
+        raise FineTuneError(f"config key 'train.trainable': {cfg.train.trainable!r} matches no parameter, so nothing "
+                            f"would train; paths look like {', '.join(keys[:3])}")
+    return chosen
+
+
+def init_adapters(params: nnx.State, cfg: Config, key: jax.Array) -> list[tuple[tuple[Any, ...], nnx.Variable]]:
+    """The (path, nnx.Param) pairs of fresh adapters for every LoRA target (A Gaussian, B zero)."""
+    r, dtype = cfg.model.lora_rank, jnp.dtype(cfg.model.param_dtype)
+    by_path = dict(nnx.to_flat_state(params))
+    out = []
+    for i, (path, lead, n_in) in enumerate(lora_plan(params, cfg)):
+        var = by_path[path]
+        shape, names = var[...].shape, _names(var, var[...].ndim)
+        lead_shape, in_shape, out_shape = shape[:lead], shape[lead:lead + n_in], shape[lead + n_in:]
+        std = 1.0 / math.sqrt(math.prod(in_shape))
+        a = std * jax.random.normal(jax.random.fold_in(key, i), (*lead_shape, *in_shape, r), dtype)
+        b = jnp.zeros((*lead_shape, r, *out_shape), dtype)
+        a_names = (*names[:lead + n_in], None)
+        b_names = (*names[:lead], None, *names[lead + n_in:])
+        stem = path[:-1]
+        out.append(((*stem, f"{path[-1]}{LORA_A}"), nnx.Param(a, out_sharding=a_names, eager_sharding=False)))
+        out.append(((*stem, f"{path[-1]}{LORA_B}"), nnx.Param(b, out_sharding=b_names, eager_sharding=False)))
+    return out
+
+
+def add_adapters(model: nnx.Module, cfg: Config, key: jax.Array) -> None:
+    """Give every kernel model.lora_targets matches its adapters (A Gaussian, B zero), as nnx.Params of the module
+    that owns it; the layers then add the LoRA term (kernel_einsum)."""
+    factor = lora_factor(cfg)
+    for path, var in init_adapters(nnx.state(model, nnx.Param), cfg, key):
+        owner = model
+        for p in path[:-1]:
+            owner = getattr(owner, p) if isinstance(p, str) else owner[p]
+        setattr(owner, str(path[-1]), var)
+        owner.lora_factor = factor
+
+
+def split(params: nnx.State, cfg: Config) -> tuple[nnx.State, nnx.State | None]:
+    """(trained tree, frozen base) for this config: (params, None) without fine-tuning options; else the adapters and
+    the base parameters train.trainable matches vs the rest."""
+    if not is_active(cfg):
+        return params, None
+    flat = list(nnx.to_flat_state(params))
+    train = trainable_keys(nnx.from_flat_state([(p, v) for p, v in flat if not is_adapter(key_of(p))]), cfg)
+    trained = [(p, v) for p, v in flat if key_of(p) in train or is_adapter(key_of(p))]
+    frozen = [(p, v) for p, v in flat if key_of(p) not in train and not is_adapter(key_of(p))]
+    return nnx.from_flat_state(trained), (nnx.from_flat_state(frozen) if frozen else None)
+
+
+def lora_delta(a: Any, b: Any, w_shape: tuple[int, ...]) -> Any:
+    """A B reshaped to W's shape; A (*lead, *in, r), B (*lead, r, *out), W (*lead, *in, *out)."""
+    lead = a.ndim + b.ndim - 2 - len(w_shape)
+    n_in = a.ndim - 1 - lead
+    lead_shape = w_shape[:lead]
+    a2 = a.reshape(*lead_shape, math.prod(w_shape[lead:lead + n_in]), a.shape[-1])
+    b2 = b.reshape(*lead_shape, b.shape[lead], math.prod(w_shape[lead + n_in:]))
+    return (a2 @ b2).reshape(w_shape)
+
+
+def merge_flat(flat: dict[str, Any], factor: float) -> dict[str, Any]:
+    """Base weights with every adapter pair folded in: W + factor * A B (factor = lora_alpha / lora_rank * scale);
+    adapter entries are dropped. Works on jax or numpy arrays."""
+    out = {k: v for k, v in flat.items() if not is_adapter(k)}
+    for k in [k for k in flat if k.endswith(LORA_A)]:
+        base = k[: -len(LORA_A)]
+        if base not in out or base + LORA_B not in flat:
+            raise FineTuneError(f"adapter {k} has no {'base weight ' + base if base not in out else base + LORA_B}")
+        w = out[base]
+        out[base] = w + factor * lora_delta(flat[k], flat[base + LORA_B], tuple(w.shape)).astype(w.dtype)
+    return out
+
+
+def count(state: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
+
+
+# --------------------------------------------------------------------------- train.init_from
+
+
+def load_init(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
+    """(flat float32 weights, description) of train.init_from: an exported stage (file or folder) or a run's
+    workdir (its latest checkpoint's EMA weights, adapters merged)."""
+    from musicflow_jax import stage_io
+    from musicflow_jax.models.transformer import stack_unrolled
+
+    path = Path(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        from musicflow_jax import export
+        from musicflow_jax.weights import flat_params
+
+        _, model, step = export.load_model(path)
+        return flat_params(model), f"run {path} step {step} (EMA)"
+    if not path.exists():
+        raise FineTuneError(f"train.init_from {path} does not exist: pass an exported stage (.safetensors or folder "
+                            "from tools/export.py) or a training run's workdir")
+    try:
+        saved_cfg, flat = stage_io._read(path)
+    except stage_io.StageError as e:
+        raise FineTuneError(f"train.init_from: {e}") from None
+    flat = stack_unrolled(flat, saved_cfg.model.depth)
+    return {k: np.asarray(v, np.float32) for k, v in flat.items()}, f"exported {saved_cfg.model.stage} stage {path}"
+
+
+def check_init(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray], source: str,
+               partial: bool) -> dict[str, list[str]]:
+    """Strict shape check of init_from weights against the model: a wrong shape is an error naming the first
+    parameter and both shapes; missing / unexpected parameters are errors unless `partial` (missing ones keep their
+    fresh initialisation). Returns {"loaded", "missing", "unexpected"} key lists."""
+    for k in sorted(set(expected) & set(flat)):
+        if tuple(flat[k].shape) != tuple(expected[k]):
+            raise FineTuneError(f"train.init_from {source} does not fit this model: '{k}' is {tuple(flat[k].shape)} "
+                                f"there but {tuple(expected[k])} here: use the model config it was trained with")
+    report = {"loaded": sorted(set(expected) & set(flat)), "missing": sorted(set(expected) - set(flat)),
+              "unexpected": sorted(set(flat) - set(expected))}
+    if not partial:
+        for kind in ("missing", "unexpected"):
+            if report[kind]:
+                where = "in the model but not in" if kind == "missing" else "in"
+                raise FineTuneError(
+                    f"train.init_from {source}: {len(report[kind])} {kind} parameter(s), first '{report[kind][0]}' "
+                    f"({where} the file{' and not the model' if kind == 'unexpected' else ''}): use the config it was "
+                    "trained with, or set train.init_partial=true to load the rest")
+    return report
+
+
+def load_values(params: nnx.State, flat: dict[str, Any]) -> nnx.State:
+    """`params` with the values of `flat` where it has them (shapes already checked)."""
+    return nnx.from_flat_state([(p, v.replace(jnp.asarray(flat[key_of(p)], v[...].dtype)) if key_of(p) in flat else v)
+                                for p, v in nnx.to_flat_state(params)])
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of an init_from file (or of a folder's files, or a run's latest checkpoint step + config)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        files = sorted(p for p in (path / "checkpoints").rglob("*") if p.is_file() and "metadata" in p.name)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- adapter files
+
+
+def save_adapters(path: str | Path, cfg: Config, trained: dict[str, np.ndarray], extra: dict[str, Any] | None = None
+                  ) -> Path:
+    """Write the trained tensors of a fine-tune (adapters + base parameters trained alongside) as safetensors with
+    the run's config in the metadata."""
+    from musicflow_jax import config as config_lib
+    from musicflow_jax.atomic_io import save_safetensors
+
+    meta = {"format": ADAPTER_FORMAT, "config": config_lib.to_json(cfg), "stage": cfg.model.stage,
+            "lora_rank": str(cfg.model.lora_rank), "lora_alpha": repr(float(cfg.model.lora_alpha))}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
+    return save_safetensors(Path(path), {k: np.ascontiguousarray(v, np.float32) for k, v in trained.items()}, meta)
+
+
+def read_adapters(path: str | Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """(metadata, tensors) of an adapter file; errors name the file and the fix."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FineTuneError(f"adapter file {path} does not exist: export one with tools/export.py --workdir RUN "
+                            "(a LoRA run, without --merge-lora)")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for other files
+        raise FineTuneError(f"adapter file {path} is not a readable safetensors file ({type(e).__name__})") from None
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise FineTuneError(f"{path} is not an adapter file (format {meta.get('format')!r}, want {ADAPTER_FORMAT}): "
+                            "pass the file tools/export.py wrote for a LoRA run")
+    return meta, tensors
+
+
+def apply_adapters(base: dict[str, np.ndarray], meta: dict[str, str], tensors: dict[str, np.ndarray], scale: float,
+                   source: str) -> dict[str, np.ndarray]:
+    """Base flat weights with an adapter file applied at `scale`: trained base parameters interpolated
+    (base + scale * (trained - base)), LoRA pairs folded in (W + scale * alpha / rank * A B)."""
+    out = dict(base)
+    for k, v in tensors.items():
+        if is_adapter(k):
+            continue
+        if k not in base or base[k].shape != v.shape:
+            got = "missing" if k not in base else f"{tuple(base[k].shape)}"
+            raise FineTuneError(f"adapter file {source}: '{k}' {tuple(v.shape)} does not fit the model ({got}): apply "
+                                "it to the stage it was trained from")
+        out[k] = base[k] + np.float32(scale) * (v - base[k])
+    rank = int(meta.get("lora_rank", "0"))
+    factor = scale * float(meta.get("lora_alpha", "0")) / rank if rank else 0.0
+    pairs = {k: v for k, v in tensors.items() if is_adapter(k)}
+    for k in pairs:
+        stem = k[: -len(LORA_A)] if k.endswith(LORA_A) else k[: -len(LORA_B)]
+        if stem not in base:
+            raise FineTuneError(f"adapter file {source}: '{k}' adapts '{stem}', which this model does not have: apply "
+                                "it to the stage it was trained from")
+    try:
+        return merge_flat(out | pairs, factor)
+    except (ValueError, TypeError) as e:
+        raise FineTuneError(f"adapter file {source} does not fit the model ({e}): apply it to the stage it was "
+                            "trained from") from None

@@ -3,6 +3,8 @@
 A thin CLI over musicflow_jax.pipeline.MusicFlow. Modes: generate (text-to-music, default), continue
 (--prompt-audio a.wav: keep it, generate the rest up to --duration), infill (--regions 3.0-5.5,8-9: regenerate
 those seconds of the prompt), restyle (keep the prompt's semantic features, re-run stage 2 with the new text).
+Draft then refine: --draft generates quickly (4 midpoint steps per stage) and writes <out>.draft.npz beside each
+WAV; --refine <out>.draft.npz re-runs stage 2 of that clip at full quality, its semantic stream kept bit for bit.
 Per-stage options take one value for both stages or "STAGE1,STAGE2" (e.g. --steps 16,8 --cfg 3,2). Without
 --checkpoint the bundled model (musicflow_jax/assets/bundled) is used. Each WAV (with text/seed/config in its
 RIFF INFO metadata) gets a spectrogram PNG beside it. Bad input: one line on stderr, exit code 2.
@@ -26,7 +28,8 @@ from musicflow_jax.pipeline import GenerateError, Generation, StageSettings
 EXIT_BAD_INPUT = 2
 FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-audio", "steps": "--steps",
          "solver": "--solver", "cfg_scale": "--cfg", "overlap": "--overlap", "checkpoint": "--checkpoint",
-         "texts": "--text", "seed": "--seed"}  # API parameter (GenerateError.param) -> the flag that sets it
+         "texts": "--text", "seed": "--seed", "draft": "--refine", "dtype": "--dtype",
+         "device": "--device"}  # API parameter (GenerateError.param) -> the flag that sets it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--duration", default=None, help="seconds (total length for --mode continue); default 10; "
                     "infill/restyle keep the prompt's length")
     ap.add_argument("--out", default="out.wav", help="WAV path; with several prompts out_<i>.wav")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="default 0 (--refine: the draft's)")
     ap.add_argument("--steps", default=None, help="ODE steps, N or N1,N2 per stage (default: the stage configs)")
     ap.add_argument("--solver", default=None, help="euler|midpoint|heun|dopri5, or S1,S2 per stage")
     ap.add_argument("--cfg", default=None, help="classifier-free guidance scale, W or W1,W2 per stage")
@@ -59,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt-audio", default=None, help="audio file for continue/infill/restyle")
     ap.add_argument("--regions", default=None, help="infill regions in seconds, START-END[,START-END...]")
     ap.add_argument("--overlap", type=float, default=0.5, help="long-form window overlap (fraction of a window)")
+    ap.add_argument("--draft", action="store_true", help="quick draft: 4 midpoint steps per stage (unless --steps/"
+                    "--solver say otherwise); writes <out>.draft.npz beside each WAV for --refine")
+    ap.add_argument("--refine", default=None, metavar="DRAFT.npz", help="re-run stage 2 of a --draft clip at full "
+                    "quality, keeping its semantic stream (text and seed: the draft's unless --text/--seed)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="the flow stages' compute dtype "
+                    "(default: as trained, float32; bfloat16 is for GPUs/TPUs)")
+    ap.add_argument("--device", default=None, help="cpu, gpu, tpu or gpu:N (default: JAX's default device)")
     ap.add_argument("--no-spectrogram", action="store_true", help="do not write the PNG beside each WAV")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
@@ -78,11 +88,12 @@ def _pair(value: str | None, cast: Any, name: str) -> tuple[Any, Any]:
     return (vals[0], vals[-1])
 
 
-def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | None
+def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | None, draft: bool = False
                    ) -> tuple[StageSettings, StageSettings]:
+    """Per-stage settings: the flags where given, else the stage's defaults (a draft's with `draft`)."""
     st, so, cf = _pair(steps, int, "steps"), _pair(solver, str, "solver"), _pair(cfg, float, "cfg")
     out = []
-    for i, base in enumerate(st.settings for st in mf.stages):
+    for i, base in enumerate(mf.draft_settings(st) if draft else st.settings for st in mf.stages):
         out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
                                  solver=base.solver if so[i] is None else so[i],
                                  cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
@@ -268,8 +279,10 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> list[Path]:
     from musicflow_jax.config import config_hash
-    from musicflow_jax.pipeline import MusicFlow, check_duration, check_texts
+    from musicflow_jax.pipeline import check_duration, check_texts
 
+    if args.refine is not None:
+        return _refine(args)
     if args.prompts_file and args.text:
         raise GenerateError("give either --text or --prompts-file, not both")
     if not args.prompts_file and not args.text:
@@ -279,9 +292,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     if fixed_length and args.duration is not None:
         raise GenerateError(f"--mode {mode} keeps the prompt's length: drop --duration")
     duration = None if fixed_length else (args.duration if args.duration is not None else "10")
-    check_seed(args.seed, "--seed")
-    jobs = (read_prompts(args.prompts_file, duration, args.seed) if args.prompts_file else
-            [{"text": t, "duration": duration, "seed": args.seed, "out": None} for t in args.text])
+    seed = check_seed(0 if args.seed is None else args.seed, "--seed")
+    jobs = (read_prompts(args.prompts_file, duration, seed) if args.prompts_file else
+            [{"text": t, "duration": duration, "seed": seed, "out": None} for t in args.text])
     check_texts([j["text"] for j in jobs])
     if mode != "generate" and not args.prompt_audio:
         raise GenerateError(f"--mode {mode} needs --prompt-audio FILE")
@@ -304,9 +317,10 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise GenerateError(f"--batch {args.batch} must be >= 1")
     regions = parse_regions(args.regions) if mode == "infill" else None
     outs = out_paths(args.out, jobs)  # refused before any model is loaded or anything generated
-    mf = MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint,
-                        lora=args.lora, lora_scale=lora_scales(args.lora_scale, len(args.lora)))
-    s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
+    if args.draft and mode != "generate":
+        raise GenerateError(f"--draft is for text-to-music (--mode generate), not --mode {mode}")
+    mf = _load(args)
+    s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg, draft=args.draft)
     prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
     extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),
              "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
@@ -323,7 +337,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             part = idx[k: k + args.batch]
             texts = [jobs[i]["text"] for i in part]
             if mode == "generate":
-                g = mf.generate(texts, duration, seed=seed, **kw)
+                g = mf.generate(texts, duration, seed=seed, draft=args.draft, **kw)
             elif mode == "continue":
                 g = mf.continue_(texts, prompt, duration, seed=seed, **kw)
             elif mode == "infill":
@@ -331,11 +345,58 @@ def run(args: argparse.Namespace) -> list[Path]:
             else:
                 g = mf.restyle(texts, prompt, seed=seed, stage2=s2, overlap=args.overlap, progress=not args.quiet)
             written += write_outputs(g, [outs[i] for i in part], not args.no_spectrogram, extra)
+            if args.draft:
+                for row, i in enumerate(part):
+                    g.save_draft(row, draft_path(outs[i]))
             if not args.quiet:
                 print(f"{len(part)} x {g.audio.shape[-1] / g.sample_rate:.2f} s in {g.seconds:.1f} s "
                       f"(NFE {g.nfe['stage1']}+{g.nfe['stage2']}): {', '.join(str(outs[i]) for i in part)}",
                       file=sys.stderr)
     return written
+
+
+def draft_path(wav: Path) -> Path:
+    """Where --draft puts a clip's draft file: beside the WAV, music.wav -> music.draft.npz."""
+    return wav.with_suffix(".draft.npz")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from musicflow_jax.pipeline import MusicFlow
+
+    return MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint,
+                          lora=args.lora, lora_scale=lora_scales(args.lora_scale, len(args.lora)), dtype=args.dtype,
+                          device=args.device)
+
+
+def _refine(args: argparse.Namespace) -> list[Path]:
+    """--refine DRAFT.npz: stage 2 of the draft's clip at full quality (settings: --steps/--solver/--cfg for stage 2
+    or the stage's defaults), written to --out."""
+    from musicflow_jax.config import config_hash
+    from musicflow_jax.generation import GenerationFileError, read_draft
+
+    for flag, value in (("--prompts-file", args.prompts_file), ("--prompt-audio", args.prompt_audio),
+                        ("--duration", args.duration), ("--mode", args.mode), ("--regions", args.regions)):
+        if value is not None:
+            raise GenerateError(f"{flag} does not go with --refine: a refined clip keeps its draft's length and "
+                                "semantic stream")
+    if args.draft:
+        raise GenerateError("--draft and --refine exclude each other: draft first, then refine the .draft.npz")
+    if len(args.text) > 1:
+        raise GenerateError("--refine takes one --text (the draft is one clip)")
+    try:
+        draft = read_draft(args.refine)
+    except GenerationFileError as e:
+        raise GenerateError(f"--refine: {e}") from None
+    outs = out_paths(args.out, [{"out": None}])
+    mf = _load(args)
+    _, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
+    seed = draft.seed if args.seed is None else check_seed(args.seed, "--seed")
+    g = mf.refine(draft, args.text or None, seed=seed, stage2=s2, overlap=args.overlap, progress=not args.quiet)
+    extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),
+             "draft": str(args.refine)}
+    if not args.quiet:
+        print(f"refined {g.duration:.2f} s in {g.seconds:.1f} s (NFE {g.nfe['stage2']}): {outs[0]}", file=sys.stderr)
+    return write_outputs(g, outs, not args.no_spectrogram, extra)
 
 
 def main(argv: list[str] | None = None) -> int:

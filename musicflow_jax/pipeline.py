@@ -19,6 +19,7 @@ API parameter (`e.param`; the CLI names its flag instead) and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -30,14 +31,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicflow_jax import features, longform
+from musicflow_jax import buckets, features, longform
 from musicflow_jax.backends import BackendError, FeatureBackend, load_backend
 from musicflow_jax.config import Config, ConfigError, TextConfig
+from musicflow_jax.generation import Draft, Generation, GenerationFileError, read_draft
 
 BUNDLED = Path(__file__).resolve().parent / "assets" / "bundled"
 MAX_DURATION = 600.0  # seconds; long-form beyond this is refused (memory/time on CPU)
 AUDIO_FADE_S = 0.02  # crossfade where generated audio meets kept prompt audio
 STAGE_NAMES = ("stage1", "stage2")
+DRAFT_STEPS = 4  # midpoint steps per stage of a draft (8 network evaluations instead of the defaults' 32)
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class GenerateError(ValueError):
@@ -59,25 +63,6 @@ class StageSettings:
     def from_config(cls, cfg: Config) -> StageSettings:
         """The stage's own defaults (cfg.sample)."""
         return cls(steps=cfg.sample.steps, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale)
-
-
-@dataclasses.dataclass
-class Generation:
-    audio: np.ndarray  # (B, S) float32 at sample_rate
-    sample_rate: int
-    semantic: np.ndarray  # (B, T_s, C) normalised stage-1 stream (model space)
-    acoustic: np.ndarray  # (B, T_a, D) normalised stage-2 stream (model space)
-    texts: list[str]
-    seed: int
-    mode: str
-    nfe: dict[str, int]
-    seconds: float  # wall time
-    prompt_semantic: np.ndarray | None = None  # (T_s, C) encoded prompt, model space
-    prompt_acoustic: np.ndarray | None = None  # (T_a, D)
-
-    def metadata(self, i: int) -> dict[str, Any]:
-        return {"text": self.texts[i], "seed": self.seed, "mode": self.mode, "nfe": self.nfe,
-                "duration": round(self.audio.shape[-1] / self.sample_rate, 4)}
 
 
 # ----------------------------------------------------------------------------------------- input checks
@@ -176,26 +161,55 @@ class Stage:
         return len(longform.plan_windows(frames, self.window, int(overlap * self.window)))
 
     def sample(self, key: jax.Array, text: tuple[jax.Array, np.ndarray], s: StageSettings, ctx_btd: np.ndarray,
-               gen_t: np.ndarray, cond_btc: np.ndarray | None, overlap: float,
-               progress: Callable[[int], None]) -> tuple[np.ndarray, int]:
-        """The stage over the whole sequence, window by window (longform.generate_windowed): (x (B, T, D), NFE)."""
-        from musicflow_jax.sampling import sample
+               gen_t: np.ndarray, cond_btc: np.ndarray | None, overlap: float, progress: Callable[[int], None] | None,
+               per_window: int = buckets.DEFAULT_PER_WINDOW, rows: Sequence[int] | None = None
+               ) -> tuple[np.ndarray, int]:
+        """The stage over the whole sequence, window by window (longform.generate_windowed): (x (B, T, D), NFE).
+        A window shorter than the trained one is padded to its length bucket (buckets.py; `per_window` 0: exact
+        shapes). `progress(n)` is told of each network evaluation (fixed-step solvers) or each window (dopri5)."""
+        from musicflow_jax.sampling import expected_nfe, sample
 
         emb, mask = text
         nfe = [0]
+        per_eval = progress is not None and s.solver != "dopri5"
+        evals = expected_nfe(s.solver, s.steps) if per_eval else 0
+        seen = [0]  # evaluations reported in the current window
+
+        def on_eval(k: int) -> None:
+            seen[0] += k
+            progress(k)
+
+        def on_window(k: int) -> None:  # the rest of the window's ticks (all of them for a window with nothing to do)
+            if progress is not None:
+                progress(max(evals - seen[0], 0) if per_eval else k)
+            seen[0] = 0
 
         def run(key: jax.Array, ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
-            x, n = sample(self.model, key, text_emb=emb, text_mask=jnp.asarray(mask), ctx=jnp.asarray(ctx),
-                          gen_mask=jnp.asarray(gen), cond=None if cond is None else jnp.asarray(cond),
+            n = ctx.shape[1]
+            nb = buckets.bucket_length(n, self.window, per_window)
+            pad = buckets.pad_frames
+            x, k = sample(self.model, key, text_emb=emb, text_mask=jnp.asarray(mask), ctx=jnp.asarray(pad(ctx, nb)),
+                          gen_mask=jnp.asarray(pad(gen, nb)),
+                          frame_mask=jnp.asarray(np.broadcast_to(buckets.frame_mask(n, nb), gen.shape[:1] + (nb,))),
+                          cond=None if cond is None else jnp.asarray(pad(cond, nb)),
                           solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=self.cfg.flow.sigma_min,
-                          rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol)
-            nfe[0] += int(n)
-            return np.asarray(x)
+                          rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol, on_eval=on_eval if per_eval else None,
+                          rows=None if rows is None else jnp.asarray(rows, jnp.uint32))
+            nfe[0] += int(k)
+            return np.asarray(x)[:, :n]
 
         ov = int(overlap * self.window)
         x = longform.generate_windowed(run, key, ctx_btd, np.broadcast_to(gen_t, ctx_btd.shape[:2]), cond_btc,
-                                       window=self.window, overlap=ov, crossfade=max(1, ov // 4), progress=progress)
+                                       window=self.window, overlap=ov, crossfade=max(1, ov // 4),
+                                       progress=on_window)
         return x, nfe[0]
+
+    def progress_units(self, frames: int, s: StageSettings, overlap: float) -> int:
+        """Ticks `sample` reports over `frames` frames: network evaluations (fixed steps) or windows (dopri5)."""
+        from musicflow_jax.sampling import expected_nfe
+
+        windows = self.num_windows(frames, overlap)
+        return windows if s.solver == "dopri5" else windows * expected_nfe(s.solver, s.steps)
 
 
 @dataclasses.dataclass
@@ -212,28 +226,59 @@ class _Request:
     settings: list[StageSettings]
     overlap: float
     progress: bool
+    rows: list[int] | None = None  # noise row ids (default 0..B-1; a refined draft clip keeps its own)
 
 
 # ----------------------------------------------------------------------------------------- the cascade
 
 
 class MusicFlow:
-    """The feature backend + two flow stages. Use `MusicFlow.load(...)`."""
+    """The feature backend + two flow stages. Use `MusicFlow.load(...)`.
 
-    def __init__(self, backend: FeatureBackend, stages: tuple[Stage, Stage], folder: Path):
+    `per_window`: length buckets per trained window (buckets.py; 0 = exact shapes, one compilation per duration);
+    `device`: where the models live and run (None: JAX's default device)."""
+
+    def __init__(self, backend: FeatureBackend, stages: tuple[Stage, Stage], folder: Path, *,
+                 per_window: int = buckets.DEFAULT_PER_WINDOW, device: jax.Device | None = None):
         self.backend, self.stages, self.folder = backend, stages, folder
+        self.per_window, self.device = per_window, device
+
+    def _replace(self, **kw: Any) -> MusicFlow:
+        args = dict(backend=self.backend, stages=self.stages, folder=self.folder, per_window=self.per_window,
+                    device=self.device)
+        args.update(kw)
+        return MusicFlow(args.pop("backend"), args.pop("stages"), args.pop("folder"), **args)
 
     # --------------------------------------------------------------------- loading
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, *, stage1: str | Path | None = None,
              stage2: str | Path | None = None, lora: Sequence[str | Path] = (),
-             lora_scale: float | Sequence[float] = 1.0) -> MusicFlow:
+             lora_scale: float | Sequence[float] = 1.0, dtype: str | None = None, device: str | None = None,
+             per_window: int = buckets.DEFAULT_PER_WINDOW) -> MusicFlow:
         """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages; `lora`:
         adapter files of fine-tunes (tools/export.py of a LoRA run) applied at `lora_scale` (one value, or one per
-        file), see `with_lora`."""
+        file), see `with_lora`. `dtype`: the flow stages' compute dtype ("float32", "bfloat16"; None: as trained;
+        parameters stay float32, the ODE state too); `device`: "cpu", "gpu", "tpu" or "gpu:1" (None: JAX's
+        default); `per_window`: length buckets (see the class)."""
+        dev = resolve_device(device)
+        if dev is None:
+            return cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, None, per_window)
+        with jax.default_device(dev):
+            return cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, dev, per_window)
+
+    @classmethod
+    def _load(cls, checkpoint: str | Path | None, stage1: str | Path | None, stage2: str | Path | None,
+              lora: Sequence[str | Path], lora_scale: float | Sequence[float], dtype: str | None,
+              device: jax.Device | None, per_window: int) -> MusicFlow:
         from musicflow_jax.stage_io import StageError, load_stage
         from musicflow_jax.weights import WeightsError
 
+        if dtype not in (None, *COMPUTE_DTYPES):
+            raise GenerateError(f"dtype {dtype!r} is not a compute dtype: choose {' or '.join(COMPUTE_DTYPES)}",
+                                "dtype")
+        if isinstance(per_window, bool) or not isinstance(per_window, int) or per_window < 0:
+            raise GenerateError(f"per_window {per_window!r} must be an integer >= 0 (0 = no length buckets)",
+                                "per_window")
         folder = Path(checkpoint) if checkpoint else BUNDLED
         if not folder.is_dir():
             if folder.suffix == ".safetensors":
@@ -245,7 +290,7 @@ class MusicFlow:
             backend = load_backend(folder)
             files = (Path(stage1) if stage1 else folder / "stage1.safetensors",
                      Path(stage2) if stage2 else folder / "stage2.safetensors")
-            cfgs_models = [load_stage(f, stream) for f, stream in zip(files, ("semantic", "acoustic"))]
+            cfgs_models = [load_stage(f, stream, dtype) for f, stream in zip(files, ("semantic", "acoustic"))]
             _check_compatible([c for c, _ in cfgs_models], backend)
             stages: list[Stage] = []
             for name, (cfg, model) in zip(STAGE_NAMES, cfgs_models):
@@ -253,7 +298,7 @@ class MusicFlow:
                 stages.append(Stage(name, cfg.model.stage, cfg, model, text, backend.rates[cfg.model.stage]))
         except (StageError, WeightsError, BackendError, ConfigError, FileNotFoundError) as e:
             raise GenerateError(str(e).replace("\n", " ")) from None
-        mf = cls(backend, (stages[0], stages[1]), folder)
+        mf = cls(backend, (stages[0], stages[1]), folder, per_window=per_window, device=device)
         lora = [lora] if isinstance(lora, (str, Path)) else list(lora)
         scales = list(lora_scale) if isinstance(lora_scale, (list, tuple)) else [lora_scale] * len(lora)
         if len(scales) != len(lora):
@@ -266,6 +311,10 @@ class MusicFlow:
     def with_lora(self, adapters: str | Path, scale: float = 1.0) -> MusicFlow:
         """A cascade whose stage (the one the adapter file was trained on) has the fine-tune's adapters applied at
         `scale` (0 = this model, 1 = the fine-tuned one; see finetune.apply_adapters). This model is unchanged."""
+        with _on(self.device):
+            return self._with_lora(adapters, scale)
+
+    def _with_lora(self, adapters: str | Path, scale: float) -> MusicFlow:
         from flax import nnx
 
         from musicflow_jax import finetune
@@ -296,7 +345,7 @@ class MusicFlow:
             raise GenerateError(" ".join(str(e).split()), "lora") from None
         stages = list(self.stages)
         stages[idx] = dataclasses.replace(stage, model=model)
-        return MusicFlow(self.backend, (stages[0], stages[1]), self.folder)
+        return self._replace(stages=(stages[0], stages[1]))
 
     @property
     def sample_rate(self) -> int:
@@ -305,14 +354,63 @@ class MusicFlow:
     # --------------------------------------------------------------------- public modes
     def generate(self, texts: Sequence[str], duration: float = 10.0, *, seed: int = 0,
                  stage1: StageSettings | None = None, stage2: StageSettings | None = None,
-                 overlap: float = 0.5, progress: bool = True) -> Generation:
-        """Text-to-music: `duration` seconds per text, batched."""
+                 overlap: float = 0.5, progress: bool = True, draft: bool = False) -> Generation:
+        """Text-to-music: `duration` seconds per text, batched. `draft`: both stages at DRAFT_STEPS midpoint
+        steps (where stage1/stage2 do not say otherwise) - a quick listen; `refine` then redoes stage 2 of a
+        chosen clip at full quality, keeping its semantic stream."""
         texts, duration = check_texts(texts), check_duration(duration)
         b = len(texts)
         ctx = [np.zeros((b, st.frames(duration), self.backend.dims[st.stream]), np.float32) for st in self.stages]
         gen = [np.ones(c.shape[1], bool) for c in ctx]
-        return self._run(_Request("generate", texts, duration, seed, ctx, gen, self._settings(stage1, stage2),
-                                  overlap, progress))
+        if draft:
+            stage1, stage2 = (s or self.draft_settings(st) for s, st in zip((stage1, stage2), self.stages))
+        return self._run(_Request("draft" if draft else "generate", texts, duration, seed, ctx, gen,
+                                  self._settings(stage1, stage2), overlap, progress))
+
+    @staticmethod
+    def draft_settings(stage: Stage) -> StageSettings:
+        """A draft's sampling for `stage`: DRAFT_STEPS midpoint steps, the stage's own guidance."""
+        return StageSettings(steps=DRAFT_STEPS, solver="midpoint", cfg_scale=stage.settings.cfg_scale)
+
+    def refine(self, draft: Generation | Draft | str | Path, texts: Sequence[str] | None = None, *,
+               seed: int | None = None, stage2: StageSettings | None = None, overlap: float = 0.5,
+               progress: bool = True) -> Generation:
+        """Stage 2 again at full quality (its default settings, or `stage2`) over a draft's semantic stream, which
+        is kept bit for bit: `draft` is a Generation (every clip), a Draft or a .draft.npz path (one clip,
+        `Generation.save_draft` / generate --draft). The text and seed default to the draft's (same seed and row: the
+        same stage-2 noise, so the refined clip is the draft made properly); `texts` changes the description."""
+        if isinstance(draft, (str, Path)):
+            try:
+                draft = read_draft(draft)
+            except GenerationFileError as e:
+                raise GenerateError(str(e), "draft") from None
+        if isinstance(draft, Draft):
+            sem, d_texts, d_seed, duration = draft.semantic[None], [draft.text], draft.seed, draft.duration
+            rows = [draft.row]
+        elif isinstance(draft, Generation):
+            sem, d_texts, d_seed, duration = draft.semantic, draft.texts, draft.seed, draft.duration
+            rows = list(draft.rows)
+        else:
+            raise GenerateError(f"draft {type(draft).__name__}: give a Generation, a Draft or a .draft.npz path",
+                                "draft")
+        texts = check_texts(d_texts if texts is None else texts)
+        if len(texts) != sem.shape[0]:
+            if sem.shape[0] != 1:
+                raise GenerateError(f"texts: {len(texts)} texts for a draft of {sem.shape[0]} clips; give one per "
+                                    "clip", "texts")
+            sem, rows = np.repeat(sem, len(texts), axis=0), rows * len(texts)
+        st1, st2 = self.stages
+        duration = check_duration(duration, "draft")
+        want = (st1.frames(duration), self.backend.dims[st1.stream])
+        if sem.ndim != 3 or sem.shape[1:] != want:
+            raise GenerateError(f"draft: its semantic stream is {sem.shape[1:]} (frames, dims) but this model's "
+                                f"stage 1 makes {want} for {duration:g} s: refine with the model that made the draft",
+                                "draft")
+        ctx = [np.asarray(sem, np.float32),
+               np.zeros((len(texts), st2.frames(duration), self.backend.dims[st2.stream]), np.float32)]
+        gen = [np.zeros(ctx[0].shape[1], bool), np.ones(ctx[1].shape[1], bool)]
+        return self._run(_Request("refine", texts, duration, d_seed if seed is None else seed, ctx, gen,
+                                  self._settings(None, stage2), overlap, progress, rows))
 
     def continue_(self, texts: Sequence[str], prompt: str | Path | np.ndarray, duration: float, *, seed: int = 0,
                   stage1: StageSettings | None = None, stage2: StageSettings | None = None, overlap: float = 0.5,
@@ -421,14 +519,15 @@ class MusicFlow:
         if isinstance(r.seed, bool) or not isinstance(r.seed, (int, np.integer)) or not 0 <= int(r.seed) < 2**32:
             raise GenerateError(f"seed {r.seed!r} must be an integer in [0, 2**32)", "seed")
         t0 = time.perf_counter()
-        key = jax.random.key(int(r.seed))
-        total = sum(st.num_windows(len(g), r.overlap) for st, g in zip(self.stages, r.gen) if g.any()) + 1
+        runs = [(st, ctx, gen, s) for st, ctx, gen, s in zip(self.stages, r.ctx, r.gen, r.settings)]
+        total = sum(st.progress_units(len(g), s, r.overlap) for st, _, g, s in runs if g.any()) + 1
         nfe = {st.name: 0 for st in self.stages}
         outs: list[np.ndarray] = []
         encoded: dict[int, tuple[jax.Array, np.ndarray]] = {}  # one encoding per distinct text encoder
-        with tqdm(total=total, desc=f"{r.mode} {r.duration:g}s x{len(r.texts)}", disable=not r.progress,
-                  leave=False) as bar:
-            for i, (st, ctx, gen, s) in enumerate(zip(self.stages, r.ctx, r.gen, r.settings)):
+        with _on(self.device), tqdm(total=total, desc=f"{r.mode} {r.duration:g}s x{len(r.texts)}",
+                                    disable=not r.progress, leave=False, unit="eval") as bar:
+            key = jax.random.key(int(r.seed))
+            for i, (st, ctx, gen, s) in enumerate(runs):
                 cond = None
                 if outs:  # the previous stage's stream on this stage's frame grid
                     prev, prev_rate = outs[-1], self.stages[i - 1].rate
@@ -438,21 +537,61 @@ class MusicFlow:
                     continue
                 if id(st.text) not in encoded:
                     encoded[id(st.text)] = st.text(r.texts)
+                bar.set_postfix_str(st.name)
                 x, nfe[st.name] = st.sample(jax.random.fold_in(key, i + 1), encoded[id(st.text)], s, ctx, gen, cond,
-                                            r.overlap, bar.update)
+                                            r.overlap, bar.update if r.progress else None, self.per_window, r.rows)
                 _check_finite(x, f"{st.name} ({st.stream} stream)")
                 outs.append(x)
-            last = self.stages[-1].stream
-            audio = self.backend.decode(self.backend.denormalize(last, outs[-1]))
-            audio = audio[:, : int(round(r.duration * self.sample_rate))]
+            bar.set_postfix_str("decoder")
+            audio = self.decode(outs[-1])[:, : int(round(r.duration * self.sample_rate))]
             _check_finite(audio, f"the {self.backend.acoustic.kind} decoder")
-            if r.mode in ("generate", "restyle"):  # keep clear of clipping (prompt modes keep the prompt's level)
-                peak = np.abs(audio).max(axis=-1, keepdims=True)
+            if r.mode in ("generate", "draft", "restyle", "refine"):  # keep clear of clipping (prompt modes keep
+                peak = np.abs(audio).max(axis=-1, keepdims=True)  # the prompt's level)
                 audio = np.where(peak > 0.95, audio * (0.95 / np.maximum(peak, 1e-9)), audio).astype(np.float32)
             bar.update(1)
+        settings = {st.name: dataclasses.asdict(s) for st, _, g, s in runs if g.any()}
         return Generation(audio=audio, sample_rate=self.sample_rate, semantic=outs[0], acoustic=outs[1],
                           texts=list(r.texts), seed=int(r.seed), mode=r.mode, nfe=nfe,
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, settings=settings, model=str(self.folder),
+                          rows=list(r.rows) if r.rows is not None else list(range(len(r.texts))))
+
+    def decode(self, x_btd: np.ndarray) -> np.ndarray:
+        """The last stage's stream (model space, (B, T, D)) -> audio (B, T * hop). The latents are padded to their
+        length bucket with their mirror image (what the decoder's own reflect padding sees) and the audio trimmed,
+        so a new duration in a decoded bucket does not recompile the decoder."""
+        last = self.stages[-1]
+        z = self.backend.denormalize(last.stream, x_btd)
+        n = z.shape[1]
+        z = buckets.pad_frames(z, buckets.bucket_length(n, last.window, self.per_window), mode="reflect")
+        with _on(self.device):
+            audio = self.backend.decode(z)
+        return audio[:, : n * self.backend.acoustic.hop_length]
+
+
+def _on(device: jax.Device | None) -> Any:
+    """Run on `device` (None: JAX's default device)."""
+    return contextlib.nullcontext() if device is None else jax.default_device(device)
+
+
+def resolve_device(spec: str | None) -> jax.Device | None:
+    """"cpu" / "gpu" / "tpu" / "cuda" / "gpu:1" -> that JAX device; None -> None (JAX's default)."""
+    if spec is None or spec == "":
+        return None
+    platform, _, index = str(spec).lower().partition(":")
+    platform = {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        have = sorted({d.platform for d in jax.devices()} | {"cpu"})
+        raise GenerateError(f"device {spec!r}: no {platform} devices here (have: {', '.join(have)}); install the "
+                            f"accelerator's jax plugin (pip install -e .[cuda12] / .[tpu]) or use --device cpu",
+                            "device") from None
+    try:
+        i = int(index) if index else 0
+        return devices[i]
+    except (ValueError, IndexError):
+        raise GenerateError(f"device {spec!r}: {platform} has devices 0..{len(devices) - 1}; give e.g. "
+                            f"{platform}:0", "device") from None
 
 
 def _check_finite(x: np.ndarray, what: str) -> None:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from musicflow_jax.buckets import frame_random
 from musicflow_jax.flow import FlowInput, guided_velocity, ot_target
 
 Array = jax.Array
@@ -121,12 +122,34 @@ def guided_field(
     return field
 
 
-@functools.partial(nnx.jit, static_argnames=("solver", "steps", "cfg_scale", "sigma_min", "rtol", "atol"))
-def _sample_jit(model, key, text_emb, text_mask, cond, ctx, gen_mask, frame_mask, *, solver, steps, cfg_scale,
-                sigma_min, rtol, atol):
-    x0 = jax.random.normal(key, ctx.shape, jnp.float32)
+_EVAL_SINK: list[Callable[[int], None] | None] = [None]  # where the running `sample` call reports evaluations
+
+
+def _report_eval(_t: Array) -> None:
+    sink = _EVAL_SINK[0]
+    if sink is not None:
+        sink(1)
+
+
+def _reporting(field: VectorField) -> VectorField:
+    """`field` that tells the host of each evaluation (a progress bar that moves per ODE step)."""
+
+    def wrapped(t: Array, x: Array) -> Array:
+        jax.debug.callback(_report_eval, t)
+        return field(t, x)
+
+    return wrapped
+
+
+@functools.partial(nnx.jit, static_argnames=("solver", "steps", "cfg_scale", "sigma_min", "rtol", "atol", "report"))
+def _sample_jit(model, key, rows, text_emb, text_mask, cond, ctx, gen_mask, frame_mask, *, solver, steps,
+                cfg_scale, sigma_min, rtol, atol, report):
+    b, t, d = ctx.shape
+    x0 = frame_random(lambda k, shape: jax.random.normal(k, shape, jnp.float32), key, rows, t, d)  # buckets.py
     field = guided_field(model, x0, text_emb=text_emb, text_mask=text_mask, cond=cond, ctx=ctx, gen_mask=gen_mask,
                          frame_mask=frame_mask, cfg_scale=cfg_scale, sigma_min=sigma_min)
+    if report:
+        field = _reporting(field)
     x1, nfe = solve(field, x0, solver=solver, steps=steps, rtol=rtol, atol=atol)
     x1 = jnp.where(gen_mask[..., None], x1, ctx)  # context frames: bit-exact
     return jnp.where(frame_mask[..., None], x1, 0.0), nfe
@@ -150,11 +173,16 @@ def sample(
     sigma_min: float = 1e-5,
     rtol: float = 1e-5,
     atol: float = 1e-5,
+    on_eval: Callable[[int], None] | None = None,
+    rows: Array | None = None,
 ) -> tuple[Array, Array]:
     """Generate (B, T, D) features with a flow transformer. Returns (x1_btd, nfe).
 
     Text-to-X: give `frames` and `feature_dim` (everything generated). In-context: give `ctx` (B,T,D)
-    and `gen_mask` (B,T) True where frames are generated; ctx frames are returned unchanged.
+    and `gen_mask` (B,T) True where frames are generated; ctx frames are returned unchanged. `frame_mask` (B,T)
+    False marks padding (length buckets): those frames are not seen by the others and come back as 0. `on_eval(1)`
+    is called on the host after each network evaluation (one generation at a time; the call blocks until done).
+    The starting noise of row r, frame i comes from (key, rows[r], i) (default rows 0..B-1; buckets.frame_random).
     """
     b = text_emb.shape[0]
     if ctx is None:
@@ -168,6 +196,16 @@ def sample(
         frame_mask = jnp.ones(ctx.shape[:2], bool)
     gen_mask = gen_mask.astype(bool) & frame_mask.astype(bool)
     ctx = jnp.where(gen_mask[..., None], 0.0, ctx.astype(jnp.float32))
-    return _sample_jit(model, key, text_emb, text_mask.astype(bool), cond, ctx, gen_mask, frame_mask.astype(bool),
-                       solver=solver, steps=steps, cfg_scale=float(cfg_scale), sigma_min=float(sigma_min),
-                       rtol=float(rtol), atol=float(atol))
+    rows = jnp.arange(b, dtype=jnp.uint32) if rows is None else jnp.asarray(rows, jnp.uint32)
+    if rows.shape != (b,):
+        raise ValueError(f"rows must be ({b},), one id per batch row, got {rows.shape}")
+    kw = dict(solver=solver, steps=steps, cfg_scale=float(cfg_scale), sigma_min=float(sigma_min), rtol=float(rtol),
+              atol=float(atol), report=on_eval is not None)
+    args = (model, key, rows, text_emb, text_mask.astype(bool), cond, ctx, gen_mask, frame_mask.astype(bool))
+    if on_eval is None:
+        return _sample_jit(*args, **kw)
+    _EVAL_SINK[0] = on_eval
+    try:
+        return jax.block_until_ready(_sample_jit(*args, **kw))
+    finally:
+        _EVAL_SINK[0] = None

@@ -8,6 +8,7 @@ loads too. Errors name the file and the fix (wrong stage, mismatched config, mis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -72,10 +73,14 @@ def _config(source: Path, parse: Callable[[], Config]) -> Config:
         raise StageError(f"checkpoint {source}: its stored config does not fit this code version ({e})") from None
 
 
-def load_stage(path: str | Path, expect_stage: str | None = None) -> tuple[Config, FlowTransformer]:
-    """(config, model with the stored weights); `expect_stage` ("semantic"/"acoustic") is checked first."""
+def load_stage(path: str | Path, expect_stage: str | None = None, dtype: str | None = None
+               ) -> tuple[Config, FlowTransformer]:
+    """(config, model with the stored weights); `expect_stage` ("semantic"/"acoustic") is checked first; `dtype`
+    replaces the config's compute dtype (model.dtype; the stored parameters keep model.param_dtype)."""
     path = Path(path)
     cfg, flat = _read(path)
+    if dtype is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype=dtype))
     if expect_stage is not None and cfg.model.stage != expect_stage:
         want = {"semantic": "stage 1 (text -> semantic)", "acoustic": "stage 2 (semantic -> acoustic)"}
         raise StageError(f"checkpoint {path} is a {want.get(cfg.model.stage, cfg.model.stage)} model but was given "

@@ -21,6 +21,7 @@ import numpy as np
 
 from musicflow_jax.backends.base import register
 from musicflow_jax.backends.stft import FramedPart, config_from_spec, istft, stft
+from musicflow_jax.buckets import frame_random
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +99,9 @@ class MelAcoustic(FramedPart):
 @functools.partial(jax.jit, static_argnums=0)
 def _griffin_lim(c: MelConfig, mag_btf: jax.Array) -> jax.Array:
     """Fast Griffin-Lim: a phase for the magnitude (B, T, F), from a seeded random start; audio (B, T * hop)."""
-    phase = jax.random.uniform(jax.random.key(c.seed), mag_btf.shape, jnp.float32, 0.0, 2 * math.pi)
+    b, t, f = mag_btf.shape  # the start phase of frame i: the same for every row, whatever the frames after it
+    phase = frame_random(lambda k, shape: jax.random.uniform(k, shape, jnp.float32, 0.0, 2 * math.pi),
+                         jax.random.key(c.seed), jnp.zeros(b), t, f)
     angles = jnp.exp(1j * phase).astype(jnp.complex64)
     fac = c.momentum / (1.0 + c.momentum)
 

@@ -24,6 +24,7 @@ setup(
     python_requires=">=3.10",
     install_requires=_reqs("requirements.txt"),
     extras_require={"tools": _reqs("requirements-torch.txt") + ["encodec"],
+                    "app": _reqs("requirements-app.txt"),  # the web demo (musicflow_jax/app.py)
                     # accelerators: the plugin of the pinned jax version (requirements.txt)
                     "cuda12": [f"jax[cuda12]=={_pinned('jax')}"], "tpu": [f"jax[tpu]=={_pinned('jax')}"]},
 )

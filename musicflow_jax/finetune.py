@@ -33,6 +33,8 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.config import Config
+from musicflow_jax.sharding import logical_names
+from musicflow_jax.weights import key_of
 
 ADAPTER_FORMAT = "musicflow_jax.adapters/1"
 LORA_A, LORA_B = "_lora_a", "_lora_b"
@@ -41,10 +43,6 @@ ADAPTABLE = ("kernel", "w_q", "w_k", "w_v", "w_o", "kernel_h", "kernel_skip")  #
 
 class FineTuneError(ValueError):
     """A fine-tuning input that does not fit (init_from weights, adapter file, patterns), with the fix."""
-
-
-def key_of(path: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def is_active(cfg: Config) -> bool:
@@ -61,9 +59,7 @@ def is_adapter(key: str) -> bool:
 
 
 def _names(var: nnx.Variable, ndim: int) -> tuple[str | None, ...]:
-    meta = var.get_metadata()
-    names = meta.get("out_sharding") or meta.get("sharding_names")
-    return tuple(names) if names else (None,) * ndim
+    return logical_names(var) or (None,) * ndim
 
 
 def _in_axes(names: tuple[str | None, ...]) -> int:
@@ -176,10 +172,6 @@ def merge_flat(flat: dict[str, Any], factor: float) -> dict[str, Any]:
         w = out[base]
         out[base] = w + factor * lora_delta(flat[k], flat[base + LORA_B], tuple(w.shape)).astype(w.dtype)
     return out
-
-
-def count(state: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
 
 
 # --------------------------------------------------------------------------- train.init_from

@@ -74,7 +74,8 @@ def _rule_axis(name: str | None, size: int, mesh: Mesh, rules: dict[str, str | N
     return axis
 
 
-def _logical_names(var: nnx.Variable) -> tuple[str | None, ...] | None:
+def logical_names(var: nnx.Variable) -> tuple[str | None, ...] | None:
+    """A variable's logical axis names (its sharding metadata), or None."""
     meta = var.get_metadata()
     names = meta.get("out_sharding") or meta.get("sharding_names")
     return tuple(names) if names else None
@@ -86,7 +87,7 @@ def state_specs(state: Any, mesh: Mesh, rules: dict[str, str | None]) -> Any:
     def spec(var: Any) -> Any:
         if isinstance(var, nnx.Variable):
             value = var.get_value()
-            return var.replace(logical_to_spec(_logical_names(var), value.shape, mesh, rules))
+            return var.replace(logical_to_spec(logical_names(var), value.shape, mesh, rules))
         return PartitionSpec()
 
     return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -34,17 +34,18 @@ class WeightsError(ValueError):
     fix."""
 
 
-def _key(path: tuple[Any, ...]) -> str:
+def key_of(path: tuple[Any, ...]) -> str:
+    """The dotted name of an nnx state path ("blocks.self_attn.w_q")."""
     return ".".join(str(p) for p in path)
 
 
 def param_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     """Dotted parameter path -> shape for every nnx.Param of `model` (works on eval_shape'd models)."""
-    return {_key(p): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {key_of(p): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
-    return {_key(p): np.asarray(v[...], np.float32) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {key_of(p): np.asarray(v[...], np.float32) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
 def check_params(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray], source: str) -> None:
@@ -81,9 +82,9 @@ def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source
     check_params(param_shapes(model), flat, source)
     check_finite(flat, source)
     state = nnx.state(model, nnx.Param)
-    new = [(p, v.replace(jnp.asarray(flat[_key(p)], jnp.float32))) for p, v in nnx.to_flat_state(state)]
+    new = [(p, v.replace(jnp.asarray(flat[key_of(p)], jnp.float32))) for p, v in nnx.to_flat_state(state)]
     nnx.update(model, nnx.from_flat_state(new))
-    leftovers = [_key(p) for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v[...], jax.ShapeDtypeStruct)]
+    leftovers = [key_of(p) for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v[...], jax.ShapeDtypeStruct)]
     if leftovers:
         raise WeightsError(f"{source}: model state without values after loading: {leftovers}")
     return model

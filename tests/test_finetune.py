@@ -24,6 +24,7 @@ from etils import epath
 from flax import nnx
 
 from musicflow_jax import checkpoint, config, data, export, finetune, flow, sharding, stage_io, train, train_state
+from musicflow_jax.metrics import count_params
 from musicflow_jax.pipeline import MusicFlow
 from musicflow_jax.weights import flat_params
 
@@ -143,12 +144,12 @@ def test_lora_steps_leave_the_base_bit_identical(folder, lora_run):
     assert trained and all(finetune.is_adapter(k) for k in trained)
     assert all(np.abs(v).max() > 0 for k, v in trained.items() if k.endswith(finetune.LORA_B))  # B left zero
     # optimizer state mirrors the adapters only (Adam's two moments), and they are sharded by their logical axes
-    n_adapter = finetune.count(state.params)
+    n_adapter = count_params(state.params)
     float_leaves = [x for x in jax.tree.leaves(state.opt_state) if x.ndim > 0]
     assert sum(x.size for x in float_leaves) == 2 * n_adapter
     a_q = next(v for p, v in nnx.to_flat_state(state.params) if finetune.key_of(p).endswith("self_attn.w_q_lora_a"))
     assert a_q[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None)  # (layers, embed, r)
-    assert n_adapter <= 0.2 * finetune.count(state.frozen)
+    assert n_adapter <= 0.2 * count_params(state.frozen)
     # the checkpoint holds the adapters, their EMA and optimizer moments: no base weight
     handler = ocp.StandardCheckpointHandler()
     tree = handler.metadata(epath.Path(lora_run["root"] / "run" / "checkpoints" / "6" / "state"))

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from musicflow_jax import config, finetune, train
-from musicflow_jax.metrics import read_jsonl
+from musicflow_jax import config, train
+from musicflow_jax.metrics import count_params, read_jsonl
 from musicflow_jax.precompute import precompute
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ def test_lora_finetune_of_the_bundled_stage2_lowers_the_subsets_val_loss(tmp_pat
         "optim.warmup_steps=10", "optim.ema_decay=0.9"])
     state = train.train(cfg, tmp_path / "run", devices=jax.devices()[:1], async_ckpt=False)
 
-    n_adapters, n_base = finetune.count(state.params), finetune.count(state.frozen)
+    n_adapters, n_base = count_params(state.params), count_params(state.frozen)
     assert n_adapters <= 0.05 * n_base, (n_adapters, n_base)
     valid = {r["step"]: r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl", split="valid")}
     before, after = valid[0]["loss_ema"], valid[STEPS]["loss_ema"]

@@ -51,6 +51,10 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "t2m_8s": ("text-to-music 8 s (defaults)", {"duration": 8.0}),
     "continue_4to8": ("continuation 4 s prompt -> 8 s", {"mode": "continue", "duration": 8.0,
                                                          "prompt_seconds": 4.0}),
+    # draft then refine (issue 15): a draft is both stages at pipeline.DRAFT_STEPS midpoint steps; refining it
+    # redoes stage 2 at its defaults with the same seed and rows, i.e. exactly stage 1 at 4 steps + stage 2 at 16
+    "draft_8s": ("draft 8 s (midpoint 4 + 4)", {"duration": 8.0, "steps": (4, 4), "solver": "midpoint"}),
+    "refine_8s": ("draft refined 8 s (midpoint 4 + 16)", {"duration": 8.0, "steps": (4, 16), "solver": "midpoint"}),
 }
 COLUMNS = ("row", "n", "s/clip", "key exact", "key MIREX", "tempo 4%", "note presence", "onsets/s", "FD proxy",
            "FD features (sem. / ac.)", "instrument acc.", "NFE s1/s2", "gen. wall s", "eval wall s")

@@ -76,7 +76,9 @@ class Studio:
     def refine(self, g: Generation | None, which: float, settings: StageSettings) -> tuple[Generation, Path]:
         if g is None:
             raise GenerateError("nothing to refine yet: press Draft (or Generate) first")
-        i = int(which) - 1
+        if g.mode not in ("draft", "generate", "refine"):
+            raise GenerateError(f"the last result is a {g.mode}: refine works on Draft / Generate results")
+        i = _int(which, "variation") - 1
         if not 0 <= i < len(g.texts):
             raise GenerateError(f"variation {which}: the last result has {len(g.texts)}; choose 1 to {len(g.texts)}")
         one = Generation(**{**g.__dict__, "audio": g.audio[i:i + 1], "semantic": g.semantic[i:i + 1],

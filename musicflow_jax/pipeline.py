@@ -9,6 +9,9 @@ The cascade is data: `mf.backend` (a FeatureBackend: semantic part + acoustic pa
 stage 1's output upsampled to its frame rate - then the backend's decoder makes audio. `continue_`, `infill` and
 `restyle` encode a prompt clip with the backend and hold it as in-context frames (bit-exact in model space);
 durations beyond a stage's trained window use windowed continuation with overlap + crossfade (longform.py).
+`generate(..., draft=True)` runs both stages at a few steps; `refine` redoes stage 2 of a draft at full quality
+keeping its semantic stream. Shorter windows are padded to length buckets with frame masks (buckets.py), so a new
+duration reuses compiled executables; `Generation` (generation.py) is the result, with save / load.
 
 A model folder holds `stage1.safetensors`, `stage2.safetensors` (stage_io.py format), `features.json` (the feature
 backend, backends/base.py, with the normalisation stats of both streams, and the encoder files it names) and

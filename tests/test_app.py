@@ -107,13 +107,24 @@ def test_studio_modes_and_messages(folder: Path, tmp_path: Path) -> None:
             studio.run(*args)
     with pytest.raises(GenerateError, match="^nothing to refine yet"):
         studio.refine(None, 1, fast[1])
+    with pytest.raises(GenerateError, match="^the last result is a continue: refine works on Draft"):
+        studio.refine(g, 1, fast[1])
+    d, _ = studio.run("generate", TEXT, 0.5, 0, 2, None, "", fast, True)
+    with pytest.raises(GenerateError, match="^variation 3: the last result has 2; choose 1 to 2"):
+        studio.refine(d, 3, fast[1])
+    r, saved = studio.refine(d, 2, fast[1])
+    np.testing.assert_array_equal(r.semantic, d.semantic[1:])
+    assert r.rows == [1] and sorted(p.name for p in saved.glob("*.wav")) == ["00.wav"]
 
 
-def test_cli_bad_arguments_exit_2(folder: Path) -> None:
+def test_cli_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from musicflow_jax import app
+
+    assert app.main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: --checkpoint {tmp_path / 'nope'} is not a folder: pass a MusicFlow model folder (stage1/stage2 "
+        ".safetensors + features.json + text_encoder/)"]
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "musicflow_jax.app", "--checkpoint", str(folder / "nope")],
-                       capture_output=True, text=True)
-    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: --checkpoint ")
     p = subprocess.run([sys.executable, "-m", "musicflow_jax.app", "--duration", "99"], capture_output=True,
                        text=True)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [

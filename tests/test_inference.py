@@ -77,8 +77,8 @@ def test_frame_random_does_not_depend_on_the_length_or_the_batch() -> None:
     assert abs(float(b.std()) - 1.0) < 0.2 and b[0, 0, 0] != b[1, 0, 0] and b[0, 0, 0] != b[0, 1, 0]
 
 
-@pytest.mark.parametrize("duration", [0.46, 0.8])  # both padded: 23 -> 28 semantic, 35 -> 40 acoustic frames; ...
-def test_bucketed_equals_exact_shapes(folder: Path, mf: MusicFlow, duration: float) -> None:
+def test_bucketed_equals_exact_shapes(folder: Path, mf: MusicFlow) -> None:
+    duration = 0.46  # 23 -> 28 semantic, 35 -> 40 acoustic frames (the decoder's too)
     exact = MusicFlow.load(folder, per_window=0)
     g, g0 = _gen(mf, duration), _gen(exact, duration)
     assert g.semantic.shape == g0.semantic.shape == (2, round(duration * 50), mf.backend.dims["semantic"])
@@ -130,7 +130,7 @@ def test_progress_moves_per_network_evaluation(mf: MusicFlow, monkeypatch: pytes
 def test_bfloat16_stays_close_to_float32(folder: Path, mf: MusicFlow) -> None:
     bf = MusicFlow.load(folder, dtype="bfloat16")
     assert bf.stages[0].cfg.model.dtype == "bfloat16" and mf.stages[0].cfg.model.dtype == "float32"
-    g32, g16 = _gen(mf, 0.6), _gen(bf, 0.6)
+    g32, g16 = _gen(mf, 0.5), _gen(bf, 0.5)
     for a, b in ((g32.semantic, g16.semantic), (g32.acoustic, g16.acoustic)):
         rel = np.linalg.norm(a - b) / np.linalg.norm(a)
         assert 1e-5 < rel < 0.05, rel  # bf16 really computes (not equal) and stays within 5 % (measured ~1 %)

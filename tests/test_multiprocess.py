@@ -154,11 +154,10 @@ def kill_after_checkpoint(n: int, workdir: Path, step: int) -> None:
 
 @pytest.fixture(scope="module")
 def killed(tmp_path_factory) -> dict[int, Path]:
-    """Runs of 1 and 2 processes SIGKILLed after checkpoint KILL_AT (each resume below works on a copy)."""
+    """A run of 2 processes SIGKILLed after checkpoint KILL_AT (each resume below works on a copy)."""
     root = tmp_path_factory.mktemp("killed")
-    for n in (1, 2):
-        kill_after_checkpoint(n, root / f"p{n}", KILL_AT)
-    return {n: root / f"p{n}" for n in (1, 2)}
+    kill_after_checkpoint(2, root / "p2", KILL_AT)
+    return {2: root / "p2"}
 
 
 def resume_copy(killed: Path, workdir: Path, n: int) -> list[dict]:
@@ -210,7 +209,7 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step(tmp_path):
     assert saved[-1] == stopped[0]
 
 
-@pytest.mark.parametrize("first,second", [(2, 1), (1, 2), (2, 4)])
+@pytest.mark.parametrize("first,second", [(2, 1), (2, 4)])  # fewer hosts, more hosts
 def test_restore_onto_another_process_count(reference, killed, tmp_path, first, second):
     """`first` processes were killed after checkpoint KILL_AT; `second` processes resume it: the later steps have the
     losses and global batches of the uninterrupted run (the data position is the step, whatever the host count)."""

@@ -47,7 +47,7 @@ class Studio:
 
         if mode not in MODES:
             raise GenerateError(f"mode {mode!r}: choose one of {', '.join(MODES)}")
-        n = int(variations)
+        n = _int(variations, "variations")
         if not 1 <= n <= MAX_VARIATIONS:
             raise GenerateError(f"variations {variations}: choose 1 to {MAX_VARIATIONS}")
         texts, s1, s2 = [text] * n, *settings
@@ -63,9 +63,12 @@ class Studio:
             if mode == "continue":
                 run = lambda: self.mf.continue_(texts, audio, duration, stage1=s1, stage2=s2, **kw)  # noqa: E731
             elif mode == "infill":
-                if not regions.strip():
+                if not (regions or "").strip():
                     raise GenerateError("infill needs regions: seconds to regenerate, e.g. 1.0-2.5, 4-5")
-                regs = parse_regions(regions.replace("--regions", "regions"))
+                try:
+                    regs = parse_regions(regions)
+                except GenerateError as e:  # the CLI's wording, for the page
+                    raise GenerateError(str(e).replace("--regions", "regions")) from None
                 run = lambda: self.mf.infill(texts, audio, regs, stage1=s1, stage2=s2, **kw)  # noqa: E731
             else:
                 run = lambda: self.mf.restyle(texts, audio, stage2=s2, **kw)  # noqa: E731
@@ -76,7 +79,7 @@ class Studio:
     def refine(self, g: Generation | None, which: float, settings: StageSettings) -> tuple[Generation, Path]:
         if g is None:
             raise GenerateError("nothing to refine yet: press Draft (or Generate) first")
-        if g.mode not in ("draft", "generate", "refine"):
+        if g.mode not in ("draft", "generate", "refine"):  # (the API refuses them too, naming its parameter)
             raise GenerateError(f"the last result is a {g.mode}: refine works on Draft / Generate results")
         i = _int(which, "variation") - 1
         if not 0 <= i < len(g.texts):
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_cache.enable()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        mf = MusicFlow.load(args.checkpoint, lora=args.lora, dtype=args.dtype, device=args.device)
+        mf = MusicFlow.load(args.checkpoint, lora=args.lora, dtype=args.dtype, device=args.device, eval_progress=True)
     except GenerateError as e:
         from musicflow_jax.generate import cli_message
 

@@ -2,7 +2,7 @@
 
 XLA compiles one executable per input shape. Generation pads every stage's frames (and the decoder's latents) up to
 a bucket and masks the padding (`frame_mask`: padded frames are never attended to, the velocity there is 0), so the
-real frames come out as without padding (to float round-off; tests/test_buckets.py), and only the first duration
+real frames come out as without padding (to float round-off; tests/test_inference.py), and only the first duration
 of each bucket compiles.
 
 Buckets of a sequence with a trained window of W frames (`per_window` = k): up to W, multiples of ceil(W / k)

@@ -165,16 +165,17 @@ class Stage:
 
     def sample(self, key: jax.Array, text: tuple[jax.Array, np.ndarray], s: StageSettings, ctx_btd: np.ndarray,
                gen_t: np.ndarray, cond_btc: np.ndarray | None, overlap: float, progress: Callable[[int], None] | None,
-               per_window: int = buckets.DEFAULT_PER_WINDOW, rows: Sequence[int] | None = None
-               ) -> tuple[np.ndarray, int]:
+               per_window: int = buckets.DEFAULT_PER_WINDOW, rows: Sequence[int] | None = None,
+               eval_progress: bool = False) -> tuple[np.ndarray, int]:
         """The stage over the whole sequence, window by window (longform.generate_windowed): (x (B, T, D), NFE).
         A window shorter than the trained one is padded to its length bucket (buckets.py; `per_window` 0: exact
-        shapes). `progress(n)` is told of each network evaluation (fixed-step solvers) or each window (dopri5)."""
+        shapes). `progress(n)` is told of each window, or with `eval_progress` of each network evaluation (fixed-step
+        solvers; dopri5 stays per window)."""
         from musicflow_jax.sampling import expected_nfe, sample
 
         emb, mask = text
         nfe = [0]
-        per_eval = progress is not None and s.solver != "dopri5"
+        per_eval = progress is not None and eval_progress and s.solver != "dopri5"
         evals = expected_nfe(s.solver, s.steps) if per_eval else 0
         seen = [0]  # evaluations reported in the current window
 
@@ -207,12 +208,12 @@ class Stage:
                                        progress=on_window)
         return x, nfe[0]
 
-    def progress_units(self, frames: int, s: StageSettings, overlap: float) -> int:
-        """Ticks `sample` reports over `frames` frames: network evaluations (fixed steps) or windows (dopri5)."""
+    def progress_units(self, frames: int, s: StageSettings, overlap: float, eval_progress: bool) -> int:
+        """Ticks `sample` reports over `frames` frames: windows, or network evaluations with `eval_progress`."""
         from musicflow_jax.sampling import expected_nfe
 
         windows = self.num_windows(frames, overlap)
-        return windows if s.solver == "dopri5" else windows * expected_nfe(s.solver, s.steps)
+        return windows * expected_nfe(s.solver, s.steps) if eval_progress and s.solver != "dopri5" else windows
 
 
 @dataclasses.dataclass
@@ -239,16 +240,19 @@ class MusicFlow:
     """The feature backend + two flow stages. Use `MusicFlow.load(...)`.
 
     `per_window`: length buckets per trained window (buckets.py; 0 = exact shapes, one compilation per duration);
-    `device`: where the models live and run (None: JAX's default device)."""
+    `device`: where the models live and run (None: JAX's default device); `eval_progress`: the progress bar moves
+    per network evaluation (a host callback in the stages' executables, which JAX then does not write to the
+    persistent compilation cache: for long-lived processes such as the app) instead of per window and stage."""
 
     def __init__(self, backend: FeatureBackend, stages: tuple[Stage, Stage], folder: Path, *,
-                 per_window: int = buckets.DEFAULT_PER_WINDOW, device: jax.Device | None = None):
+                 per_window: int = buckets.DEFAULT_PER_WINDOW, device: jax.Device | None = None,
+                 eval_progress: bool = False):
         self.backend, self.stages, self.folder = backend, stages, folder
-        self.per_window, self.device = per_window, device
+        self.per_window, self.device, self.eval_progress = per_window, device, eval_progress
 
     def _replace(self, **kw: Any) -> MusicFlow:
         args = dict(backend=self.backend, stages=self.stages, folder=self.folder, per_window=self.per_window,
-                    device=self.device)
+                    device=self.device, eval_progress=self.eval_progress)
         args.update(kw)
         return MusicFlow(args.pop("backend"), args.pop("stages"), args.pop("folder"), **args)
 
@@ -257,17 +261,17 @@ class MusicFlow:
     def load(cls, checkpoint: str | Path | None = None, *, stage1: str | Path | None = None,
              stage2: str | Path | None = None, lora: Sequence[str | Path] = (),
              lora_scale: float | Sequence[float] = 1.0, dtype: str | None = None, device: str | None = None,
-             per_window: int = buckets.DEFAULT_PER_WINDOW) -> MusicFlow:
+             per_window: int = buckets.DEFAULT_PER_WINDOW, eval_progress: bool = False) -> MusicFlow:
         """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages; `lora`:
         adapter files of fine-tunes (tools/export.py of a LoRA run) applied at `lora_scale` (one value, or one per
         file), see `with_lora`. `dtype`: the flow stages' compute dtype ("float32", "bfloat16"; None: as trained;
         parameters stay float32, the ODE state too); `device`: "cpu", "gpu", "tpu" or "gpu:1" (None: JAX's
-        default); `per_window`: length buckets (see the class)."""
+        default); `per_window`, `eval_progress`: see the class."""
         dev = resolve_device(device)
-        if dev is None:
-            return cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, None, per_window)
-        with jax.default_device(dev):
-            return cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, dev, per_window)
+        with _on(dev):
+            mf = cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, dev, per_window)
+        mf.eval_progress = bool(eval_progress)
+        return mf
 
     @classmethod
     def _load(cls, checkpoint: str | Path | None, stage1: str | Path | None, stage2: str | Path | None,
@@ -391,8 +395,11 @@ class MusicFlow:
             sem, d_texts, d_seed, duration = draft.semantic[None], [draft.text], draft.seed, draft.duration
             rows = [draft.row]
         elif isinstance(draft, Generation):
+            if draft.mode not in ("draft", "generate", "refine"):
+                raise GenerateError(f"draft is a {draft.mode} result: refine works on text-to-music results (draft, "
+                                    "generate, refine); stage 2 would regenerate the prompt's frames", "draft")
             sem, d_texts, d_seed, duration = draft.semantic, draft.texts, draft.seed, draft.duration
-            rows = list(draft.rows)
+            rows = list(draft.rows) or list(range(len(draft.texts)))
         else:
             raise GenerateError(f"draft {type(draft).__name__}: give a Generation, a Draft or a .draft.npz path",
                                 "draft")
@@ -405,7 +412,8 @@ class MusicFlow:
         st1, st2 = self.stages
         duration = check_duration(duration, "draft")
         want = (st1.frames(duration), self.backend.dims[st1.stream])
-        if sem.ndim != 3 or sem.shape[1:] != want:
+        # the duration comes back from the audio length (whole samples): the stream may hold one frame more
+        if sem.ndim != 3 or sem.shape[2] != want[1] or not 0 <= sem.shape[1] - want[0] <= 1:
             raise GenerateError(f"draft: its semantic stream is {sem.shape[1:]} (frames, dims) but this model's "
                                 f"stage 1 makes {want} for {duration:g} s: refine with the model that made the draft",
                                 "draft")
@@ -484,8 +492,9 @@ class MusicFlow:
     def encode(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mono audio at sample_rate -> (semantic (T_s, C), acoustic (T_a, D)) in model space (what the stages see)."""
         be = self.backend
-        return (be.normalize("semantic", be.encode_semantic(audio[None])[0]),
-                be.normalize("acoustic", be.encode_acoustic(audio[None])[0]))
+        with _on(self.device):
+            return (be.normalize("semantic", be.encode_semantic(audio[None])[0]),
+                    be.normalize("acoustic", be.encode_acoustic(audio[None])[0]))
 
     def _in_context(self, mode: str, texts: list[str], audio: np.ndarray, duration: float,
                     regions: list[tuple[float, float]], seed: int, settings: list[StageSettings], overlap: float,
@@ -523,12 +532,13 @@ class MusicFlow:
             raise GenerateError(f"seed {r.seed!r} must be an integer in [0, 2**32)", "seed")
         t0 = time.perf_counter()
         runs = [(st, ctx, gen, s) for st, ctx, gen, s in zip(self.stages, r.ctx, r.gen, r.settings)]
-        total = sum(st.progress_units(len(g), s, r.overlap) for st, _, g, s in runs if g.any()) + 1
+        total = sum(st.progress_units(len(g), s, r.overlap, self.eval_progress) for st, _, g, s in runs if g.any()) + 1
         nfe = {st.name: 0 for st in self.stages}
         outs: list[np.ndarray] = []
         encoded: dict[int, tuple[jax.Array, np.ndarray]] = {}  # one encoding per distinct text encoder
         with _on(self.device), tqdm(total=total, desc=f"{r.mode} {r.duration:g}s x{len(r.texts)}",
-                                    disable=not r.progress, leave=False, unit="eval") as bar:
+                                    disable=not r.progress, leave=False,
+                                    unit="eval" if self.eval_progress else "window") as bar:
             key = jax.random.key(int(r.seed))
             for i, (st, ctx, gen, s) in enumerate(runs):
                 cond = None
@@ -542,7 +552,8 @@ class MusicFlow:
                     encoded[id(st.text)] = st.text(r.texts)
                 bar.set_postfix_str(st.name)
                 x, nfe[st.name] = st.sample(jax.random.fold_in(key, i + 1), encoded[id(st.text)], s, ctx, gen, cond,
-                                            r.overlap, bar.update if r.progress else None, self.per_window, r.rows)
+                                            r.overlap, bar.update if r.progress else None, self.per_window, r.rows,
+                                            self.eval_progress)
                 _check_finite(x, f"{st.name} ({st.stream} stream)")
                 outs.append(x)
             bar.set_postfix_str("decoder")

@@ -13,6 +13,7 @@ bit-for-bit; only the masked frames are generated.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 
 import diffrax
@@ -123,6 +124,7 @@ def guided_field(
 
 
 _EVAL_SINK: list[Callable[[int], None] | None] = [None]  # where the running `sample` call reports evaluations
+_EVAL_LOCK = threading.Lock()  # one reporting `sample` call at a time (the sink is process-wide)
 
 
 def _report_eval(_t: Array) -> None:
@@ -181,7 +183,8 @@ def sample(
     Text-to-X: give `frames` and `feature_dim` (everything generated). In-context: give `ctx` (B,T,D)
     and `gen_mask` (B,T) True where frames are generated; ctx frames are returned unchanged. `frame_mask` (B,T)
     False marks padding (length buckets): those frames are not seen by the others and come back as 0. `on_eval(1)`
-    is called on the host after each network evaluation (one generation at a time; the call blocks until done).
+    is called on the host after each network evaluation (reporting calls run one at a time and block until done;
+    executables with the callback are not written to JAX's persistent compilation cache).
     The starting noise of row r, frame i comes from (key, rows[r], i) (default rows 0..B-1; buckets.frame_random).
     """
     b = text_emb.shape[0]
@@ -204,8 +207,9 @@ def sample(
     args = (model, key, rows, text_emb, text_mask.astype(bool), cond, ctx, gen_mask, frame_mask.astype(bool))
     if on_eval is None:
         return _sample_jit(*args, **kw)
-    _EVAL_SINK[0] = on_eval
-    try:
-        return jax.block_until_ready(_sample_jit(*args, **kw))
-    finally:
-        _EVAL_SINK[0] = None
+    with _EVAL_LOCK:
+        _EVAL_SINK[0] = on_eval
+        try:
+            return jax.block_until_ready(_sample_jit(*args, **kw))
+        finally:
+            _EVAL_SINK[0] = None

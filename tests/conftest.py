@@ -1,5 +1,5 @@
 """Test-session set-up: 8 virtual CPU devices for sharding tests, CPU-only JAX, repo on sys.path; the shared
-rendered-corpus fixture."""
+rendered-corpus fixture and the tiny random two-stage model of the generation tests."""
 
 import os
 import sys
@@ -58,3 +58,20 @@ def rendered_corpus(tmp_path_factory):
         return built[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny randomly initialised two-stage model folder (gen_fixtures.make_model_folder: mel backend, 1-s
+    windows), one per test module."""
+    from gen_fixtures import make_model_folder
+
+    return make_model_folder(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def tiny_mf(tiny_folder):
+    """`tiny_folder` loaded (pipeline.MusicFlow)."""
+    from musicflow_jax.pipeline import MusicFlow
+
+    return MusicFlow.load(tiny_folder)

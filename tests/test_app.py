@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from gen_fixtures import make_model_folder, tone
+from gen_fixtures import tone
 
 from musicflow_jax.app import Studio
 from musicflow_jax.pipeline import GenerateError, MusicFlow, StageSettings
@@ -26,21 +26,16 @@ import app_screenshot as browser  # noqa: E402
 TEXT = "a fast jazz piano trio"
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_model_folder(tmp_path_factory.mktemp("model"))
-
-
 def _results(outdir: Path, mode: str) -> list[Path]:
     return sorted(p for p in outdir.iterdir() if p.name.endswith(f"-{mode}") and (p / "generation.json").exists())
 
 
 @pytest.mark.slow
-def test_page_generates_drafts_refines_and_reports_bad_input(folder: Path, tmp_path: Path) -> None:
+def test_page_generates_drafts_refines_and_reports_bad_input(tiny_folder: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
     outdir, port = tmp_path / "results", browser.free_port()
-    app = browser.start_app(["--checkpoint", str(folder), "--duration", "1", "--outdir", str(outdir)], port,
+    app = browser.start_app(["--checkpoint", str(tiny_folder), "--duration", "1", "--outdir", str(outdir)], port,
                             tmp_path / "app.log")
     driver = browser.chromium()
     try:
@@ -54,7 +49,7 @@ def test_page_generates_drafts_refines_and_reports_bad_input(folder: Path, tmp_p
             clips.append(audio)
             assert sr == 24_000 and audio.shape == (24_000,) and float(np.sqrt(np.mean(audio**2))) > 1e-3
         # the page's request is the API's: same text x 2, 1 s, seed 0, the stages' default settings
-        want = MusicFlow.load(folder).generate([TEXT, TEXT], 1.0, seed=0, progress=False)
+        want = MusicFlow.load(tiny_folder).generate([TEXT, TEXT], 1.0, seed=0, progress=False)
         np.testing.assert_allclose(np.stack(clips), want.audio, atol=1e-6)
         assert driver.find_elements(By.CSS_SELECTOR, "#spec-0 img"), "spectrogram shown"
         assert browser.status_text(driver).startswith("Generate: 2 x 1.00 s")
@@ -84,8 +79,8 @@ def test_page_generates_drafts_refines_and_reports_bad_input(folder: Path, tmp_p
         app.wait(30)
 
 
-def test_studio_modes_and_messages(folder: Path, tmp_path: Path) -> None:
-    studio = Studio(MusicFlow.load(folder), tmp_path)
+def test_studio_modes_and_messages(tiny_folder: Path, tmp_path: Path) -> None:
+    studio = Studio(MusicFlow.load(tiny_folder), tmp_path)
     fast = (StageSettings(steps=1, solver="euler"), StageSettings(steps=1, solver="euler"))
     clip = tmp_path / "clip.wav"
     sf.write(clip, tone(1.0), 24_000)

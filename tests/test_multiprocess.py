@@ -1,12 +1,13 @@
 """Multi-process training on this machine: real subprocesses joined by jax.distributed on 127.0.0.1 with CPU
 collectives (gloo), each with several virtual devices, on one global 8-device mesh.
 
-- 1, 2 and 4 processes train the same 12 steps with the same losses (rtol 1e-5); the hosts' rows of every global
-  batch are disjoint and together are the single process's batch; eval is identical on every host;
+- 1 and 2 processes train the same 12 steps with the same losses (rtol 1e-5); the hosts' rows of every global
+  batch are disjoint and together are the single process's batch; eval is identical on every host (4 processes:
+  the 2 -> 4 resume below, against the same uninterrupted losses);
 - SIGKILL of every process, then a rerun: resume == uninterrupted (losses 1e-6, identical batches);
 - SIGTERM to one process: every process stops after the same step, saves it, and exits 0 within a bounded time
   (JAX's preemption service, through `python -m musicflow_jax.train`);
-- a checkpoint written by N processes resumes on M (2 -> 1, 1 -> 2, 2 -> 4) with the data position carried (the
+- a checkpoint written by N processes resumes on M (2 -> 1, 2 -> 4) with the data position carried (the
   position is the step: global batch k feeds step k on any host count).
 """
 
@@ -107,16 +108,16 @@ def global_rows(reports: list[dict]) -> dict[int, list[int]]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[int, tuple[Path, list[dict]]]:
-    """Uninterrupted 12-step runs with 1, 2 and 4 processes (8, 4 and 2 devices each)."""
+    """Uninterrupted 12-step runs with 1 and 2 processes (8 and 4 devices each)."""
     root = tmp_path_factory.mktemp("mp")
-    return {n: (root / f"p{n}", run(n, root / f"p{n}", "run")) for n in (1, 2, 4)}
+    return {n: (root / f"p{n}", run(n, root / f"p{n}", "run")) for n in (1, 2)}
 
 
 def test_process_counts_train_the_same_global_batches(reference):
     one_dir, one = reference[1]
     ref_losses, ref_rows = losses(one_dir), global_rows(one)
     assert sorted(ref_losses) == list(range(1, STEPS + 1))
-    for n in (2, 4):
+    for n in (2,):
         workdir, reports = reference[n]
         assert sorted(r["process_index"] for r in reports) == list(range(n))
         assert all(r["process_count"] == n and r["local_devices"] == GLOBAL_DEVICES // n for r in reports)

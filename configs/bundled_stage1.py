@@ -2,7 +2,7 @@
 (16-d at 50 Hz), small enough to train on a CPU (tools/train_bundled.py sets data.path and train.steps)."""
 
 from musicflow_jax.backends.chroma import ChromaSemantic
-from musicflow_jax.config import (
+from musicflow_jax.core.config import (
     Config,
     DataConfig,
     FlowConfig,

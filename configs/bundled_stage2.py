@@ -3,10 +3,11 @@ corpus (configs/codec_corpus.py: 64-d at 75 Hz), derived from bundled_stage1."""
 
 import dataclasses
 
-from configs.bundled_stage1 import WINDOW_SECONDS
-from configs.bundled_stage1 import get_config as stage1_config
-from configs.codec_corpus import get_config as codec_config
-from musicflow_jax.config import Config
+from musicflow_jax.core.config import Config
+
+from .bundled_stage1 import WINDOW_SECONDS
+from .bundled_stage1 import get_config as stage1_config
+from .codec_corpus import get_config as codec_config
 
 
 def get_config() -> Config:

@@ -1,10 +1,10 @@
-"""The project's own codec trained on the rendered corpus (musicflow_jax/codec_train.py): a CPU-sized SEANet
+"""The project's own codec trained on the rendered corpus (musicflow_jax/training/codec_trainer.py): a CPU-sized SEANet
 Encodec (16 base filters, 64-d latents at 75 Hz, 24 kHz mono, non-causal, one LSTM layer), 1 s crops, batch 8.
-Point it at a corpus: --set data.manifest=CORPUS/manifest.jsonl (tools/build_corpus.py)."""
+Point it at a corpus: --set data.manifest=CORPUS/manifest.jsonl (python -m musicflow_jax.build_corpus)."""
 
 import dataclasses
 
-from musicflow_jax.codec_train import (
+from musicflow_jax.training.codec_config import (
     CODEC_OPTIM,
     CodecDataConfig,
     CodecLoopConfig,

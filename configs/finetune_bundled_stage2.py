@@ -9,12 +9,11 @@ attention + MLP kernels alone at 1e-3 (docs/finetuning.md). Recipe: docs/finetun
 """
 
 import dataclasses
-from pathlib import Path
 
-from configs.bundled_stage2 import get_config as stage2_config
-from musicflow_jax.config import Config
+from musicflow_jax.core.config import Config
+from musicflow_jax.inference.model_folder import BUNDLED
 
-BUNDLED = Path(__file__).resolve().parent.parent / "musicflow_jax" / "assets" / "bundled"
+from .bundled_stage2 import get_config as stage2_config
 
 
 def get_config() -> Config:

@@ -4,7 +4,7 @@ Target: 768-d HuBERT-base features at 50 Hz (k-means unit centroids); text: T5-b
 ~10-s crops = 500 frames. Parameter count: see README ("Model sizes").
 """
 
-from musicflow_jax.config import Config, DataConfig, ModelConfig, OptimConfig, TextConfig, TrainConfig
+from musicflow_jax.core.config import Config, DataConfig, ModelConfig, OptimConfig, TextConfig, TrainConfig
 
 
 def get_config() -> Config:

@@ -3,8 +3,9 @@ build (HuBERT hidden 32, T5 d_model 32). Used by tests, CI and the README's end-
 
 import dataclasses
 
-from configs.stage1_base import get_config as base_config
-from musicflow_jax.config import Config
+from musicflow_jax.core.config import Config
+
+from .stage1_base import get_config as base_config
 
 
 def get_config() -> Config:

@@ -8,8 +8,9 @@ Remat "dots": at the paper's batch (256) on 8 devices (FSDP) the step needs ~119
 
 import dataclasses
 
-from configs.stage1_base import get_config as stage1_config
-from musicflow_jax.config import Config
+from musicflow_jax.core.config import Config
+
+from .stage1_base import get_config as stage1_config
 
 
 def get_config() -> Config:

@@ -3,9 +3,10 @@ semantic condition 32-d, T5 d_model 32)."""
 
 import dataclasses
 
-from configs.stage1_tiny import get_config as tiny1_config
-from configs.stage2_base import get_config as base_config
-from musicflow_jax.config import Config
+from musicflow_jax.core.config import Config
+
+from .stage1_tiny import get_config as tiny1_config
+from .stage2_base import get_config as base_config
 
 
 def get_config() -> Config:

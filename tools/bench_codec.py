@@ -11,16 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def best_of(fn, repeats: int) -> float:
@@ -38,14 +33,13 @@ def bench(seconds: float, batch: int, repeats: int, tiny: bool, seed: int = 0) -
     import torch
     from transformers import EncodecConfig, EncodecModel
 
-    from musicflow_jax.codec import Codec
     from musicflow_jax.convert.encodec import convert_encodec
+    from musicflow_jax.encoders.codec import Codec
 
     torch.manual_seed(seed)
     overrides = {}
     if tiny:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from tiny_models import TINY_ENCODEC
+        from musicflow_jax.testing.tiny_models import TINY_ENCODEC
 
         overrides = TINY_ENCODEC
     model = EncodecModel(EncodecConfig(**overrides)).eval()

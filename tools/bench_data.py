@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-for p in (str(ROOT), str(ROOT / "tests")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
 
 BATCH = 8  # every loader and train-step number is for batches of this size
 
 
 def bench_render(out: Path, pieces: int, seed: int) -> dict[str, Any]:
-    from tools.build_corpus import build_corpus
+    from musicflow_jax.data.corpus import build_corpus
 
     s = build_corpus(out, composers=("bach",), limit=pieces, seed=seed, progress=False)
     return {"render_pieces": s["ok"], "render_audio_s": s["audio_seconds"],
@@ -32,20 +25,20 @@ def bench_render(out: Path, pieces: int, seed: int) -> dict[str, Any]:
 
 
 def bench_precompute(out: Path, manifest: Path, threads: int) -> dict[str, Any]:
-    from tiny_models import save_tiny_encodec, save_tiny_hubert, save_tiny_t5
-
-    from musicflow_jax.precompute import precompute
+    from musicflow_jax.backends.registry import PartFiles
+    from musicflow_jax.data.precompute import Segmenting, precompute
+    from musicflow_jax.testing.tiny_models import save_tiny_encodec, save_tiny_hubert, save_tiny_t5
 
     ck = out / "ckpt"
     hub, enc, t5 = save_tiny_hubert(ck / "hubert"), save_tiny_encodec(ck / "encodec"), save_tiny_t5(ck / "t5")
-    r = precompute(manifest, out / "features", hubert=str(hub), encodec=str(enc), layer=2, t5=str(t5),
-                   text_max_len=32, segment_seconds=10.0, threads=threads, progress=False)
+    r = precompute(manifest, out / "features", files=PartFiles(hubert=str(hub), encodec=str(enc), layer=2),
+                   t5=str(t5), text_max_len=32, cut=Segmenting(seconds=10.0), threads=threads, progress=False)
     return {"precompute_clips": r["clips_ok"], "precompute_audio_s": r["audio_seconds"],
             "precompute_audio_s_per_wall_s": r["audio_s_per_wall_s"], "features": str(out / "features")}
 
 
 def bench_loader(cfg: Any, batches: int) -> float:
-    from musicflow_jax import data
+    from musicflow_jax.data import loader as data
 
     it = iter(data.make_dataset(cfg, cfg.data.split, process_index=0, process_count=1))
     next(it)  # start-up (threads, file handles) excluded
@@ -57,7 +50,7 @@ def bench_loader(cfg: Any, batches: int) -> float:
 
 def bench_train_step(cfg: Any, steps: int) -> float:
     """Steps/s of the real sharded train step (frozen T5, flow loss, AdamW, EMA) on the config's batch."""
-    from tools.bench_train import bench
+    from bench_train import bench  # the sibling tool (python puts tools/ first on the path)
 
     return bench(cfg, steps, warmup=1, peak_tflops=0.0, matmul_n=256)["steps_per_s"]
 
@@ -73,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     import tempfile
 
-    from musicflow_jax import config
+    from musicflow_jax.core import config
 
     Path(a.out).mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="bench-", dir=a.out))  # fresh: nothing reused from an earlier run
@@ -85,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         features = pre.pop("features")
         res.update(pre)
     for stage in (1, 2):
-        cfg = config.load(ROOT / "configs" / f"stage{stage}_tiny.py", [f"data.batch_size={BATCH}"])
+        cfg = config.load(f"stage{stage}_tiny", [f"data.batch_size={BATCH}"])
         res[f"stage{stage}_loader_synthetic_batches_per_s"] = round(bench_loader(cfg, a.batches), 1)
         if features:
             rcfg = config.apply_overrides(cfg, ["data.source=arrayrecord", f"data.path={features}"])

@@ -18,17 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-for _p in (ROOT, ROOT / "tools"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-TIERS = {"tiny": ("configs/stage1_tiny.py", "configs/stage2_tiny.py"),
-         "base": ("configs/stage1_base.py", "configs/stage2_base.py")}
+TIERS = {"tiny": ("stage1_tiny", "stage2_tiny"),
+         "base": ("stage1_base", "stage2_base")}
 
 
 # ----------------------------------------------------------------------------------------- MusicFlow
@@ -37,16 +31,16 @@ TIERS = {"tiny": ("configs/stage1_tiny.py", "configs/stage2_tiny.py"),
 def musicflow_setup(tier: str, duration: float) -> dict[str, Any]:
     from flax import nnx
 
-    from musicflow_jax import config as config_lib
-    from musicflow_jax.codec import Codec
+    from musicflow_jax.core import config as config_lib
+    from musicflow_jax.encoders.codec import Codec
+    from musicflow_jax.encoders.text import TextEncoder
     from musicflow_jax.models.encodec import Encodec, EncodecConfig
     from musicflow_jax.models.transformer import FlowTransformer, count_params
-    from musicflow_jax.text_encoder import TextEncoder
 
     f1, f2 = TIERS[tier]
     cfgs = []
     for f, rate in ((f1, 50), (f2, 75)):
-        c = config_lib.load(ROOT / f)
+        c = config_lib.load(f)
         cfgs.append(dataclasses.replace(c, model=dataclasses.replace(c.model, dtype="float32"),
                                         data=dataclasses.replace(c.data, frames=int(round(duration * rate)))))
     c1, c2 = cfgs
@@ -63,8 +57,8 @@ def musicflow_run(s: dict[str, Any], nfe: int, seed: int = 0) -> Any:
     import jax.numpy as jnp
     import numpy as np
 
-    from musicflow_jax import features
-    from musicflow_jax.sampling import sample
+    from musicflow_jax.core import frames as features
+    from musicflow_jax.core.sampling import sample
 
     c1, c2 = s["cfg1"], s["cfg2"]
     emb, mask = s["text"](["a calm piano piece in C major"])

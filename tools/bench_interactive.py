@@ -11,13 +11,8 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from musicflow_jax.pipeline import MusicFlow  # noqa: E402
+from musicflow_jax.inference.cascade import MusicFlow
 
 TEXT = ["a calm Bach chorale played on a church organ"]
 

@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
 
 def _write_audio(folder: Path, seconds: float, files: int, seed: int) -> Path:
@@ -50,13 +44,13 @@ def bench(seconds: float, segment_seconds: float, batch_size: int, tiny: bool, f
     import torch
     from transformers import EncodecConfig, EncodecModel, HubertConfig, HubertModel
 
-    from musicflow_jax.codebook import checkpoint_sha256, save_codebook
-    from musicflow_jax.precompute import precompute
+    from musicflow_jax.data.precompute import precompute
+    from musicflow_jax.encoders.codebook import checkpoint_sha256, save_codebook
 
     torch.manual_seed(seed)
     layer = 2 if tiny else 6
     if tiny:
-        from tiny_models import TINY_ENCODEC, TINY_HUBERT
+        from musicflow_jax.testing.tiny_models import TINY_ENCODEC, TINY_HUBERT
         hub_cfg, enc_cfg = HubertConfig(**TINY_HUBERT), EncodecConfig(**TINY_ENCODEC)
     else:
         hub_cfg, enc_cfg = HubertConfig(), EncodecConfig()

@@ -22,15 +22,10 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PRESETS = {
-    "tiny": ("configs/stage1_tiny.py", []),
-    "mid": ("configs/stage1_tiny.py", ["model.dim=256", "model.depth=8", "model.heads=4", "model.mlp_dim=1024",
+    "tiny": ("stage1_tiny", []),
+    "mid": ("stage1_tiny", ["model.dim=256", "model.depth=8", "model.heads=4", "model.mlp_dim=1024",
                                        "model.time_dim=128", "data.frames=250", "data.batch_size=8",
                                        "name=stage1_mid"]),
 }
@@ -57,7 +52,10 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
     import jax
     import jax.numpy as jnp
 
-    from musicflow_jax import metrics, sharding, train, train_state
+    from musicflow_jax.core import sharding
+    from musicflow_jax.training import flow_trainer as train
+    from musicflow_jax.training import logger as metrics
+    from musicflow_jax.training import state as train_state
 
     mesh = sharding.make_mesh(cfg.mesh)
     setup = train_state.make_setup(cfg, mesh)
@@ -97,7 +95,9 @@ def aot(cfg) -> dict:  # noqa: ANN001
     import jax
     import numpy as np
 
-    from musicflow_jax import sharding, train, train_state
+    from musicflow_jax.core import sharding
+    from musicflow_jax.training import flow_trainer as train
+    from musicflow_jax.training import state as train_state
 
     mesh = sharding.make_mesh(cfg.mesh)
     setup = train_state.make_setup(cfg, mesh)
@@ -142,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lora-vs-full", type=int, default=0, metavar="RANK", help="bench the config as a full fine-tune "
                     "and as a LoRA fine-tune of this rank (base frozen), one after the other; print both and the ratio")
     args = ap.parse_args(argv)
-    from musicflow_jax import config
+    from musicflow_jax.core import config
 
     path, preset_sets = PRESETS[args.preset or "tiny"] if not args.config else (args.config, [])
-    cfg = config.load(ROOT / path if not Path(path).is_absolute() else path, [*preset_sets, *args.set])
+    cfg = config.load(path, [*preset_sets, *args.set])
     if args.lora_vs_full:
         full = bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)
         lora_cfg = config.apply_overrides(cfg, [f"model.lora_rank={args.lora_vs_full}"])

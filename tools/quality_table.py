@@ -23,11 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from musicflow_jax.evaluate.model import EvalSpec  # noqa: E402
+from musicflow_jax.evaluate.model import EvalSpec
 
 ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "real_halves": ("real halves (clips [0,n) vs [n,2n))", {"mode": "halves"}),
@@ -121,8 +117,8 @@ def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
     """The spec with each stage's default steps / CFG / solver filled in from the model folder's stage configs."""
     import dataclasses
 
-    from musicflow_jax.pipeline import BUNDLED
-    from musicflow_jax.stage_io import load_stage
+    from musicflow_jax.inference.cascade import BUNDLED
+    from musicflow_jax.models.stage_file import load_stage
 
     folder = BUNDLED if checkpoint == "bundled" else Path(checkpoint)
     cfgs = [load_stage(folder / f"stage{i}.safetensors", stream)[0] for i, stream in ((1, "semantic"), (2, "acoustic"))]
@@ -135,7 +131,7 @@ def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from musicflow_jax.evaluate.__main__ import main as evaluate_main
+    from musicflow_jax.cli.evaluate import main as evaluate_main
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="bundled")

@@ -14,10 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fmax", type=float, default=6000.0, help="highest frequency shown (Hz)")
     a = ap.parse_args(argv)
 
+    from musicflow_jax.data.manifest import read_manifest
     from musicflow_jax.evaluate.model import ceiling_audio, read_window
-    from musicflow_jax.generate import spectrogram_panels_png
-    from musicflow_jax.manifest import read_manifest
-    from musicflow_jax.pipeline import GenerateError, MusicFlow
+    from musicflow_jax.inference.cascade import GenerateError, MusicFlow
+    from musicflow_jax.utils.plots import spectrogram_panels_png
 
     if not Path(a.manifest).is_file():
         print(f"error: --manifest {a.manifest} does not exist: pass a tools/build_corpus.py manifest.jsonl",

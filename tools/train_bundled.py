@@ -3,16 +3,17 @@
     python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled
 
 Steps, each resumable (a rerun skips what is finished and resumes runs from their checkpoints):
-  1. corpus    tools/build_corpus.py: `--limit` Bach scores (seed 0), each also in `--transpositions` seeded keys,
-               rendered by fluidsynth to 24 kHz mono, cut to 30 s;
-  2. codec     musicflow_jax.train_codec with configs/codec_corpus.py on the corpus' train split, exported as a
+  1. corpus    musicflow_jax.data.corpus (python -m musicflow_jax.build_corpus): `--limit` Bach scores (seed 0),
+               each also in `--transpositions` seeded keys, rendered by fluidsynth to 24 kHz mono, cut to 30 s;
+  2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a
                converted Encodec folder (the EMA weights);
-  3. features  musicflow_jax.precompute with the "chroma+encodec" backend (weight-free chroma semantic stream at
+  3. features  musicflow_jax.data.precompute with the "chroma+encodec" backend (weight-free chroma semantic stream at
                50 Hz, the codec's continuous latents at 75 Hz), 8-s end-aligned segments;
-  4. stage 1   musicflow_jax.train with configs/bundled_stage1.py (text -> chroma), EMA weights exported;
-  5. stage 2   musicflow_jax.train with configs/bundled_stage2.py (chroma + text -> codec latents), exported;
-  6. bundle    tools/assemble_model.py's assemble (stages, the embedded T5 they were trained with, features.json
-               with the stats and the codec folder), per-clip corpus features for tests/test_bundled.py, and
+  4. stage 1   the flow trainer with configs/bundled_stage1.py (text -> chroma), EMA weights exported;
+  5. stage 2   the flow trainer with configs/bundled_stage2.py (chroma + text -> codec latents), exported;
+  6. bundle    the model folder (inference/model_folder.py's assemble: stages, the embedded T5 they were trained
+               with, features.json with the stats and the codec folder), per-clip corpus features for the bundled
+               model's tests, and
                train_report.json with every step's wall time and losses.
 """
 
@@ -27,12 +28,16 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tools"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-from musicflow_jax.config import Config  # noqa: E402
+from musicflow_jax.backends.registry import PartFiles
+from musicflow_jax.core import config as config_lib
+from musicflow_jax.core.config import Config
+from musicflow_jax.data.corpus import build_corpus
+from musicflow_jax.data.loader import load_index, shard_paths
+from musicflow_jax.data.precompute import Segmenting, precompute
+from musicflow_jax.data.records import ShardSource
+from musicflow_jax.inference import model_folder
+from musicflow_jax.training import codec_config, codec_trainer, flow_trainer
+from musicflow_jax.training.export import export
 
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
@@ -40,46 +45,35 @@ STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle")
 
 
 def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
-    from build_corpus import build_corpus
-
     return build_corpus(corpus, composers=("bach",), limit=limit, seed=0, max_seconds=30.0,
                         transpositions_per_score=transpositions, jobs=jobs)
 
 
 def train_codec(manifest: Path, workdir: Path, steps: int | None) -> dict[str, Any]:
     """configs/codec_corpus.py on the corpus, then its EMA weights exported to workdir/export."""
-    from musicflow_jax import codec_train
-
     overrides = [f"data.manifest={manifest}"] + ([f"train.steps={steps}"] if steps else [])
-    cfg = codec_train.load_config(ROOT / "configs" / "codec_corpus.py", overrides)
-    codec_train.train_codec(cfg, workdir, async_ckpt=False)
-    codec_train.export_codec(workdir, workdir / "export", ema=True)
+    cfg = codec_config.load_config("codec_corpus", overrides)
+    codec_trainer.train_codec(cfg, workdir, async_ckpt=False)
+    codec_trainer.export_codec(workdir, workdir / "export", ema=True)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
 
 def precompute_features(manifest: Path, codec: Path, out: Path) -> dict[str, Any]:
     """musicflow_jax.precompute with the chroma+encodec backend (reruns skip finished shards)."""
-    from musicflow_jax.precompute import precompute
-
-    precompute(manifest, out, backend="chroma+encodec", encodec=str(codec), segment_seconds=SEGMENT_SECONDS,
-               min_seconds=1.0, end_aligned=True)
+    precompute(manifest, out, backend="chroma+encodec", files=PartFiles(encodec=str(codec)),
+               cut=Segmenting(seconds=SEGMENT_SECONDS, min_seconds=1.0, end_aligned=True))
     return json.loads((out / "index.json").read_text())
 
 
 def stage_config(stage: int, data: Path, steps: int | None) -> Config:
     """configs/bundled_stage{1,2}.py on `data` (train.steps from the config unless `steps`)."""
-    from musicflow_jax import config as config_lib
-
-    return config_lib.load(ROOT / "configs" / f"bundled_stage{stage}.py",
+    return config_lib.load(f"bundled_stage{stage}",
                            [f"data.path={data}"] + ([f"train.steps={steps}"] if steps else []))
 
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
-    """Train with musicflow_jax.train (resuming the workdir), then export the EMA weights."""
-    from musicflow_jax import train
-    from musicflow_jax.export import export
-
-    train.train(cfg, workdir, async_ckpt=False)
+    """Train with the flow trainer (resuming the workdir), then export the EMA weights."""
+    flow_trainer.train(cfg, workdir, async_ckpt=False)
     export(workdir, out_file)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
@@ -96,9 +90,6 @@ def _losses(workdir: Path) -> dict[str, Any]:
 def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
     """Per-clip mean of the acoustic stream (raw codec latents) and the instrument phrase of its caption: the
     spectral-classifier data of tests/test_bundled.py."""
-    from musicflow_jax.data import load_index, shard_paths
-    from musicflow_jax.records import ShardSource
-
     src = ShardSource(shard_paths(data, split, load_index(data)))
     feats, labels = [], []
     for i in range(len(src)):
@@ -109,16 +100,14 @@ def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
 
 
 def bundle(stage1: Path, stage2: Path, index: Path, codec: Path, data: Path, out: Path) -> None:
-    from assemble_model import assemble
-
-    assemble(str(stage1), str(stage2), str(index), str(out), encodec=str(codec))
+    model_folder.assemble(stage1, stage2, index, out, PartFiles(encodec=str(codec)))
     np.savez_compressed(out / "corpus_features.npz", **corpus_features(data))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/bundled", help="scratch folder (corpus, codec, features, run dirs)")
-    ap.add_argument("--out", default=str(ROOT / "musicflow_jax" / "assets" / "bundled"))
+    ap.add_argument("--out", default=str(model_folder.BUNDLED))
     ap.add_argument("--corpus", default=None, help="existing corpus folder with manifest.jsonl (else rendered)")
     ap.add_argument("--limit", type=int, default=160, help="scores to render")
     ap.add_argument("--transpositions", type=int, default=2, help="transposed copies rendered per score")
@@ -144,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.corpus is None:
         report["corpus"] = step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
     if not manifest.is_file():
-        print(f"error: {manifest} does not exist: pass --corpus with a tools/build_corpus.py folder", file=sys.stderr)
+        print(f"error: {manifest} does not exist: pass --corpus with a python -m musicflow_jax.build_corpus folder",
+              file=sys.stderr)
         return 2
     if a.until != "corpus":
         report["codec"] = step("codec", train_codec, manifest, work / "codec", a.codec_steps)

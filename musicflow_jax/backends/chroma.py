@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicflow_jax.backends.base import register
 from musicflow_jax.backends.stft import FramedPart, config_from_spec, stft
 
 
@@ -82,6 +81,5 @@ class ChromaSemantic(FramedPart):
         return jnp.concatenate([chroma_btc, bands_btk], axis=-1)
 
 
-@register("semantic", "chroma")
-def _build(spec: dict[str, Any], folder: Path | None) -> ChromaSemantic:
+def build(spec: dict[str, Any], folder: Path | None) -> ChromaSemantic:
     return ChromaSemantic(config_from_spec(ChromaConfig, spec))

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax.backends.base import BackendError, register, resolve
-from musicflow_jax.codec import Codec
+from musicflow_jax.backends.parts import BackendError, resolve
+from musicflow_jax.encoders.codec import Codec
 
 
 class EncodecAcoustic:
@@ -59,6 +59,5 @@ class EncodecAcoustic:
         return {"folder": self.folder} if self.folder is not None else {}
 
 
-@register("acoustic", "encodec", engines=("jax",))
-def _build(spec: dict[str, Any], folder: Path | None) -> EncodecAcoustic:
+def build(spec: dict[str, Any], folder: Path | None) -> EncodecAcoustic:
     return EncodecAcoustic.load(resolve(folder, spec["folder"]))

@@ -5,7 +5,7 @@ frame's unit is its nearest centroid (squared Euclidean) and the stream stage 1 
 that unit. Taking the centroid keeps the target continuous (flow matching) while dropping the frame-level detail
 the paper's discrete semantic tokens also drop. Without a codebook the raw hidden states are the stream (units -1).
 
-The codebook file format (written by tools/fit_kmeans.py) is defined in musicflow_jax/codebook.py.
+The codebook file format (written by python -m musicflow_jax.fit_kmeans) is defined in musicflow_jax/codebook.py.
 Spec: {"kind": "hubert", "folder": converted HuBERT folder, "layer": int, "kmeans": codebook file or null}.
 """
 
@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musicflow_jax.backends.base import register, resolve
-from musicflow_jax.codebook import check_codebook, load_codebook
+from musicflow_jax.backends.parts import resolve
+from musicflow_jax.encoders.codebook import check_codebook, load_codebook
+from musicflow_jax.encoders.converted import HUBERT, load_hubert, read_meta
 from musicflow_jax.models.hubert import Hubert, HubertConfig
 from musicflow_jax.models.port_layers import nearest_code
-from musicflow_jax.weights import HUBERT, load_hubert, read_meta
 
 assign_units = nearest_code  # (B, T, C) features, (K, C) centroids -> nearest centroid ids int32 (B, T)
 
@@ -111,6 +111,5 @@ class HubertSemantic:
         return jnp.take(self._need_codebook(), jnp.asarray(ids_bt, jnp.int32), axis=0)
 
 
-@register("semantic", "hubert", engines=("jax",))
-def _build(spec: dict[str, Any], folder: Path | None) -> HubertSemantic:
+def build(spec: dict[str, Any], folder: Path | None) -> HubertSemantic:
     return HubertSemantic.load(resolve(folder, spec["folder"]), resolve(folder, spec.get("kmeans")), int(spec["layer"]))

@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from musicflow_jax.backends.base import register
 from musicflow_jax.backends.stft import FramedPart, config_from_spec, istft, stft
-from musicflow_jax.buckets import frame_random
+from musicflow_jax.core.noise import frame_random
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +114,5 @@ def _griffin_lim(c: MelConfig, mag_btf: jax.Array) -> jax.Array:
     return istft(mag_btf * angles, c.n_fft, c.hop_length)
 
 
-@register("acoustic", "mel")
-def _build(spec: dict[str, Any], folder: Path | None) -> MelAcoustic:
+def build(spec: dict[str, Any], folder: Path | None) -> MelAcoustic:
     return MelAcoustic(config_from_spec(MelConfig, spec))

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax.backends.base import BackendError, register, resolve
-from musicflow_jax.codebook import check_codebook, checkpoint_sha256, load_codebook
+from musicflow_jax.backends.parts import BackendError, resolve
+from musicflow_jax.encoders.codebook import check_codebook, checkpoint_sha256, load_codebook
+from musicflow_jax.encoders.tokenizer import load_tokenizer
+from musicflow_jax.models.port_layers import nearest_code
 
 
 def _torch() -> Any:
@@ -25,8 +27,6 @@ def _torch() -> Any:
 
 def assign_units(h_btc: np.ndarray, centroids_kc: np.ndarray) -> np.ndarray:
     """Nearest centroid per frame -> int32 (..., T): the runtime's search (port_layers.nearest_code)."""
-    from musicflow_jax.models.port_layers import nearest_code
-
     h = np.asarray(h_btc, np.float32)
     return np.asarray(nearest_code(h.reshape(-1, *h.shape[-2:]), np.asarray(centroids_kc, np.float32))
                       ).reshape(h.shape[:-1]).astype(np.int32)
@@ -35,7 +35,6 @@ def assign_units(h_btc: np.ndarray, centroids_kc: np.ndarray) -> np.ndarray:
 class TorchHubertSemantic:
     """transformers' HubertModel at `hidden_states[layer]`, with its feature extractor's per-clip waveform
     normalisation (`do_normalize` in preprocessor_config.json) applied first, as HF's feature extractor does."""
-
     kind = "hubert"
 
     def __init__(self, folder: str | Path, layer: int, kmeans_file: str | Path | None = None):
@@ -91,7 +90,6 @@ class TorchHubertSemantic:
 
 class TorchEncodecAcoustic:
     """transformers' EncodecModel: `encoder(audio)` is the continuous latent before the RVQ; `decoder` inverts it."""
-
     kind = "encodec"
 
     def __init__(self, folder: str | Path):
@@ -144,11 +142,9 @@ class TorchEncodecAcoustic:
 
 class TorchText:
     """transformers' T5EncoderModel + the project's tokenizer: captions -> (emb (B, L, E), mask (B, L))."""
-
     def __init__(self, folder: str | Path, max_len: int):
         from transformers import T5EncoderModel
 
-        from musicflow_jax.tokenizer import load_tokenizer
 
         self.model = T5EncoderModel.from_pretrained(folder).eval()
         self.tokenizer, self.max_len = load_tokenizer(folder), max_len
@@ -166,11 +162,9 @@ class TorchText:
         return out.numpy().astype(np.float32), mask
 
 
-@register("semantic", "hubert", engines=("torch",))
-def _build_hubert(spec: dict[str, Any], folder: Path | None) -> TorchHubertSemantic:
+def build_hubert(spec: dict[str, Any], folder: Path | None) -> TorchHubertSemantic:
     return TorchHubertSemantic(resolve(folder, spec["folder"]), int(spec["layer"]), resolve(folder, spec.get("kmeans")))
 
 
-@register("acoustic", "encodec", engines=("torch",))
-def _build_encodec(spec: dict[str, Any], folder: Path | None) -> TorchEncodecAcoustic:
+def build_encodec(spec: dict[str, Any], folder: Path | None) -> TorchEncodecAcoustic:
     return TorchEncodecAcoustic(resolve(folder, spec["folder"]))

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from musicflow_jax import weights
 from musicflow_jax.convert.torch_state import apply_rules, conv_t, convtr_t, linear_t, read_hf_config, read_state_dict
+from musicflow_jax.encoders import converted
+from musicflow_jax.encoders.converted import save_converted
 from musicflow_jax.models.encodec import Encodec, EncodecConfig, SConvTranspose1d
-from musicflow_jax.weights import WeightsError, build_with_params, save_converted
+from musicflow_jax.models.params import WeightsError, build_with_params
 
-KIND = weights.ENCODEC
+KIND = converted.ENCODEC
 PRESETS: dict[str, dict[str, Any]] = {
     "24khz": dict(sampling_rate=24_000, audio_channels=1, normalize=False, chunk_length_s=None, overlap=None,
                   norm_type="weight_norm", use_causal_conv=True, target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0]),

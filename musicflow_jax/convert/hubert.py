@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from musicflow_jax import weights
-from musicflow_jax.codebook import checkpoint_sha256
 from musicflow_jax.convert.torch_state import conv_t, linear_t, read_hf_config, read_state_dict
+from musicflow_jax.encoders import converted
+from musicflow_jax.encoders.codebook import checkpoint_sha256
+from musicflow_jax.encoders.converted import save_converted
 from musicflow_jax.models.hubert import Hubert, HubertConfig
-from musicflow_jax.weights import WeightsError, build_with_params, save_converted
+from musicflow_jax.models.params import WeightsError, build_with_params
 
-KIND = weights.HUBERT
+KIND = converted.HUBERT
 IGNORE = re.compile(r"masked_spec_embed|lm_head\..*|final_proj\..*|label_embs_concat|projector\..*|classifier\..*")
 
 
@@ -54,7 +55,7 @@ def convert_hubert(src: str | Path, dst: str | Path) -> Path:
     flat = hf_to_flax(read_state_dict(src), str(src))
     build_with_params(lambda: Hubert(cfg, rngs=nnx.Rngs(0)), flat, str(src))
     # The feature extractor's waveform normalisation (zero mean, unit variance per clip) is part of the model's
-    # input contract: some HuBERTs (e.g. large) are trained with it. tools/precompute_features.py applies it too.
+    # input contract: some HuBERTs (e.g. large) are trained with it. python -m musicflow_jax.precompute applies it too.
     pre = Path(src) / "preprocessor_config.json"
     do_normalize = bool(json.loads(pre.read_text()).get("do_normalize", False)) if pre.is_file() else False
     return save_converted(dst, KIND, dataclasses.asdict(cfg), flat, source=str(src),

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from flax import nnx
 
-from musicflow_jax import weights
 from musicflow_jax.convert.torch_state import apply_rules, linear_t, read_hf_config, read_state_dict
+from musicflow_jax.encoders import converted
+from musicflow_jax.encoders.converted import save_converted
+from musicflow_jax.encoders.tokenizer import copy_tokenizer, load_tokenizer
+from musicflow_jax.models.params import build_with_params
 from musicflow_jax.models.t5 import T5Config, T5Encoder
-from musicflow_jax.tokenizer import copy_tokenizer, load_tokenizer
-from musicflow_jax.weights import build_with_params, save_converted
 
-KIND = weights.T5
+KIND = converted.T5
 _B = r"encoder\.block\.(\d+)\.layer"
 RULES = [
     (r"encoder\.embed_tokens\.weight", "embed_tokens.embedding", None),

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax.weights import WeightsError
+from musicflow_jax.models.params import WeightsError
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Rule = tuple[str, str, Transform | None]  # (regex on the source key, replacement, layout transform)

@@ -1,7 +1,7 @@
 """Alignment metrics for continuation, infilling and codec round trips: the evaluated audio is the same piece as a
 reference, a window [start_s, end_s) of a rendered score, and is judged against the real audio of that window AND
-the score's ground-truth notes (tools/build_corpus.py's `notes/<stem>.json`: [[onset_s, offset_s, midi_pitch,
-gm_program], ...], `musicflow_jax.manifest.Entry.notes`).
+the score's ground-truth notes (musicflow_jax/data/corpus.py's `notes/<stem>.json`: [[onset_s, offset_s, midi_pitch,
+gm_program], ...], `musicflow_jax.data.manifest.Entry.notes`).
 
 Conventions shared by every function:
 - times: `start_s`, `end_s` (and `seam_s`) are in the note list's time base (seconds from the start of the real
@@ -57,8 +57,10 @@ from pathlib import Path
 
 import numpy as np
 
-from musicflow_jax.audio import resample
+from musicflow_jax.backends.stft import frames
+from musicflow_jax.core.audio import resample
 from musicflow_jax.evaluate import music
+from musicflow_jax.evaluate.proxy import log_mel_db
 
 CHROMA_RATE = 50.0  # music.chroma frames per second (16 kHz / hop 320)
 ONSET_MERGE_S = 0.03  # score onsets closer than this are one onset
@@ -89,7 +91,7 @@ def parse_notes(notes: Notes) -> np.ndarray:
             notes = json.loads(Path(notes).read_text())
         except OSError as e:
             raise AlignmentError(f"{where} cannot be read ({type(e).__name__}): give the path of a note list JSON "
-                                 "(tools/build_corpus.py notes/<stem>.json)") from None
+                                 "(python -m musicflow_jax.build_corpus notes/<stem>.json)") from None
         except json.JSONDecodeError as e:
             raise AlignmentError(f"{where} is not JSON ({e.msg} at line {e.lineno}): write it as "
                                  "[[onset_s, offset_s, midi_pitch, gm_program], ...]") from None
@@ -170,8 +172,6 @@ def note_chroma(notes: Notes, start_s: float, end_s: float, frame_rate: float = 
 def frame_level_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(T,) level in dB re full scale (mean square under the frame's Hann window) of `music.chroma`'s frames, same
     grid: 16 kHz, n_fft 2048, hop 320, frame t's window starting at t * 320 - 864 samples (zero padding)."""
-    from musicflow_jax.backends.stft import frames
-
     cfg = music.KEY_CHROMA
     x = resample(music._mono(audio, "audio"), sample_rate, cfg.sample_rate).astype(np.float64)
     w = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(cfg.n_fft) / cfg.n_fft)) ** 2
@@ -305,7 +305,6 @@ def envelope_db(audio: np.ndarray, sample_rate: int, n_cepstra: int = SEAM_CEPST
     (orthonormal DCT-II, i.e. MFCC 0..n_cepstra - 1, and back): level, brightness and timbre, not the pitches."""
     from scipy.fft import dct, idct
 
-    from musicflow_jax.evaluate.proxy import log_mel_db
 
     c = dct(log_mel_db(music._mono(audio, "audio"), sample_rate), type=2, norm="ortho", axis=1)
     c[:, n_cepstra:] = 0.0

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from musicflow_jax.errors import MusicFlowError
+from musicflow_jax.evaluate.report import RESULTS_FORMAT
+
 N_BOOT = 2000
 METRICS = ("key_exact", "key_mirex", "tempo_within_4pct", "note_presence", "onsets_per_second")
 
 
-class CompareError(ValueError):
+class CompareError(MusicFlowError):
     """Results that cannot be compared; the message names the file and the fix."""
 
 
@@ -57,8 +60,6 @@ def _value(clip: dict[str, Any], metric: str) -> float | None:
 
 
 def load_results(path: str | Path) -> dict[str, Any]:
-    from musicflow_jax.evaluate.report import RESULTS_FORMAT
-
     path = Path(path)
     try:
         res = json.loads(path.read_text())

@@ -37,13 +37,15 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, log_softmax, rel_entr, softmax
 
+from musicflow_jax.errors import MusicFlowError
+
 KL_EPS = 1e-6  # audioldm_eval's and audiocraft's offset inside the log of the generated probabilities
 IS_SPLITS = 10
 IS_SEED = 2020
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
-class DistributionError(ValueError):
+class DistributionError(MusicFlowError):
     """Label distributions that cannot be compared; the message names the input and the fix."""
 
 

@@ -29,11 +29,13 @@ import dataclasses
 
 import numpy as np
 
+from musicflow_jax.errors import MusicFlowError
+
 EPS = 1e-6  # the reference's diagonal offset when sqrtm(S1 S2) is not finite
 IMAG_ATOL = 1e-3  # the reference's tolerance on the diagonal's imaginary part
 
 
-class FrechetError(ValueError):
+class FrechetError(MusicFlowError):
     """Embedding sets or statistics that cannot be compared; the message names the input and the fix."""
 
 

@@ -16,7 +16,8 @@ by musicflow_jax.evaluate.report against the reference set:
 - "ceiling": the backend ceiling, real clips through the model's feature backend,
   `backend.decode(backend.encode_acoustic(audio))` at the backend's sample rate (no flow model involved): no model
   on this backend can beat it. `checkpoint` may also be a backend-only folder (features.json + its part files, e.g.
-  written by tools/backend_folder.py), to measure a backend - a codec trained here - before any flow model exists;
+  written by `python -m musicflow_jax.assemble --semantic S --acoustic A`), to measure a backend - a codec trained
+  here - before any flow model exists;
 - "halves": real against real - the first n clips against clips [n, 2n) (same sizes as a model row, so the FD is
   comparable with the model rows').
 Seeds: captions are generated in batches of `batch`; batch k uses seed `seed + k`, so (seed, n, batch) fix the
@@ -33,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from musicflow_jax.evaluate.report import Clip, EvaluateError, evaluate, read_entries
+from musicflow_jax.backends import FEATURES_FILE, BackendError, load_backend
+from musicflow_jax.core.audio import read_audio, write_wav
+from musicflow_jax.evaluate.alignment import AlignmentError, clip_alignment, continuation_scores, seam_discontinuity
+from musicflow_jax.evaluate.embedders import build
+from musicflow_jax.evaluate.embedders.base import EmbedError
+from musicflow_jax.evaluate.report import Clip, EvaluateError, evaluate, load_clips, read_entries
+from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings
 
 MODES = ("generate", "continue", "infill", "ceiling", "halves")
 
@@ -62,8 +69,6 @@ def _window(spec: EvalSpec) -> tuple[float, float]:
 
 
 def read_window(path: str, start: float, end: float, sample_rate: int) -> np.ndarray:
-    from musicflow_jax.audio import read_audio
-
     x, _ = read_audio(path, sample_rate=sample_rate, mono=True)
     a, b = int(round(start * sample_rate)), int(round(end * sample_rate))
     if x.size < b:
@@ -73,8 +78,6 @@ def read_window(path: str, start: float, end: float, sample_rate: int) -> np.nda
 
 
 def _write(folder: Path, name: str, audio: np.ndarray, sample_rate: int, caption: str, meta: dict[str, Any]) -> Clip:
-    from musicflow_jax.audio import write_wav
-
     path = write_wav(folder / f"{name}.wav", audio, sample_rate, {"text": caption, **meta}, subtype="FLOAT")
     return Clip(str(path), caption)
 
@@ -92,8 +95,6 @@ def ceiling_audio(mf: Any, audio: np.ndarray) -> np.ndarray:
 
 
 def _settings(mf: Any, spec: EvalSpec) -> tuple[Any, Any]:
-    from musicflow_jax.pipeline import StageSettings
-
     out = []
     for st, steps, cfg in zip(mf.stages, spec.steps, spec.cfg):
         d = st.settings
@@ -164,13 +165,6 @@ def alignment(entries: list[Any], clips: list[Clip], full: list[np.ndarray], spe
     modes or when no entry names notes."""
     from tqdm import tqdm
 
-    from musicflow_jax.audio import read_audio
-    from musicflow_jax.evaluate.alignment import (
-        AlignmentError,
-        clip_alignment,
-        continuation_scores,
-        seam_discontinuity,
-    )
 
     if spec.mode not in ("continue", "infill", "ceiling") or not any(e.notes for e in entries):
         return None, [None] * len(clips)
@@ -223,7 +217,6 @@ def paired_greater_p(x: Sequence[float], y: Sequence[float]) -> float | None:
 class BackendOnly:
     """A feature backend without flow stages (a folder holding only features.json and its part files): enough for
     the rows that need no generation, "ceiling" (the backend's round trip) and "halves"."""
-
     backend: Any
     folder: Path
 
@@ -234,9 +227,6 @@ class BackendOnly:
 
 def _load(checkpoint: str | Path | None, spec: EvalSpec) -> Any:
     """The MusicFlow model folder (None = bundled), or for ceiling / halves rows also a backend-only folder."""
-    from musicflow_jax.backends import FEATURES_FILE, BackendError, load_backend
-    from musicflow_jax.pipeline import GenerateError, MusicFlow
-
     folder = Path(checkpoint) if checkpoint is not None else None
     if (spec.mode in ("ceiling", "halves") and folder is not None and (folder / FEATURES_FILE).is_file()
             and not (folder / "stage1.safetensors").is_file()):
@@ -257,9 +247,6 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     """Generate / pass through / select the clips of `spec.mode` (see the module docstring) and evaluate them against
     the reference set; results.json's dict with a "run" section. `embedders`: {name: weights} of the embedding
     models (musicflow_jax.evaluate.embeddings.build); "features": "model" means the evaluated model's backend."""
-    from musicflow_jax.evaluate.embeddings import EmbedError, build
-    from musicflow_jax.evaluate.report import load_clips
-
     if spec.mode not in MODES:
         raise EvaluateError(f"--mode {spec.mode!r}: choose one of {', '.join(MODES)}")
     if spec.n < 2 or spec.batch < 1:

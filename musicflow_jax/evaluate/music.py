@@ -1,6 +1,6 @@
 """Weight-free music estimators and their scores against ground truth: key (chroma + key profiles, exact and MIREX
 weighted score), tempo (onset-strength autocorrelation), note presence (spectral flatness), onsets (spectral-flux
-peak picking), and the caption fields tools/build_corpus.py writes ("... in B flat major at 84 BPM played on ...").
+peak picking), and the caption fields the corpus renderer writes ("... in B flat major at 84 BPM played on ...").
 
 Front ends (all numpy/scipy except the chroma):
 - chroma: the project's `ChromaSemantic` part (musicflow_jax/backends/chroma.py: 16 kHz, 50 Hz frames, Gaussian
@@ -28,8 +28,10 @@ import re
 
 import numpy as np
 
-from musicflow_jax.audio import resample
-from musicflow_jax.backends.chroma import ChromaConfig
+from musicflow_jax.backends.chroma import ChromaConfig, ChromaSemantic
+from musicflow_jax.backends.mel import MelConfig, mel_filterbank
+from musicflow_jax.core.audio import resample
+from musicflow_jax.errors import MusicFlowError
 
 KEY_CHROMA = ChromaConfig(fmax=1000.0)
 PITCH_CLASSES = ("C", "C sharp", "D", "E flat", "E", "F", "F sharp", "G", "A flat", "A", "B flat", "B")
@@ -53,7 +55,7 @@ TEMPO_RANGE = (30.0, 300.0)  # BPM searched
 TEMPO_PRIOR = (120.0, 1.0)  # log-normal prior on the tempo: centre (BPM) and std (octaves), librosa's defaults
 
 
-class MusicMetricError(ValueError):
+class MusicMetricError(MusicFlowError):
     """Audio or captions an estimator cannot use; the message names the input and the fix."""
 
 
@@ -105,8 +107,6 @@ def mirex_key_score(ref: Key, est: Key) -> float:
 
 def chroma(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(T, 12) chroma of mono audio (S,) from the ChromaSemantic part with KEY_CHROMA settings (50 frames/s)."""
-    from musicflow_jax.backends.chroma import ChromaSemantic
-
     part = ChromaSemantic(KEY_CHROMA)
     x = resample(_mono(audio, "audio"), sample_rate, part.sample_rate)
     return np.asarray(part.features(x[None]))[0, :, :12]
@@ -160,8 +160,6 @@ def power_spectrogram(audio: np.ndarray, sample_rate: int, n_fft: int, hop: int)
 
 def onset_strength(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(T,) log-mel spectral flux at ONSET_RATE frames/s (see the module docstring); frame t is at t / ONSET_RATE s."""
-    from musicflow_jax.backends.mel import MelConfig, mel_filterbank
-
     hop = int(round(sample_rate / ONSET_RATE))
     p = power_spectrogram(audio, sample_rate, 1024, hop)
     fb = mel_filterbank(MelConfig(sample_rate=sample_rate, n_fft=1024, hop_length=hop, n_mels=64, fmin=30.0,

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.fft import dct
 
-from musicflow_jax.audio import resample
+from musicflow_jax.backends.mel import MelAcoustic, MelConfig, mel_filterbank
+from musicflow_jax.core.audio import resample
 from musicflow_jax.evaluate import music
 
 PROXY_DIM = 197
@@ -33,8 +34,6 @@ N_MFCC = 20
 
 def log_mel_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(T, 64) dB log-mel power frames at 100/s (the onset front end's spectrogram)."""
-    from musicflow_jax.backends.mel import MelConfig, mel_filterbank
-
     hop = int(round(sample_rate / music.ONSET_RATE))
     p = music.power_spectrogram(audio, sample_rate, 1024, hop)
     fb = mel_filterbank(MelConfig(sample_rate=sample_rate, n_fft=1024, hop_length=hop, n_mels=64, fmin=30.0,
@@ -60,8 +59,6 @@ def proxy_embedding(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def instrument_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """(64,) mean over frames of the "mel" acoustic part's log-mel of one mono clip (resampled to 24 kHz)."""
-    from musicflow_jax.backends.mel import MelAcoustic
-
     part = MelAcoustic()
     x = resample(np.asarray(audio, np.float32), sample_rate, part.sample_rate)
     return np.asarray(part.encode(x[None]))[0].mean(0).astype(np.float64)
@@ -78,7 +75,6 @@ def parse_instrument(text: str) -> str | None:
 
 class InstrumentClassifier:
     """StandardScaler + LogisticRegression(C=0.1, max_iter=5000) over per-clip features (tests/test_bundled.py)."""
-
     def __init__(self, c: float = 0.1):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline

@@ -34,16 +34,23 @@ from typing import Any
 
 import numpy as np
 
+from musicflow_jax.core.audio import read_audio, read_wav_metadata
+from musicflow_jax.data.manifest import read_manifest
+from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.evaluate import music
+from musicflow_jax.evaluate.embedders import embedding_metrics
+from musicflow_jax.evaluate.embedders.base import EmbedError
+from musicflow_jax.evaluate.embedders.clap import ClapScorer
 from musicflow_jax.evaluate.frechet import frechet_distance
 from musicflow_jax.evaluate.proxy import InstrumentClassifier, instrument_features, parse_instrument, proxy_embedding
+from musicflow_jax.utils.atomic_io import write_text
 
 RESULTS_FORMAT = "musicflow_jax.evaluate/1"
 ANALYSIS_VERSION = 1  # bump when an estimator changes: cached analyses are then recomputed
 MIN_SECONDS = 1.0  # shorter clips hold too few beats for the tempo estimate
 
 
-class EvaluateError(ValueError):
+class EvaluateError(MusicFlowError):
     """Bad evaluation input; the message names it and the fix."""
 
 
@@ -55,8 +62,6 @@ class Clip:
 
 def read_entries(path: str | Path, flag: str) -> list[Any]:
     """The entries (musicflow_jax.manifest.Entry) of the manifest given as `--flag`; one-line errors naming it."""
-    from musicflow_jax.manifest import read_manifest
-
     path = Path(path)
     if not path.is_file():
         raise EvaluateError(f"--{flag} {path} does not exist: give a manifest .jsonl of clips with captions")
@@ -69,8 +74,6 @@ def read_entries(path: str | Path, flag: str) -> list[Any]:
 
 def load_clips(source: str | Path, name: str) -> list[Clip]:
     """Clips of a manifest (.jsonl) or of a folder of WAVs carrying their caption in their metadata."""
-    from musicflow_jax.audio import read_wav_metadata
-
     source = Path(source)
     if source.is_dir():
         wavs = sorted(source.glob("*.wav"))
@@ -95,8 +98,6 @@ def load_clips(source: str | Path, name: str) -> list[Clip]:
 
 def analyze_clip(path: str | Path, caption: str, cache: Path | None = None) -> dict[str, Any]:
     """The per-clip analysis (see the module docstring), from `cache` when it holds this file's bytes."""
-    from musicflow_jax.audio import read_audio
-
     data = Path(path).read_bytes()
     digest = hashlib.sha256(data + f"v{ANALYSIS_VERSION}".encode()).hexdigest()
     hit = cache / f"{digest}.json" if cache is not None else None
@@ -112,7 +113,6 @@ def analyze_clip(path: str | Path, caption: str, cache: Path | None = None) -> d
            "note_presence": music.note_presence(x, sr), "onsets_per_second": music.onsets_per_second(x, sr),
            "proxy": proxy_embedding(x, sr).tolist(), "instrument_features": instrument_features(x, sr).tolist()}
     if hit is not None:
-        from musicflow_jax.atomic_io import write_text
 
         write_text(hit, json.dumps(out))
     return {**out, "caption": caption, "path": str(path), "cached": False}
@@ -173,7 +173,6 @@ def evaluate(generated: Sequence[Clip], reference: Sequence[Clip], cache: Path |
     (musicflow_jax.evaluate.embeddings) add the model-based metrics under "embeddings"."""
     from tqdm import tqdm
 
-    from musicflow_jax.evaluate.embeddings import EmbedError, embedding_metrics
 
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -190,8 +189,6 @@ def evaluate(generated: Sequence[Clip], reference: Sequence[Clip], cache: Path |
         "instrument_accuracy": instrument_accuracy(gen, cls), "clap": None,
         "cache_hits": sum(r["cached"] for r in gen + ref), "clips": clip_rows(gen)}
     if clap_folder is not None:
-        from musicflow_jax.audio import read_audio
-        from musicflow_jax.evaluate.clap import ClapScorer
 
         scorer = ClapScorer(clap_folder)
         audio = [read_audio(c.path, scorer.sample_rate)[0] for c in generated]

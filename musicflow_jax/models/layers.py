@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.sharding import constrain
+from musicflow_jax.core.sharding import constrain
 
 Rules = tuple[tuple[str, str | None], ...]
 

@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musicflow_jax.config import Config
-from musicflow_jax.flow import FlowInput
+from musicflow_jax.core.config import Config
+from musicflow_jax.core.flow import FlowInput
+from musicflow_jax.core.sharding import constrain
 from musicflow_jax.models.layers import (
     MLP,
     Dense,
@@ -53,7 +54,6 @@ from musicflow_jax.models.layers import (
     param,
     sinusoidal_embedding,
 )
-from musicflow_jax.sharding import constrain
 
 
 class Block(nnx.Module):

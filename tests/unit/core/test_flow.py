@@ -1,0 +1,134 @@
+"""Flow-matching math: the OT path, its velocity, the masked loss, the mask and CFG-drop samplers."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from musicflow_jax.core import flow
+from musicflow_jax.core.config import FlowConfig
+
+SIGMA = 1e-2  # larger than the default so its effect is visible in float32
+
+
+def _xs(seed=0, shape=(3, 5, 4)):
+    k0, k1 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k0, shape), 2.0 + jax.random.normal(k1, shape)
+
+
+def test_path_endpoints():
+    x0, x1 = _xs()
+    b = x0.shape[0]
+    np.testing.assert_allclose(flow.ot_path(x0, x1, jnp.zeros(b), SIGMA), x0, rtol=0, atol=0)
+    # at t = 1 the path sits at x1 with a sigma_min-wide noise residue: x1 + sigma_min x0
+    np.testing.assert_allclose(flow.ot_path(x0, x1, jnp.ones(b), SIGMA), x1 + SIGMA * x0, atol=1e-6)
+    np.testing.assert_allclose(flow.ot_path(x0, x1, jnp.ones(b), 0.0), x1, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.93])
+def test_target_is_time_derivative_of_path(t):
+    x0, x1 = _xs(1)
+    h = 1e-3
+    b = x0.shape[0]
+    fd = (flow.ot_path(x0, x1, jnp.full(b, t + h), SIGMA) - flow.ot_path(x0, x1, jnp.full(b, t - h), SIGMA)) / (2 * h)
+    np.testing.assert_allclose(fd, flow.ot_target(x0, x1, SIGMA), atol=2e-3)
+    # and exactly, via autodiff
+    jvp = jax.jvp(lambda tt: flow.ot_path(x0, x1, jnp.full(b, tt), SIGMA), (jnp.float32(t),), (jnp.float32(1.0),))[1]
+    np.testing.assert_allclose(jvp, flow.ot_target(x0, x1, SIGMA), atol=1e-6)
+
+
+def test_masked_loss_hand_computed():
+    v = jnp.array([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]], [[1.0, 1.0], [2.0, 0.0], [5.0, 5.0]]])
+    u = jnp.zeros_like(v)
+    mask = jnp.array([[True, False, False], [True, True, False]])
+    # counted frames: (1,2) -> 1+4=5 ; (1,1) -> 2 ; (2,0) -> 4 ; total 11 over 3 frames x 2 dims
+    assert float(flow.masked_loss(v, u, mask)) == pytest.approx(11.0 / 6.0)
+    np.testing.assert_allclose(flow.per_example_loss(v, u, mask), [5.0 / 2.0, 6.0 / 4.0], rtol=1e-6)
+    assert float(flow.masked_loss(v, u, jnp.zeros_like(mask))) == 0.0  # no NaN on an empty mask
+
+
+def test_span_mask_statistics():
+    cfg = FlowConfig(mask_min_frac=0.7, mask_max_frac=1.0, p_full_mask=0.3)
+    n, t_max = 20_000, 120
+    lengths = np.random.default_rng(0).integers(60, t_max + 1, size=n)
+    frame_mask = jnp.arange(t_max)[None, :] < lengths[:, None]
+    m = np.asarray(flow.sample_span_mask(jax.random.key(0), frame_mask, cfg))
+    assert not (m & ~np.asarray(frame_mask)).any(), "mask leaked into padding"
+    # contiguous: at most one rising edge per row
+    rises = np.diff(np.pad(m.astype(int), ((0, 0), (1, 0))), axis=1) == 1
+    assert rises.sum(1).max() == 1
+    frac = m.sum(1) / lengths
+    full = m.sum(1) == lengths
+    # P(full) = p_full + (1 - p_full) * P(span rounds to the whole length) (~1/(2*0.3*len))
+    assert 0.3 < full.mean() < 0.3 + 0.7 * 0.03
+    partial = frac[~full]
+    assert partial.min() >= 0.7 - 1.0 / 60 and partial.max() <= 1.0
+    # the span fraction is U(0.7, 1.0): check its quartiles
+    q = np.quantile(frac[frac < 0.98], [0.25, 0.5, 0.75])
+    np.testing.assert_allclose(q, 0.7 + 0.28 * np.array([0.25, 0.5, 0.75]), atol=0.01)
+
+
+def test_cfg_drop_rates():
+    cfg = FlowConfig(p_drop_text=0.2, p_drop_context=0.25)
+    drop_text, drop_ctx = flow.sample_cfg_drop(jax.random.key(3), 50_000, cfg)
+    drop_text, drop_ctx = np.asarray(drop_text), np.asarray(drop_ctx)
+    assert drop_ctx[drop_text].all(), "dropping the text must drop the context too"
+    assert drop_text.mean() == pytest.approx(0.2, abs=0.01)
+    assert drop_ctx[~drop_text].mean() == pytest.approx(0.25, abs=0.01)
+
+
+def test_time_samplers():
+    u = np.asarray(flow.sample_time(jax.random.key(0), 50_000, FlowConfig()))
+    assert u.min() >= 0 and u.max() < 1 and u.mean() == pytest.approx(0.5, abs=0.01)
+    ln_cfg = FlowConfig(time_sampler="logit_normal", logit_mean=0.5, logit_std=0.8)
+    ln = np.asarray(flow.sample_time(jax.random.key(0), 50_000, ln_cfg))
+    logit = np.log(ln / (1 - ln))
+    assert logit.mean() == pytest.approx(0.5, abs=0.02) and logit.std() == pytest.approx(0.8, abs=0.02)
+
+
+def test_flow_loss_wiring():
+    """The network sees ctx = x1 off the span (0 on it / when dropped) and an emptied text mask when
+    text is dropped; the loss counts exactly the span frames."""
+    cfg = dataclasses.replace(FlowConfig(), p_drop_text=0.5, p_drop_context=0.0, p_full_mask=0.0)
+    b, t, d, l_txt = 64, 16, 3, 5
+    k1, k2 = jax.random.split(jax.random.key(0))
+    batch = {
+        "x1": jax.random.normal(k1, (b, t, d)) + 3.0,
+        "frame_mask": jnp.arange(t)[None] < jnp.where(jnp.arange(b) % 2 == 0, t, t - 4)[:, None],
+        "text_emb": jax.random.normal(k2, (b, l_txt, 7)),
+        "text_mask": jnp.ones((b, l_txt), bool),
+    }
+    seen = {}
+
+    def apply_fn(inp: flow.FlowInput):
+        seen.update(ctx=inp.ctx_btd, text=inp.text_bld, text_mask=inp.text_mask_bl, x_t=inp.x_t_btd)
+        return jnp.zeros_like(inp.x_t_btd)
+
+    loss, aux = flow.flow_loss(apply_fn, jax.random.key(1), batch, cfg)
+    ctx, tm = np.asarray(seen["ctx"]), np.asarray(seen["text_mask"])
+    dropped = ~tm.any(1)
+    assert 0.35 < dropped.mean() < 0.65
+    assert np.all(np.asarray(seen["text"])[dropped] == 0)
+    x1, fm = np.asarray(batch["x1"]), np.asarray(batch["frame_mask"])
+    is_ctx = np.abs(ctx).sum(-1) > 0
+    kept = ~dropped
+    np.testing.assert_array_equal(ctx[kept][is_ctx[kept]], x1[kept][is_ctx[kept]])
+    assert not is_ctx[dropped].any(), "context must be dropped with the text"
+    gen = (~is_ctx) & fm  # span frames of the kept rows (rows with dropped ctx: all valid frames are 0)
+    # with v = 0 the per-example loss is the mean of u^2 over the span; recompute u from x_t and t
+    t_b = np.asarray(aux["t"])[:, None, None]
+    x0 = (np.asarray(seen["x_t"]) - t_b * x1) / (1 - (1 - cfg.sigma_min) * t_b)
+    u = x1 - (1 - cfg.sigma_min) * x0
+    row = kept.nonzero()[0][0]
+    expect = (u[row][gen[row]] ** 2).mean()
+    assert float(aux["loss_per_example"][row]) == pytest.approx(expect, rel=1e-4)
+    assert np.isfinite(float(loss))
+
+
+def test_guided_velocity():
+    vc, vu = jnp.array([1.0, 3.0]), jnp.array([0.5, -1.0])
+    np.testing.assert_allclose(flow.guided_velocity(vc, vu, 1.0), vc)
+    np.testing.assert_allclose(flow.guided_velocity(vc, vu, 0.0), vu)
+    np.testing.assert_allclose(flow.guided_velocity(vc, vu, 3.0), vu + 3.0 * (vc - vu))

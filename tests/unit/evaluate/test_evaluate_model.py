@@ -1,0 +1,187 @@
+"""`python -m musicflow_jax.evaluate --checkpoint MODEL --manifest M` end to end with a tiny random model folder
+(tests/gen_fixtures.py) on a handful of synthetic captioned clips: results.json schema with its "run" section, the
+generated clips are exactly what the MusicFlow API makes with the documented seeds (so fixed seeds reproduce), the
+backend-ceiling clips equal a direct encode -> decode, continuation evaluates the generated part only, the halves
+row compares clips [0, n) with [n, 2n), the instrument classifier is fitted on clips in no evaluated set, and
+one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.gen_fixtures import make_model_folder, tone
+
+from musicflow_jax.cli.evaluate import main
+from musicflow_jax.core.audio import read_audio, write_wav
+from musicflow_jax.data.manifest import Entry, write_manifest
+from musicflow_jax.evaluate import report as R
+from musicflow_jax.evaluate.alignment import clip_alignment, seam_discontinuity
+from musicflow_jax.evaluate.frechet import frechet_distance
+from musicflow_jax.inference.cascade import MusicFlow
+from musicflow_jax.utils.atomic_io import write_text
+
+SR = 24_000
+CAPTIONS = ["A Bach chorale in C major at 120 BPM played on a piano",
+            "A Bach chorale in A minor at 90 BPM played on a church organ",
+            "A Bach chorale in G major at 100 BPM played on a piano",
+            "A Bach chorale in D minor at 80 BPM played on a church organ",
+            "A Bach chorale in F major at 110 BPM played on a piano",
+            "A Bach chorale in E minor at 70 BPM played on a church organ"]
+N = 2
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eval_model")
+    model = make_model_folder(root / "model")
+    entries = []
+    for i, cap in enumerate(CAPTIONS):
+        freqs = (220.0 * 2 ** (i / 12), 330.0 * 2 ** (i / 12)) if "piano" in cap else (110.0, 165.0, 220.0, 440.0)
+        x = tone(3.0, SR, freqs)
+        x[:: int(SR * 60 / (90 + 10 * i))] += 0.3  # clicks: something for the onset and tempo estimators
+        path = write_wav(root / "audio" / f"c{i}.wav", x, SR)
+        pitches = [int(round(69 + 12 * np.log2(f / 440.0))) for f in freqs]  # the tones as a score: ground truth
+        notes = write_text(root / "notes" / f"c{i}.json", json.dumps([[0.0, 3.0, p, 0] for p in pitches]))
+        entries.append(Entry(str(path), cap, "test", 3.0, notes=str(notes)))
+    write_manifest(root / "manifest.jsonl", entries)
+    return model, root / "manifest.jsonl"
+
+
+def run(setup: tuple[Path, Path], out: Path, *extra: str) -> dict:
+    model, manifest = setup
+    rc = main(["--checkpoint", str(model), "--manifest", str(manifest), "--out", str(out), "--n", str(N),
+               "--quiet", *extra])
+    assert rc == 0
+    return json.loads((out / "results.json").read_text())
+
+
+def clips_of(res: dict) -> list[np.ndarray]:
+    return [read_audio(c["path"])[0] for c in res["clips"]]
+
+
+def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    res = run(setup, tmp_path / "a", "--duration", "1.5", "--seed", "7", "--batch", "1", "--steps1", "2",
+              "--cfg2", "1.5")
+    assert set(res) == {"format", "generated", "reference", "fd_proxy", "fd_proxy_reference_halves",
+                        "instrument_accuracy", "clap", "cache_hits", "clips", "run", "embeddings", "alignment"}
+    assert res["embeddings"] == {} and res["alignment"] is None  # no embedding model given; no same-piece row
+    run_ = res["run"]
+    assert run_["mode"] == "generate" and run_["spec"]["n"] == N and run_["audio_seconds_per_clip"] == 1.5
+    assert run_["stage1"]["steps"] == 2 and run_["stage2"]["steps"] == 4  # stage 2 keeps its default (tiny: 4)
+    assert run_["stage2"]["cfg_scale"] == 1.5 and run_["stage1"]["cfg_scale"] == 2.0
+    assert run_["classifier_clips"] == len(CAPTIONS) - 2 * N and res["instrument_accuracy"] is not None
+    assert res["generated"]["n"] == res["reference"]["n"] == N and res["generated"]["key_n"] == N
+    assert [c["caption"] for c in res["clips"]] == CAPTIONS[:N]
+    # the clips are the API's output: batch k (of size 1) with seed 7 + k
+    from musicflow_jax.inference.cascade import StageSettings
+
+    mf = MusicFlow.load(setup[0])
+    s1 = StageSettings(steps=2, solver="euler", cfg_scale=2.0)
+    s2 = StageSettings(steps=4, solver="euler", cfg_scale=1.5)
+    for k, got in enumerate(clips_of(res)):
+        g = mf.generate([CAPTIONS[k]], 1.5, seed=7 + k, stage1=s1, stage2=s2, progress=False)
+        np.testing.assert_array_equal(got, g.audio[0])
+        assert run_["nfe"] == g.nfe
+    # the reference set is the real clips' first 1.5 s
+    ref = R.load_clips(tmp_path / "a" / "clips" / "reference", "reference")
+    np.testing.assert_allclose(read_audio(ref[0].path)[0], read_audio(str(Path(setup[1]).parent / "audio" / "c0.wav"))
+                               [0][: int(1.5 * SR)], atol=1e-6)
+    # fixed seeds reproduce: a second run elsewhere writes the same audio; the table names the run
+    again = run(setup, tmp_path / "b", "--duration", "1.5", "--seed", "7", "--batch", "1", "--steps1", "2",
+                "--cfg2", "1.5")
+    for x, y in zip(clips_of(res), clips_of(again)):
+        np.testing.assert_array_equal(x, y)
+    assert again["generated"] == res["generated"] and again["fd_proxy"] == res["fd_proxy"]
+    assert "run: mode generate, 2 clips of 1.5 s" in (tmp_path / "a" / "results.md").read_text()
+    # another seed gives other audio
+    other = run(setup, tmp_path / "c", "--duration", "1.5", "--seed", "8", "--batch", "1", "--steps1", "2",
+                "--cfg2", "1.5")
+    assert not np.array_equal(clips_of(other)[0], clips_of(res)[0])
+
+
+def test_ceiling_halves_and_continuation_rows(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    model, manifest = setup
+    mf = MusicFlow.load(model)
+    real = [read_audio(str(manifest.parent / "audio" / f"c{i}.wav"))[0] for i in range(len(CAPTIONS))]
+    res = run(setup, tmp_path / "ceil", "--mode", "ceiling", "--duration", "2")
+    assert res["run"]["mode"] == "ceiling" and res["run"]["nfe"] == {} and res["run"]["stage1"] is None
+    for x, got in zip(real, clips_of(res)):
+        want = mf.backend.decode(mf.backend.encode_acoustic(x[None, : 2 * SR]))[0, : 2 * SR]
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(got - x[: 2 * SR]).max() > 1e-3  # a lossy round trip, not a copy
+
+    # a backend-only folder (tools/backend_folder.py) gives the same ceiling row: no flow stages needed
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from tools import backend_folder
+
+    be = json.loads((model / "features.json").read_text())
+    assert backend_folder.main(["--semantic", json.dumps(be["semantic"]), "--acoustic", json.dumps(be["acoustic"]),
+                                "--out", str(tmp_path / "be_only")]) == 0
+    alone = run((tmp_path / "be_only", manifest), tmp_path / "ceil_be", "--mode", "ceiling", "--duration", "2")
+    for x, y in zip(clips_of(res), clips_of(alone)):
+        np.testing.assert_array_equal(x, y)
+    assert alone["generated"] == res["generated"] and alone["alignment"] == res["alignment"]
+    assert backend_folder.main(["--semantic", "{bad", "--acoustic", "{}", "--out", str(tmp_path / "x")]) == 2
+
+    halves = run(setup, tmp_path / "halves", "--mode", "halves", "--duration", "2")
+    assert [c["caption"] for c in halves["clips"]] == CAPTIONS[:N]
+    for x, got in zip(real, clips_of(halves)):
+        np.testing.assert_allclose(got, x[: 2 * SR], atol=1e-6)
+    second = R.load_clips(tmp_path / "halves" / "clips" / "second_half", "reference")
+    assert [c.caption for c in second] == CAPTIONS[N: 2 * N]
+    emb = [R.analyze_clip(c["path"], c["caption"])["proxy"] for c in halves["clips"]]
+    emb2 = [R.analyze_clip(c.path, c.caption)["proxy"] for c in second]
+    assert halves["fd_proxy"] == pytest.approx(frechet_distance(np.asarray(emb), np.asarray(emb2)))
+    assert halves["run"]["classifier_clips"] == len(CAPTIONS) - 2 * N
+
+    cont = run(setup, tmp_path / "cont", "--mode", "continue", "--duration", "2.5", "--prompt-seconds", "1")
+    assert cont["run"]["audio_seconds_per_clip"] == 1.5
+    for k, got in enumerate(clips_of(cont)):
+        assert got.size == int(1.5 * SR)
+        g = mf.continue_([CAPTIONS[k]], real[k][:SR], 2.5, seed=(k // 16) * 1000 + k % 16, progress=False)
+        np.testing.assert_array_equal(got, g.audio[0, SR: int(2.5 * SR)])
+
+    fill = run(setup, tmp_path / "fill", "--mode", "infill", "--duration", "3", "--prompt-seconds", "1",
+               "--infill-seconds", "1.2")
+    assert fill["run"]["audio_seconds_per_clip"] == pytest.approx(1.2)
+    rows = []
+    for k, got in enumerate(clips_of(fill)):  # the regenerated region only, as the API makes it for that seed
+        g = mf.infill([CAPTIONS[k]], real[k][: 3 * SR], [(1.0, 2.2)], seed=(k // 16) * 1000 + k % 16, progress=False)
+        np.testing.assert_array_equal(got, g.audio[0, SR: int(2.2 * SR)])
+        # same-piece scores: the region against the real clip's region and the notes; seams at both region edges
+        want = clip_alignment(got, real[k][SR: int(2.2 * SR)], SR, manifest.parent / "notes" / f"c{k}.json", 1.0,
+                              2.2)
+        want["seam"] = np.mean([seam_discontinuity(g.audio[0], SR, t) for t in (1.0, 2.2)])
+        want["real_seam"] = np.mean([seam_discontinuity(real[k][: 3 * SR], SR, t) for t in (1.0, 2.2)])
+        assert fill["clips"][k]["alignment"] == pytest.approx(want, nan_ok=True)
+        rows.append(want)
+    assert fill["alignment"]["n"] == N
+    assert fill["alignment"]["chroma_vs_real"] == pytest.approx(np.mean([r["chroma_vs_real"] for r in rows]))
+    assert fill["alignment"]["real_chroma_vs_notes"] > 0.5  # the tones are their notes
+    assert "| alignment (same piece; n = 2)" in (tmp_path / "fill" / "results.md").read_text()
+
+
+def test_model_run_errors(setup: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    model, manifest = setup
+
+    def err(*args: str) -> str:
+        assert main([*args, "--out", str(tmp_path / "e"), "--quiet"]) == 2
+        msg = capsys.readouterr().err
+        assert msg.startswith("error: ") and msg.count("\n") == 1, msg
+        return msg
+
+    assert "is not a folder" in err("--checkpoint", str(tmp_path / "nope"), "--manifest", str(manifest), "--n", "2")
+    assert "context on both sides" in err("--checkpoint", str(model), "--manifest", str(manifest), "--mode", "infill",
+                                          "--duration", "3", "--prompt-seconds", "2", "--infill-seconds", "1")
+    assert "needs 8" in err("--checkpoint", str(model), "--manifest", str(manifest), "--n", "4", "--mode", "halves")
+    assert "needs 10 s" in err("--checkpoint", str(model), "--manifest", str(manifest), "--n", "2", "--duration",
+                               "10")
+    assert "--mode 'x'" in err("--checkpoint", str(model), "--manifest", str(manifest), "--mode", "x")
+    with pytest.raises(SystemExit) as e:  # argparse-level: exits 2 with one line
+        main(["--checkpoint", str(model), "--manifest", str(manifest), "--generated", str(manifest), "--out", "x"])
+    assert e.value.code == 2 and "two ways to run" in capsys.readouterr().err

@@ -53,21 +53,21 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
     import jax.numpy as jnp
 
     from musicflow_jax.core import sharding
+    from musicflow_jax.training import flow_step
     from musicflow_jax.training import flow_trainer as train
     from musicflow_jax.training import logger as metrics
-    from musicflow_jax.training import state as train_state
 
     mesh = sharding.make_mesh(cfg.mesh)
-    setup = train_state.make_setup(cfg, mesh)
+    setup = flow_step.make_setup(cfg, mesh)
     encode, tp = train.load_text_encoder(cfg, mesh)
-    state = train_state.create_state(cfg, setup)
+    state = flow_step.create_state(cfg, setup)
     local = random_batch(cfg, jax.process_count())
     batch = sharding.global_batch(local, mesh, setup.rules, cfg.data.batch_size)
     t0 = time.perf_counter()
-    compiled = train_state.make_train_step(cfg, setup, encode).lower(state, batch, tp).compile()
+    compiled = flow_step.make_train_step(cfg, setup, encode).lower(state, batch, tp).compile()
     compile_s = time.perf_counter() - t0
     n_params = metrics.count_params(state.params)
-    flops, flops_source = train_state.step_flops(cfg, mesh, encode, state, batch, tp)
+    flops, flops_source = flow_step.step_flops(cfg, mesh, encode, state, batch, tp)
     for _ in range(warmup):
         state, m = compiled(state, batch, tp)
         jax.block_until_ready(m)
@@ -96,18 +96,18 @@ def aot(cfg) -> dict:  # noqa: ANN001
     import numpy as np
 
     from musicflow_jax.core import sharding
+    from musicflow_jax.training import flow_step
     from musicflow_jax.training import flow_trainer as train
-    from musicflow_jax.training import state as train_state
 
     mesh = sharding.make_mesh(cfg.mesh)
-    setup = train_state.make_setup(cfg, mesh)
+    setup = flow_step.make_setup(cfg, mesh)
     encode, tp = train.load_text_encoder(cfg, mesh)
     local = random_batch(cfg, jax.process_count())
     batch_sh = {k: sharding.batch_sharding(mesh, setup.rules, v.ndim) for k, v in local.items()}
     batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sh[k])
              for k, v in local.items()}
     t0 = time.perf_counter()
-    lowered = train_state.make_train_step(cfg, setup, encode).lower(setup.abstract_state, batch, tp)
+    lowered = flow_step.make_train_step(cfg, setup, encode).lower(setup.abstract_state, batch, tp)
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = lowered.compile()
@@ -125,7 +125,7 @@ def aot(cfg) -> dict:  # noqa: ANN001
             "scan_layers": cfg.model.scan_layers, "remat": cfg.model.remat,
             "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
             "memory_per_device_gib": {k: round(v / 2**30, 3) for k, v in per_device.items()},
-            "step_gflop": round(train_state.step_flops(cfg, mesh, encode, setup.abstract_state, batch, tp)[0] / 1e9,
+            "step_gflop": round(flow_step.step_flops(cfg, mesh, encode, setup.abstract_state, batch, tp)[0] / 1e9,
                                 1)}
 
 

@@ -74,7 +74,8 @@ def parse_instrument(text: str) -> str | None:
 
 
 class InstrumentClassifier:
-    """StandardScaler + LogisticRegression(C=0.1, max_iter=5000) over per-clip features (tests/test_bundled.py)."""
+    """StandardScaler + LogisticRegression(C=0.1, max_iter=5000) over per-clip features (scikit-learn: the `data`
+    extra)."""
     def __init__(self, c: float = 0.1):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline

@@ -9,11 +9,10 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from musicflow_jax.inference.cascade import BUNDLED, MusicFlow, StageSettings
+from musicflow_jax.evaluate.proxy import InstrumentClassifier
+from musicflow_jax.inference.cascade import MusicFlow, StageSettings
+from musicflow_jax.inference.model_folder import BUNDLED
 
 # Fixed before looking at any generated audio: the two most frequent classes of different families.
 PAIR = ("a string quartet", "a harpsichord")
@@ -45,13 +44,12 @@ def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
         assert report[stage]["last_loss"] < 0.6 * report[stage]["first_loss"], report[stage]
 
 
-def corpus_classifier(pair: tuple[str, str]) -> tuple[object, float]:
+def corpus_classifier(pair: tuple[str, str]) -> tuple[InstrumentClassifier, float]:
     d = np.load(BUNDLED / "corpus_features.npz")
     x, y = d["mean_acoustic"], d["instrument"]
     m = np.isin(y, pair)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, C=0.1))
-    clf.fit(x[m], y[m])
-    return clf, float(clf.score(x[m], y[m]))
+    clf = InstrumentClassifier().fit(x[m], y[m])
+    return clf, clf.accuracy(x[m], y[m])
 
 
 @pytest.mark.slow

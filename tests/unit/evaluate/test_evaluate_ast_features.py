@@ -1,4 +1,4 @@
-"""Model-based metrics (musicflow_jax.evaluate.embeddings): the AST AudioSet tagger against transformers called
+"""Model-based metrics (musicflow_jax/evaluate/embedders/): the AST AudioSet tagger against transformers called
 directly with audiocraft's segmenting and KL, FD on a MusicFlow backend's Flax HuBERT/Encodec frames, caption
 pairing, the per-clip cache, and the CLI end to end."""
 
@@ -13,7 +13,7 @@ import pytest
 from scipy.signal import resample_poly
 
 from musicflow_jax.core.audio import write_wav
-from musicflow_jax.evaluate import embeddings
+from musicflow_jax.evaluate.embedders import base as embeddings
 from musicflow_jax.evaluate.frechet import frechet_distance
 from musicflow_jax.testing.tiny_models import save_tiny_backend_weights
 

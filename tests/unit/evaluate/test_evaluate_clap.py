@@ -1,4 +1,4 @@
-"""CLAP score (musicflow_jax.evaluate.clap) vs calling transformers' ClapModel directly, on a tiny random CLAP saved
+"""CLAP score (evaluate/embedders/clap.py) vs calling transformers' ClapModel directly, on a tiny random CLAP saved
 with save_pretrained here (offline: a RoBERTa tokenizer over a byte-level character vocabulary written by the test,
 ClapFeatureExtractor's defaults with the unfused models' "rand_trunc"), including the 24 -> 48 kHz resampling."""
 

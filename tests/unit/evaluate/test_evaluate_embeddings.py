@@ -1,4 +1,4 @@
-"""VGGish (musicflow_jax.evaluate.vggish) and PANNs CNN14 (musicflow_jax.evaluate.panns) vs their reference
+"""VGGish (evaluate/embedders/vggish.py) and PANNs CNN14 (evaluate/embedders/panns.py) vs their reference
 implementations on random weights: torchvggish 0.2 (`VGG` + vggish_input.waveform_to_examples, the final ReLU
 dropped as audioldm_eval's FAD does) and panns_inference 0.1.1's `Cnn14` with the 16-kHz parameters (torchlibrosa
 0.1.0 front end). The reference models are built with a fixed seed, their BatchNorm statistics randomised, saved in
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from musicflow_jax.core.audio import resample
-from musicflow_jax.evaluate import panns, vggish
+from musicflow_jax.evaluate.embedders import panns, vggish
 from musicflow_jax.evaluate.embedders.panns import PannsCnn14, PannsError
 from musicflow_jax.evaluate.embedders.torch_common import EmbeddingModelError, audioldm_eval_waveform
 from musicflow_jax.evaluate.embedders.vggish import VGGish, VGGishError

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.gen_fixtures import make_model_folder, tone
 
 from musicflow_jax.cli.evaluate import main
 from musicflow_jax.core.audio import read_audio, write_wav
@@ -21,6 +20,7 @@ from musicflow_jax.evaluate import report as R
 from musicflow_jax.evaluate.alignment import clip_alignment, seam_discontinuity
 from musicflow_jax.evaluate.frechet import frechet_distance
 from musicflow_jax.inference.cascade import MusicFlow
+from musicflow_jax.testing.model_folders import make_model_folder, tone
 from musicflow_jax.utils.atomic_io import write_text
 
 SR = 24_000
@@ -113,20 +113,18 @@ def test_ceiling_halves_and_continuation_rows(setup: tuple[Path, Path], tmp_path
         np.testing.assert_array_equal(got, want)
         assert np.abs(got - x[: 2 * SR]).max() > 1e-3  # a lossy round trip, not a copy
 
-    # a backend-only folder (tools/backend_folder.py) gives the same ceiling row: no flow stages needed
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from tools import backend_folder
+    # a backend-only folder (python -m musicflow_jax.assemble --semantic S --acoustic A) gives the same ceiling row:
+    # no flow stages needed
+    from musicflow_jax.cli import assemble
 
     be = json.loads((model / "features.json").read_text())
-    assert backend_folder.main(["--semantic", json.dumps(be["semantic"]), "--acoustic", json.dumps(be["acoustic"]),
+    assert assemble.main(["--semantic", json.dumps(be["semantic"]), "--acoustic", json.dumps(be["acoustic"]),
                                 "--out", str(tmp_path / "be_only")]) == 0
     alone = run((tmp_path / "be_only", manifest), tmp_path / "ceil_be", "--mode", "ceiling", "--duration", "2")
     for x, y in zip(clips_of(res), clips_of(alone)):
         np.testing.assert_array_equal(x, y)
     assert alone["generated"] == res["generated"] and alone["alignment"] == res["alignment"]
-    assert backend_folder.main(["--semantic", "{bad", "--acoustic", "{}", "--out", str(tmp_path / "x")]) == 2
+    assert assemble.main(["--semantic", "{bad", "--acoustic", "{}", "--out", str(tmp_path / "x")]) == 2
 
     halves = run(setup, tmp_path / "halves", "--mode", "halves", "--duration", "2")
     assert [c["caption"] for c in halves["clips"]] == CAPTIONS[:N]

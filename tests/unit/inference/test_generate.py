@@ -21,9 +21,11 @@ from musicflow_jax.cli import generate
 from musicflow_jax.core import frames as features
 from musicflow_jax.core.audio import read_wav_metadata, write_wav
 from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings, region_mask
+from musicflow_jax.inference.checks import parse_regions
 from musicflow_jax.models.stage_file import save_stage
 from musicflow_jax.models.transformer import FlowTransformer
 from musicflow_jax.testing.model_folders import make_model_folder, tiny_configs, tone
+from musicflow_jax.utils import plots
 
 ROOT = Path(__file__).resolve().parents[3]
 SR = 24_000
@@ -76,7 +78,7 @@ def test_continuation_keeps_prompt_frames(mf: MusicFlow) -> None:
 
 def test_infill_changes_only_the_regions(mf: MusicFlow) -> None:
     prompt = tone(1.5)
-    regions = generate.parse_regions("0.3-0.6,1.0-1.2")
+    regions = parse_regions("0.3-0.6,1.0-1.2")
     g = mf.infill(["a marimba"], prompt, regions, seed=2, stage1=FAST, stage2=FAST, progress=False)
     assert g.audio.shape == (1, len(prompt))
     for x, p, rate in ((g.semantic[0], g.prompt_semantic, 50), (g.acoustic[0], g.prompt_acoustic, 75)):
@@ -356,7 +358,7 @@ def test_spectrogram_panels_stack_one_panel_per_clip(tmp_path: Path) -> None:
     sr = 8000
     t = np.arange(sr) / sr
     panels = [(f"tone {f} Hz", np.sin(2 * np.pi * f * t).astype(np.float32)) for f in (220, 440, 880)]
-    path = generate.spectrogram_panels_png(tmp_path / "p.png", panels, sr, fmax=2000)
+    path = plots.spectrogram_panels_png(tmp_path / "p.png", panels, sr, fmax=2000)
     head = path.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", head[16:24])

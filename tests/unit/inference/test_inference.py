@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from musicflow_jax.core import noise
 from musicflow_jax.core.sampling import expected_nfe
-from musicflow_jax.inference import buckets
+from musicflow_jax.inference import buckets, cascade
 from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings, resolve_device
 
 TEXT = ["a calm organ chorale in G minor", "a fast jazz piano trio"]
@@ -58,10 +59,10 @@ def test_bucket_lengths_closed_form() -> None:
 
 def test_frame_random_does_not_depend_on_the_length_or_the_batch() -> None:
     key = jax.random.key(3)
-    a = np.asarray(buckets.frame_random(jax.random.normal, key, jnp.arange(2), 13, 4))
-    b = np.asarray(buckets.frame_random(jax.random.normal, key, jnp.arange(3), 20, 4))
+    a = np.asarray(noise.frame_random(jax.random.normal, key, jnp.arange(2), 13, 4))
+    b = np.asarray(noise.frame_random(jax.random.normal, key, jnp.arange(3), 20, 4))
     np.testing.assert_array_equal(a, b[:2, :13])  # padding (frames) and more rows leave the others' draws
-    np.testing.assert_array_equal(np.asarray(buckets.frame_random(jax.random.normal, key, jnp.array([2]), 7, 4)),
+    np.testing.assert_array_equal(np.asarray(noise.frame_random(jax.random.normal, key, jnp.array([2]), 7, 4)),
                                   b[2:, :7])  # a row alone, with its id, gets its batch values
     assert abs(float(b.std()) - 1.0) < 0.2 and b[0, 0, 0] != b[1, 0, 0] and b[0, 0, 0] != b[0, 1, 0]
 
@@ -109,7 +110,7 @@ def test_progress_moves_per_window_or_per_network_evaluation(tiny_folder: Path, 
             ticks.append((int(n or 0), int(self.total)))
             return super().update(n)
 
-    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    monkeypatch.setattr(cascade, "tqdm", Bar)
     s1, s2 = StageSettings(steps=3, solver="midpoint", cfg_scale=2.0), StageSettings(steps=5, solver="euler")
     g = tiny_mf.generate(TEXT[:1], 1.5, seed=0, stage1=s1, stage2=s2, progress=True)  # 1.5 s: two 1-s windows
     assert g.nfe == {"stage1": 2 * 6, "stage2": 2 * 5}

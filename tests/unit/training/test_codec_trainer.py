@@ -1,6 +1,6 @@
-"""The codec trainer (musicflow_jax/codec_train.py, train_codec.py) on synthetic harmonic tones: training lowers the
-reconstruction loss, resume == uninterrupted, the exported folder loads as a Codec and as the "encodec" acoustic
-part, and bad input is one error line with exit 2."""
+"""The codec trainer (musicflow_jax/training/codec_trainer.py, cli/train_codec.py) on synthetic harmonic tones:
+training lowers the reconstruction loss, resume == uninterrupted, the exported folder loads as a Codec and as the
+"encodec" acoustic part, and bad input is one error line with exit 2."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import jax
 import numpy as np
 import pytest
 
+from musicflow_jax.core import config_io
 from musicflow_jax.core.audio import write_wav
 from musicflow_jax.training import codec_trainer as ct
+from musicflow_jax.training.codec_config import CodecTrainConfig
 from musicflow_jax.training.logger import read_jsonl
 
 SR, STEPS = 24_000, 30
@@ -46,8 +48,8 @@ def manifest(tmp_path_factory) -> Path:
     return root / "manifest.jsonl"
 
 
-def tiny_config(manifest: Path, **train: int) -> ct.CodecTrainConfig:
-    return ct.apply_overrides(ct.CodecTrainConfig(), [
+def tiny_config(manifest: Path, **train: int) -> CodecTrainConfig:
+    return config_io.apply_overrides(CodecTrainConfig(), [
         f"data.manifest={manifest}", "data.segment_seconds=0.1", "data.batch_size=4",
         "model.num_filters=4", "model.hidden_size=16", "model.num_lstm_layers=0",
         "loss.stft_sizes=(256, 512)", "loss.mel_scales=((512, 32), (128, 8))", "loss.latent_noise=0.3",
@@ -58,7 +60,7 @@ def tiny_config(manifest: Path, **train: int) -> ct.CodecTrainConfig:
 
 
 @pytest.fixture(scope="module")
-def full_run(manifest, tmp_path_factory) -> tuple[ct.CodecTrainConfig, Path, ct.TrainState]:
+def full_run(manifest, tmp_path_factory) -> tuple[CodecTrainConfig, Path, ct.TrainState]:
     cfg = tiny_config(manifest)
     workdir = tmp_path_factory.mktemp("codec_full")
     return cfg, workdir, ct.train_codec(cfg, workdir, async_ckpt=False)
@@ -136,7 +138,7 @@ def test_latent_roughness_closed_forms():
     w = 0.3
     sine = jnp.asarray(np.sin(w * np.arange(4000))[None, :, None] * np.ones((1, 1, 3)), jnp.float32)
     assert float(ct.latent_roughness(sine)) == pytest.approx(1 - np.cos(w), rel=0.01)
-    cfg = ct.apply_overrides(ct.CodecTrainConfig(), ["loss.mel_scales=((512, 32), (64, 5))"])
+    cfg = config_io.apply_overrides(CodecTrainConfig(), ["loss.mel_scales=((512, 32), (64, 5))"])
     x = jnp.asarray(rng.normal(size=(2, 4800)) * 0.1, jnp.float32)
     total, parts = ct.reconstruction_losses(x, x, cfg, ct._mel_banks(cfg))
     assert float(total) == pytest.approx(0.0, abs=1e-5) and set(parts) >= {"mel", "stft", "wave"}
@@ -152,8 +154,7 @@ def test_latent_roughness_closed_forms():
 def test_cli_bad_config_is_one_line_exit_2(override, fragment, tmp_path, capsys):
     from musicflow_jax.cli import train_codec
 
-    root = Path(__file__).resolve().parents[3]
-    rc = train_codec.main(["--config", str(root / "codec_corpus"), "--workdir", str(tmp_path / "w"),
+    rc = train_codec.main(["--config", "codec_corpus", "--workdir", str(tmp_path / "w"),
                            "--set", override])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
@@ -162,7 +163,6 @@ def test_cli_bad_config_is_one_line_exit_2(override, fragment, tmp_path, capsys)
 def test_cli_missing_manifest_is_one_line_exit_2(tmp_path, capsys):
     from musicflow_jax.cli import train_codec
 
-    root = Path(__file__).resolve().parents[3]
-    rc = train_codec.main(["--config", str(root / "codec_corpus"), "--workdir", str(tmp_path / "w")])
+    rc = train_codec.main(["--config", "codec_corpus", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "data.manifest" in err[0], err

@@ -75,7 +75,7 @@ def test_params_sharded_as_the_rules_say(shape):
     setup = flow_step.make_setup(cfg, mesh)
     state = flow_step.create_state(cfg, setup)
     rules = dict(cfg.mesh.rules)
-    abstract_vars = jax.tree.leaves(train_state._abstract_init(cfg, setup.tx, train_state._build_model)[1].params,
+    abstract_vars = jax.tree.leaves(flow_step._abstract_init(cfg, setup.tx, flow_step.build_model)[1].params,
                                     is_leaf=lambda x: isinstance(x, nnx.Variable))
     leaves = jax.tree_util.tree_leaves_with_path(state.params)
     assert len(abstract_vars) == len(leaves) > 10

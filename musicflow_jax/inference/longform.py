@@ -115,3 +115,13 @@ def audio_crossfade(prompt_s: np.ndarray, generated_s: np.ndarray, keep_s: np.nd
                 seg = slice(max(i + 1 - fade, 0), i + 1)
                 w_s[seg] = np.minimum(w_s[seg], ramp[::-1][fade - (seg.stop - seg.start):])
     return np.where(keep_s, prompt_s, (1.0 - w_s) * prompt_s + w_s * generated_s).astype(np.float32)
+
+
+def seam_jumps(x_btd: np.ndarray, seams: list[int]) -> tuple[float, float]:
+    """(largest frame-to-frame jump at the seams, 99th percentile of the jumps elsewhere) of windowed streams
+    (B, T, D): a seam the crossfade hides is no larger than the stream's own jumps."""
+    jump_t = np.linalg.norm(np.diff(x_btd, axis=1), axis=-1).max(axis=0)  # jump_t[i] = |x[i+1] - x[i]|
+    at = np.zeros_like(jump_t, bool)
+    for s in seams:
+        at[max(s - 3, 0): s + 2] = True  # around the seam, crossfade included
+    return float(jump_t[at].max()), float(np.percentile(jump_t[~at], 99))

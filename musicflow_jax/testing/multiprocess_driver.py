@@ -6,8 +6,9 @@
 
 Initialises jax.distributed from those variables (as `python -m musicflow_jax.train` does), trains
 configs/stage1_tiny.py with the overrides in WORKDIR (resuming it), and writes OUT_JSON for this process: the CRC of
-each row of each local batch it fed (step -> [crc per row]), its process index / count and local devices, and the
-validation losses it computed after training (every host computes them on its rows of the same global batches).
+each row of each local batch it fed (step -> [crc per row]), its process index / count and local devices, the step it
+stopped after, and the validation losses it computed after training (every host computes them on its rows of the
+same global batches). `train_and_report` is the same without the process set-up (a one-process run in a test).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,9 +26,8 @@ from musicflow_jax.core import config, sharding
 from musicflow_jax.training import flow_step, flow_trainer, hosts
 
 
-def main() -> None:
-    workdir, out, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
-    hosts.maybe_initialize_distributed(False)  # initialises when JAX_COORDINATOR_ADDRESS is set (n > 1)
+def train_and_report(workdir: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """Train configs/stage1_tiny.py with `overrides` in `workdir` (resuming it); this process's report."""
     cfg = config.load("stage1_tiny", overrides)
     crcs: dict[int, list[int]] = {}
 
@@ -39,8 +40,14 @@ def main() -> None:
     setup = flow_step.make_setup(cfg, mesh)
     encode, text_params = flow_trainer.load_text_encoder(cfg, mesh)
     ev = flow_trainer.evaluate(cfg, flow_trainer.make_eval_fn(cfg, setup, encode), state, text_params, setup)
-    out.write_text(json.dumps({"process_index": jax.process_index(), "process_count": jax.process_count(),
-                               "local_devices": jax.local_device_count(), "crcs": crcs, "eval": ev}))
+    return {"process_index": jax.process_index(), "process_count": jax.process_count(),
+            "local_devices": jax.local_device_count(), "crcs": crcs, "eval": ev, "step": int(state.step)}
+
+
+def main() -> None:
+    workdir, out, overrides = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
+    hosts.maybe_initialize_distributed(False)  # initialises when JAX_COORDINATOR_ADDRESS is set (n > 1)
+    out.write_text(json.dumps(train_and_report(workdir, overrides)))
 
 
 if __name__ == "__main__":

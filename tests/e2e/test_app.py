@@ -18,10 +18,8 @@ import soundfile as sf
 
 from musicflow_jax.app.studio import Studio
 from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings
+from musicflow_jax.testing import browser
 from musicflow_jax.testing.model_folders import tone
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
-import app_screenshot as browser  # noqa: E402
 
 TEXT = "a fast jazz piano trio"
 
@@ -111,9 +109,9 @@ def test_studio_modes_and_messages(tiny_folder: Path, tmp_path: Path) -> None:
 
 
 def test_cli_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from musicflow_jax.app import studio as app
+    from musicflow_jax.app.__main__ import main
 
-    assert app.main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    assert main(["--checkpoint", str(tmp_path / "nope")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --checkpoint {tmp_path / 'nope'} is not a folder: pass a MusicFlow model folder (stage1/stage2 "
         ".safetensors + features.json + text_encoder/)"]

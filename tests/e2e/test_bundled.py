@@ -97,8 +97,6 @@ def test_generated_clips_play_notes_in_the_captions_key(mf: MusicFlow) -> None:
 
 
 def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
-    from test_longform import seam_jumps
-
     from musicflow_jax.inference import longform
 
     s = StageSettings(steps=8, solver="midpoint", cfg_scale=3.0)
@@ -107,7 +105,7 @@ def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
     for x, window in ((g.semantic, mf.stages[0].window), (g.acoustic, mf.stages[1].window)):
         wins = longform.plan_windows(x.shape[1], window, window // 2)
         assert len(wins) == 5  # 12 s from 4-s windows
-        at, elsewhere = seam_jumps(x, [e for _, e in wins[:-1]])
+        at, elsewhere = longform.seam_jumps(x, [e for _, e in wins[:-1]])
         print(f"seam jump {at:.3f} vs 99th percentile elsewhere {elsewhere:.3f}")
         assert at <= 1.5 * elsewhere, (at, elsewhere)
 

@@ -76,15 +76,6 @@ def mf(tmp_path_factory: pytest.TempPathFactory) -> MusicFlow:
     return MusicFlow.load(make_model_folder(tmp_path_factory.mktemp("model")))
 
 
-def seam_jumps(x_btd: np.ndarray, seams: list[int]) -> tuple[float, float]:
-    """(largest frame-to-frame jump at the seams, 99th percentile of the jumps elsewhere)."""
-    jump_t = np.linalg.norm(np.diff(x_btd, axis=1), axis=-1).max(axis=0)  # jump_t[i] = |x[i+1] - x[i]|
-    at = np.zeros_like(jump_t, bool)
-    for s in seams:
-        at[max(s - 3, 0): s + 2] = True  # around the seam, crossfade included
-    return float(jump_t[at].max()), float(np.percentile(jump_t[~at], 99))
-
-
 def test_long_form_length_and_seams(mf: MusicFlow) -> None:
     settings = StageSettings(steps=2, solver="euler", cfg_scale=2.0)
     g = mf.generate(["a string quartet in D major"], duration=3.3, seed=0, stage1=settings, stage2=settings,
@@ -96,5 +87,5 @@ def test_long_form_length_and_seams(mf: MusicFlow) -> None:
         wins = longform.plan_windows(x.shape[1], window, window // 2)
         assert len(wins) >= 5
         seams = [e for _, e in wins[:-1]]  # where each later window's new frames begin
-        at, elsewhere = seam_jumps(x, seams)
+        at, elsewhere = longform.seam_jumps(x, seams)
         assert at <= 1.5 * elsewhere, (at, elsewhere)

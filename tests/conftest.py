@@ -4,9 +4,16 @@ session; the shared fixtures are musicflow_jax/testing/fixtures.py's. Tests are 
 
 import os
 
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# The suite's time is mostly XLA compiling tiny programs: LLVM's optimisation passes cost ~40 % of a train step's
+# compile and buy nothing at these sizes (same losses). Subprocesses the tests start inherit these flags.
+for flag in TEST_XLA_FLAGS:
+    if flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += " " + flag
 
 # One persistent XLA compilation cache per test session (fresh in CI: nothing carried between runs), shared by the
 # xdist workers and the subprocesses tests start: the same tiny train/generate steps compile once per session.

@@ -23,29 +23,13 @@ import json
 import sys
 import time
 
+from musicflow_jax.training.aot import aot, random_batch
+
 PRESETS = {
     "tiny": ("stage1_tiny", []),
     "mid": ("stage1_tiny", ["model.dim=256", "model.depth=8", "model.heads=4", "model.mlp_dim=1024",
-                                       "model.time_dim=128", "data.frames=250", "data.batch_size=8",
-                                       "name=stage1_mid"]),
+                            "model.time_dim=128", "data.frames=250", "data.batch_size=8", "name=stage1_mid"]),
 }
-
-
-def random_batch(cfg, process_count: int = 1) -> dict:  # noqa: ANN001
-    """A batch of the data contract's shapes (random content; the step's cost does not depend on it)."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    b, t, lt = cfg.data.batch_size // process_count, cfg.data.frames, cfg.text.max_len
-    batch = {"x1": rng.normal(size=(b, t, cfg.model.feature_dim)).astype(np.float32),
-             "frame_mask": np.ones((b, t), bool),
-             "text_ids": rng.integers(3, 259, (b, lt)).astype(np.int32), "text_mask": np.arange(lt)[None] < lt // 2
-             + np.zeros((b, 1), int)}
-    if cfg.model.cond_dim:
-        batch["cond"] = rng.normal(size=(b, t, cfg.model.cond_dim)).astype(np.float32)
-    if cfg.text.precomputed:
-        batch["text_emb"] = rng.normal(size=(b, lt, cfg.text.dim)).astype(np.float32)
-    return batch
 
 
 def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> dict:  # noqa: ANN001
@@ -87,46 +71,6 @@ def bench(cfg, steps: int, warmup: int, peak_tflops: float, matmul_n: int) -> di
             "achieved_tflops": round(flops * sps / 1e12, 5),
             "peak_tflops_per_device": round(peak / 1e12, 5), "peak_source": "config" if peak_tflops > 0 else
             f"measured {matmul_n}^3 matmul", "mfu": round(metrics.mfu(flops, sps, peak, mesh.size), 4)}
-
-
-def aot(cfg) -> dict:  # noqa: ANN001
-    """Lower + compile the train step of `cfg` on this process's devices from abstract shapes; compile time and
-    per-device memory (bytes) from XLA's memory analysis."""
-    import jax
-    import numpy as np
-
-    from musicflow_jax.core import sharding
-    from musicflow_jax.training import flow_step
-    from musicflow_jax.training import flow_trainer as train
-
-    mesh = sharding.make_mesh(cfg.mesh)
-    setup = flow_step.make_setup(cfg, mesh)
-    encode, tp = train.load_text_encoder(cfg, mesh)
-    local = random_batch(cfg, jax.process_count())
-    batch_sh = {k: sharding.batch_sharding(mesh, setup.rules, v.ndim) for k, v in local.items()}
-    batch = {k: jax.ShapeDtypeStruct((cfg.data.batch_size, *v.shape[1:]), v.dtype, sharding=batch_sh[k])
-             for k, v in local.items()}
-    t0 = time.perf_counter()
-    lowered = flow_step.make_train_step(cfg, setup, encode).lower(setup.abstract_state, batch, tp)
-    lower_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
-              "generated_code_size_in_bytes")
-    per_device = {f.removesuffix("_size_in_bytes"): int(getattr(mem, f, 0) or 0) for f in fields}
-    # donated state: outputs alias the arguments, so the peak is arguments + temporaries + unaliased outputs
-    per_device["peak_estimate"] = (per_device["argument"] + per_device["temp"] + per_device["output"]
-                                   - per_device["alias"])
-    n_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state.params)))
-    return {"config": cfg.name, "devices": mesh.size, "mesh": dict(mesh.shape), "platform": jax.devices()[0].platform,
-            "params": n_params, "batch": cfg.data.batch_size, "frames": cfg.data.frames, "dtype": cfg.model.dtype,
-            "scan_layers": cfg.model.scan_layers, "remat": cfg.model.remat,
-            "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
-            "memory_per_device_gib": {k: round(v / 2**30, 3) for k, v in per_device.items()},
-            "step_gflop": round(flow_step.step_flops(cfg, mesh, encode, setup.abstract_state, batch, tp)[0] / 1e9,
-                                1)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
             def go() -> tuple[Generation, Path]:
                 settings = (settings_of(k1, so1, c1, "stage 1"), settings_of(k2, so2, c2, "stage 2"))
                 if draft:  # the draft's steps and solver for both stages; guidance as set
-                    settings = tuple(dataclasses.replace(MusicFlow.draftsettings_of(st), cfg_scale=s.cfg_scale)
+                    settings = tuple(dataclasses.replace(MusicFlow.draft_settings(st), cfg_scale=s.cfg_scale)
                                      for st, s in zip((st1, st2), settings))
                 return studio.run(mode, text, dur, seed, n, prompt, regions, settings, draft)
 

@@ -116,13 +116,19 @@ def test_codec_rejects_bad_shapes_and_bandwidths(tmp_path):
 
 
 def test_bench_codec_tiny_runs_and_agrees():
+    """tools/bench_codec.py (a script, run as one): the Flax and PyTorch decoders agree and the ratio is theirs."""
+    import json
+    import os
+    import subprocess
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    from tools.bench_codec import bench
-
-    res = bench(seconds=0.4, batch=1, repeats=1, tiny=True)  # 30 frames at 75 Hz
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "tools/bench_codec.py", "--tiny", "--seconds", "0.4", "--batch", "1",
+                           "--repeats", "1"], cwd=root, env=dict(os.environ, PYTHONPATH=str(root)),
+                          capture_output=True, text=True, timeout=300)  # 30 frames at 75 Hz
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["max_rel_diff"] <= 1e-4 and res["audio_seconds"] == 0.4
     assert res["flax_audio_s_per_s"] > 0 and res["torch_audio_s_per_s"] > 0
     assert res["flax_over_torch_speed"] == pytest.approx(res["torch_s"] / res["flax_s"], rel=1e-2)

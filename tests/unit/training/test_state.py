@@ -123,12 +123,9 @@ def test_step_flops_count_every_scanned_layer():
 
 
 def test_aot_compile_reports_per_device_memory():
-    """tools/bench_train.py --aot: the train step compiles from abstract shapes on an 8-device FSDP mesh; XLA's
-    memory analysis gives per-device sizes, and FSDP holds about 1/8 of the state per device."""
-    import sys
-
-    sys.path.insert(0, "tools")
-    from bench_train import aot
+    """training/aot.py (tools/bench_train.py --aot): the train step compiles from abstract shapes on an 8-device FSDP
+    mesh; XLA's memory analysis gives per-device sizes, and FSDP holds about 1/8 of the state per device."""
+    from musicflow_jax.training.aot import aot
 
     cfg = config.load("stage1_tiny", ["model.depth=8", "model.dim=128", "model.mlp_dim=512"])
     fsdp = aot(config.apply_overrides(cfg, ["mesh.shape=(1,8,1)"]))

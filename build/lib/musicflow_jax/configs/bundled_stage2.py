@@ -1,0 +1,23 @@
+"""Stage 2 of the bundled model: chroma (16-d, upsampled to 75 Hz) + text -> the latents of the codec trained on the
+corpus (configs/codec_corpus.py: 64-d at 75 Hz), derived from bundled_stage1."""
+
+import dataclasses
+
+from musicflow_jax.core.config import Config
+
+from .bundled_stage1 import WINDOW_SECONDS
+from .bundled_stage1 import get_config as stage1_config
+from .codec_corpus import get_config as codec_config
+
+
+def get_config() -> Config:
+    s1 = stage1_config()
+    return dataclasses.replace(
+        s1,
+        name="bundled_stage2",
+        model=dataclasses.replace(s1.model, stage="acoustic", feature_dim=codec_config().model.hidden_size,
+                                  cond_dim=s1.model.feature_dim),
+        data=dataclasses.replace(s1.data, frames=int(75 * WINDOW_SECONDS)),
+        train=dataclasses.replace(s1.train, steps=1500),
+        sample=dataclasses.replace(s1.sample, cfg_scale=12.0),  # the random-weight T5 gives a weak text signal
+    )

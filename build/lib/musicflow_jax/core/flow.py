@@ -1,0 +1,151 @@
+"""The one flow-matching convention of the project: pure functions, no modules, no state.
+
+Convention (Lipman et al. 2023, "optimal transport" conditional path; Voicebox; MusicFlow sec. 3.1):
+    t = 0 is noise, t = 1 is data.  x0 ~ N(0, I) noise, x1 data, sigma_min = s.
+    x_t      = (1 - (1 - s) t) x0 + t x1
+    u (target velocity) = d x_t / dt = x1 - (1 - s) x0          (independent of t)
+Masked training (Voicebox): a binary mask m over frames (True = frame to generate). The network sees
+x_t everywhere, the context ctx = x1 * (1 - m) and the conditions, and the loss counts only masked,
+valid (unpadded) frames: L = sum_{b,t,d} m (v - u)^2 / (sum_{b,t} m * D).
+Classifier-free guidance: during training the text is dropped (text mask all False) with probability
+p_drop_text, and the context is dropped with it (Voicebox drops both), or alone with p_drop_context.
+At sampling time v = v_uncond + w (v_cond - v_uncond), where "uncond" = no text and no context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from musicflow_jax.core.config import FlowConfig
+
+Array = jax.Array
+
+
+class FlowInput(NamedTuple):
+    """What the network sees for one velocity evaluation v(x_t, t | ctx, cond, text); a pytree.
+
+    x_t, ctx: (B, T, D) (ctx = 0 on generated and padded frames); t: (B,); text: (B, L, E) frozen T5 output with
+    its mask (B, L) bool (all False = text dropped); cond: (B, T, C) frame-aligned condition (stage 2: upsampled
+    semantic features) or None; frame_mask: (B, T) bool, True on real frames, or None (all real)."""
+
+    x_t_btd: Array
+    ctx_btd: Array
+    t_b: Array
+    text_bld: Array
+    text_mask_bl: Array
+    cond_btc: Array | None = None
+    frame_mask_bt: Array | None = None
+
+
+ApplyFn = Callable[[FlowInput], Array]  # the network: FlowInput -> v_btd
+
+
+def _bcast(t_b: Array, like: Array) -> Array:
+    return t_b.reshape(t_b.shape + (1,) * (like.ndim - t_b.ndim))
+
+
+def ot_path(x0: Array, x1: Array, t_b: Array, sigma_min: float) -> Array:
+    """x_t = (1 - (1 - sigma_min) t) x0 + t x1, with t of shape (B,) broadcast over the rest."""
+    t = _bcast(t_b, x1).astype(x1.dtype)
+    return (1.0 - (1.0 - sigma_min) * t) * x0 + t * x1
+
+
+def ot_target(x0: Array, x1: Array, sigma_min: float) -> Array:
+    """The conditional velocity u = d x_t / dt = x1 - (1 - sigma_min) x0."""
+    return x1 - (1.0 - sigma_min) * x0
+
+
+def sample_time(key: Array, batch: int, cfg: FlowConfig) -> Array:
+    """t in (0, 1): uniform, or logit-normal sigmoid(N(mean, std)) (SD3-style, more mass mid-path)."""
+    if cfg.time_sampler == "uniform":
+        return jax.random.uniform(key, (batch,), jnp.float32)
+    if cfg.time_sampler == "logit_normal":
+        return jax.nn.sigmoid(cfg.logit_mean + cfg.logit_std * jax.random.normal(key, (batch,), jnp.float32))
+    raise ValueError(f"unknown flow.time_sampler {cfg.time_sampler!r}")
+
+
+def sample_span_mask(key: Array, frame_mask_bt: Array, cfg: FlowConfig) -> Array:
+    """Voicebox span mask: one contiguous span covering U(min_frac, max_frac) of each example's valid
+    frames (at least one frame), at a uniform random start; with probability p_full_mask the whole
+    example is masked (pure text-to-music). Returns bool (B, T), always False on padding."""
+    frame_mask_bt = frame_mask_bt.astype(bool)
+    b, n_t = frame_mask_bt.shape
+    k_frac, k_start, k_full = jax.random.split(key, 3)
+    length_b = frame_mask_bt.sum(axis=1)
+    frac_b = jax.random.uniform(k_frac, (b,), minval=cfg.mask_min_frac, maxval=cfg.mask_max_frac)
+    span_b = jnp.clip(jnp.round(frac_b * length_b).astype(jnp.int32), 1, jnp.maximum(length_b, 1))
+    start_b = jnp.floor(jax.random.uniform(k_start, (b,)) * (length_b - span_b + 1)).astype(jnp.int32)
+    pos_bt = jnp.arange(n_t)[None, :]
+    span_bt = (pos_bt >= start_b[:, None]) & (pos_bt < (start_b + span_b)[:, None])
+    full_b = jax.random.bernoulli(k_full, cfg.p_full_mask, (b,))
+    return jnp.where(full_b[:, None], True, span_bt) & frame_mask_bt
+
+
+def sample_cfg_drop(key: Array, batch: int, cfg: FlowConfig) -> tuple[Array, Array]:
+    """(drop_text_b, drop_ctx_b): text dropped w.p. p_drop_text (the context with it); otherwise the
+    context alone is dropped w.p. p_drop_context."""
+    k_text, k_ctx = jax.random.split(key)
+    drop_text_b = jax.random.bernoulli(k_text, cfg.p_drop_text, (batch,))
+    drop_ctx_b = drop_text_b | jax.random.bernoulli(k_ctx, cfg.p_drop_context, (batch,))
+    return drop_text_b, drop_ctx_b
+
+
+def masked_loss(v_btd: Array, u_btd: Array, loss_mask_bt: Array, axis: int | None = None) -> Array:
+    """Mean squared error over the frames where loss_mask is True (and all feature dims); `axis=1` keeps the
+    batch axis (one mean per example)."""
+    m_bt = loss_mask_bt.astype(jnp.float32)
+    se_bt = jnp.sum(jnp.square(v_btd.astype(jnp.float32) - u_btd.astype(jnp.float32)), axis=-1)
+    return jnp.sum(se_bt * m_bt, axis=axis) / (jnp.maximum(jnp.sum(m_bt, axis=axis), 1.0) * v_btd.shape[-1])
+
+
+def per_example_loss(v_btd: Array, u_btd: Array, loss_mask_bt: Array) -> Array:
+    """masked_loss computed separately for each example: (B,)."""
+    return masked_loss(v_btd, u_btd, loss_mask_bt, axis=1)
+
+
+def context_from_mask(x1_btd: Array, gen_mask_bt: Array, frame_mask_bt: Array | None = None) -> Array:
+    """ctx = x1 on frames that are neither generated nor padding, 0 elsewhere."""
+    keep_bt = ~gen_mask_bt.astype(bool)
+    if frame_mask_bt is not None:
+        keep_bt = keep_bt & frame_mask_bt.astype(bool)
+    return jnp.where(keep_bt[..., None], x1_btd, 0.0)
+
+
+def flow_loss(apply_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig) -> tuple[Array, dict[str, Any]]:
+    """Masked conditional flow-matching loss for one batch (see module docstring).
+
+    batch: "x1" (B,T,D), "frame_mask" (B,T), "text_emb" (B,L,E), "text_mask" (B,L), optional "cond" (B,T,C).
+    """
+    x1_btd = batch["x1"].astype(jnp.float32)
+    b = x1_btd.shape[0]
+    frame_mask_bt = batch.get("frame_mask")
+    if frame_mask_bt is None:
+        frame_mask_bt = jnp.ones(x1_btd.shape[:2], bool)
+    frame_mask_bt = frame_mask_bt.astype(bool)
+    k_t, k_noise, k_mask, k_drop = jax.random.split(key, 4)
+    t_b = sample_time(k_t, b, cfg)
+    x0_btd = jax.random.normal(k_noise, x1_btd.shape, jnp.float32)
+    x_t_btd = ot_path(x0_btd, x1_btd, t_b, cfg.sigma_min)
+    u_btd = ot_target(x0_btd, x1_btd, cfg.sigma_min)
+    gen_mask_bt = sample_span_mask(k_mask, frame_mask_bt, cfg)
+    drop_text_b, drop_ctx_b = sample_cfg_drop(k_drop, b, cfg)
+    ctx_btd = jnp.where(drop_ctx_b[:, None, None], 0.0, context_from_mask(x1_btd, gen_mask_bt, frame_mask_bt))
+    text_mask_bl = batch["text_mask"].astype(bool) & ~drop_text_b[:, None]
+    text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
+    v_btd = apply_fn(FlowInput(x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, batch.get("cond"), frame_mask_bt))
+    loss = masked_loss(v_btd, u_btd, gen_mask_bt)
+    aux = {
+        "loss_per_example": per_example_loss(v_btd, u_btd, gen_mask_bt),
+        "t": t_b,
+        "mask_frac": gen_mask_bt.sum(1) / jnp.maximum(frame_mask_bt.sum(1), 1),
+    }
+    return loss, aux
+
+
+def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:
+    """Classifier-free guidance: v = v_uncond + w (v_cond - v_uncond); w = 1 is the conditional field."""
+    return v_uncond + w * (v_cond - v_uncond)

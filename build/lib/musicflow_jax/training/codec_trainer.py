@@ -1,0 +1,390 @@
+"""Train the project's own Encodec-architecture codec (SEANet encoder/decoder of musicflow_jax/models/encodec.py,
+continuous pre-quantisation latents, no quantiser in the loss) on a manifest's audio, and export it as a converted
+Encodec folder that `musicflow_jax.encoders.codec.Codec.load` and the "encodec" acoustic part read.
+
+Pieces, in the order `train_codec()` uses them:
+  * `CodecTrainConfig` (training/codec_config.py): typed frozen config (model / data / loss / optim / train
+    sections), loaded with `--set` overrides by the one config loader (core/config_io.py).
+  * Data (`load_clips`, `crop_batch`): the manifest's clips of one split, read once at the codec's sample rate and
+    kept in memory (the rendered corpus is small). The batch of step k is drawn from
+    `np.random.default_rng((seed, k))`: clips picked with probability proportional to their length, one uniform
+    crop of `segment_seconds` each (shorter clips zero-padded). The data position is therefore just the step, and
+    a resumed run sees exactly the batches an uninterrupted one would.
+  * Losses (`reconstruction_losses`), on x_hat = decode(encode(x)) against x, both (B, S):
+      - multi-resolution STFT, for each FFT size n in `loss.stft_sizes` (Hann window, hop n/4, centred reflect
+        padding, |X| floored at sqrt(1e-7)):
+          spectral convergence  sc_n = ||X_hat| - |X||_F / ||X||_F   (over the whole batch)
+          log-magnitude L1      lm_n = mean | log|X_hat| - log|X| |
+        stft = mean_n (sc_n + lm_n);
+      - multi-scale mel L1: for each (n_fft, n_mels) in `loss.mel_scales`,
+          mean | log(max(M |X_hat|, 1e-5)) - log(max(M |X|, 1e-5)) |  with n_mels HTK triangles M
+        (musicflow_jax/backends/mel.py, 0 .. sr/2) on an n_fft-point STFT, hop n_fft/4; mel = the mean over scales
+        (Descript's audio codec uses windows 32 .. 2048 with 5 .. 320 bands: the short windows keep onsets sharp);
+      - waveform L1: mean |x_hat - x|;
+      total = loss.w_stft * stft + loss.w_mel * mel + loss.w_wave * wave. No discriminator.
+    With `loss.latent_noise` = s > 0 the decoder sees z + s * rms(z) * n (n standard normal, rms over the batch,
+    no gradient through the scale) during training: a decoder robust to small latent errors, which a flow model
+    generating the latents will make. `loss.w_smooth` adds w * smooth, smooth = mean |z_t - z_{t-1}|^2 / (2 var(z))
+    (var over time per clip and channel, averaged; = 1 - the latents' lag-1 autocorrelation): left free, the
+    latents follow the waveform's phase frame to frame (lag-1 autocorrelation ~0, white noise to a flow model);
+    with it they follow what changes slowly (pitch, loudness, timbre) and the decoder makes the phase, which the
+    magnitude losses leave free.
+  * The state is training/state.py's TrainState (params = the encoder/decoder nnx.Params, weight-normalised
+    convs trained as weight_g / weight_v exactly as the converted folders store them; rest = the quantiser's
+    codebooks, random and untouched; EMA of the params), optimised by state.make_optimizer (AdamW, warmup +
+    schedule, global-norm clipping). A non-finite step leaves the state untouched (the guarded update, as the flow
+    trainer's).
+  * `train_codec()`: `CodecTrainer` run by the training loop both trainers share (training/loop.py: workdir lock,
+    resume, SIGTERM / SIGINT saving, NaN guard, checkpoint cadence), eval on fixed held-out crops.
+  * `export_codec()`: a run's checkpoint (or a live state) -> converted Encodec folder (encoders/converted.py's
+    format: config.json of kind "encodec" with the EncodecConfig fields + model.safetensors of the NNX parameter
+    paths), written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from musicflow_jax.backends.mel import MelConfig, mel_filterbank
+from musicflow_jax.core.audio import read_audio
+from musicflow_jax.data.manifest import read_manifest
+from musicflow_jax.encoders.converted import ENCODEC, save_converted
+from musicflow_jax.errors import MusicFlowError
+from musicflow_jax.models.encodec import Encodec
+from musicflow_jax.models.params import flat_params
+from musicflow_jax.training import checkpoint, loop
+from musicflow_jax.training.codec_config import CodecTrainConfig, from_dict
+from musicflow_jax.training.state import TrainState, adam_count, guarded_update, make_optimizer, make_schedule
+
+
+class CodecDataError(MusicFlowError):
+    """The manifest yields no usable audio for the codec (no clips in the split, unreadable files), with the fix."""
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_clips(cfg: CodecTrainConfig, split: str) -> list[np.ndarray]:
+    """Mono float32 clips (S,) of `split` at the model's sample rate (at most data.max_clips), read once."""
+    if not cfg.data.manifest:
+        raise CodecDataError("config key 'data.manifest' is empty: set --set data.manifest=CORPUS/manifest.jsonl "
+                             "(python -m musicflow_jax.build_corpus writes one)")
+    entries, _ = read_manifest(cfg.data.manifest)
+    entries = [e for e in entries if e.split == split]
+    if cfg.data.max_clips:
+        entries = entries[: cfg.data.max_clips]
+    clips = []
+    for e in entries:
+        x_s, _ = read_audio(e.path, cfg.model.sample_rate)
+        if x_s.size:
+            clips.append(x_s)
+    return clips
+
+
+def crop_batch(clips: list[np.ndarray], segment: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """(batch_size, segment) float32 crops: clips picked with probability proportional to their length, one uniform
+    crop each, zero-padded when a clip is shorter than `segment`."""
+    lengths = np.array([len(c) for c in clips], np.float64)
+    picks = rng.choice(len(clips), size=batch_size, p=lengths / lengths.sum())
+    x_bs = np.zeros((batch_size, segment), np.float32)
+    for b, i in enumerate(picks):
+        clip = clips[i]
+        off = int(rng.integers(0, max(len(clip) - segment, 0) + 1))
+        piece = clip[off: off + segment]
+        x_bs[b, : len(piece)] = piece
+    return x_bs
+
+
+def train_batch(cfg: CodecTrainConfig, clips: list[np.ndarray], step: int) -> np.ndarray:
+    """The batch of step `step`: a function of (train.seed, step) only."""
+    return crop_batch(clips, cfg.segment_samples, cfg.data.batch_size, np.random.default_rng((cfg.train.seed, step)))
+
+
+def eval_batches(cfg: CodecTrainConfig, clips: list[np.ndarray]) -> list[np.ndarray]:
+    """train.eval_batches fixed batches of held-out crops (the same at every eval and on resume)."""
+    return [crop_batch(clips, cfg.segment_samples, cfg.data.batch_size,
+                       np.random.default_rng((cfg.train.seed, i, 1))) for i in range(cfg.train.eval_batches)]
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def stft_mag(x_bs: jax.Array, n_fft: int) -> jax.Array:
+    """|STFT| (B, frames, n_fft//2 + 1): Hann window, hop n_fft/4, centred with reflect padding, floored at
+    sqrt(1e-7) so the log and its gradient stay finite."""
+    hop, pad = max(n_fft // 4, 1), n_fft // 2
+    x = jnp.pad(x_bs, ((0, 0), (pad, pad)), mode="reflect")
+    n_frames = 1 + (x.shape[1] - n_fft) // hop
+    idx_tn = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
+    window = jnp.asarray(np.hanning(n_fft + 1)[:-1], jnp.float32)  # periodic Hann
+    spec = jnp.fft.rfft(x[:, idx_tn] * window, axis=-1)
+    return jnp.sqrt(jnp.maximum(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2, 1e-7))
+
+
+def _mel_banks(cfg: CodecTrainConfig) -> list[np.ndarray]:
+    """(n_mels, n_fft // 2 + 1) HTK mel matrices, one per loss.mel_scales entry."""
+    sr = cfg.model.sample_rate
+    return [mel_filterbank(MelConfig(sample_rate=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sr / 2))
+            for n_fft, n_mels in cfg.loss.mel_scales]
+
+
+def reconstruction_losses(y_bs: jax.Array, x_bs: jax.Array, cfg: CodecTrainConfig, mel_banks: list[np.ndarray]
+                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(total, parts) of the reconstruction `y_bs` against the target `x_bs` (see the module docstring)."""
+    lo = cfg.loss
+    parts: dict[str, jax.Array] = {}
+    stft_terms = []
+    for n in lo.stft_sizes:
+        ym, xm = stft_mag(y_bs, n), stft_mag(x_bs, n)
+        sc = jnp.linalg.norm((ym - xm).ravel()) / jnp.maximum(jnp.linalg.norm(xm.ravel()), 1e-7)
+        lm = jnp.mean(jnp.abs(jnp.log(ym) - jnp.log(xm)))
+        parts[f"sc_{n}"], parts[f"logmag_{n}"] = sc, lm
+        stft_terms.append(sc + lm)
+    parts["stft"] = jnp.mean(jnp.stack(stft_terms)) if stft_terms else jnp.zeros(())
+    mel_terms = []
+    for (n_fft, _), bank_mf in zip(lo.mel_scales, mel_banks):
+        bank = jnp.asarray(bank_mf)
+        ymel = jnp.log(jnp.maximum(stft_mag(y_bs, n_fft) @ bank.T, 1e-5))
+        xmel = jnp.log(jnp.maximum(stft_mag(x_bs, n_fft) @ bank.T, 1e-5))
+        mel_terms.append(jnp.mean(jnp.abs(ymel - xmel)))
+    parts["mel"] = jnp.mean(jnp.stack(mel_terms))
+    parts["wave"] = jnp.mean(jnp.abs(y_bs - x_bs))
+    total = lo.w_stft * parts["stft"] + lo.w_mel * parts["mel"] + lo.w_wave * parts["wave"]
+    return total, parts
+
+
+# --------------------------------------------------------------------------- state and step
+
+
+def _trainable(path: tuple[Any, ...], value: Any) -> bool:
+    """The encoder/decoder parameters; the quantiser's codebooks are not trained (the latents are continuous)."""
+    return isinstance(value, nnx.Param) and path[0] in ("encoder", "decoder")
+
+
+def build_model(cfg: CodecTrainConfig, seed: int) -> Encodec:
+    return Encodec(cfg.model.encodec(), rngs=nnx.Rngs(seed))
+
+
+def init_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation) -> tuple[Any, TrainState]:
+    """(graphdef, fresh TrainState) from train.seed."""
+    graphdef, params, rest = nnx.split(build_model(cfg, cfg.train.seed), _trainable, ...)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                       ema=jax.tree.map(jnp.copy, params), nan_in_row=jnp.zeros((), jnp.int32),
+                       nan_total=jnp.zeros((), jnp.int32))
+    return graphdef, state
+
+
+def abstract_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation) -> tuple[Any, TrainState]:
+    """(graphdef, ShapeDtypeStructs of the state on the first local device): the restore target."""
+    out: dict[str, Any] = {}
+
+    def f() -> TrainState:
+        out["graphdef"], state = init_state(cfg, tx)
+        return state
+
+    shapes = jax.eval_shape(f)
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return out["graphdef"], jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dev), shapes)
+
+
+def latent_roughness(z_btd: jax.Array) -> jax.Array:
+    """mean |z_t - z_{t-1}|^2 / (2 var_t(z)): 1 - the lag-1 autocorrelation of the latents (0 = constant in time,
+    1 = white noise), the variance taken over time per clip and channel and averaged."""
+    var = jnp.mean(jnp.square(z_btd - z_btd.mean(axis=1, keepdims=True)))
+    return jnp.mean(jnp.square(z_btd[:, 1:] - z_btd[:, :-1])) / (2.0 * var + 1e-8)
+
+
+def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
+    """loss(params, rest, x_bs, noise_key=None) -> (total, parts): encode -> (latent noise when a key is given and
+    loss.latent_noise > 0) -> decode -> reconstruction losses."""
+    banks = _mel_banks(cfg)
+    noise = cfg.loss.latent_noise
+
+    def loss_fn(params: Any, rest: Any, x_bs: jax.Array, noise_key: jax.Array | None = None
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        model = nnx.merge(graphdef, params, rest)
+        z_btd = model.encode_latents(x_bs[..., None])
+        smooth = latent_roughness(z_btd)
+        if noise_key is not None and noise > 0:
+            rms = jax.lax.stop_gradient(jnp.sqrt(jnp.mean(jnp.square(z_btd))))
+            z_btd = z_btd + noise * rms * jax.random.normal(noise_key, z_btd.shape, z_btd.dtype)
+        y_bs = model.decode_latents(z_btd)[..., 0]
+        total, parts = reconstruction_losses(y_bs, x_bs, cfg, banks)
+        parts["smooth"] = smooth
+        return total + cfg.loss.w_smooth * smooth, parts
+
+    return loss_fn
+
+
+def make_train_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTransformation) -> Any:
+    """Jitted `step(state, x_bs) -> (state, metrics)` (state donated); metrics are device scalars. The latent noise
+    of step k is drawn from fold_in(key(train.seed), k), so a resumed run draws what an uninterrupted one would."""
+    grad_fn = jax.value_and_grad(make_loss_fn(cfg, graphdef), has_aux=True)
+    schedule = make_schedule(cfg)
+    decay = cfg.optim.ema_decay
+    base_key = jax.random.key(cfg.train.seed)
+
+    def step_fn(state: TrainState, x_bs: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        (loss, parts), grads = grad_fn(state.params, state.rest, x_bs, jax.random.fold_in(base_key, state.step))
+        new_state, grad_norm, _ = guarded_update(state, grads, loss, state.rest, tx, decay)
+        out = {"loss": loss, **parts, "grad_norm": grad_norm, "param_norm": optax.global_norm(new_state.params),
+               "lr": schedule(adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,
+               "nan_total": new_state.nan_total}
+        return new_state, out
+
+    return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def make_eval_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
+    """Jitted (params, rest, x_bs) -> (total, parts)."""
+    return jax.jit(make_loss_fn(cfg, graphdef))
+
+
+def evaluate(eval_fn: Any, params: Any, rest: Any, batches: list[np.ndarray]) -> dict[str, float]:
+    """Mean loss and loss parts over the fixed eval batches."""
+    rows = [jax.device_get(eval_fn(params, rest, jnp.asarray(x_bs))) for x_bs in batches]
+    out = {"loss": float(np.mean([r[0] for r in rows]))}
+    for k in rows[0][1]:
+        out[k] = float(np.mean([r[1][k] for r in rows]))
+    return out
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(cfg: CodecTrainConfig) -> tuple[Any, optax.GradientTransformation, TrainState, Any, Any]:
+    """(graphdef, optimizer, abstract state, jitted train step, jitted eval) of a config, kept per process so that
+    a resumed or repeated run in the same process (tests, notebooks) reuses the compiled programs."""
+    tx = make_optimizer(cfg)
+    graphdef, abstract = abstract_state(cfg, tx)
+    return graphdef, tx, abstract, make_train_step(cfg, graphdef, tx), make_eval_fn(cfg, graphdef)
+
+
+class CodecTrainer(loop.Trainer):
+    """The codec run `cfg` on the first local device; its data (the manifest's clips) read once, in memory."""
+
+    def __init__(self, cfg: CodecTrainConfig):
+        self.cfg = cfg
+        self.clips = load_clips(cfg, cfg.data.split)
+        if not self.clips:
+            raise CodecDataError(f"manifest {cfg.data.manifest} has no readable clips in split {cfg.data.split!r}: "
+                                 "set --set data.split=... or build a corpus with python -m musicflow_jax.build_corpus")
+        held_out = load_clips(cfg, cfg.data.eval_split) if cfg.train.eval_every else []
+        self.eval_data = eval_batches(cfg, held_out or self.clips) if cfg.train.eval_every else []
+        self.graphdef, self.tx, self.abstract_state, self.step_fn, self.eval_fn = _compiled(cfg)
+        self.seconds_per_sample = cfg.segment_samples / cfg.model.sample_rate
+
+    def fresh_state(self) -> TrainState:  # placed like a restored state, so both hit the same compiled step
+        return jax.device_put(init_state(self.cfg, self.tx)[1], jax.tree.leaves(self.abstract_state)[0].sharding)
+
+    def batches(self, start: int) -> Iterator[np.ndarray]:
+        return (train_batch(self.cfg, self.clips, step) for step in itertools.count(start))
+
+    def step(self, state: TrainState, x_bs: np.ndarray) -> tuple[TrainState, dict[str, jax.Array]]:
+        return self.step_fn(state, jnp.asarray(x_bs))
+
+    def log_scalars(self, rows: list[dict[str, Any]], seconds: float, batch: Any) -> dict[str, float]:
+        scalars = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        scalars["nan_in_row"], scalars["nan_total"] = float(rows[-1]["nan_in_row"]), float(rows[-1]["nan_total"])
+        sps = len(rows) / max(seconds, 1e-9)
+        scalars.update(steps_per_s=sps, seconds_per_step=1.0 / sps,
+                       audio_seconds_per_s=sps * self.cfg.data.batch_size * self.seconds_per_sample)
+        return scalars
+
+    def evaluate(self, state: TrainState) -> dict[str, float]:
+        return evaluate(self.eval_fn, state.params, state.rest, self.eval_data)
+
+
+def train_codec(cfg: CodecTrainConfig, workdir: str | Path, *, stop_at: int | None = None,
+                async_ckpt: bool = True) -> TrainState:
+    """Train (or resume) the codec in `workdir` up to train.steps; returns the final state. `stop_at` stops after
+    that step with a checkpoint, as SIGTERM / SIGINT do (tests use it to interrupt a run). The workdir is locked."""
+    return loop.run(CodecTrainer(cfg), workdir, async_ckpt=async_ckpt, stop_at=stop_at)
+
+
+# --------------------------------------------------------------------------- restore and export
+
+
+def is_codec_run(workdir: str | Path) -> bool:
+    """Whether `workdir` is a codec training run (its config.json is a CodecTrainConfig's)."""
+    path = Path(workdir) / "config.json"
+    try:
+        return path.is_file() and {"loss", "model", "data"} <= set(json.loads(path.read_text()))
+    except ValueError:
+        return False
+
+
+def read_run_config(workdir: str | Path) -> CodecTrainConfig:
+    """The config of a codec run (workdir/config.json, written when the run started)."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise checkpoint.CheckpointError(f"{path} does not exist: is {workdir} a codec training run folder "
+                                         "(python -m musicflow_jax.train_codec ... --workdir)?")
+    return from_dict(json.loads(path.read_text()))
+
+
+def load_trained(workdir: str | Path, step: int | None = None) -> tuple[CodecTrainConfig, TrainState, int]:
+    """(config, state, step) of a codec run's checkpoint (latest unless `step`)."""
+    cfg = read_run_config(workdir)
+    tx = make_optimizer(cfg)
+    _, abstract = abstract_state(cfg, tx)
+    manager = checkpoint.make_manager(Path(workdir), cfg, async_save=False)
+    try:
+        step, state, _ = checkpoint.restore(manager, abstract, step, config_from_dict=from_dict)
+    finally:
+        manager.close()
+    return cfg, state, step
+
+
+def trained_model(cfg: CodecTrainConfig, state: TrainState, *, ema: bool = False) -> Encodec:
+    """The Encodec module holding the state's parameters (or their EMA) and its untrained quantiser."""
+    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0)), _trainable, ...)[0]
+    return nnx.merge(graphdef, jax.device_get(state.ema if ema else state.params), jax.device_get(state.rest))
+
+
+def export_codec(source: str | Path | TrainState, out: str | Path, *, cfg: CodecTrainConfig | None = None,
+                 step: int | None = None, ema: bool = False) -> Path:
+    """Write a converted Encodec folder at `out` (atomically: the folder appears complete or not at all) from a
+    codec run's workdir (its latest checkpoint unless `step`) or from a live `TrainState` with its `cfg`. `ema`
+    exports the EMA of the weights instead of the raw ones."""
+    if isinstance(source, TrainState):
+        if cfg is None:
+            raise ValueError("export_codec(state, ...) needs cfg=the CodecTrainConfig the state was trained with")
+        state, done, origin = source, int(jax.device_get(source.step)), "live state"
+    else:
+        cfg, state, done = load_trained(source, step)
+        origin = str(source)
+    model = trained_model(cfg, state, ema=ema)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    extra = {"trained_by": "musicflow_jax.training.codec_trainer", "step": done, "weights": "ema" if ema else "raw",
+             "train_config": dataclasses.asdict(cfg),
+             "quantizer": "untrained random codebooks: use the continuous latents (encode_latents / decode_latents)"}
+    try:
+        save_converted(tmp, ENCODEC, dataclasses.asdict(cfg.model.encodec()), flat_params(model),
+                       source=f"musicflow_jax.training.codec_trainer ({origin}, step {done})", extra=extra)
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,102 @@
+"""Fine-tuning in the trainer: which base parameters train (`train.trainable`, LoRA: the adapters), the frozen
+rest kept out of the optimizer and the checkpoints, and `train.init_from` (an exported stage or another run's
+checkpoint, checked strictly against the model, fingerprinted so a resumed run refuses a changed file).
+
+The train state's `params` (what the optimizer and the EMA see) holds the trainable base parameters and the
+adapters (musicflow_jax/models/lora.py); the frozen base parameters are the state's `frozen`, never written to
+checkpoints (they are train.init_from's weights, loaded again on resume; `fingerprint` guards against that file
+changing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from musicflow_jax.core.config import Config
+from musicflow_jax.models.lora import FineTuneError, is_adapter
+from musicflow_jax.models.params import key_of
+
+
+def is_active(cfg: Config) -> bool:
+    """Whether the run trains only part of the model (LoRA and/or train.trainable)."""
+    return cfg.model.lora_rank > 0 or bool(cfg.train.trainable)
+
+
+def trainable_keys(params: nnx.State, cfg: Config) -> set[str]:
+    """Base parameters that train: all without fine-tuning options, those train.trainable matches with it (none by
+    default when LoRA is on: the adapters alone train)."""
+    keys = [key_of(p) for p, _ in nnx.to_flat_state(params)]
+    if not is_active(cfg):
+        return set(keys)
+    if not cfg.train.trainable:
+        return set()
+    pattern = re.compile(cfg.train.trainable)
+    chosen = {k for k in keys if pattern.search(k)}
+    if not chosen and cfg.model.lora_rank == 0:
+        raise FineTuneError(f"config key 'train.trainable': {cfg.train.trainable!r} matches no parameter, so nothing "
+                            f"would train; paths look like {', '.join(keys[:3])}")
+    return chosen
+
+
+def split(params: nnx.State, cfg: Config) -> tuple[nnx.State, nnx.State | None]:
+    """(trained tree, frozen base) for this config: (params, None) without fine-tuning options; else the adapters and
+    the base parameters train.trainable matches vs the rest."""
+    if not is_active(cfg):
+        return params, None
+    flat = list(nnx.to_flat_state(params))
+    train = trainable_keys(nnx.from_flat_state([(p, v) for p, v in flat if not is_adapter(key_of(p))]), cfg)
+    trained = [(p, v) for p, v in flat if key_of(p) in train or is_adapter(key_of(p))]
+    frozen = [(p, v) for p, v in flat if key_of(p) not in train and not is_adapter(key_of(p))]
+    return nnx.from_flat_state(trained), (nnx.from_flat_state(frozen) if frozen else None)
+
+
+def check_init(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray], source: str,
+               partial: bool) -> dict[str, list[str]]:
+    """Strict shape check of init_from weights against the model: a wrong shape is an error naming the first
+    parameter and both shapes; missing / unexpected parameters are errors unless `partial` (missing ones keep their
+    fresh initialisation). Returns {"loaded", "missing", "unexpected"} key lists."""
+    for k in sorted(set(expected) & set(flat)):
+        if tuple(flat[k].shape) != tuple(expected[k]):
+            raise FineTuneError(f"train.init_from {source} does not fit this model: '{k}' is {tuple(flat[k].shape)} "
+                                f"there but {tuple(expected[k])} here: use the model config it was trained with")
+    report = {"loaded": sorted(set(expected) & set(flat)), "missing": sorted(set(expected) - set(flat)),
+              "unexpected": sorted(set(flat) - set(expected))}
+    if not partial:
+        for kind in ("missing", "unexpected"):
+            if report[kind]:
+                where = "in the model but not in" if kind == "missing" else "in"
+                raise FineTuneError(
+                    f"train.init_from {source}: {len(report[kind])} {kind} parameter(s), first '{report[kind][0]}' "
+                    f"({where} the file{' and not the model' if kind == 'unexpected' else ''}): use the config it was "
+                    "trained with, or set train.init_partial=true to load the rest")
+    return report
+
+
+def load_values(params: nnx.State, flat: dict[str, Any]) -> nnx.State:
+    """`params` with the values of `flat` where it has them (shapes already checked)."""
+    return nnx.from_flat_state([(p, v.replace(jnp.asarray(flat[key_of(p)], v[...].dtype)) if key_of(p) in flat else v)
+                                for p, v in nnx.to_flat_state(params)])
+
+
+def fingerprint(path: str | Path) -> str:
+    """sha256 of an init_from file (or of a folder's files, or a run's latest checkpoint step + config)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        files = sorted(p for p in (path / "checkpoints").rglob("*") if p.is_file() and "metadata" in p.name)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+

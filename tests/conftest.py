@@ -4,7 +4,7 @@ session; the shared fixtures are musicflow_jax/testing/fixtures.py's. Tests are 
 
 import os
 
-TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+TEST_XLA_FLAGS = tuple(f for f in os.environ.get("MUSICFLOW_TEST_XLA_FLAGS", "").split() if f)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):

@@ -32,8 +32,14 @@ PARAM_COUNTS = {"stage1_base": 83_451_648, "stage2_base": 243_164_288}
 PAPER_TOTAL = 330e6
 
 
+@nnx.jit(static_argnames="deterministic")
+def fwd(model: FlowTransformer, inp: dict, deterministic: bool = True) -> jax.Array:
+    """The model's velocity, jitted (one compilation per program: op-by-op eager dispatch compiles far more)."""
+    return model(FlowInput(**inp), deterministic=deterministic)
+
+
 def tiny_cfg(stage: int, **model_overrides) -> Config:
-    cfg = config.load(f"configs/stage{stage}_tiny.py")
+    cfg = config.load(f"stage{stage}_tiny")
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_overrides))
 
 
@@ -64,8 +70,8 @@ def tiny(request):
 def test_output_shape_dtype_fp32_and_bf16(stage):
     cfg32, cfg16 = tiny_cfg(stage), tiny_cfg(stage, dtype="bfloat16")
     inp = make_inputs(cfg32)
-    v32 = FlowTransformer(cfg32, rngs=nnx.Rngs(0))(FlowInput(**inp))
-    v16 = FlowTransformer(cfg16, rngs=nnx.Rngs(0))(FlowInput(**inp))  # same fp32 master weights, bf16 compute
+    v32 = fwd(FlowTransformer(cfg32, rngs=nnx.Rngs(0)), inp)
+    v16 = fwd(FlowTransformer(cfg16, rngs=nnx.Rngs(0)), inp)  # same fp32 master weights, bf16 compute
     for v in (v32, v16):
         assert v.shape == inp["x_t_btd"].shape and v.dtype == jnp.float32
         assert bool(jnp.isfinite(v).all())
@@ -77,20 +83,20 @@ def test_bf16_params():
     cfg = tiny_cfg(1, dtype="bfloat16", param_dtype="bfloat16")
     model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
     assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
-    v = model(FlowInput(**make_inputs(cfg)))
+    v = fwd(model, make_inputs(cfg))
     assert v.dtype == jnp.float32 and bool(jnp.isfinite(v).all())
 
 
 def test_padded_text_tokens_have_no_influence(tiny):
     cfg, model, inp = tiny
-    v = model(FlowInput(**inp))
+    v = fwd(model, inp)
     noise = 100.0 * jax.random.normal(jax.random.key(9), inp["text_bld"].shape)
     text_changed = jnp.where(inp["text_mask_bl"][..., None], inp["text_bld"], noise)
-    v_pad = model(FlowInput(**{**inp, "text_bld": text_changed}))
+    v_pad = fwd(model, {**inp, "text_bld": text_changed})
     np.testing.assert_allclose(np.asarray(v_pad), np.asarray(v), atol=1e-6, rtol=0)
     # ...whereas changing a valid token does change the output of that example
     bump = jax.random.normal(jax.random.key(4), (cfg.text.dim,))  # not a constant shift: LayerNorm removes those
-    v_valid = model(FlowInput(**{**inp, "text_bld": inp["text_bld"].at[0, 0].add(bump)}))
+    v_valid = fwd(model, {**inp, "text_bld": inp["text_bld"].at[0, 0].add(bump)})
     assert float(jnp.abs(v_valid[0] - v[0]).max()) > 1e-4
     np.testing.assert_allclose(np.asarray(v_valid[1]), np.asarray(v[1]), atol=1e-6, rtol=0)
 
@@ -98,11 +104,11 @@ def test_padded_text_tokens_have_no_influence(tiny):
 def test_all_false_text_mask_is_finite_and_ignores_text(tiny):
     cfg, model, inp = tiny
     off = jnp.zeros_like(inp["text_mask_bl"])
-    v_a = model(FlowInput(**{**inp, "text_mask_bl": off}))
-    v_b = model(FlowInput(**{**inp, "text_mask_bl": off, "text_bld": jnp.zeros_like(inp["text_bld"])}))
+    v_a = fwd(model, {**inp, "text_mask_bl": off})
+    v_b = fwd(model, {**inp, "text_mask_bl": off, "text_bld": jnp.zeros_like(inp["text_bld"])})
     assert bool(jnp.isfinite(v_a).all())
     np.testing.assert_allclose(np.asarray(v_a), np.asarray(v_b), atol=1e-6, rtol=0)
-    v_cond = model(FlowInput(**inp))
+    v_cond = fwd(model, inp)
     assert float(jnp.abs(v_a - v_cond).max()) > 1e-4  # the null branch differs from the conditional one
 
 
@@ -110,17 +116,17 @@ def test_padded_frames_have_no_influence(tiny):
     cfg, model, inp = tiny
     b, t, _ = inp["x_t_btd"].shape
     frame_mask = jnp.arange(t)[None, :] < jnp.array([[t], [t - 6]])
-    v = model(FlowInput(**inp, frame_mask_bt=frame_mask))
+    v = fwd(model, {**inp, "frame_mask_bt": frame_mask})
     key = jax.random.key(3)
     changed = {k: (jnp.where(frame_mask[..., None], inp[k], 50.0 * jax.random.normal(key, inp[k].shape))
                    if k in ("x_t_btd", "ctx_btd", "cond_btc") and inp[k] is not None else inp[k]) for k in inp}
-    v_changed = model(FlowInput(**changed, frame_mask_bt=frame_mask))
+    v_changed = fwd(model, {**changed, "frame_mask_bt": frame_mask})
     np.testing.assert_allclose(np.asarray(v_changed), np.asarray(v), atol=1e-6, rtol=0)
     assert float(jnp.abs(v[1, t - 6:]).max()) == 0.0  # padded frames output exactly zero
     # and a short clip gives the same valid-frame output as the clip cut to its length
     cut = {k: (x[1:, : t - 6] if k in ("x_t_btd", "ctx_btd", "cond_btc") else x[1:]) if x is not None else None
            for k, x in inp.items()}
-    np.testing.assert_allclose(np.asarray(model(FlowInput(**cut))[0]), np.asarray(v[1, : t - 6]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(fwd(model, cut)[0]), np.asarray(v[1, : t - 6]), atol=1e-5, rtol=0)
 
 
 def test_input_errors_name_the_problem():
@@ -128,9 +134,9 @@ def test_input_errors_name_the_problem():
     model = FlowTransformer(cfg2, rngs=nnx.Rngs(0))
     inp = make_inputs(cfg2)
     with pytest.raises(ValueError, match="cond_btc"):
-        model(FlowInput(**{**inp, "cond_btc": None}))
+        fwd(model, {**inp, "cond_btc": None})
     with pytest.raises(ValueError, match="feature_dim"):
-        model(FlowInput(**{**inp, "x_t_btd": inp["x_t_btd"][..., :3]}))
+        fwd(model, {**inp, "x_t_btd": inp["x_t_btd"][..., :3]})
 
 
 # --------------------------------------------------------------------------- U-Net skips
@@ -143,7 +149,7 @@ def test_skip_connections_structure_and_effect(tiny):
         kernel = stack.layers.block.mlp.fc_in.kernel[...]
         assert kernel.shape == (half, cfg.model.dim, cfg.model.mlp_dim)
         assert (stack.layers.skip is not None) == with_skip
-    v = model(FlowInput(**inp))
+    v = fwd(model, inp)
     # SkipMerge is exactly a Linear on concat(h, skip) (layer 0's slice of the stacked parameters)
     s = model.up.layers.skip
     kh, ks, bias = s.kernel_h[...][0], s.kernel_skip[...][0], s.bias[...][0]
@@ -156,9 +162,9 @@ def test_skip_connections_structure_and_effect(tiny):
     graphdef, state = nnx.split(model)
     zeroed = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
     zeroed.up.layers.skip.kernel_skip[...] = jnp.zeros_like(zeroed.up.layers.skip.kernel_skip[...])
-    v0 = zeroed(FlowInput(**inp))
+    v0 = fwd(zeroed, inp)
     assert float(jnp.abs(v0 - v).max()) > 1e-3
-    np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(v), atol=0, rtol=0)  # original untouched
+    np.testing.assert_allclose(np.asarray(fwd(model, inp)), np.asarray(v), atol=0, rtol=0)  # original untouched
 
 
 def _unrolled_reference(model: FlowTransformer, inp: dict) -> jax.Array:
@@ -201,9 +207,9 @@ def test_scanned_layers_equal_the_unrolled_model(stage):
     cfg = tiny_cfg(stage)
     inp = make_inputs(cfg, t=16)
     models = {scan: FlowTransformer(tiny_cfg(stage, scan_layers=scan), rngs=nnx.Rngs(0)) for scan in (True, False)}
-    ref = _unrolled_reference(models[True], inp)
+    ref = nnx.jit(_unrolled_reference)(models[True], inp)
     for scan, model in models.items():
-        np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(ref), atol=2e-6, rtol=1e-5,
+        np.testing.assert_allclose(np.asarray(fwd(model, inp)), np.asarray(ref), atol=2e-6, rtol=1e-5,
                                    err_msg=f"scan_layers={scan}")
     grads = {scan: nnx.jit(nnx.grad(lambda m: jnp.mean(m(FlowInput(**inp)) ** 2)))(model)
              for scan, model in models.items()}
@@ -242,7 +248,7 @@ def test_stage_files_written_before_stacking_load(tmp_path):
               metadata={"format": "musicflow_jax.flow/1", "config": config_lib.to_json(cfg), "stage": "acoustic"})
     _, loaded = load_stage(path, "acoustic")
     inp = make_inputs(cfg)
-    np.testing.assert_array_equal(np.asarray(loaded(FlowInput(**inp))), np.asarray(model(FlowInput(**inp))))
+    np.testing.assert_array_equal(np.asarray(fwd(loaded, inp)), np.asarray(fwd(model, inp)))
 
 
 # --------------------------------------------------------------------------- layers vs references
@@ -335,7 +341,7 @@ def test_sharded_forward_matches_unsharded():
     cfg = tiny_cfg(2)
     model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
     inp = make_inputs(cfg)
-    ref = model(FlowInput(**inp))
+    ref = fwd(model, inp)
     # Auto axis types: activations follow GSPMD propagation from inputs and params (no explicit sharding)
     mesh = jax.make_mesh((2, 2, 2), config.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
     graphdef, state = nnx.split(model)
@@ -346,10 +352,10 @@ def test_sharded_forward_matches_unsharded():
         assert kernel.sharding.spec == jax.P(None, "fsdp", "tensor")  # ("layers", "embed", "mlp")
 
         @jax.jit
-        def fwd(state, inp):
+        def fwd_sharded(state, inp):
             return nnx.merge(graphdef, state)(FlowInput(**inp))
 
-        out = fwd(state, inp)
+        out = fwd_sharded(state, inp)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=2e-5)
 
 
@@ -377,10 +383,11 @@ def test_remat_same_values_and_grads(policy):
 def test_dropout_only_when_not_deterministic():
     cfg0, cfg1 = tiny_cfg(1, depth=2), tiny_cfg(1, depth=2, dropout=0.3)
     inp = make_inputs(cfg0, t=12)
-    ref = FlowTransformer(cfg0, rngs=nnx.Rngs(params=0, dropout=1))(FlowInput(**inp))
+    ref = fwd(FlowTransformer(cfg0, rngs=nnx.Rngs(params=0, dropout=1)), inp)
     model = FlowTransformer(cfg1, rngs=nnx.Rngs(params=0, dropout=1))
-    np.testing.assert_allclose(np.asarray(model(FlowInput(**inp))), np.asarray(ref), atol=0, rtol=0)
-    a, b = model(FlowInput(**inp), deterministic=False), model(FlowInput(**inp), deterministic=False)
+    # deterministic: the dropout-free model's output (two programs, so to float round-off)
+    np.testing.assert_allclose(np.asarray(fwd(model, inp)), np.asarray(ref), atol=1e-6, rtol=1e-6)
+    a, b = fwd(model, inp, deterministic=False), fwd(model, inp, deterministic=False)
     assert bool(jnp.isfinite(a).all()) and float(jnp.abs(a - ref).max()) > 1e-3 and float(jnp.abs(a - b).max()) > 1e-3
 
 
@@ -388,7 +395,7 @@ def test_dropout_only_when_not_deterministic():
 
 
 def test_param_counts_of_base_configs():
-    got = {name: count_params(config.load(f"configs/{name}.py")) for name in PARAM_COUNTS}
+    got = {name: count_params(config.load(name)) for name in PARAM_COUNTS}
     total = sum(got.values())
     print(f"\nparams: {got}, total {total:,} ({total / 1e6:.1f}M) vs paper ~{PAPER_TOTAL / 1e6:.0f}M")
     assert got == PARAM_COUNTS

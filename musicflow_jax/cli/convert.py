@@ -2,6 +2,7 @@
 (safetensors + config.json) used at run time (musicflow_jax/convert/).
 
     python -m musicflow_jax.convert t5 ckpt/flan-t5-base ckpt/flax/t5            # HF folder (T5 / FLAN-T5 / ByT5)
+    python -m musicflow_jax.convert bert ckpt/all-MiniLM-L6-v2 ckpt/flax/minilm   # HF BertModel folder
     python -m musicflow_jax.convert encodec ckpt/encodec_24khz ckpt/flax/encodec  # HF EncodecModel folder
     python -m musicflow_jax.convert encodec encodec_24khz-d7cc33bc.th ckpt/flax/encodec --preset 24khz
     python -m musicflow_jax.convert hubert ckpt/hubert-base-ls960 ckpt/flax/hubert

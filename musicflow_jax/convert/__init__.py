@@ -1,7 +1,7 @@
 """Weight conversion only: PyTorch checkpoints (HF folders, original encodec .th) -> converted Flax folders.
 
 `torch_state` reads PyTorch-side files (torch imported lazily, only for .bin/.th/.pt) and holds the layout
-transforms and rename rules; `t5`, `encodec`, `hubert` hold the per-model rules and the `convert_*` functions,
+transforms and rename rules; `t5`, `bert`, `encodec`, `hubert` hold the per-model rules and the `convert_*` functions,
 `convert` picks one by kind. Reading converted folders at run time is `musicflow_jax.encoders.converted`
 (torch-free; training and generation never import this package; precompute converts HF folders on the fly).
 CLI: `python -m musicflow_jax.convert KIND SRC DST`.
@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from musicflow_jax.convert.bert import convert_bert
 from musicflow_jax.convert.encodec import PRESETS, convert_encodec
 from musicflow_jax.convert.hubert import convert_hubert
 from musicflow_jax.convert.t5 import convert_t5
 from musicflow_jax.models.params import WeightsError
 
-KINDS = ("t5", "encodec", "hubert")
+KINDS = ("t5", "bert", "encodec", "hubert")
 
 
 def convert(kind: str, src: str | Path, dst: str | Path, *, preset: str | None = None,
@@ -30,6 +31,8 @@ def convert(kind: str, src: str | Path, dst: str | Path, *, preset: str | None =
         raise WeightsError(f"SRC {src} does not exist: pass an HF checkpoint folder (or an encodec .th file)")
     if kind == "t5":
         return convert_t5(src, dst)
+    if kind == "bert":
+        return convert_bert(src, dst)
     if kind == "hubert":
         return convert_hubert(src, dst)
     if preset is not None and preset not in PRESETS:

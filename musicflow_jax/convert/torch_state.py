@@ -8,17 +8,12 @@ imported lazily here only, and are opened with `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from musicflow_jax.models.params import WeightsError
-
-Transform = Callable[[np.ndarray], np.ndarray]
-Rule = tuple[str, str, Transform | None]  # (regex on the source key, replacement, layout transform)
+from musicflow_jax.models.params import Rule, Transform, WeightsError, apply_rules
 
 
 def linear_t(w: np.ndarray) -> np.ndarray:
@@ -98,24 +93,4 @@ def read_hf_config(src: str | Path) -> dict[str, Any]:
     return json.loads(cfg_file.read_text())
 
 
-def apply_rules(state: dict[str, np.ndarray], rules: Sequence[Rule], ignore: Sequence[str],
-                source: str) -> dict[str, np.ndarray]:
-    """Rename every source key with the first matching rule; keys matching `ignore` are dropped;
-    keys matching nothing are a WeightsError listing them."""
-    out: dict[str, np.ndarray] = {}
-    unknown: list[str] = []
-    compiled = [(re.compile(p), r, t) for p, r, t in rules]
-    ign = [re.compile(p) for p in ignore]
-    for key, arr in state.items():
-        for pat, rep, fn in compiled:
-            if pat.fullmatch(key):
-                arr = np.asarray(arr, np.float32)
-                out[pat.sub(rep, key)] = fn(arr) if fn is not None else arr
-                break
-        else:
-            if not any(p.fullmatch(key) for p in ign):
-                unknown.append(key)
-    if unknown:
-        raise WeightsError(f"{source}: {len(unknown)} checkpoint keys have no conversion rule: "
-                              f"{', '.join(sorted(unknown))}; is this the right model type?")
-    return out
+__all__ = ["Rule", "Transform", "apply_rules", "conv_t", "convtr_t", "linear_t", "read_hf_config", "read_state_dict"]

@@ -1,11 +1,12 @@
-"""Text tokenizers for the T5 encoder: numpy in, numpy out, no torch.
+"""Text tokenizers for the text encoders (T5, BERT): numpy in, numpy out, no torch.
 
 `ByteTokenizer` is the embedded default (ByT5 convention: pad=0, eos=1, unk=2, byte b -> b+3),
 needing no vocabulary file. A T5 folder carries its real tokenizer: `spiece.model` (sentencepiece) or
-`tokenizer.json` (HF fast tokenizer, read with the `tokenizers` library). A folder without either is
-byte-level only when it says so (the embedded byte-level T5 saved by TextEncoder.save, or a ByT5
-checkpoint's `tokenizer_config.json`); any other folder is refused rather than silently tokenized as
-bytes (see `load_tokenizer`).
+`tokenizer.json` (HF fast tokenizer, read with the `tokenizers` library); a BERT-family folder (e.g.
+all-MiniLM-L6-v2) its `tokenizer.json`, read by `BertWordPieceTokenizer` ([CLS] ... [SEP]). A folder without
+either is byte-level only when it says so (the embedded byte-level T5 saved by TextEncoder.save, or a ByT5
+checkpoint's `tokenizer_config.json`); any other folder is refused rather than silently tokenized as bytes
+(see `load_tokenizer`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from musicflow_jax.errors import MusicFlowError
 
 PAD_ID, EOS_ID, UNK_ID, BYTE_OFFSET = 0, 1, 2, 3
 BYTE_LEVEL_SOURCE = "embedded byte-level T5"  # the "source" TextEncoder.save records for the embedded T5
-TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json")  # what travels with a T5 folder
+# what travels with a text-encoder folder (T5: spiece.model or tokenizer.json; BERT: tokenizer.json + vocab.txt)
+TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 class TokenizerError(MusicFlowError):
@@ -90,6 +92,46 @@ class FastTokenizer:
         return _pack([list(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)], max_len)
 
 
+class BertWordPieceTokenizer:
+    """A BERT-family folder's `tokenizer.json` (WordPiece, lower-casing normaliser; `tokenizers`, no transformers):
+    `[CLS] tokens [SEP]`, right-padded with the pad id, truncated to max_len keeping `[SEP]` - what transformers'
+    BertTokenizerFast gives with truncation=True, padding="max_length". The file's own padding/truncation
+    settings are switched off (ours are max_len's)."""
+
+    def __init__(self, tokenizer_file: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self._tok = HFTokenizer.from_file(str(tokenizer_file))
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.vocab_size = int(self._tok.get_vocab_size())
+        ids = {name: self._tok.token_to_id(name) for name in ("[CLS]", "[SEP]", "[PAD]")}
+        if None in ids.values():
+            raise TokenizerError(f"{tokenizer_file}: a BERT tokenizer needs [CLS], [SEP] and [PAD] tokens "
+                                 f"(found {ids}): is this the right folder?")
+        self.cls_id, self.sep_id, self.pad_id = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"]
+
+    def __call__(self, texts: Sequence[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        _check_texts(texts)
+        if max_len < 2:
+            raise ValueError(f"max_len {max_len}: a BERT input needs at least [CLS] and [SEP]")
+        enc = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        ids_bl = np.full((len(texts), max_len), self.pad_id, np.int32)
+        mask_bl = np.zeros((len(texts), max_len), bool)
+        for i, e in enumerate(enc):
+            row = [self.cls_id, *list(e.ids)[: max_len - 2], self.sep_id]
+            ids_bl[i, : len(row)] = row
+            mask_bl[i, : len(row)] = True
+        return ids_bl, mask_bl
+
+
+def is_bert_tokenizer(folder: str | Path) -> bool:
+    """Whether a folder's tokenizer is BERT's (tokenizer_config.json's class, or a converted BERT's kind)."""
+    folder = Path(folder)
+    cls = str(_read_json(folder / "tokenizer_config.json").get("tokenizer_class", ""))
+    return cls.startswith("Bert") or _read_json(folder / "config.json").get("kind") == "bert"
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
@@ -119,6 +161,8 @@ def load_tokenizer(folder: str | Path | None) -> Tokenizer:
                              "python -m musicflow_jax.convert t5 SRC DST), or set it to \"\" for the embedded T5")
     if (folder / "spiece.model").is_file():
         return SentencePieceTokenizer(folder / "spiece.model")
+    if (folder / "tokenizer.json").is_file() and is_bert_tokenizer(folder):
+        return BertWordPieceTokenizer(folder / "tokenizer.json")
     if (folder / "tokenizer.json").is_file():
         return FastTokenizer(folder / "tokenizer.json")
     if is_byte_level(folder):

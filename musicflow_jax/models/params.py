@@ -5,7 +5,8 @@ files, converted encoder folders, adapter files) goes through these.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -16,6 +17,8 @@ from flax import nnx
 from musicflow_jax.errors import MusicFlowError
 
 M = TypeVar("M", bound=nnx.Module)
+Transform = Callable[[np.ndarray], np.ndarray]
+Rule = tuple[str, str, Transform | None]  # (regex on a source key, replacement, layout transform)
 
 
 class WeightsError(MusicFlowError):
@@ -77,3 +80,26 @@ def build_with_params(ctor: Callable[[], M], flat: dict[str, np.ndarray], source
     if leftovers:
         raise WeightsError(f"{source}: model state without values after loading: {leftovers}")
     return model
+
+
+def apply_rules(state: dict[str, np.ndarray], rules: Sequence[Rule], ignore: Sequence[str],
+                source: str) -> dict[str, np.ndarray]:
+    """Rename every source key with the first matching rule; keys matching `ignore` are dropped;
+    keys matching nothing are a WeightsError listing them."""
+    out: dict[str, np.ndarray] = {}
+    unknown: list[str] = []
+    compiled = [(re.compile(p), r, t) for p, r, t in rules]
+    ign = [re.compile(p) for p in ignore]
+    for key, arr in state.items():
+        for pat, rep, fn in compiled:
+            if pat.fullmatch(key):
+                arr = np.asarray(arr, np.float32)
+                out[pat.sub(rep, key)] = fn(arr) if fn is not None else arr
+                break
+        else:
+            if not any(p.fullmatch(key) for p in ign):
+                unknown.append(key)
+    if unknown:
+        raise WeightsError(f"{source}: {len(unknown)} checkpoint keys have no conversion rule: "
+                              f"{', '.join(sorted(unknown))}; is this the right model type?")
+    return out

@@ -12,6 +12,7 @@ other. (Checkpoints from before, which also hold a "data" item, restore too: tha
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -37,8 +38,18 @@ MIN_REPLICA_PARALLEL_SLICE_BYTES = 1 << 20
 
 
 def _register_array_handler() -> None:
+    """Once per process (orbax logs a warning on each override, which would break the CLIs' one-line errors)."""
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if getattr(current, "_min_slice_bytes_for_replica_parallel", None) == MIN_REPLICA_PARALLEL_SLICE_BYTES:
+        return
     handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES)
-    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # the override warning
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.setLevel(level)
 
 
 def make_manager(workdir: str | Path, cfg: Config, *, async_save: bool = True) -> ocp.CheckpointManager:

@@ -21,7 +21,7 @@ from musicflow_jax.testing.tiny_models import save_tiny_encodec, save_tiny_huber
 from musicflow_jax.training import flow_trainer as train
 from musicflow_jax.training import logger as metrics
 
-STEPS = 200
+STEPS = 100  # measured at 100 steps: stage1 EMA valid 2.98 -> 1.82, stage2 4.17 -> 2.98 (< 0.8x)
 
 
 @pytest.fixture(scope="module")

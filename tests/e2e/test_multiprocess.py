@@ -1,17 +1,14 @@
 """Multi-process training on this machine: real subprocesses joined by jax.distributed on 127.0.0.1 with CPU
-collectives (gloo), each with several virtual devices, on one global 8-device mesh, checked against one process with
-the 8 devices (this test's own process, the same code: musicflow_jax/testing/multiprocess_driver.py).
+collectives (gloo), each with 2 virtual devices, on one global 4-device mesh, checked against one process with the 4
+devices (this test's own process, the same code: musicflow_jax/testing/multiprocess_driver.py).
 
-Three real multi-process runs cover every case:
-- SIGTERM to one of 2 processes after their step-12 checkpoint: both stop after the same step S, save it and exit 0;
-  steps 1..S have the one-process run's losses (rtol 1e-5) and global batches (the hosts' rows are disjoint and
-  together the one process's batch); the eval after S is identical on every host and equal to the one-process eval;
-  its step-9 checkpoint resumed by one process (shrink 2 -> 1) has the same later steps;
-- SIGKILL of both processes of a run after its step-6 checkpoint, then a one-process resume (shrink 2 -> 1): the
-  later steps have the uninterrupted run's losses (1e-5) and batches;
-- a one-process run's step-6 checkpoint resumed by 2 processes (grow 1 -> 2): the same.
-The data position is the step (global batch k feeds step k on any host count), so checkpoints carry no data state.
-The learning rate is constant after its warmup, so runs of different lengths take the same steps.
+Two real multi-process runs cover every case, against one uninterrupted one-process run of 20 steps (the reference):
+- SIGKILL of both processes of a run after its step-6 checkpoint (steps 1-6 are the reference's), then a one-process
+  resume of that checkpoint (shrink 2 -> 1): steps 7-12 have the reference's losses (rtol 1e-5) and batches;
+- the reference's step-6 checkpoint resumed by 2 processes (grow 1 -> 2), then SIGTERM to one of them after their
+  step-12 checkpoint: both stop after the same step S, save it and exit 0; steps 7..S have the reference's losses and
+  global batches (the hosts' rows are disjoint and together the one process's batch); the eval after S is identical
+  on every host and equal to one process's eval of that step-S checkpoint.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -33,12 +31,13 @@ from musicflow_jax.testing.multiprocess_driver import train_and_report
 from musicflow_jax.training.logger import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-GLOBAL_DEVICES = 8
-STEPS = 12
-KILL_AT = 6  # the killed / grown runs resume from this checkpoint (the preempted one from KILL_AT + 3)
+GLOBAL_DEVICES = 4  # 2 per process: several devices per host, few enough for 2 cores
+REF_STEPS = 20
+KILL_AT = 6  # the killed run is killed after this checkpoint; the grown run starts from the reference's
+STOP_AT = 12  # the killed run's resume runs to here; SIGTERM reaches the grown run after this checkpoint
 OVERRIDES = ["data.batch_size=16", "train.log_every=1", "train.eval_every=0", "train.ckpt_every=3",
-             "train.eval_batches=2", "train.keep=10", "mesh.shape=(-1,1,1)", "data.prefetch=1",
-             "optim.schedule=constant", "optim.warmup_steps=3"]
+             "train.eval_batches=2", "train.keep=30", "mesh.shape=(-1,1,1)", "data.prefetch=1",
+             "optim.schedule=constant", "optim.warmup_steps=3", "model.depth=2"]
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +46,11 @@ def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _one() -> list[jax.Device]:
+    """This process's devices for its one-process runs: as many as the multi-process runs have together."""
+    return jax.devices()[:GLOBAL_DEVICES]
 
 
 def _env(n: int, i: int, port: int) -> dict[str, str]:
@@ -60,14 +64,15 @@ def _env(n: int, i: int, port: int) -> dict[str, str]:
     return env
 
 
-def start(n: int, workdir: Path, tag: str, overrides: list[str]) -> list[subprocess.Popen]:
+def start(n: int, workdir: Path, tag: str, overrides: list[str], slow_from: int | None = None
+          ) -> list[subprocess.Popen]:
     """n processes of one run (the driver); logs in workdir/<tag>.<i>.log, reports in workdir/<tag>.<i>.json."""
     port = _port()
     workdir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(n):
         cmd = [sys.executable, "-m", "musicflow_jax.testing.multiprocess_driver", str(workdir),
-               str(workdir / f"{tag}.{i}.json"), json.dumps(overrides)]
+               str(workdir / f"{tag}.{i}.json"), json.dumps(overrides), *([str(slow_from)] if slow_from else [])]
         log = open(workdir / f"{tag}.{i}.log", "w")  # noqa: SIM115 - closed with the process
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(n, i, port), stdout=log, stderr=subprocess.STDOUT))
     return procs
@@ -90,7 +95,7 @@ def wait(procs: list[subprocess.Popen], workdir: Path, tag: str, timeout: float 
 def wait_for_checkpoint(procs: list[subprocess.Popen], workdir: Path, tag: str, step: int) -> None:
     """Until checkpoint `step` is on disk (orbax renames a finished checkpoint into place: the folder means
     complete)."""
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     while not (workdir / "checkpoints" / str(step)).is_dir():
         assert time.monotonic() < deadline, "timed out waiting for the checkpoint"
         assert all(p.poll() is None for p in procs), (workdir / f"{tag}.0.log").read_text()[-3000:]
@@ -111,15 +116,14 @@ def global_rows(reports: list[dict]) -> dict[int, list[int]]:
     return {int(s): [c for r in by_proc for c in r["crcs"][s]] for s in steps}
 
 
-def only_checkpoint(workdir: Path, step: int) -> None:
-    """Leave only checkpoint `step` (a later one that made it would be resumed instead)."""
-    assert (workdir / "checkpoints" / str(step)).is_dir()
-    for p in (workdir / "checkpoints").iterdir():
-        if p.name != str(step):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+def with_only_checkpoint(src: Path, dst: Path, step: int) -> Path:
+    """dst/checkpoints holding only `src`'s checkpoint `step` (a later one would be resumed instead)."""
+    assert (src / "checkpoints" / str(step)).is_dir()
+    shutil.copytree(src / "checkpoints" / str(step), dst / "checkpoints" / str(step))
+    return dst
 
 
-def check_steps(ref: tuple[Path, dict], run: tuple[Path, list[dict]], steps: range, rtol: float) -> None:
+def check_steps(ref: tuple[Path, dict], run: tuple[Path, list[dict]], steps: range, rtol: float = 1e-5) -> None:
     """Steps `steps` of `run` have the reference run's losses and global batches."""
     (ref_dir, ref_report), (run_dir, reports) = ref, run
     want, got = losses(ref_dir), losses(run_dir)
@@ -129,11 +133,33 @@ def check_steps(ref: tuple[Path, dict], run: tuple[Path, list[dict]], steps: ran
 
 
 @pytest.fixture(scope="module")
-def preempted(tmp_path_factory) -> tuple[Path, list[dict], int]:
-    """2 processes trained until SIGTERM reaches one of them after checkpoint 12: (workdir, reports, stop step)."""
-    workdir = tmp_path_factory.mktemp("mp") / "sigterm"
-    procs = start(2, workdir, "run", [*OVERRIDES, "train.steps=5000"])
-    wait_for_checkpoint(procs, workdir, "run", STEPS)
+def reference(tmp_path_factory) -> tuple[Path, dict]:
+    """One process with the 4 devices (this one), uninterrupted, 20 steps, a checkpoint every 3."""
+    workdir = tmp_path_factory.mktemp("mp") / "one"
+    return workdir, train_and_report(workdir, [*OVERRIDES, f"train.steps={REF_STEPS}"], _one())
+
+
+def test_sigkill_of_every_process_then_one_process_resumes(reference, tmp_path):
+    """A crash of every host, resumed on one process (shrink 2 -> 1) from the checkpoint the 2 processes wrote."""
+    workdir = tmp_path / "killed"
+    procs = start(2, workdir, "killed", [*OVERRIDES, f"train.steps={REF_STEPS}"], slow_from=KILL_AT)
+    wait_for_checkpoint(procs, workdir, "killed", KILL_AT)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    np.testing.assert_allclose([losses(workdir)[s] for s in range(1, KILL_AT + 1)],
+                               [losses(reference[0])[s] for s in range(1, KILL_AT + 1)], rtol=1e-5)
+    resumed_dir = with_only_checkpoint(workdir, tmp_path / "resumed", KILL_AT)
+    resumed = train_and_report(resumed_dir, [*OVERRIDES, f"train.steps={STOP_AT}"], _one())
+    check_steps(reference, (resumed_dir, [resumed]), range(KILL_AT + 1, STOP_AT + 1))
+    assert sorted(int(s) for s in resumed["crcs"]) == list(range(KILL_AT, STOP_AT))
+
+
+def test_grown_run_stops_every_host_at_one_step_on_sigterm(reference, tmp_path):
+    """Grow 1 -> 2 from the reference's step-6 checkpoint; SIGTERM to one host after step 12: both stop at S."""
+    workdir = with_only_checkpoint(reference[0], tmp_path / "grown", KILL_AT)
+    procs = start(2, workdir, "run", [*OVERRIDES, f"train.steps={REF_STEPS}"], slow_from=STOP_AT)
+    wait_for_checkpoint(procs, workdir, "run", STOP_AT)
     procs[1].send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     reports = wait(procs, workdir, "run", timeout=120)
@@ -142,59 +168,18 @@ def preempted(tmp_path_factory) -> tuple[Path, list[dict], int]:
     for i in range(2):
         line = next(x for x in (workdir / f"run.{i}.log").read_text().splitlines() if "stopping after step" in x)
         stopped.append(int(line.split("stopping after step")[1].split(";")[0]))
-    assert stopped[0] == stopped[1] == reports[0]["step"] == reports[1]["step"] and STEPS <= stopped[0] < 5000
-    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved[-1] == stopped[0]
-    return workdir, reports, stopped[0]
-
-
-@pytest.fixture(scope="module")
-def reference(preempted, tmp_path_factory) -> tuple[Path, dict]:
-    """One process with the 8 devices (this one), uninterrupted, the preempted run's S steps."""
-    workdir = tmp_path_factory.mktemp("mp") / "one"
-    return workdir, train_and_report(workdir, [*OVERRIDES, f"train.steps={preempted[2]}"])
-
-
-def test_sigterm_stops_every_host_at_one_step_and_hosts_train_the_one_process_batches(preempted, reference):
-    workdir, reports, stop = preempted
+    stop = stopped[0]
+    assert stopped[1] == stop == reports[0]["step"] == reports[1]["step"] and STOP_AT <= stop < REF_STEPS
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())[-1] == stop
     assert sorted(r["process_index"] for r in reports) == [0, 1]
     assert all(r["process_count"] == 2 and r["local_devices"] == GLOBAL_DEVICES // 2 for r in reports)
-    one = reference[1]  # the one-process run of the same S steps: same losses, same global batches, same eval
-    check_steps(reference, (workdir, reports), range(1, stop + 1), rtol=1e-5)
+    check_steps(reference, (workdir, reports), range(KILL_AT + 1, stop + 1))
     for s in global_rows(reports):  # disjoint: a host's rows are not another's
         per_host = [set(r["crcs"][str(s)]) for r in reports]
         assert sum(len(h) for h in per_host) == len(set().union(*per_host)) == 16
     assert reports[0]["eval"] == reports[1]["eval"]  # identical on every host
+    # the one-process eval of the same weights: its step-S checkpoint resumed at S (nothing left to train)
+    at_stop = with_only_checkpoint(workdir, tmp_path / "one_at_stop", stop)
+    one = train_and_report(at_stop, [*OVERRIDES, f"train.steps={stop}"], _one())
+    assert one["step"] == stop and not one["crcs"]
     np.testing.assert_allclose(reports[0]["eval"]["loss"], one["eval"]["loss"], rtol=1e-5)
-
-
-def test_sigkill_of_every_process_then_one_process_resumes(reference, tmp_path):
-    """Shrink 2 -> 1 after a crash: the killed run's step-6 checkpoint resumed by one process."""
-    workdir = tmp_path / "killed"
-    procs = start(2, workdir, "killed", [*OVERRIDES, f"train.steps={STEPS}"])
-    wait_for_checkpoint(procs, workdir, "killed", KILL_AT)
-    for p in procs:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-    only_checkpoint(workdir, KILL_AT)
-    resumed = train_and_report(workdir, [*OVERRIDES, f"train.steps={STEPS}"])
-    check_steps(reference, (workdir, [resumed]), range(KILL_AT + 1, STEPS + 1), rtol=1e-5)
-    assert sorted(int(s) for s in resumed["crcs"]) == list(range(KILL_AT, STEPS))
-
-
-def test_one_process_checkpoint_resumed_by_two_processes(reference, tmp_path):
-    """Grow 1 -> 2: the reference run's step-6 checkpoint resumed by two processes."""
-    workdir = tmp_path / "grown"
-    shutil.copytree(reference[0] / "checkpoints", workdir / "checkpoints")
-    only_checkpoint(workdir, KILL_AT)
-    reports = wait(start(2, workdir, "grown", [*OVERRIDES, f"train.steps={STEPS}"]), workdir, "grown")
-    check_steps(reference, (workdir, reports), range(KILL_AT + 1, STEPS + 1), rtol=1e-5)
-
-
-def test_the_preempted_runs_checkpoint_resumes_on_one_process(preempted, reference, tmp_path):
-    """Shrink 2 -> 1 after a clean preemption: the SIGTERM run's step-9 checkpoint resumed by one process."""
-    workdir = tmp_path / "resumed"
-    shutil.copytree(preempted[0] / "checkpoints", workdir / "checkpoints")
-    only_checkpoint(workdir, KILL_AT + 3)
-    resumed = train_and_report(workdir, [*OVERRIDES, f"train.steps={STEPS}"])
-    check_steps(reference, (workdir, [resumed]), range(KILL_AT + 4, STEPS + 1), rtol=1e-5)

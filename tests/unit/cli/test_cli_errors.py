@@ -5,7 +5,6 @@ as processes."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from musicflow_jax.cli import build_corpus, convert, fit_kmeans
 from musicflow_jax.cli import train as train_cli
+from musicflow_jax.testing.cli import Done, one_error_line, run_main
 from musicflow_jax.testing.records import write_fake_dataset
 from musicflow_jax.training.flow_trainer import TrainInputError
 
@@ -23,50 +23,27 @@ ROOT = Path(__file__).resolve().parents[3]
 TRAIN = ["--config", "stage1_tiny"]
 
 
-@dataclasses.dataclass
-class Done:
-    returncode: int
-    stderr: str
-
-
 @pytest.fixture()
 def run(capsys: pytest.CaptureFixture) -> Callable[..., Done]:
-    def go(main: Callable[[list[str]], int], args: list[str]) -> Done:
-        capsys.readouterr()
-        try:
-            code = main(args)
-        except SystemExit as e:  # argparse's own errors
-            code = int(e.code or 0)
-        return Done(code, capsys.readouterr().err)
-
-    return go
-
-
-def _one_error_line(proc: Done, *fragments: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
+    return lambda main, args: run_main(main, args, capsys)
 
 
 def test_train_missing_config_file(run, tmp_path):
     proc = run(train_cli.main, ["--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "run")])
-    _one_error_line(proc, f"config file {tmp_path / 'nope.py'} does not exist", "get_config()")
+    one_error_line(proc, f"config file {tmp_path / 'nope.py'} does not exist", "get_config()")
     assert not (tmp_path / "run").exists()
 
 
 def test_train_bad_config_value(run, tmp_path):
     proc = run(train_cli.main, [*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "train.ckpt_every=0"])
-    _one_error_line(proc, "config key 'train.ckpt_every': must be an integer >= 1")
+    one_error_line(proc, "config key 'train.ckpt_every': must be an integer >= 1")
 
 
 def test_train_missing_data_path(run, tmp_path):
     missing = tmp_path / "features"
     proc = run(train_cli.main, [*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "data.source=arrayrecord",
                  "--set", f"data.path={missing}"])
-    _one_error_line(proc, f"data.path {missing} is not a folder", "python -m musicflow_jax.precompute")
+    one_error_line(proc, f"data.path {missing} is not a folder", "python -m musicflow_jax.precompute")
     assert not (tmp_path / "run" / "train.lock").exists() and not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -74,14 +51,14 @@ def test_train_data_without_index(run, tmp_path):
     (tmp_path / "features").mkdir()
     proc = run(train_cli.main, [*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "data.source=arrayrecord",
                  "--set", f"data.path={tmp_path / 'features'}"])
-    _one_error_line(proc, f"{tmp_path / 'features' / 'index.json'} not found")
+    one_error_line(proc, f"{tmp_path / 'features' / 'index.json'} not found")
 
 
 def test_train_feature_dim_mismatch_with_the_data(run, tmp_path):
     write_fake_dataset(tmp_path / "features", n_train=8, n_valid=8, shards=1, sem_dim=16, ac_dim=8)
     args = [*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "data.source=arrayrecord",
             "--set", f"data.path={tmp_path / 'features'}"]
-    line = _one_error_line(run(train_cli.main, args), "config model.feature_dim=32 but the data index",
+    line = one_error_line(run(train_cli.main, args), "config model.feature_dim=32 but the data index",
                            "has semantic features of dim 16: set --set model.feature_dim=16")
     assert str(tmp_path / "features" / "index.json") in line
     with pytest.raises(TrainInputError, match="config model.feature_dim=32"):  # --debug: the traceback on request
@@ -90,7 +67,7 @@ def test_train_feature_dim_mismatch_with_the_data(run, tmp_path):
 
 def test_build_corpus_unknown_composer_writes_nothing(run, tmp_path):
     proc = run(build_corpus.main, ["--out", str(tmp_path / "c"), "--composers", "nobody"])
-    _one_error_line(proc, "--composers: music21's corpus has no scores for composer 'nobody'", "bach")
+    one_error_line(proc, "--composers: music21's corpus has no scores for composer 'nobody'", "bach")
     assert not (tmp_path / "c").exists()  # no empty manifest
 
 
@@ -103,17 +80,17 @@ def test_build_corpus_unknown_composer_writes_nothing(run, tmp_path):
 ])
 def test_build_corpus_bad_arguments(run, tmp_path, args, fragment):
     proc = run(build_corpus.main, ["--out", str(tmp_path / "c"), *args])
-    _one_error_line(proc, fragment)
+    one_error_line(proc, fragment)
     assert not (tmp_path / "c").exists()
 
 
 def test_convert_weights_missing_source(run, tmp_path):
     proc = run(convert.main, ["hubert", str(tmp_path / "hf"), str(tmp_path / "out")])
-    _one_error_line(proc, f"SRC {tmp_path / 'hf'} does not exist")
+    one_error_line(proc, f"SRC {tmp_path / 'hf'} does not exist")
     (tmp_path / "enc.th").write_bytes(b"")
     proc = run(convert.main, ["encodec", str(tmp_path / "enc.th"), str(tmp_path / "o"),
                  "--config", str(tmp_path / "cfg.json")])
-    _one_error_line(proc, f"--config {tmp_path / 'cfg.json'} does not exist")
+    one_error_line(proc, f"--config {tmp_path / 'cfg.json'} does not exist")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
 
@@ -121,11 +98,11 @@ def test_fit_kmeans_bad_arguments(run, tmp_path):
     out = str(tmp_path / "k.safetensors")
     proc = run(fit_kmeans.main, ["--manifest", str(tmp_path / "m.jsonl"), "--hubert",
                  str(tmp_path), "--layer", "6", "--out", out])
-    _one_error_line(proc, f"--manifest {tmp_path / 'm.jsonl'} does not exist")
+    one_error_line(proc, f"--manifest {tmp_path / 'm.jsonl'} does not exist")
     (tmp_path / "m.jsonl").write_text("")
     proc = run(fit_kmeans.main, ["--manifest", str(tmp_path / "m.jsonl"), "--hubert",
                  str(tmp_path), "--layer", "6", "--k", "0", "--out", out])
-    _one_error_line(proc, "--k must be >= 1, got 0")
+    one_error_line(proc, "--k must be >= 1, got 0")
     assert not Path(out).exists()
 
 
@@ -137,16 +114,16 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_spectrograms_missing_manifest_and_model(tmp_path):
     tool = [sys.executable, "tools/spectrograms.py", "--out", str(tmp_path / "s.png")]
-    _one_error_line(_run([*tool, "--manifest", str(tmp_path / "none.jsonl")]), "--manifest", "does not exist")
+    one_error_line(_run([*tool, "--manifest", str(tmp_path / "none.jsonl")]), "--manifest", "does not exist")
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"path": "a.wav", "caption": "x", "split": "train", "duration": 1.0}\n')
-    _one_error_line(_run([*tool, "--manifest", str(manifest), "--checkpoint", str(tmp_path / "nomodel")]),
+    one_error_line(_run([*tool, "--manifest", str(manifest), "--checkpoint", str(tmp_path / "nomodel")]),
                     "is not a folder")
 
 
 def test_train_init_from_missing_and_build_corpus_unknown_instrument(run, tmp_path):
     proc = run(train_cli.main, [*TRAIN, "--workdir", str(tmp_path / "run"), "--set",
                                 f"train.init_from={tmp_path / 'none'}"])
-    _one_error_line(proc, f"train.init_from {tmp_path / 'none'} does not exist")
+    one_error_line(proc, f"train.init_from {tmp_path / 'none'} does not exist")
     proc = run(build_corpus.main, ["--out", str(tmp_path / "c"), "--instrument", "a kazoo"])
-    _one_error_line(proc, "--instrument 'a kazoo' is not one of the corpus instruments")
+    one_error_line(proc, "--instrument 'a kazoo' is not one of the corpus instruments")

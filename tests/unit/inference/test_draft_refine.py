@@ -4,8 +4,6 @@ CLI's --draft / --refine); Generation.save / load round-trips."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from musicflow_jax.cli import generate
 from musicflow_jax.core.audio import read_audio, read_wav_metadata
 from musicflow_jax.inference.cascade import DRAFT_STEPS, GenerateError, MusicFlow, StageSettings
 from musicflow_jax.inference.generation import Generation, read_draft
+from musicflow_jax.testing.cli import one_error_line, run_main
 
 TEXTS = ["a calm organ chorale in G minor", "a fast jazz piano trio"]
 
@@ -79,7 +78,8 @@ def test_generation_save_load_round_trip(draft: Generation, tmp_path: Path) -> N
     assert read_wav_metadata(wavs[1])["text"] == TEXTS[1]
 
 
-def test_cli_draft_then_refine(tiny_folder: Path, tiny_mf: MusicFlow, tmp_path: Path) -> None:
+def test_cli_draft_then_refine(tiny_folder: Path, tiny_mf: MusicFlow, tmp_path: Path,
+                               capsys: pytest.CaptureFixture) -> None:
     base = ["--checkpoint", str(tiny_folder), "--quiet", "--no-spectrogram"]
     assert generate.main([*base, "--text", TEXTS[0], "--text", TEXTS[1], "--duration", "0.8", "--seed", "7",
                           "--draft", "--out", str(tmp_path / "d.wav")]) == 0
@@ -92,14 +92,11 @@ def test_cli_draft_then_refine(tiny_folder: Path, tiny_mf: MusicFlow, tmp_path: 
     want = tiny_mf.refine(tiny_mf.generate(TEXTS, 0.8, seed=7, draft=True, progress=False), progress=False)
     got, _ = read_audio(tmp_path / "r.wav", mono=True)
     np.testing.assert_allclose(got, want.audio[1], atol=1.5 / 32768)  # PCM-16 WAV
-    bad = subprocess.run([sys.executable, "-m", "musicflow_jax.generate", *base, "--refine", str(drafts[0]),
-                          "--duration", "3"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "error: --duration does not go with --refine: a refined clip keeps its draft's length and semantic stream"]
-    missing = subprocess.run([sys.executable, "-m", "musicflow_jax.generate", *base, "--refine",
-                              str(tmp_path / "nope.draft.npz")], capture_output=True, text=True)
-    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
-    assert "does not exist: give the .draft.npz written by generate --draft" in missing.stderr
+    bad = run_main(generate.main, [*base, "--refine", str(drafts[0]), "--duration", "3"], capsys)
+    assert one_error_line(bad) == (
+        "error: --duration does not go with --refine: a refined clip keeps its draft's length and semantic stream")
+    missing = run_main(generate.main, [*base, "--refine", str(tmp_path / "nope.draft.npz")], capsys)
+    one_error_line(missing, "does not exist: give the .draft.npz written by generate --draft")
 
 
 def test_draft_settings_can_be_overridden(tiny_mf: MusicFlow) -> None:

@@ -1,15 +1,12 @@
 """Generation CLI + API on a tiny random two-stage model (mel backend): determinism, continuation/infill/restyle
-context guarantees, prompts files, and the one-line exit-code-2 errors for bad input (via subprocess)."""
+context guarantees, prompts files, and the one-line exit-code-2 errors for bad input (generate.main in this process)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -24,10 +21,10 @@ from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSetti
 from musicflow_jax.inference.checks import parse_regions
 from musicflow_jax.models.stage_file import save_stage
 from musicflow_jax.models.transformer import FlowTransformer
+from musicflow_jax.testing.cli import Done, one_error_line, run_main
 from musicflow_jax.testing.model_folders import make_model_folder, tiny_configs, tone
 from musicflow_jax.utils import plots
 
-ROOT = Path(__file__).resolve().parents[3]
 SR = 24_000
 FAST = StageSettings(steps=2, solver="euler", cfg_scale=2.0)
 
@@ -172,7 +169,8 @@ def bad_files(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
             "out": d / "out.wav"}
 
 
-def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path]) -> None:
+def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path],
+                                        capsys: pytest.CaptureFixture) -> None:
     f, m = bad_files, str(folder)
     cases = {
         "empty text": (["--text", "  "], "is empty"),
@@ -192,19 +190,10 @@ def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path
         "mismatched config": (["--text", "x", "--stage2-checkpoint", str(f["stage2_bad"])], "mismatched stages"),
         "bad option": (["--text", "x", "--no-such-flag"], "unrecognized arguments"),
     }
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    procs = {}
-    for name, (args, _) in cases.items():
-        cmd = [sys.executable, "-m", "musicflow_jax.generate", "--checkpoint", m, "--out", str(f["out"]), "--quiet",
-               *args]
-        procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)
-    for name, p in procs.items():
-        out, err = p.communicate(timeout=300)
-        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-        assert p.returncode == 2, (name, p.returncode, err[-2000:])
-        assert len(lines) == 1 and lines[0].startswith("error: "), (name, err)
-        assert cases[name][1] in lines[0], (name, lines[0])
+    for name, (args, needle) in cases.items():  # in this process: generate.main is what the entry point runs
+        done = run_main(generate.main, ["--checkpoint", m, "--out", str(f["out"]), "--quiet", *args], capsys)
+        assert done.returncode == 2, (name, done.stderr[-2000:])
+        one_error_line(done, needle)
     assert not f["out"].exists()
 
 
@@ -254,19 +243,12 @@ def test_encodec_backend_infill_and_generate(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- reliability
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, "-m", "musicflow_jax.generate", "--quiet", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def _run_cli(capsys: pytest.CaptureFixture, *args: str) -> Done:
+    return run_main(generate.main, ["--quiet", *args], capsys)
 
 
-def _one_line_error(p: subprocess.CompletedProcess, needle: str) -> None:
-    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
-
-
-def test_prompts_file_cannot_write_outside_the_output_folder(folder: Path, tmp_path: Path) -> None:
+def test_prompts_file_cannot_write_outside_the_output_folder(folder: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
     """A prompts file's "out" stays under --out's folder: absolute paths, '..', other extensions and duplicate
     outputs are refused before anything is generated; nothing outside is touched."""
     victim = tmp_path / "victim.txt"
@@ -285,8 +267,8 @@ def test_prompts_file_cannot_write_outside_the_output_folder(folder: Path, tmp_p
     pf = tmp_path / "dup.jsonl"
     pf.write_text(json.dumps({"text": "a", "out": "same.wav"}) + "\n" + json.dumps({"text": "b", "out": "same.wav"})
                   + "\n")
-    p = _run_cli("--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--steps", "1")
-    _one_line_error(p, "dup.jsonl:2: output")
+    p = _run_cli(capsys, "--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--steps", "1")
+    one_error_line(p, "dup.jsonl:2: output")
     assert victim.read_text() == "precious" and not out.parent.exists()
     pf.write_text(json.dumps({"text": "a", "out": "sub/a.wav"}) + "\n")  # relative names land under --out's folder
     assert generate.main(["--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--quiet",
@@ -326,7 +308,8 @@ def test_bad_cli_values_are_refused_before_generating(folder: Path, bad_files: d
     assert not (tmp_path / "o.wav").exists()
 
 
-def test_corrupt_weights_and_non_finite_outputs_are_refused(folder: Path, tmp_path: Path) -> None:
+def test_corrupt_weights_and_non_finite_outputs_are_refused(folder: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
     """256 corrupt bytes in the middle of a stage file -> NaN weights: refused at load naming the file; a model whose
     output is non-finite writes nothing and names the stage."""
     import shutil
@@ -340,8 +323,8 @@ def test_corrupt_weights_and_non_finite_outputs_are_refused(folder: Path, tmp_pa
     raw[mid: mid + 256] = b"\xff" * 256  # 0xffffffff is a float32 NaN
     f.write_bytes(bytes(raw))
     out = tmp_path / "o.wav"
-    p = _run_cli("--checkpoint", str(d), "--text", "organ", "--out", str(out), "--steps", "1")
-    _one_line_error(p, "NaN/inf values in")
+    p = _run_cli(capsys, "--checkpoint", str(d), "--text", "organ", "--out", str(out), "--steps", "1")
+    one_error_line(p, "NaN/inf values in")
     assert str(f) in p.stderr and not out.exists()
     mf = MusicFlow.load(folder)
     st = mf.stages[1]

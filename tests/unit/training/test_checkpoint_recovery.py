@@ -4,22 +4,21 @@ restorable step, an incompatible model shape (through the train CLI) and a missi
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+from musicflow_jax.cli import export as export_cli
+from musicflow_jax.cli import train as train_cli
 from musicflow_jax.core import config, sharding
+from musicflow_jax.testing.cli import run_main
 from musicflow_jax.training import checkpoint, flow_step
 from musicflow_jax.training import flow_trainer as train
 from musicflow_jax.training import logger as metrics
 
-ROOT = Path(__file__).resolve().parents[3]
 OVERRIDES = ["train.steps=3", "train.ckpt_every=1", "train.keep=3", "train.log_every=1", "train.eval_every=0",
              "model.depth=2"]
 
@@ -119,14 +118,9 @@ def test_no_restorable_checkpoint_is_one_line(work):
     assert "; step 2: " in msg and "; step 1: " in msg and msg.endswith("or use a new --workdir")
 
 
-def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_resume_with_another_model_size_is_one_line_exit_2(work):
-    proc = _cli(["-m", "musicflow_jax.train", "--config", "stage1_tiny", "--workdir", str(work),
-                 *[a for o in [*OVERRIDES, "model.dim=128"] for a in ("--set", o)]])
+def test_resume_with_another_model_size_is_one_line_exit_2(work, capsys):
+    proc = run_main(train_cli.main, ["--config", "stage1_tiny", "--workdir", str(work),
+                                     *[a for o in [*OVERRIDES, "model.dim=128"] for a in ("--set", o)]], capsys)
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr[-3000:]
@@ -138,14 +132,14 @@ def test_resume_with_another_model_size_is_one_line_exit_2(work):
     assert not (work / "train.lock").exists()
 
 
-def test_export_missing_step_lists_the_steps(work, tmp_path):
+def test_export_missing_step_lists_the_steps(work, tmp_path, capsys):
     out = tmp_path / "model.safetensors"
-    proc = _cli(["-m", "musicflow_jax.export", "--workdir", str(work), "--out", str(out), "--step", "123"])
+    proc = run_main(export_cli.main, ["--workdir", str(work), "--out", str(out), "--step", "123"], capsys)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
         f"error: no checkpoint step 123 in {work / 'checkpoints'}; available steps: 1, 2, 3: pass one of them"]
     assert not out.exists()
-    proc = _cli(["-m", "musicflow_jax.export", "--workdir", str(tmp_path / "nowhere"), "--out", str(out)])
+    proc = run_main(export_cli.main, ["--workdir", str(tmp_path / "nowhere"), "--out", str(out)], capsys)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: no checkpoint steps under {tmp_path / 'nowhere' / 'checkpoints'}: is {tmp_path / 'nowhere'} a "
         "training run folder?"]

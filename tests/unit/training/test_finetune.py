@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -23,18 +21,19 @@ import pytest
 from etils import epath
 from flax import nnx
 
+from musicflow_jax.cli import generate as generate_cli
+from musicflow_jax.cli import train as train_cli
 from musicflow_jax.core import config, flow, sharding
 from musicflow_jax.data import loader as data
 from musicflow_jax.inference.cascade import MusicFlow
 from musicflow_jax.models import lora as finetune
 from musicflow_jax.models import stage_file as stage_io
 from musicflow_jax.models.params import flat_params
+from musicflow_jax.testing.cli import run_main
 from musicflow_jax.training import checkpoint, export, flow_step, runs
 from musicflow_jax.training import flow_trainer as train
 from musicflow_jax.training import state as train_state
 from musicflow_jax.training.logger import count_params
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +112,9 @@ def test_init_from_first_step_loss_is_the_exported_models_loss(folder, extra):
     np.testing.assert_allclose(float(m["loss"]), float(want), rtol=1e-6)
 
 
-def test_init_from_of_another_size_is_a_one_line_error(folder, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "musicflow_jax.train", "--config", "stage1_tiny", "--workdir",
-         str(tmp_path / "w"), "--set", f"train.init_from={folder / 'stage1.safetensors'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_init_from_of_another_size_is_a_one_line_error(folder, tmp_path, capsys):
+    proc = run_main(train_cli.main, ["--config", "stage1_tiny", "--workdir", str(tmp_path / "w"), "--set",
+                                     f"train.init_from={folder / 'stage1.safetensors'}"], capsys)
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -205,15 +202,14 @@ def test_merged_and_applied_adapters_match_the_trained_model(folder, lora_run, t
     assert np.abs(applied - base_mf.generate(texts, **kw).audio).max() > 1e-4  # the adapters do change the output
 
 
-def test_generate_cli_lora_errors_are_one_line(folder, tmp_path):
+def test_generate_cli_lora_errors_are_one_line(folder, tmp_path, capsys):
     bad = tmp_path / "not_adapters.safetensors"
     bad.write_bytes(b"nope")
     for args, needle in ((["--lora", str(bad)], "not a readable safetensors"),
                          (["--lora", str(folder / "stage1.safetensors")], "is not an adapter file"),
                          (["--lora-scale", "0.5"], "--lora-scale goes with --lora")):
-        proc = subprocess.run([sys.executable, "-m", "musicflow_jax.generate", "--checkpoint", str(folder), "--text",
-                               "x", "--out", str(tmp_path / "o.wav"), "--quiet", *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        proc = run_main(generate_cli.main, ["--checkpoint", str(folder), "--text", "x", "--out",
+                                            str(tmp_path / "o.wav"), "--quiet", *args], capsys)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-1500:]
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 

@@ -127,7 +127,7 @@ def test_aot_compile_reports_per_device_memory():
     mesh; XLA's memory analysis gives per-device sizes, and FSDP holds about 1/8 of the state per device."""
     from musicflow_jax.training.aot import aot
 
-    cfg = config.load("stage1_tiny", ["model.depth=8", "model.dim=128", "model.mlp_dim=512"])
+    cfg = config.load("stage1_tiny", ["model.depth=2", "model.dim=128", "model.mlp_dim=512"])
     fsdp = aot(config.apply_overrides(cfg, ["mesh.shape=(1,8,1)"]))
     dp = aot(config.apply_overrides(cfg, ["mesh.shape=(8,1,1)"]))
     for r in (fsdp, dp):

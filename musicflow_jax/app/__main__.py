@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     outdir = Path(args.outdir) if args.outdir else Path(tempfile.mkdtemp(prefix="musicflow_app_"))
     outdir.mkdir(parents=True, exist_ok=True)
-    ui = build_ui(Studio(mf, outdir), args.duration, args.max_duration)
+    ui = build_ui(Studio(mf, outdir, args.max_duration), args.duration, args.max_duration)
     log.info("model %s loaded; results in %s", mf.folder, outdir)
     ui.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
                                                  allowed_paths=[str(outdir)], ssr_mode=False, show_error=False,

@@ -23,8 +23,8 @@ class Studio:
     """What the page's requests share: the loaded cascade, a lock (one generation at a time: the model and the
     progress reporting are shared), and the folder every result is saved in."""
 
-    def __init__(self, mf: MusicFlow, outdir: Path):
-        self.mf, self.outdir = mf, Path(outdir)
+    def __init__(self, mf: MusicFlow, outdir: Path, max_duration: float = 30.0):
+        self.mf, self.outdir, self.max_duration = mf, Path(outdir), float(max_duration)
         self.lock = threading.Lock()
         self._ids = itertools.count()
 
@@ -36,6 +36,8 @@ class Studio:
         n = _int(variations, "variations")
         if not 1 <= n <= MAX_VARIATIONS:
             raise GenerateError(f"variations {variations}: choose 1 to {MAX_VARIATIONS}")
+        if mode in ("generate", "continue") and not 0 < float(duration) <= self.max_duration:
+            raise GenerateError(f"duration {duration} s: choose up to {self.max_duration:g} s (this server's limit)")
         texts, s1, s2 = [text] * n, *settings
         kw: dict[str, Any] = dict(seed=_int(seed, "seed"), progress=True)
         if mode == "generate":
@@ -45,7 +47,9 @@ class Studio:
                 raise GenerateError("drafts are for text-to-music: choose the mode 'generate' (or press Generate)")
             if not prompt:
                 raise GenerateError(f"mode {mode} needs a clip: upload or record one under 'Prompt audio'")
-            audio = self.mf.read_prompt(prompt)
+            # every mode's result is at most max_duration: restyle and infill keep the clip's length; the upload's
+            # header is checked before its samples are decoded
+            audio = self.mf.read_prompt(prompt, max_seconds=self.max_duration)
             if mode == "continue":
                 run = lambda: self.mf.continue_(texts, audio, duration, stage1=s1, stage2=s2, **kw)  # noqa: E731
             elif mode == "infill":

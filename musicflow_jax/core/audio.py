@@ -8,6 +8,7 @@ ordinary players show it, and `ISFT` names the software. `read_wav_metadata(path
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -38,15 +39,50 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int, axis: int = -1) -> np.n
     return resample_poly(audio, sr_out // g, sr_in // g, axis=axis).astype(np.float32)
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True,
-               channels: int | None = None) -> tuple[np.ndarray, int]:
-    """-> (audio, sr): (S,) when mono, else (channels, S), float32 in [-1, 1]. `sample_rate` resamples;
-    `channels` (when not mono) duplicates a mono file / downmixes to the requested count (1 or 2)."""
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    frames: int
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Frames, rate and channels from the file's header, without decoding the samples (a one-hour silent FLAC is a
+    few hundred KB on disk and gigabytes decoded: check this before reading)."""
     import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio file {path} does not exist")
+    try:
+        info = sf.info(str(path))
+    except RuntimeError as e:
+        raise AudioError(f"cannot decode audio file {path}: {e}") from e
+    if info.samplerate <= 0 or info.channels <= 0 or info.frames < 0:
+        raise AudioError(f"audio file {path} has a broken header ({info.frames} frames, {info.samplerate} Hz, "
+                         f"{info.channels} channels)")
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels))
+
+
+def read_audio(path: str | Path, sample_rate: int | None = None, mono: bool = True,
+               channels: int | None = None, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """-> (audio, sr): (S,) when mono, else (channels, S), float32 in [-1, 1]. `sample_rate` resamples;
+    `channels` (when not mono) duplicates a mono file / downmixes to the requested count (1 or 2). With
+    `max_seconds`, a longer file (by its header) is refused before anything is decoded."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"audio file {path} does not exist")
+    if max_seconds is not None:
+        info = audio_info(path)
+        if info.seconds > max_seconds:
+            raise AudioError(f"audio file {path} is {info.seconds:.1f} s long ({info.frames} frames at "
+                             f"{info.sample_rate} Hz): at most {max_seconds:g} s; cut it first")
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except RuntimeError as e:

@@ -37,12 +37,13 @@ from tqdm import tqdm
 from musicflow_jax.backends import FeatureBackend
 from musicflow_jax.core import config as config_lib
 from musicflow_jax.core import frames
-from musicflow_jax.core.audio import read_audio
+from musicflow_jax.core.audio import AudioError, audio_info, read_audio
 from musicflow_jax.core.config import Config, ConfigError
 from musicflow_jax.core.sampling import expected_nfe, sample
 from musicflow_jax.inference import buckets, longform, model_folder
 from musicflow_jax.inference.checks import (
     DRAFT_STEPS,
+    MAX_DURATION,
     GenerateError,
     StageSettings,
     check_dtype,
@@ -359,15 +360,27 @@ class MusicFlow:
         g.prompt_semantic = sem_p
         return g
 
-    def read_prompt(self, prompt: str | Path | np.ndarray) -> np.ndarray:
-        """Mono float32 prompt at the backend sample rate (file path or array already at that rate)."""
+    def read_prompt(self, prompt: str | Path | np.ndarray, max_seconds: float = MAX_DURATION) -> np.ndarray:
+        """Mono float32 prompt at the backend sample rate (file path or array already at that rate). A file longer
+        than `max_seconds` is refused from its header, before its samples are decoded."""
         if isinstance(prompt, np.ndarray):
             audio = np.asarray(prompt, np.float32).reshape(-1)
+            if audio.size > max_seconds * self.sample_rate:
+                raise GenerateError(f"prompt is {audio.size / self.sample_rate:.1f} s long: at most {max_seconds:g} s; "
+                                    "cut it first", "prompt")
         else:
             path = Path(prompt)
             if not path.is_file():
                 raise GenerateError(f"prompt {path} does not exist: give a readable audio file (WAV, FLAC, OGG)",
                                     "prompt")
+            try:
+                info = audio_info(path)
+            except AudioError:
+                raise GenerateError(f"prompt {path} cannot be read as audio: convert it to WAV/FLAC", "prompt"
+                                    ) from None
+            if info.seconds > max_seconds:
+                raise GenerateError(f"prompt {path} is {info.seconds:.1f} s long: at most {max_seconds:g} s; cut it "
+                                    "first", "prompt")
             try:
                 audio, _ = read_audio(path, sample_rate=self.sample_rate, mono=True)
             except Exception as e:  # noqa: BLE001 - soundfile/libsndfile raise several types on bad files

@@ -348,3 +348,70 @@ def test_spectrogram_panels_stack_one_panel_per_clip(tmp_path: Path) -> None:
     assert (width, height) == (800, round(3 * 2.6 * 100))
     one = generate.spectrogram_png(tmp_path / "one.png", panels[0][1], sr, "one")
     assert struct.unpack(">II", one.read_bytes()[16:24]) == (800, 260)
+
+
+# ----------------------------------------------------------------------------------------- decode bombs, duration caps
+
+
+def _long_silent_flac(path: Path, seconds: float, sr: int = 8000) -> Path:
+    """A FLAC of `seconds` of silence written in blocks: tiny on disk, large once decoded."""
+    import soundfile as sf
+
+    block = np.zeros(sr * 10, np.int16)
+    with sf.SoundFile(str(path), "w", samplerate=sr, channels=1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+        f.write(block[: int(round(seconds % 10 * sr))])
+    return path
+
+
+def test_a_too_long_prompt_is_refused_from_its_header(mf: MusicFlow, folder: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """601 s of silence (a few KB of FLAC, 19 MB of float32 at 8 kHz, 58 MB at 24 kHz) is refused by the header
+    check in read_audio, MusicFlow.read_prompt and the CLI before any sample is decoded (soundfile.read would fail
+    the test); the header's numbers are exact."""
+    import soundfile as sf
+
+    from musicflow_jax.core.audio import AudioError, audio_info, read_audio
+
+    path = _long_silent_flac(tmp_path / "hour.flac", 601.0)
+    assert path.stat().st_size < 200_000
+    info = audio_info(path)
+    assert (info.frames, info.sample_rate, info.channels) == (601 * 8000, 8000, 1)
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded a file the header check should have refused")
+
+    monkeypatch.setattr(sf, "read", no_decoding)
+    with pytest.raises(AudioError, match=r"is 601\.0 s long \(4808000 frames at 8000 Hz\): at most 600 s"):
+        read_audio(path, max_seconds=600)
+    with pytest.raises(GenerateError, match=r"hour\.flac is 601\.0 s long: at most 600 s; cut it first"):
+        mf.read_prompt(path)
+    with pytest.raises(GenerateError, match=r"at most 30 s"):
+        mf.read_prompt(path, max_seconds=30)
+    with pytest.raises(GenerateError, match=r"prompt is 2\.0 s long: at most 1 s"):
+        mf.read_prompt(tone(2.0), max_seconds=1)
+    done = run_main(generate.main, ["--checkpoint", str(folder), "--text", "x", "--mode", "restyle", "--prompt-audio",
+                                    str(path), "--out", str(tmp_path / "o.wav"), "--quiet"], capsys)
+    one_error_line(done, "hour.flac is 601.0 s long: at most 600 s; cut it first")
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_every_app_mode_keeps_the_servers_duration_cap(mf: MusicFlow, tmp_path: Path) -> None:
+    """The app's Studio: restyle and infill keep the uploaded clip's length, so the upload itself is capped at
+    --max-duration (before decoding); generate and continue are capped by their duration."""
+    from musicflow_jax.app.studio import Studio
+
+    studio = Studio(mf, tmp_path, max_duration=1.5)
+    write_wav(tmp_path / "clip.wav", tone(2.0), SR)
+    fast = (StageSettings(steps=1, solver="euler"), StageSettings(steps=1, solver="euler"))
+    for mode, duration, regions in (("restyle", 2.0, ""), ("infill", 2.0, "0.2-0.4"), ("continue", 1.2, "")):
+        with pytest.raises(GenerateError, match=r"clip\.wav is 2\.0 s long: at most 1\.5 s"):
+            studio.run(mode, "organ", duration, 0, 1, str(tmp_path / "clip.wav"), regions, fast, False)
+    for mode in ("generate", "continue"):
+        with pytest.raises(GenerateError, match=r"duration 2\.0 s: choose up to 1\.5 s"):
+            studio.run(mode, "organ", 2.0, 0, 1, str(tmp_path / "clip.wav"), "", fast, False)
+    write_wav(tmp_path / "short.wav", tone(1.0), SR)
+    g, _ = studio.run("restyle", "organ", 1.0, 0, 1, str(tmp_path / "short.wav"), "", fast, False)
+    assert g.audio.shape == (1, SR)  # within the cap: served

@@ -190,8 +190,10 @@ class TextEncoder:
         if self.reference is not None:
             meta = {"format": FORMAT, "kind": self.family, "config": dataclasses.asdict(self.model_cfg),
                     "source": self.reference["source"], "extra": {"weights_reference": dict(self.reference)}}
+            if folder.resolve() == resolve_source(self.reference["source"]).resolve():
+                raise WeightsError(f"{folder} is where this text encoder's weights are read from: save it elsewhere")
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / WEIGHTS_FILE).unlink(missing_ok=True)
+            (folder / WEIGHTS_FILE).unlink(missing_ok=True)  # a stale copy would contradict the pin
             if self._tokenizer_dir is not None:
                 copy_tokenizer(self._tokenizer_dir, folder)
             write_text(folder / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True, default=list) + "\n")

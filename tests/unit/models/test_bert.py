@@ -192,7 +192,7 @@ def test_model_folder_names_and_loads_its_bert_text_encoder(minilm: TextEncoder,
     np.testing.assert_array_equal(np.asarray(st1.text.encode(ids, mask)), np.asarray(minilm.encode(ids, mask)))
 
 
-def test_missing_package_and_wrong_dim_are_one_line(random_bert: Path) -> None:
+def test_missing_package_wrong_dim_and_saving_over_the_source_are_refused(random_bert: Path) -> None:
     from musicflow_jax.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="pip install --no-deps no-such-package"):
@@ -201,3 +201,7 @@ def test_missing_package_and_wrong_dim_are_one_line(random_bert: Path) -> None:
     (random_bert / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
     with pytest.raises(ConfigError, match="set text.dim=384"):
         TextEncoder.load(TextConfig(checkpoint=str(random_bert), dim=768))
+    enc = TextEncoder.load(TextConfig(checkpoint=str(random_bert), dim=384))
+    with pytest.raises(WeightsError, match="save it elsewhere"):  # saving a pin over its own source keeps the weights
+        enc.save(random_bert)
+    assert (random_bert / "model.safetensors").is_file()

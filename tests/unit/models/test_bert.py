@@ -16,8 +16,9 @@ import pytest
 from flax import nnx
 
 from musicflow_jax.core.config import TextConfig
+from musicflow_jax.encoders.codebook import checkpoint_sha256
 from musicflow_jax.encoders.hf_bert import load_hf_bert
-from musicflow_jax.encoders.text import MINILM, MINILM_SHA256, TextEncoder, resolve_source, sha256_of
+from musicflow_jax.encoders.text import MINILM, MINILM_SHA256, TextEncoder, resolve_source
 from musicflow_jax.models.params import WeightsError, flat_params
 
 torch = pytest.importorskip("torch")
@@ -134,7 +135,7 @@ def minilm() -> TextEncoder:
 @needs_minilm
 def test_shipped_minilm_matches_transformers_and_is_pinned(minilm: TextEncoder) -> None:
     folder = _installed()
-    assert sha256_of(folder / "model.safetensors") == MINILM_SHA256
+    assert checkpoint_sha256(folder / "model.safetensors") == MINILM_SHA256
     assert minilm.family == "bert" and minilm.reference == {"source": MINILM, "sha256": MINILM_SHA256}
     ids, mask = minilm.tokenize(CAPTIONS)
     ref_tok = transformers.BertTokenizerFast.from_pretrained(folder)

@@ -120,7 +120,7 @@ def test_restore_checkpoint_onto_another_mesh(tmp_path):
     loss8 = float(jax.block_until_ready(m8)["loss"])
     mgr.close()
 
-    cfg_ft = _cfg((1, 4, 2))
+    cfg_ft = _cfg(MESHES["data2_fsdp2_tensor2"])  # fsdp + tensor; the layout test compiled its step already
     setup2, _, step2, tp2 = _setup(cfg_ft)
     mgr2 = checkpoint.make_manager(tmp_path, cfg_ft)
     start, restored, saved_cfg = checkpoint.restore(mgr2, setup2.abstract_state)

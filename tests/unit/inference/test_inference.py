@@ -88,15 +88,13 @@ def test_no_compilation_for_a_new_duration_in_the_same_bucket(tiny_mf: MusicFlow
     _gen(tiny_mf, 0.5)  # 25 / 38 frames -> buckets 28 / 40: compiles stage 1, stage 2 and the decoder
     with count_lowerings() as same_bucket:
         _gen(tiny_mf, 0.52)  # 26 / 39 frames: the same buckets
-    with count_lowerings() as other_bucket:
-        _gen(tiny_mf, 0.3)  # 15 / 23 frames -> 21 / 30
     assert same_bucket == []
-    assert len(other_bucket) >= 3  # the counter sees compilations: two stages and the decoder at least
     exact = MusicFlow.load(tiny_mf.folder, per_window=0)
     _gen(exact, 0.5)
     with count_lowerings() as unbucketed:
         _gen(exact, 0.52)
-    assert len(unbucketed) >= 3  # without buckets every new duration compiles
+    # without buckets every new duration compiles (and the counter sees compilations: two stages and the decoder)
+    assert len(unbucketed) >= 3
 
 
 def test_progress_moves_per_window_or_per_network_evaluation(tiny_folder: Path, tiny_mf: MusicFlow,

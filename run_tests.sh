@@ -9,6 +9,7 @@ export PATH="$venv/bin:$PATH"
 echo "== ruff ($venv)"
 ruff check .
 echo "== pytest"
-# two pytest-xdist workers (one per core here), whole test files per worker so module fixtures are built once;
+# two pytest-xdist workers (one per core here), whole test files per worker so module fixtures are built once, in
+# the order conftest.py gives (longest first);
 # PYTEST_WORKERS=0 runs in one process
-python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
+python -m pytest -q -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder --durations=15 "$@"

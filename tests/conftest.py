@@ -35,3 +35,14 @@ def pytest_unconfigure(config):
         import shutil
 
         shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first, so that per-file scheduling (run_tests.sh: --dist loadfile --no-loadscope-reorder)
+    ends both workers together: end-to-end files, then files with slow tests, then the rest, each group in collection
+    order (xdist's default order, most tests first, put the few-test, minute-long end-to-end files last)."""
+    def path(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    slow_files = {path(i) for i in items if i.get_closest_marker("slow")}
+    items.sort(key=lambda i: (not path(i).startswith("tests/e2e/"), path(i) not in slow_files))

@@ -84,6 +84,23 @@ def mfu(flops_per_step: float, steps_per_s: float, peak_flops_per_device: float,
     return flops_per_step * steps_per_s / max(peak_flops_per_device * n_devices, 1e-30)
 
 
+def _tensorboardx_writer() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch (~3 s, ~0.5 GB) only to
+    recognise torch tensors, and training and generation are JAX (PyTorch is for offline work only)."""
+    import sys
+
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError: numpy only
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Scalars to TensorBoard event files (workdir/tb) and one JSON object per line (workdir/metrics.jsonl)."""
 
@@ -92,8 +109,7 @@ class MetricsWriter:
         self._tb = None
         self._jsonl = None
         if enabled:
-            from tensorboardX import SummaryWriter
-
+            SummaryWriter = _tensorboardx_writer()
             Path(workdir).mkdir(parents=True, exist_ok=True)
             self._tb = SummaryWriter(str(Path(workdir) / "tb"))
             self._jsonl = open(Path(workdir) / "metrics.jsonl", "a")  # noqa: SIM115

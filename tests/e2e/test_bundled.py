@@ -1,11 +1,18 @@
 """The bundled model (musicflow_jax/assets/bundled): it loads with no arguments, matches its own description, and
 its outputs follow the text: audio for two prompts that differ only in the instrument is told apart by a
 classifier trained on the corpus' own features (per-clip mean of the codec latents of the rendered corpus), and
-generated clips play notes in the caption's key (floors set below what was measured on the shipped model)."""
+generated clips play notes in the caption's key (floors set below what was measured on the shipped model).
+
+The slow tests' generations run once, in one child process (this file run as a script) at XLA's default optimisation
+level: they are runtime-bound, and the suite's -O0 (tests/conftest.py) runs them ~2.8x slower."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,11 +25,23 @@ from musicflow_jax.inference.model_folder import BUNDLED
 PAIR = ("a string quartet", "a harpsichord")
 CAPTION = "A Bach chorale in G major at 90 BPM played on {}"
 PER_CLASS = 8
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def mf() -> MusicFlow:
     return MusicFlow.load()  # no checkpoint: the bundled model
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> dict[str, np.ndarray]:
+    out = tmp_path_factory.mktemp("bundled") / "generated.npz"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "optimization_level" not in f]
+    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, __file__, str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(np.load(out))
 
 
 def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
@@ -52,16 +71,21 @@ def corpus_classifier(pair: tuple[str, str]) -> tuple[InstrumentClassifier, floa
     return clf, clf.accuracy(x[m], y[m])
 
 
-@pytest.mark.slow
-def test_instrument_prompts_differ_as_the_corpus_does(mf: MusicFlow) -> None:
-    clf, train_acc = corpus_classifier(PAIR)
-    assert train_acc > 0.95  # the feature separates the two instruments in the real corpus
+def generate_instrument_pair(mf: MusicFlow) -> np.ndarray:
+    """PER_CLASS clips of each instrument of PAIR, one context window long, at the shipped CFG with 8 midpoint steps
+    per stage, re-encoded: the per-clip mean of the generated audio's codec latents."""
     texts = [CAPTION.format(inst) for inst in PAIR for _ in range(PER_CLASS)]
     s1, s2 = (StageSettings(steps=8, solver="midpoint", cfg_scale=st.settings.cfg_scale) for st in mf.stages)
     window_s = mf.stages[1].window / mf.stages[1].rate
     g = mf.generate(texts, duration=window_s, seed=0, stage1=s1, stage2=s2, progress=False)  # the shipped CFG
-    feats = mf.backend.encode_acoustic(g.audio).mean(axis=1)  # re-encode the generated audio
-    pred = clf.predict(feats)
+    return mf.backend.encode_acoustic(g.audio).mean(axis=1)  # re-encode the generated audio
+
+
+@pytest.mark.slow
+def test_instrument_prompts_differ_as_the_corpus_does(generated: dict[str, np.ndarray]) -> None:
+    clf, train_acc = corpus_classifier(PAIR)
+    assert train_acc > 0.95  # the feature separates the two instruments in the real corpus
+    pred = clf.predict(generated["instrument_features"])
     truth = np.asarray([inst for inst in PAIR for _ in range(PER_CLASS)])
     acc = float((pred == truth).mean())
     print(f"bundled model: instrument accuracy on generated audio {acc:.3f} (chance 0.5), pair {PAIR}")
@@ -76,20 +100,26 @@ KEY_CAPTION = "A Bach chorale in {} at 90 BPM played on a string quartet"
 KEY_FLOORS = {"key_mirex": 0.15, "note_presence": 0.9}
 
 
+def generate_key_clips(mf: MusicFlow) -> np.ndarray:
+    """One 8-s clip per caption of KEYS at the shipped CFG with 8 midpoint steps per stage (half the default NFE)."""
+    captions = [KEY_CAPTION.format(k) for k in KEYS]
+    s1, s2 = (StageSettings(steps=8, solver="midpoint", cfg_scale=st.settings.cfg_scale) for st in mf.stages)
+    return mf.generate(captions, duration=8.0, seed=0, stage1=s1, stage2=s2, progress=False).audio
+
+
 @pytest.mark.slow
-def test_generated_clips_play_notes_in_the_captions_key(mf: MusicFlow) -> None:
-    """8-s clips at the shipped CFG with 8 midpoint steps per stage: the evaluation suite's key estimator
-    (Krumhansl-Schmuckler on the clips' chroma) scored against the caption's key (MIREX weighting) and the share
-    of pitched frames; floors below what the shipped model measured (MODEL_CARD.md), above what a noise texture
-    (the previous bundled model: note presence 0.70, key near chance) gives."""
+def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.ndarray]) -> None:
+    """The evaluation suite's key estimator (Krumhansl-Schmuckler on the clips' chroma) scored against the caption's
+    key (MIREX weighting) and the share of pitched frames; floors below what the shipped model measured
+    (MODEL_CARD.md), above what a noise texture (the previous bundled model: note presence 0.70, key near chance)
+    gives."""
     from musicflow_jax.evaluate import music
 
     captions = [KEY_CAPTION.format(k) for k in KEYS]
-    s1, s2 = (StageSettings(steps=8, solver="midpoint", cfg_scale=st.settings.cfg_scale) for st in mf.stages)
-    g = mf.generate(captions, duration=8.0, seed=0, stage1=s1, stage2=s2, progress=False)  # half the default NFE
-    mirex = [music.mirex_key_score(music.parse_key(c), music.estimate_key(a, mf.sample_rate))
-             for c, a in zip(captions, g.audio, strict=True)]
-    presence = [music.note_presence(a, mf.sample_rate) for a in g.audio]
+    sr = int(generated["sample_rate"])
+    mirex = [music.mirex_key_score(music.parse_key(c), music.estimate_key(a, sr))
+             for c, a in zip(captions, generated["key_audio"], strict=True)]
+    presence = [music.note_presence(a, sr) for a in generated["key_audio"]]
     got = {"key_mirex": float(np.mean(mirex)), "note_presence": float(np.mean(presence))}
     print(f"bundled model, {len(KEYS)} captions x 8 s: {got}; per clip MIREX {mirex}")
     for name, floor in KEY_FLOORS.items():
@@ -115,8 +145,18 @@ def test_bundled_stages_were_trained_with_the_configs_in_configs() -> None:
     from musicflow_jax.core import config
     from musicflow_jax.models.stage_file import load_stage
 
-    root = BUNDLED.parent.parent.parent
     for i in (1, 2):
         stored, _ = load_stage(BUNDLED / f"stage{i}.safetensors")
-        cfg = config.load(root / "configs" / f"bundled_stage{i}.py", [f"data.path={stored.data.path}"])
+        cfg = config.load(ROOT / "configs" / f"bundled_stage{i}.py", [f"data.path={stored.data.path}"])
         assert config.to_json(cfg) == config.to_json(stored)
+
+
+def main(out: Path) -> None:
+    """The child process: every generation above, saved to one .npz."""
+    mf = MusicFlow.load()
+    np.savez(out, sample_rate=mf.sample_rate, instrument_features=generate_instrument_pair(mf),
+             key_audio=generate_key_clips(mf))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -18,8 +18,8 @@ from musicflow_jax.training.logger import count_params, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "musicflow_jax" / "assets" / "bundled"
-STEPS = 100
-MARGIN = 0.04  # measured 0.632 -> 0.587 (-7.1 %) after 100 steps (EMA decay 0.9, lr 3e-3)
+STEPS = 50
+MARGIN = 0.04  # measured 0.632 -> 0.594 (-6.0 %) after 50 steps (EMA decay 0.9, lr 3e-3, 5 warm-up steps)
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_lora_finetune_of_the_bundled_stage2_lowers_the_subsets_val_loss(tmp_pat
     cfg = config.load("finetune_bundled_stage2", [
         f"data.path={tmp_path / 'features'}", f"train.steps={STEPS}", f"train.eval_every={STEPS}",
         "train.eval_batches=2", "data.batch_size=4", f"train.ckpt_every={STEPS}", "mesh.shape=(1,1,1)",
-        "optim.warmup_steps=10", "optim.ema_decay=0.9"])
+        "optim.warmup_steps=5", "optim.ema_decay=0.9"])
     state = train.train(cfg, tmp_path / "run", devices=jax.devices()[:1], async_ckpt=False)
 
     n_adapters, n_base = count_params(state.params), count_params(state.frozen)

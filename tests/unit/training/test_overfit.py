@@ -29,10 +29,14 @@ def test_tiny_model_overfits_one_batch():
     opt = nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)
 
     @nnx.jit
-    def train_step(model, opt, key):
-        loss, grads = nnx.value_and_grad(lambda m: flow.flow_loss(m, key, batch, cfg.flow)[0])(model)
-        opt.update(model, grads)
-        return loss
+    def train(model, opt):  # the STEPS steps in one program
+        def step(i, model_opt):
+            model, opt = model_opt
+            grads = nnx.grad(lambda m: flow.flow_loss(m, jax.random.key(i), batch, cfg.flow)[0])(model)
+            opt.update(model, grads)
+            return model, opt
+
+        nnx.fori_loop(0, STEPS, step, (model, opt))
 
     @nnx.jit
     def eval_loss(model):  # fixed noise/time/mask draws: the same 16 keys before and after
@@ -40,8 +44,7 @@ def test_tiny_model_overfits_one_batch():
         return jnp.mean(jax.vmap(lambda k: flow.flow_loss(model, k, batch, cfg.flow)[0])(keys))
 
     before = float(eval_loss(model))
-    for i in range(STEPS):
-        jax.block_until_ready(train_step(model, opt, jax.random.key(i)))
+    train(model, opt)
     after = float(eval_loss(model))
     print(f"overfit: eval loss {before:.4f} -> {after:.4f} ({after / before:.1%})")
     assert after < 0.1 * before

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[3]
 def _generate(folder: Path, out: Path, cache: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     # every compilation cached (not only those over 1 s, which depends on the machine's load)
+    # one device; the suite's other XLA flags (conftest.py's -O0) kept
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
     env.update(MUSICFLOW_JAX_COMPILE_CACHE=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PLATFORMS="cpu",
-               XLA_FLAGS="", PYTHONPATH=str(ROOT))
+               XLA_FLAGS=flags, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "musicflow_jax.generate", "--checkpoint", str(folder), "--text",
                            "a calm piano piece", "--duration", "1.5", "--out", str(out),
                            "--no-spectrogram"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -7,8 +7,8 @@ import os
 # LLVM at -O0 for the tests' programs (MUSICFLOW_TEST_XLA_FLAGS="" restores XLA's default). 65 % of the suite's
 # in-process time is compilation (jax.monitoring, one full run: 2352 of 3593 s), and -O0 compiles ~35 % faster; the
 # few runtime-bound tests run slower, a net gain (-O1, whose programs run as fast as -O2's, compiles 52 % slower than
-# -O0: one full run each, 17 min 22 s vs 16 min 18 s). The bundled model's generations (2.8x slower at -O0) run in a child at the default
-# level (tests/e2e/test_bundled.py).
+# -O0: one full run each, 17 min 22 s vs 16 min 18 s). The bundled model's generations (2.8x slower at -O0) run in a
+# child at the default level (tests/e2e/test_bundled.py).
 DEFAULT_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 TEST_XLA_FLAGS = tuple(f for f in os.environ.get("MUSICFLOW_TEST_XLA_FLAGS", DEFAULT_TEST_XLA_FLAGS).split() if f)
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +165,8 @@ def read_prompts(path: str, default_duration: str | None, default_seed: int) -> 
             raise GenerateError(f"{where}: \"duration\" must be a number of seconds, got {duration!r}")
         o = d.get("out")
         if o is not None:
-            if not isinstance(o, str) or not o.strip():
-                raise GenerateError(f"{where}: \"out\" must be a file path string, got {o!r}")
+            if not isinstance(o, str) or not o.strip() or "\x00" in o:
+                raise GenerateError(f"{where}: \"out\" must be a file path string (no NUL byte), got {o!r}")
             rel = Path(o)
             if rel.is_absolute() or ".." in rel.parts or rel.suffix.lower() != ".wav":
                 raise GenerateError(f"{where}: \"out\" {o!r} must be a relative .wav path without '..' (it is "
@@ -190,6 +191,8 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
     b = Path(base)
     if b.is_dir():
         raise GenerateError(f"--out {b} is a folder: give a file path, e.g. --out {b / 'music.wav'}")
+    if b.exists() and not b.is_file():
+        raise GenerateError(f"--out {b} is not a regular file (a device, pipe or socket): give a .wav file path")
     if b.suffix.lower() not in (".wav", ""):
         raise GenerateError(f"--out {b}: the output is WAV; use a .wav path")
     b = b if b.suffix else b.with_suffix(".wav")
@@ -198,10 +201,16 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
     else:
         outs = [b.parent / j["out"] if j.get("out") else b.with_name(f"{b.stem}_{i}.wav") for i, j in enumerate(jobs)]
     seen: dict[Path, int] = {}
+    inside = os.path.realpath(b.parent)
     for i, o in enumerate(outs):
+        where = jobs[i].get("where") or f"prompt {i + 1}"
+        if jobs[i].get("out") and os.path.commonpath([inside, os.path.realpath(o)]) != inside:
+            raise GenerateError(f"{where}: \"out\" {jobs[i]['out']!r} leads outside --out's folder {b.parent} through "
+                                f"a symbolic link (to {os.path.realpath(o)}): name a file inside it")
+        if o.exists() and not o.is_file():
+            raise GenerateError(f"{where}: output {o} is not a regular file: give a file name ending in .wav")
         key = Path(os.path.abspath(o))
         if key in seen:
-            where = jobs[i].get("where") or f"prompt {i + 1}"
             raise GenerateError(f"{where}: output {o} is also prompt {seen[key] + 1}'s: give each prompt its own "
                                 "\"out\"")
         seen[key] = i
@@ -213,6 +222,11 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
         raise GenerateError(f"--out {b}: {probe} is a file, not a folder; choose an output path in a folder")
     if not os.access(probe, os.W_OK):
         raise GenerateError(f"--out {b}: cannot write under {probe} (permission denied); choose a writable folder")
+    try:  # what os.access cannot tell: a read-only file system, /proc, /sys
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise GenerateError(f"--out {b}: cannot create files under {probe} ({e.strerror}); choose a writable "
+                            "folder") from None
     return outs
 
 

@@ -259,6 +259,12 @@ def test_prompts_file_cannot_write_outside_the_output_folder(folder: Path, tmp_p
         "dotdot": ({"text": "organ", "duration": 1, "out": "../victim.wav"}, "without '..'"),
         "extension": ({"text": "organ", "duration": 1, "out": "x.txt"}, "relative .wav path"),
     }
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "gen" / "link").symlink_to(tmp_path / "outside")  # the '..' check is lexical; this is not
+    cases["symlink"] = ({"text": "organ", "duration": 1, "out": "link/x.wav"},
+                        "leads outside --out's folder .* through a symbolic link")
+    cases["nul"] = ({"text": "organ", "duration": 1, "out": "a\x00.wav"}, "no NUL byte")
     for name, (line, needle) in cases.items():
         pf = tmp_path / f"{name}.jsonl"
         pf.write_text(json.dumps(line) + "\n")
@@ -269,7 +275,8 @@ def test_prompts_file_cannot_write_outside_the_output_folder(folder: Path, tmp_p
                   + "\n")
     p = _run_cli(capsys, "--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--steps", "1")
     one_error_line(p, "dup.jsonl:2: output")
-    assert victim.read_text() == "precious" and not out.parent.exists()
+    assert victim.read_text() == "precious" and not any((tmp_path / "outside").iterdir())
+    assert sorted(q.name for q in out.parent.iterdir()) == ["link"]
     pf.write_text(json.dumps({"text": "a", "out": "sub/a.wav"}) + "\n")  # relative names land under --out's folder
     assert generate.main(["--checkpoint", str(folder), "--prompts-file", str(pf), "--out", str(out), "--quiet",
                           "--steps", "1", "--duration", "0.5", "--no-spectrogram"]) == 0
@@ -299,6 +306,8 @@ def test_bad_cli_values_are_refused_before_generating(folder: Path, bad_files: d
     cases = [(["--text", "x", "--seed", "99999999999999999999"], "must be an integer in [0, 2**32)"),
              (["--text", "x", "--out", str(tmp_path / "adir")], "is a folder"),
              (["--text", "x", "--out", str(bad_files["prompt"] / "o.wav")], "is a file, not a folder"),
+             (["--text", "x", "--out", "/dev/null"], "--out /dev/null is not a regular file"),
+             (["--text", "x", "--out", "/proc/x.wav"], "--out /proc/x.wav: cannot create files under /proc"),
              (["--text", "x", "--mode", "restyle", "--prompt-audio", str(bad_files["prompt"]), "--duration", "3"],
               "keeps the prompt's length: drop --duration")]
     for args, needle in cases:

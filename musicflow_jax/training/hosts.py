@@ -40,17 +40,18 @@ def maybe_initialize_distributed(flag: bool) -> None:
 
 
 def lock_workdir(workdir: Path) -> locks.WorkdirLock | None:
-    """Process 0 takes the workdir lock; every process raises WorkdirLockedError when it failed."""
+    """Process 0 takes the workdir lock; every process raises when it failed (WorkdirUnusableError: a file or an
+    unwritable folder; WorkdirLockedError: in use, or on the other processes)."""
     lock, error = None, None
     if jax.process_index() == 0:
         try:
             lock = locks.acquire(workdir)
-        except locks.WorkdirLockedError as e:
+        except (locks.WorkdirLockedError, locks.WorkdirUnusableError) as e:
             error = e
     if jax.process_count() > 1:  # the other hosts must not go on alone (they would hang in a collective)
         failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
         if failed and error is None:
-            error = locks.WorkdirLockedError(f"workdir {workdir} is locked by another run (see process 0)")
+            error = locks.WorkdirLockedError(f"workdir {workdir} could not be locked: see process 0's error")
     if error is not None:
         raise error
     return lock

@@ -15,13 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from musicflow_jax.errors import RunStoppedError
+from musicflow_jax.errors import MusicFlowError, RunStoppedError
 
 LOCK_FILE = "train.lock"
 
 
 class WorkdirLockedError(RunStoppedError):
     """The workdir is in use by another (live or unverifiable) training run."""
+
+
+class WorkdirUnusableError(MusicFlowError):
+    """The workdir names a file, or no file can be created in it (read-only file system, permissions)."""
 
 
 def _pid_alive(pid: int) -> bool:
@@ -71,7 +75,16 @@ def _describe(owner: dict[str, Any]) -> str:
 def acquire(workdir: str | Path) -> WorkdirLock:
     """Take the lock of `workdir` (created if needed) or raise WorkdirLockedError naming the owner and the fix."""
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirUnusableError(f"workdir {workdir} is a file, not a folder: pick a folder path for --workdir")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirUnusableError(f"workdir {workdir} cannot be written ({e.strerror}): pick a writable folder for "
+                                   "--workdir") from None
     return acquire_file(workdir / LOCK_FILE, f"workdir {workdir}", "training run", "pick another --workdir")
 
 

@@ -34,6 +34,14 @@ def test_train_missing_config_file(run, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_workdir_that_is_a_file_or_unwritable(run, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = run(train_cli.main, [*TRAIN, "--workdir", str(tmp_path / "afile")])
+    one_error_line(proc, f"workdir {tmp_path / 'afile'} is a file, not a folder", "--workdir")
+    proc = run(train_cli.main, [*TRAIN, "--workdir", "/proc/musicflow_run"])  # no file can be created there
+    one_error_line(proc, "workdir /proc/musicflow_run cannot be written", "pick a writable folder for --workdir")
+
+
 def test_train_bad_config_value(run, tmp_path):
     proc = run(train_cli.main, [*TRAIN, "--workdir", str(tmp_path / "run"), "--set", "train.ckpt_every=0"])
     one_error_line(proc, "config key 'train.ckpt_every': must be an integer >= 1")

@@ -175,7 +175,8 @@ def onset_strength(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def tempo_from_envelope(env: np.ndarray, rate: float = ONSET_RATE) -> float:
     """BPM at the peak of the onset envelope's autocorrelation, weighted by a log-normal prior (TEMPO_PRIOR) over
-    TEMPO_RANGE, refined by parabolic interpolation of the peak."""
+    TEMPO_RANGE, refined by parabolic interpolation of the peak; NaN when the envelope has no periodicity in that range
+    (silence): no tempo, which tempo_class counts as "other"."""
     e = np.asarray(env, np.float64) - np.mean(env)
     n = e.size
     if n < 4 * rate * 60.0 / TEMPO_RANGE[1]:
@@ -190,6 +191,8 @@ def tempo_from_envelope(env: np.ndarray, rate: float = ONSET_RATE) -> float:
     w = np.zeros(n)
     w[lo:hi + 1] = np.exp(-0.5 * (np.log2(bpm[lo:hi + 1] / centre) / octaves) ** 2)
     score = acf * w
+    if not score.max() > 0:
+        return float("nan")
     k = int(np.argmax(score))
     if 0 < k < n - 1 and score[k - 1] > 0 and score[k + 1] > 0:  # parabolic refinement of the lag
         a, b, c = score[k - 1], score[k], score[k + 1]
@@ -217,7 +220,9 @@ TEMPO_CLASSES = ("within_4pct", "within_8pct", "double", "half", "other")
 
 def tempo_class(est: float, ref: float) -> str:
     """Where an estimate falls against the reference BPM: within 4%, within 8% (but not 4%), an octave error (x2 or
-    x0.5, within 4% of it), or other."""
+    x0.5, within 4% of it), or other (also no tempo: a NaN estimate)."""
+    if np.isnan(est):
+        return "other"
     if ref <= 0 or est <= 0:
         raise MusicMetricError(f"tempi must be > 0 BPM, got estimate {est} and reference {ref}")
     r = est / ref

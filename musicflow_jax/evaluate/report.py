@@ -98,7 +98,10 @@ def load_clips(source: str | Path, name: str) -> list[Clip]:
 
 def analyze_clip(path: str | Path, caption: str, cache: Path | None = None) -> dict[str, Any]:
     """The per-clip analysis (see the module docstring), from `cache` when it holds this file's bytes."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise EvaluateError(f"clip {path} cannot be read ({e.strerror}): fix its path or remove its row") from None
     digest = hashlib.sha256(data + f"v{ANALYSIS_VERSION}".encode()).hexdigest()
     hit = cache / f"{digest}.json" if cache is not None else None
     if hit is not None and hit.is_file():

@@ -90,3 +90,9 @@ def test_wav_folder_input_and_errors(corpus: Path, tmp_path: Path, capsys) -> No
     assert "0.25 s long" in err(["--generated", str(short), "--reference", str(corpus)])
     assert "holds no .wav" in err(["--generated", str(tmp_path / "e"), "--reference", str(corpus)])
     assert "does not exist" in err(["--generated", str(tmp_path / "nope.jsonl"), "--reference", str(corpus)])
+    ref = tmp_path / "ref.jsonl"  # a reference row whose file is gone; one whose ".wav" is not audio
+    (tmp_path / "fake.wav").write_text("not audio")
+    for path, needle in ((tmp_path / "gone.wav", "cannot be read (No such file or directory)"),
+                         (tmp_path / "fake.wav", "cannot decode audio file")):
+        ref.write_text(json.dumps({"path": str(path), "caption": "in C major at 90 BPM", "split": "test"}) + "\n")
+        assert needle in err(["--generated", str(gen), "--reference", str(ref)])

@@ -123,6 +123,9 @@ def test_tempo_classes() -> None:
         M.tempo_class(0.0, 120)
     with pytest.raises(M.MusicMetricError, match="at least 0.8 s"):
         M.estimate_tempo(np.zeros(SR // 10, np.float32), SR)
+    # silence has no tempo (a generated clip can be silent; it was a ZeroDivisionError): NaN, counted as "other"
+    silent = M.estimate_tempo(np.zeros(4 * SR, np.float32), SR)
+    assert np.isnan(silent) and M.tempo_class(silent, 120) == "other"
 
 
 def test_note_presence_and_onsets_separate_notes_from_noise() -> None:

@@ -27,6 +27,7 @@ output. `results["run"]` holds the mode, settings, NFE, clip counts and wall tim
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -251,6 +252,10 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
         raise EvaluateError(f"--mode {spec.mode!r}: choose one of {', '.join(MODES)}")
     if spec.n < 2 or spec.batch < 1:
         raise EvaluateError(f"--n {spec.n} / --batch {spec.batch}: evaluate at least 2 clips in batches of >= 1")
+    for flag, value in (("duration", spec.duration), ("prompt-seconds", spec.prompt_seconds),
+                        ("infill-seconds", spec.infill_seconds)):
+        if not math.isfinite(value):
+            raise EvaluateError(f"--{flag} {value}: give a finite number of seconds, e.g. --{flag} 4")
     start, end = _window(spec)
     if spec.mode == "continue" and not 0 < spec.prompt_seconds < spec.duration:
         raise EvaluateError(f"--prompt-seconds {spec.prompt_seconds:g} must be in (0, --duration {spec.duration:g})")

@@ -180,6 +180,10 @@ def test_model_run_errors(setup: tuple[Path, Path], tmp_path: Path, capsys) -> N
     assert "needs 10 s" in err("--checkpoint", str(model), "--manifest", str(manifest), "--n", "2", "--duration",
                                "10")
     assert "--mode 'x'" in err("--checkpoint", str(model), "--manifest", str(manifest), "--mode", "x")
+    for flag in ("--duration", "--prompt-seconds"):  # were tracebacks (float -> int of NaN / infinity)
+        for value in ("nan", "inf"):
+            assert f"{flag} {value}: give a finite number" in err("--checkpoint", str(model), "--manifest",
+                                                                   str(manifest), "--n", "2", flag, value)
     with pytest.raises(SystemExit) as e:  # argparse-level: exits 2 with one line
         main(["--checkpoint", str(model), "--manifest", str(manifest), "--generated", str(manifest), "--out", "x"])
     assert e.value.code == 2 and "two ways to run" in capsys.readouterr().err

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from musicflow_jax.inference.checks import (
     parse_regions,
 )
 from musicflow_jax.inference.generation import Generation, GenerationFileError, read_draft
+from musicflow_jax.utils import atomic_io
 from musicflow_jax.utils.plots import spectrogram_png
 
 FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-audio", "steps": "--steps",
@@ -222,11 +222,7 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
         raise GenerateError(f"--out {b}: {probe} is a file, not a folder; choose an output path in a folder")
     if not os.access(probe, os.W_OK):
         raise GenerateError(f"--out {b}: cannot write under {probe} (permission denied); choose a writable folder")
-    try:  # what os.access cannot tell: a read-only file system, /proc, /sys
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise GenerateError(f"--out {b}: cannot create files under {probe} ({e.strerror}); choose a writable "
-                            "folder") from None
+    atomic_io.check_can_create(b, "--out")  # what os.access cannot tell: a read-only file system, /proc, /sys
     return outs
 
 

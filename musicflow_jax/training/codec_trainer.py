@@ -69,6 +69,7 @@ from musicflow_jax.models.params import flat_params
 from musicflow_jax.training import checkpoint, loop
 from musicflow_jax.training.codec_config import CodecTrainConfig, from_dict
 from musicflow_jax.training.state import TrainState, adam_count, guarded_update, make_optimizer, make_schedule
+from musicflow_jax.utils import atomic_io
 
 
 class CodecDataError(MusicFlowError):
@@ -362,6 +363,7 @@ def export_codec(source: str | Path | TrainState, out: str | Path, *, cfg: Codec
     """Write a converted Encodec folder at `out` (atomically: the folder appears complete or not at all) from a
     codec run's workdir (its latest checkpoint unless `step`) or from a live `TrainState` with its `cfg`. `ema`
     exports the EMA of the weights instead of the raw ones."""
+    atomic_io.check_can_create(out, "--out")
     if isinstance(source, TrainState):
         if cfg is None:
             raise ValueError("export_codec(state, ...) needs cfg=the CodecTrainConfig the state was trained with")

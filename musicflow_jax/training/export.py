@@ -21,6 +21,7 @@ from musicflow_jax.models.params import build_with_params, flat_params, key_of
 from musicflow_jax.models.transformer import FlowTransformer
 from musicflow_jax.training import finetune
 from musicflow_jax.training.runs import load_model, load_state, read_config
+from musicflow_jax.utils import atomic_io
 
 
 class ExportError(MusicFlowError):
@@ -39,6 +40,7 @@ def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema
     if Path(out).is_dir():
         raise ExportError(f"--out {out} is a folder: give the stage file to write, e.g. "
                           f"{Path(out) / 'stage.safetensors'}")
+    atomic_io.check_can_create(out, "--out")
     extra = {"step": None, "weights": "ema" if ema else "raw", "workdir": str(workdir)}
     lora_rank = read_config(workdir, step).model.lora_rank
     if merge_lora and lora_rank == 0:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from musicflow_jax.errors import MusicFlowError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -60,3 +62,24 @@ def save_safetensors(path: str | Path, tensors: dict[str, Any], metadata: dict[s
         save_file(tensors, str(tmp), metadata=metadata)
         tmp.chmod(mode)
     return Path(path)
+
+
+class UnwritableOutputError(MusicFlowError):
+    """An output's folder cannot hold new files: read-only file system, permissions, /proc, a file on its path."""
+
+
+def check_can_create(path: str | Path, flag: str) -> None:
+    """Raise UnwritableOutputError (naming `flag`, e.g. "--out") unless a file can be created where `path` will be
+    written: in its nearest existing ancestor folder, tried with a temporary file (os.access cannot tell a read-only
+    file system)."""
+    import tempfile
+
+    path = Path(path)
+    probe = next((q for q in path.absolute().parents if q.exists()), Path("/"))
+    if not probe.is_dir():
+        raise UnwritableOutputError(f"{flag} {path}: {probe} is a file, not a folder; choose a path in a folder")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise UnwritableOutputError(f"{flag} {path}: cannot create files under {probe} ({e.strerror}); choose a "
+                                    "writable folder") from None

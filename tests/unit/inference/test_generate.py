@@ -17,6 +17,7 @@ from flax import nnx
 from musicflow_jax.cli import generate
 from musicflow_jax.core import frames as features
 from musicflow_jax.core.audio import read_wav_metadata, write_wav
+from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings, region_mask
 from musicflow_jax.inference.checks import parse_regions
 from musicflow_jax.models.stage_file import save_stage
@@ -312,7 +313,7 @@ def test_bad_cli_values_are_refused_before_generating(folder: Path, bad_files: d
               "keeps the prompt's length: drop --duration")]
     for args, needle in cases:
         argv = ["--checkpoint", m, *args] + ([] if "--out" in args else ["--out", str(tmp_path / "o.wav")])
-        with pytest.raises(GenerateError, match=re.escape(needle)):
+        with pytest.raises(MusicFlowError, match=re.escape(needle)):
             generate.run(generate.build_parser().parse_args(argv))
     assert not (tmp_path / "o.wav").exists()
 

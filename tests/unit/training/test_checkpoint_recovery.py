@@ -143,3 +143,9 @@ def test_export_missing_step_lists_the_steps(work, tmp_path, capsys):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: no checkpoint steps under {tmp_path / 'nowhere' / 'checkpoints'}: is {tmp_path / 'nowhere'} a "
         "training run folder?"]
+    for bad, msg in ((tmp_path, f"error: --out {tmp_path} is a folder: give the stage file to write"),
+                     (Path("/proc/model.safetensors"), "error: --out /proc/model.safetensors: cannot create files "
+                      "under /proc")):  # the latter was a traceback after the checkpoint was read
+        proc = run_main(export_cli.main, ["--workdir", str(work), "--out", str(bad)], capsys)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(msg), proc.stderr[-3000:]

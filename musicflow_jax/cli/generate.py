@@ -207,6 +207,8 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
         if jobs[i].get("out") and os.path.commonpath([inside, os.path.realpath(o)]) != inside:
             raise GenerateError(f"{where}: \"out\" {jobs[i]['out']!r} leads outside --out's folder {b.parent} through "
                                 f"a symbolic link (to {os.path.realpath(o)}): name a file inside it")
+        if o.is_dir():
+            raise GenerateError(f"output {o} is a folder: give a file name ending in .wav")
         if o.exists() and not o.is_file():
             raise GenerateError(f"{where}: output {o} is not a regular file: give a file name ending in .wav")
         key = Path(os.path.abspath(o))
@@ -214,15 +216,7 @@ def out_paths(base: str, jobs: list[dict[str, Any]]) -> list[Path]:
             raise GenerateError(f"{where}: output {o} is also prompt {seen[key] + 1}'s: give each prompt its own "
                                 "\"out\"")
         seen[key] = i
-        if o.is_dir():
-            raise GenerateError(f"output {o} is a folder: give a file name ending in .wav")
-    folder = b.parent
-    probe = next((q for q in (folder, *folder.parents) if q.exists()), Path("."))
-    if not probe.is_dir():
-        raise GenerateError(f"--out {b}: {probe} is a file, not a folder; choose an output path in a folder")
-    if not os.access(probe, os.W_OK):
-        raise GenerateError(f"--out {b}: cannot write under {probe} (permission denied); choose a writable folder")
-    atomic_io.check_can_create(b, "--out")  # what os.access cannot tell: a read-only file system, /proc, /sys
+    atomic_io.check_can_create(b, "--out")  # a file on the path, permissions, a read-only file system, /proc
     return outs
 
 

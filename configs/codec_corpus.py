@@ -25,7 +25,7 @@ def get_config() -> CodecTrainConfig:
         data=CodecDataConfig(manifest="", split="train", eval_split="valid", segment_seconds=1.0, batch_size=8),
         loss=CodecLossConfig(stft_sizes=(512, 1024, 2048), mel_scales=MEL_SCALES, w_stft=1.0, w_mel=1.0, w_wave=0.1,
                              latent_noise=0.1),
-        optim=dataclasses.replace(CODEC_OPTIM, lr=3e-4, warmup_steps=200, schedule="cosine", grad_clip=1.0),
+        optim=dataclasses.replace(CODEC_OPTIM, lr=1e-3, warmup_steps=100, schedule="cosine", grad_clip=1.0),
         train=CodecLoopConfig(steps=20_000, seed=0, log_every=50, eval_every=1_000, eval_batches=4,
                               ckpt_every=1_000, keep=3),
     )

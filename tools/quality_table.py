@@ -29,6 +29,7 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "real_halves": ("real halves (clips [0,n) vs [n,2n))", {"mode": "halves"}),
     "ceiling": ("backend ceiling (encode -> decode)", {"mode": "ceiling"}),
     "t2m_4s": ("text-to-music 4 s (defaults)", {}),
+    "t2m_4s_paraphrase": ("text-to-music 4 s, held-out wordings", {"captions": "heldout"}),
     "t2m_10s": ("text-to-music 10 s (defaults)", {"duration": 10.0}),
     "real_halves_10s": ("real halves, 10 s clips", {"mode": "halves", "duration": 10.0}),
     "continue": ("continuation 2 s prompt -> 6 s", {"mode": "continue", "duration": 6.0, "prompt_seconds": 2.0}),
@@ -45,6 +46,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "real_halves_8s": ("real halves, 8 s clips", {"mode": "halves", "duration": 8.0}),
     "ceiling_8s": ("backend ceiling, 8 s", {"mode": "ceiling", "duration": 8.0}),
     "t2m_8s": ("text-to-music 8 s (defaults)", {"duration": 8.0}),
+    # issue 24: the same captions' facts in wordings no training caption uses (musicflow_jax/data/captions.py)
+    "t2m_8s_paraphrase": ("text-to-music 8 s, held-out wordings", {"duration": 8.0, "captions": "heldout"}),
     "continue_4to8": ("continuation 4 s prompt -> 8 s", {"mode": "continue", "duration": 8.0,
                                                          "prompt_seconds": 4.0}),
     # draft then refine (issue 15): a draft is both stages at pipeline.DRAFT_STEPS midpoint steps; refining it
@@ -52,7 +55,8 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "draft_8s": ("draft 8 s (midpoint 4 + 4)", {"duration": 8.0, "steps": (4, 4), "solver": "midpoint"}),
     "refine_8s": ("draft refined 8 s (midpoint 4 + 16)", {"duration": 8.0, "steps": (4, 16), "solver": "midpoint"}),
 }
-COLUMNS = ("row", "n", "s/clip", "key exact", "key MIREX", "tempo 4%", "note presence", "onsets/s", "FD proxy",
+COLUMNS = ("row", "n", "s/clip", "key exact", "key MIREX", "stage-1 stream key exact / MIREX (real)",
+           "tempo 4%", "note presence", "onsets/s", "FD proxy",
            "FD features (sem. / ac.)", "instrument acc.", "NFE s1/s2", "gen. wall s", "eval wall s")
 SAME_PIECE_COLUMNS = ("row", "n", "chroma vs notes (real)", "chroma vs real", "onset F vs score (real)",
                       "seam (real)", "key = prompt's (real)", "profile vs real / other (p)")
@@ -68,7 +72,10 @@ def row_cells(name: str, res: dict[str, Any]) -> list[str]:
     if run.get("same_run_as"):
         name += f" (= {ROWS[run['same_run_as']][0]})"
     feats = res.get("embeddings", {}).get("features")
-    return [name, str(g["n"]), f"{run['audio_seconds_per_clip']:g}", f(g["key_exact"]), f(g["key_mirex"]),
+    s1 = res.get("stage1_stream")
+    s1_cell = (f"{f(s1['generated']['key_exact'])} / {f(s1['generated']['key_mirex'])} "
+               f"({f(s1['real']['key_exact'])} / {f(s1['real']['key_mirex'])})") if s1 else "-"
+    return [name, str(g["n"]), f"{run['audio_seconds_per_clip']:g}", f(g["key_exact"]), f(g["key_mirex"]), s1_cell,
             f(g["tempo"]["within_4pct"] if g["tempo"] else None), f(g["note_presence"]), f(g["onsets_per_second"], 2),
             f(res["fd_proxy"], 1), f"{f(feats['fd_semantic'], 2)} / {f(feats['fd_acoustic'], 1)}" if feats else "-",
             f(res["instrument_accuracy"]),
@@ -117,7 +124,7 @@ def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
     """The spec with each stage's default steps / CFG / solver filled in from the model folder's stage configs."""
     import dataclasses
 
-    from musicflow_jax.inference.cascade import BUNDLED
+    from musicflow_jax.inference.model_folder import BUNDLED
     from musicflow_jax.models.stage_file import load_stage
 
     folder = BUNDLED if checkpoint == "bundled" else Path(checkpoint)
@@ -179,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                     argv_row += [f"{flag}{i}", str(v)]
         if spec.solver:
             argv_row += ["--solver", spec.solver]
+        if spec.captions != "as_written":
+            argv_row += ["--captions", spec.captions]
         print(" ".join(["python -m musicflow_jax.evaluate", *argv_row]), flush=True)
         rc = evaluate_main(argv_row)
         if rc:

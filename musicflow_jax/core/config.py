@@ -34,6 +34,7 @@ class TextConfig:
     max_len: int = 64  # tokens; longer captions are truncated
     dim: int = 768  # hidden size of the encoder output (T5-base: 768)
     precomputed: bool = False  # use T5 embeddings stored in the data records instead
+    meta: bool = False  # + a tempo and a key token parsed from the caption (encoders/meta.py; needs dim >= 64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,9 @@ class DataConfig:
     stats: str = ""  # features.json / index.json whose stats normalise instead (fine-tuning: the base model's)
     semantic_rate: float = 50.0  # Hz
     acoustic_rate: float = 75.0  # Hz
+    # "as_written": each clip's caption as precomputed; "varied": a wording drawn per example from the clip's facts
+    # (musicflow_jax/data/captions.py TRAIN_WORDINGS; needs a manifest with "facts", as build_corpus writes)
+    captions: str = "as_written"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,6 +271,11 @@ def validate(cfg: Config) -> None:
         check(0.0 <= getattr(f, k) <= 1.0, f"flow.{k}", "must be a probability in [0, 1]")
     check(d.source in ("synthetic", "arrayrecord"), "data.source", "synthetic | arrayrecord")
     check(d.source != "arrayrecord" or bool(d.path), "data.path", "required when data.source=arrayrecord")
+    check(d.captions in ("as_written", "varied"), "data.captions", "as_written | varied")
+    check(not cfg.text.meta or cfg.text.dim >= 64, "text.meta",
+          f"the tempo / key tokens need text.dim >= 64, got {cfg.text.dim}: use a wider encoder or text.meta=false")
+    check(d.captions == "as_written" or not cfg.text.precomputed, "data.captions",
+          "varied wordings are encoded on the fly: set text.precomputed=false or data.captions=as_written")
     for logical, mesh_axis in cfg.mesh.rules:
         check(logical in LOGICAL_AXES, "mesh.rules", f"unknown logical axis {logical!r}; valid: {LOGICAL_AXES}")
         check(mesh_axis is None or mesh_axis in MESH_AXES, "mesh.rules",

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from musicflow_jax.data.captions import Facts, template_caption
 from musicflow_jax.data.manifest import Entry, write_manifest
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.utils.atomic_io import write_text
@@ -158,7 +159,7 @@ def prepare(score_path: str, composer: str, seed: int, valid_frac: float, test_f
     score_seconds = played * 60.0 / bpm
     s.write("midi", fp=str(midi_out))
     genre = GENRE.get(composer, "piece")
-    caption = f"A {composer.capitalize()} {genre} in {key_name} at {bpm} BPM played on {ensemble}"
+    caption = template_caption(Facts(composer, genre, key_name, bpm, ensemble))
     u = rng.random()
     if split is None:
         split = "test" if u < test_frac else "valid" if u < test_frac + valid_frac else "train"
@@ -278,7 +279,8 @@ def render_score(out: Path, score: str, composer: str, seed: int, sf2: str, samp
                 break
             continue
         split = piece.split
-        results.append({"entry": Entry(str(wav), piece.caption, piece.split, seconds, notes=str(notes)),
+        facts = Facts(piece.composer, GENRE.get(piece.composer, "piece"), piece.key, piece.bpm, piece.ensemble)
+        results.append({"entry": Entry(str(wav), piece.caption, piece.split, seconds, notes=str(notes), facts=facts),
                         "piece": {**dataclasses.asdict(piece), "transpose": shift, "wav": str(wav.relative_to(out)),
                                   "seconds": seconds, "notes": str(notes.relative_to(out))}})
     return results

@@ -28,9 +28,11 @@ import numpy as np
 
 from musicflow_jax.core import frames
 from musicflow_jax.core.config import Config, ConfigError
+from musicflow_jax.data import captions
 from musicflow_jax.data.records import INDEX_FILE, SCHEMA_VERSION, Clip, RecordError, ShardSource
 from musicflow_jax.data.synthetic import SyntheticSource
-from musicflow_jax.encoders.tokenizer import load_tokenizer
+from musicflow_jax.encoders import meta
+from musicflow_jax.encoders.text import text_tokenizer
 from musicflow_jax.errors import MusicFlowError
 
 # ----------------------------------------------------------------------------------------- index + records
@@ -106,6 +108,7 @@ class ToExample(grain.transforms.RandomMap):
         self.stage2 = cfg.model.stage == "acoustic"
         self.frames, self.rates = cfg.data.frames, (cfg.data.semantic_rate, cfg.data.acoustic_rate)
         self.random_crop, self.precomputed = random_crop, cfg.text.precomputed
+        self.varied = cfg.data.captions == "varied"
         self.text_len, self.text_dim = cfg.text.max_len, cfg.text.dim
         self.feature_dim, self.cond_dim = cfg.model.feature_dim, cfg.model.cond_dim
         stats_index = (stats_file(cfg.data.stats) if cfg.data.stats else index) if cfg.data.normalize else None
@@ -130,7 +133,7 @@ class ToExample(grain.transforms.RandomMap):
             x1, mask = frames.crop_semantic(rng, clip.semantic, self.frames)
             out = {"x1": frames.normalize(x1, *self.sem_stats) * mask[:, None]}
         out["frame_mask"] = mask
-        out["caption"] = clip.caption
+        out["caption"] = self._caption(clip, rng)
         if self.precomputed:
             if clip.t5_emb is None or clip.t5_mask is None:
                 raise RecordError(f"clip {clip.clip_id!r} ({clip.source}) has no stored T5 embedding but "
@@ -143,21 +146,35 @@ class ToExample(grain.transforms.RandomMap):
         return out
 
 
+    def _caption(self, clip: Clip, rng: np.random.Generator | None) -> str:
+        """The clip's caption, or with data.captions="varied" and a random crop, its facts in a drawn wording."""
+        if not self.varied:
+            return clip.caption
+        if clip.facts is None:
+            raise RecordError(f"clip {clip.clip_id!r} ({clip.source}) has no facts but data.captions=varied: "
+                              "precompute from a manifest whose rows have \"facts\" (build_corpus writes them) or set "
+                              "data.captions=as_written")
+        return clip.caption if rng is None else captions.draw(clip.facts, rng)
+
+
 class Collate:
     """Stack examples and tokenize captions (tokenizer built lazily so the object pickles into workers)."""
 
     def __init__(self, cfg: Config):
-        self.checkpoint, self.max_len = cfg.text.checkpoint or None, cfg.text.max_len
+        self.checkpoint, self.max_len, self.meta = cfg.text.checkpoint, cfg.text.max_len, cfg.text.meta
         self._tok = None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
         if self._tok is None:
-            self._tok = load_tokenizer(self.checkpoint)
+            self._tok = text_tokenizer(self.checkpoint)
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "caption"}
         for k in ("x1", "cond", "text_emb"):
             if k in batch:
                 batch[k] = batch[k].astype(np.float32)
-        batch["text_ids"], batch["text_mask"] = self._tok([e["caption"] for e in examples], self.max_len)
+        texts = [e["caption"] for e in examples]
+        batch["text_ids"], batch["text_mask"] = self._tok(texts, self.max_len)
+        if self.meta:  # the tempo / key the caption names: with_text_emb appends their tokens
+            batch["text_bpm"], batch["text_key"] = meta.parse(texts)
         if "text_mask_pre" in batch:  # stored T5 output: its own mask is the truth for text_emb
             batch["text_mask"] = batch.pop("text_mask_pre")
         return batch

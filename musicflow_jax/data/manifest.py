@@ -3,7 +3,9 @@
 Two JSONL forms are accepted, one object per line:
 - ours: {"path": str, "caption": str, "duration": float (s, optional), "split": "train"|"valid"|"test" (optional),
   "notes": str (optional: a JSON note list [[onset_s, offset_s, midi_pitch, gm_program], ...] of the notes the clip
-  was rendered from, written by python -m musicflow_jax.build_corpus; the evaluation's ground truth)}
+  was rendered from, written by python -m musicflow_jax.build_corpus; the evaluation's ground truth),
+  "facts": {"composer", "genre", "key", "bpm", "instrument"} (optional: what the clip is, from its score;
+  musicflow_jax/data/captions.py words captions from them and the evaluation scores against them)}
 - audiocraft-style: {"path", "duration", "sample_rate", ...} without "caption"; the caption is read from the
   sidecar `<audio stem>.json` (audiocraft's MusicInfo: "description", else built from title/artist/genre/
   moods/key/bpm/instrument) or a "description" field on the line itself.
@@ -16,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from musicflow_jax.data.captions import CaptionError, Facts
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.utils.atomic_io import write_text as atomic_write_text
 
@@ -38,6 +43,7 @@ class Entry:
     duration: float | None = None  # seconds, if the manifest knows it
     where: str = ""  # "manifest.jsonl:12", for error messages
     notes: str | None = None  # absolute path of the clip's note list (JSON), if the manifest names one
+    facts: Facts | None = None  # what the clip is (key, tempo, instrument, ...), if the manifest says
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +108,22 @@ def parse_line(line: str, where: str, root: Path, default_split: str = "train") 
     duration = obj.get("duration")
     if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
         return Problem(where, str(audio), f"duration is not a number: {duration!r}")
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        return Problem(where, str(audio), f"duration must be a positive number of seconds, got {duration!r}: fix it "
+                                          "or drop the field (the audio file's length is used)")
     notes = obj.get("notes")
     if notes is not None and (not isinstance(notes, str) or not notes):
         return Problem(where, str(audio), f"notes is not a file path string: {notes!r}")
     if notes is not None:
         notes = notes if Path(notes).is_absolute() else str(root / notes)
-    return Entry(str(audio), caption.strip(), split, None if duration is None else float(duration), where, notes)
+    facts = None
+    if "facts" in obj:
+        try:
+            facts = Facts.from_json(obj["facts"], "facts")
+        except CaptionError as e:
+            return Problem(where, str(audio), str(e))
+    return Entry(str(audio), caption.strip(), split, None if duration is None else float(duration), where, notes,
+                 facts)
 
 
 def read_manifest(path: str | Path, default_split: str = "train") -> tuple[list[Entry], list[Problem]]:
@@ -118,6 +134,7 @@ def read_manifest(path: str | Path, default_split: str = "train") -> tuple[list[
                             "write JSONL lines {\"path\": ..., \"caption\": ...})")
     entries: list[Entry] = []
     problems: list[Problem] = []
+    seen: dict[tuple[str, str], str] = {}  # (resolved audio path, caption) -> where it was first listed
     with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             try:
@@ -129,6 +146,11 @@ def read_manifest(path: str | Path, default_split: str = "train") -> tuple[list[
             if not line.strip():
                 continue
             item = parse_line(line, f"{path}:{n}", path.parent, default_split)
+            if isinstance(item, Entry):
+                first = seen.setdefault((os.path.realpath(item.path), item.caption), item.where)
+                if first != item.where:  # the same clip and caption again would count twice in training
+                    item = Problem(item.where, item.path, f"duplicate of {first} (same audio and caption): remove "
+                                                          "one of the two lines")
             (entries if isinstance(item, Entry) else problems).append(item)
     return entries, problems
 
@@ -154,5 +176,7 @@ def write_manifest(path: str | Path, entries: Iterable[Entry], relative: bool = 
             obj["duration"] = round(e.duration, 4)
         if e.notes is not None:
             obj["notes"] = _relative(e.notes, path.parent) if relative else e.notes
+        if e.facts is not None:
+            obj["facts"] = e.facts.to_json()
         lines.append(json.dumps(obj))
     atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -265,7 +265,8 @@ def _encode_files(files: list[_File], enc: Encoders, batch_size: int) -> list[li
         h, u, z = out[j]
         clips[i].append(records.Clip(semantic=h, units=u, acoustic=z, caption=e.caption, duration=s1 - s0,
                                      source=e.path, start=s0, clip_id=f"{Path(e.path).stem}#{k}",
-                                     t5_emb=None if emb is None else emb[i], t5_mask=None if mask is None else mask[i]))
+                                     t5_emb=None if emb is None else emb[i], t5_mask=None if mask is None else mask[i],
+                                     facts=e.facts))
     return clips
 
 

@@ -12,7 +12,8 @@ Schema v1, per clip (`Clip`):
 - "units"    int32   (T_s,):   the k-means unit id per frame
 - "acoustic" float32 (T_a, D): Encodec pre-quantisation latents at 75 Hz
 - "t5_emb"   float32 (L, E) and "t5_mask" bool (L,): optional frozen T5 output for the caption
-- meta: "caption" (str), "duration" (s), "source" (audio path), "start" (s, segment offset), "clip_id" (str)
+- meta: "caption" (str), "duration" (s), "source" (audio path), "start" (s, segment offset), "clip_id" (str),
+  optional "facts" (the manifest's {composer, genre, key, bpm, instrument}: data.captions="varied" words from them)
 
 Shards are `<split>-<i>-of-<n>.array_record`, written atomically (tmp file, then rename) by `ClipShardWriter`
 (with a JSON sidecar summary that `merge_index` turns into `index.json`) or, for raw records, `write_shard`;
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
+from musicflow_jax.data.captions import CaptionError, Facts
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.utils import atomic_io
 
@@ -120,6 +122,7 @@ class Clip:
     clip_id: str = ""
     t5_emb: np.ndarray | None = None  # float32 (L, E)
     t5_mask: np.ndarray | None = None  # bool (L,)
+    facts: Facts | None = None  # what the clip is, if its manifest row said (musicflow_jax/data/captions.py)
 
 
 def encode_clip(clip: Clip) -> bytes:
@@ -135,6 +138,8 @@ def encode_clip(clip: Clip) -> bytes:
         arrays["t5_mask"] = np.asarray(clip.t5_mask, bool)
     meta = {"caption": clip.caption, "duration": float(clip.duration), "source": str(clip.source),
             "start": float(clip.start), "clip_id": clip.clip_id}
+    if clip.facts is not None:
+        meta["facts"] = clip.facts.to_json()
     return encode_arrays(arrays, meta)
 
 
@@ -145,7 +150,17 @@ def decode_clip(data: bytes, *, where: str = "<record>") -> Clip:
         raise RecordError(f"{_expect(where)}; missing fields {missing}")
     return Clip(semantic=arrays["semantic"], units=arrays["units"], acoustic=arrays["acoustic"],
                 caption=meta["caption"], duration=meta["duration"], source=meta["source"], start=meta["start"],
-                clip_id=meta["clip_id"], t5_emb=arrays.get("t5_emb"), t5_mask=arrays.get("t5_mask"))
+                clip_id=meta["clip_id"], t5_emb=arrays.get("t5_emb"), t5_mask=arrays.get("t5_mask"),
+                facts=_facts(meta.get("facts"), where))
+
+
+def _facts(obj: Any, where: str) -> Facts | None:
+    if obj is None:
+        return None
+    try:
+        return Facts.from_json(obj, f"{where} facts")
+    except CaptionError as e:
+        raise RecordError(f"{_expect(where)}; {e}") from None
 
 
 # --------------------------------------------------------------------------- shards

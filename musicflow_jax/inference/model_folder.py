@@ -88,7 +88,7 @@ def text_encoders(folder: Path, configs: Sequence[Config]) -> list[TextEncoder]:
             out.append(out[0])
         elif (i == 0 or same) and shipped_dir.is_dir():
             out.append(TextEncoder.load(TextConfig(checkpoint=str(shipped_dir), max_len=cfg.text.max_len,
-                                                   dim=cfg.text.dim)))
+                                                   dim=cfg.text.dim, meta=cfg.text.meta)))
         else:
             out.append(TextEncoder.load(cfg.text, cfg.train.seed))
     return out

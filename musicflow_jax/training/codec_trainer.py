@@ -49,6 +49,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ import optax
 from flax import nnx
 
 from musicflow_jax.backends.mel import MelConfig, mel_filterbank
-from musicflow_jax.core.audio import read_audio
+from musicflow_jax.core.audio import AudioError, read_audio
 from musicflow_jax.data.manifest import read_manifest
 from musicflow_jax.encoders.converted import ENCODEC, save_converted
 from musicflow_jax.errors import MusicFlowError
@@ -80,19 +81,31 @@ class CodecDataError(MusicFlowError):
 
 
 def load_clips(cfg: CodecTrainConfig, split: str) -> list[np.ndarray]:
-    """Mono float32 clips (S,) of `split` at the model's sample rate (at most data.max_clips), read once."""
+    """Mono float32 clips (S,) of `split` at the model's sample rate (at most data.max_clips), read once. A bad
+    manifest line or a file that cannot be read is skipped and listed on stderr (as precompute lists its failures):
+    one broken file does not stop a run."""
     if not cfg.data.manifest:
         raise CodecDataError("config key 'data.manifest' is empty: set --set data.manifest=CORPUS/manifest.jsonl "
                              "(python -m musicflow_jax.build_corpus writes one)")
-    entries, _ = read_manifest(cfg.data.manifest)
+    entries, problems = read_manifest(cfg.data.manifest)
+    skipped = [f"{p.where}: {p.reason}" for p in problems] if split == cfg.data.split else []
     entries = [e for e in entries if e.split == split]
     if cfg.data.max_clips:
         entries = entries[: cfg.data.max_clips]
     clips = []
     for e in entries:
-        x_s, _ = read_audio(e.path, cfg.model.sample_rate)
+        try:
+            x_s, _ = read_audio(e.path, cfg.model.sample_rate)
+        except AudioError as err:
+            skipped.append(f"{e.where}: {err}")
+            continue
         if x_s.size:
             clips.append(x_s)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if skipped:
+        print(f"codec training: {len(skipped)} manifest line(s) skipped in split {split!r}, {len(clips)} clips read",
+              file=sys.stderr)
     return clips
 
 

@@ -8,13 +8,14 @@ checkpoints, restored onto one local device whatever mesh wrote it, written as o
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 from flax import nnx
 
 from musicflow_jax.core import config as config_lib
-from musicflow_jax.core.config import Config
+from musicflow_jax.core.config import Config, SampleConfig
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.models import lora, stage_file
 from musicflow_jax.models.params import build_with_params, flat_params, key_of
@@ -34,9 +35,10 @@ def plain_config(cfg: Config) -> Config:
 
 
 def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema: bool = True,
-           merge_lora: bool = False) -> Path:
+           merge_lora: bool = False, sample: SampleConfig | None = None) -> Path:
     """Write `workdir`'s checkpoint (latest unless `step`) at `out` (atomically): a stage file, or for a LoRA run
-    without `merge_lora` its adapter file (lora.save_adapters)."""
+    without `merge_lora` its adapter file (lora.save_adapters). `sample`: the default sampling settings the stage
+    file carries instead of the run's (settings chosen by evaluation after training; training never reads them)."""
     if Path(out).is_dir():
         raise ExportError(f"--out {out} is a folder: give the stage file to write, e.g. "
                           f"{Path(out) / 'stage.safetensors'}")
@@ -52,6 +54,8 @@ def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema
         trained = {key_of(p): jax.device_get(v[...]) for p, v in nnx.to_flat_state(tree)}
         return lora.save_adapters(out, cfg, trained, extra | {"step": step, "init_from": cfg.train.init_from})
     cfg, model, step = load_model(workdir, step, ema=ema)
+    if sample is not None:
+        cfg = dataclasses.replace(cfg, sample=sample)
     if finetune.is_active(cfg):  # a plain stage: adapters folded into the base weights
         extra["fine_tuned_from"] = cfg.train.init_from
         flat = lora.merge_flat(flat_params(model), lora.lora_factor(cfg))

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 
 from musicflow_jax.core import flow, sharding
 from musicflow_jax.core.config import Config
+from musicflow_jax.encoders import meta
 from musicflow_jax.models import lora
 from musicflow_jax.models.transformer import FlowTransformer
 from musicflow_jax.training import finetune, logger
@@ -134,6 +135,9 @@ def with_text_emb(batch: dict[str, jax.Array], text_encode: TextEncodeFn | None,
         if text_encode is None or ids is None:
             raise ValueError("batch has neither text_emb nor text_ids + a text encoder (check text.precomputed)")
         batch["text_emb"] = jax.lax.stop_gradient(text_encode(text_params, ids, batch["text_mask"]))
+    if "text_bpm" in batch:  # text.meta: the tempo and key tokens after the caption's (encoders/meta.py)
+        batch["text_emb"], batch["text_mask"] = meta.append(batch["text_emb"], batch["text_mask"],
+                                                            batch.pop("text_bpm"), batch.pop("text_key"))
     return batch
 
 

@@ -25,8 +25,8 @@ from musicflow_jax.core.audio import write_wav
 from musicflow_jax.core.config import Config
 from musicflow_jax.core.sampling import sample
 from musicflow_jax.data.loader import index_stats, load_index, make_dataset, make_eval_dataset, stats_file
-from musicflow_jax.encoders.text import TextEncoder
-from musicflow_jax.encoders.tokenizer import load_tokenizer
+from musicflow_jax.encoders import meta
+from musicflow_jax.encoders.text import TextEncoder, text_tokenizer
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.models.params import WeightsError
 from musicflow_jax.training import finetune, flow_step, logger, loop, runs
@@ -122,9 +122,11 @@ def write_samples(cfg: Config, setup: flow_step.Setup, state: TrainState, encode
                   cond: np.ndarray | None) -> None:
     """Sample the fixed prompts with the EMA weights: stage 1 -> features (.npy + image), stage 2 -> latents,
     and WAV files when train.sample_codec names an Encodec folder."""
-    ids, mask = load_tokenizer(cfg.text.checkpoint or None)(list(SAMPLE_PROMPTS), cfg.text.max_len)
+    ids, mask = text_tokenizer(cfg.text.checkpoint)(list(SAMPLE_PROMPTS), cfg.text.max_len)
     text_emb = jax.jit(encode)(text_params, ids, mask) if encode else jnp.zeros((len(ids), cfg.text.max_len,
                                                                                      cfg.text.dim))
+    if cfg.text.meta:
+        text_emb, mask = meta.append(text_emb, mask, *meta.parse(SAMPLE_PROMPTS))
     model = merge_model(setup.graphdef, *jax.device_get((state.ema, state.frozen, state.rest)))
     n = len(SAMPLE_PROMPTS) if cond is None else min(len(SAMPLE_PROMPTS), cond.shape[0])
     x1, _ = sample(model, jax.random.key(cfg.train.seed + 2), text_emb=text_emb[:n], text_mask=mask[:n],

@@ -1,7 +1,8 @@
 """The bundled model (musicflow_jax/assets/bundled): it loads with no arguments, matches its own description, and
 its outputs follow the text: audio for two prompts that differ only in the instrument is told apart by a
 classifier trained on the corpus' own features (per-clip mean of the codec latents of the rendered corpus), and
-generated clips play notes in the caption's key (floors set below what was measured on the shipped model).
+generated clips play notes in the caption's key, also when it is worded as no training caption was, and faster
+when a faster tempo is asked (floors set below what was measured on the shipped model).
 
 The slow tests' generations run once, in one child process (this file run as a script) at XLA's default optimisation
 level: they are runtime-bound, and the suite's -O0 (tests/conftest.py) runs them ~2.8x slower."""
@@ -17,6 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from musicflow_jax.data import captions
+from musicflow_jax.encoders import meta
+from musicflow_jax.encoders.text import MINILM, MINILM_SHA256
 from musicflow_jax.evaluate.proxy import InstrumentClassifier
 from musicflow_jax.inference.cascade import MusicFlow, StageSettings
 from musicflow_jax.inference.model_folder import BUNDLED
@@ -46,15 +50,22 @@ def generated(tmp_path_factory) -> dict[str, np.ndarray]:
 
 def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
     for name in ("stage1.safetensors", "stage2.safetensors", "features.json", "MODEL_CARD.md",
-                 "corpus_features.npz", "train_report.json", "text_encoder/model.safetensors"):
+                 "corpus_features.npz", "train_report.json", "text_encoder/config.json"):
         assert (BUNDLED / name).is_file(), name
     size_mb = sum(p.stat().st_size for p in BUNDLED.rglob("*") if p.is_file()) / 2**20
-    assert size_mb < 40, size_mb  # issue 12's budget for assets in git
+    assert size_mb < 30, size_mb  # issue 24's budget for assets in git
+    # the text encoder is all-MiniLM-L6-v2, named by source and sha256 (its 90 MB are not copied), with the tempo /
+    # key tokens; the stages read captions in many wordings
+    assert not (BUNDLED / "text_encoder" / "model.safetensors").exists()
+    ref = json.loads((BUNDLED / "text_encoder" / "config.json").read_text())["extra"]["weights_reference"]
+    assert ref == {"source": MINILM, "sha256": MINILM_SHA256}
+    assert mf.stages[0].text.family == "bert" and all(st.cfg.text.meta for st in mf.stages)
+    assert all(st.cfg.data.captions == "varied" for st in mf.stages)
     spec = json.loads((BUNDLED / "features.json").read_text())
     st1, st2 = mf.stages
     assert spec["name"] == mf.backend.name == "chroma+encodec"
     meta = json.loads((BUNDLED / spec["acoustic"]["folder"] / "config.json").read_text())
-    assert meta["extra"]["trained_by"] == "musicflow_jax.codec_train"  # the codec trained here, as an Encodec folder
+    assert meta["extra"]["trained_by"] == "musicflow_jax.training.codec_trainer"  # trained here, as an Encodec folder
     assert st1.cfg.model.stage == "semantic" and st2.cfg.model.stage == "acoustic"
     assert st2.cfg.model.cond_dim == st1.cfg.model.feature_dim == mf.backend.dims["semantic"]
     assert st2.cfg.model.feature_dim == mf.backend.dims["acoustic"]
@@ -89,41 +100,84 @@ def test_instrument_prompts_differ_as_the_corpus_does(generated: dict[str, np.nd
     truth = np.asarray([inst for inst in PAIR for _ in range(PER_CLASS)])
     acc = float((pred == truth).mean())
     print(f"bundled model: instrument accuracy on generated audio {acc:.3f} (chance 0.5), pair {PAIR}")
-    assert acc >= 0.8, (acc, list(pred))
+    assert acc >= 0.875, (acc, list(pred))  # measured 1.000
 
 
 # The eight most frequent keys of the rendered corpus, one caption each, generated once for the key/notes test.
 KEYS = ("A minor", "G major", "C major", "G minor", "D major", "F major", "A major", "B flat major")
 KEY_CAPTION = "A Bach chorale in {} at 90 BPM played on a string quartet"
-# measured on the shipped model: key MIREX 0.19 (one exact key, a relative, a parallel; chance ~0.08), note
-# presence 0.999 (the previous chroma+mel model: 0.70-0.76 on the held-out rows)
-KEY_FLOORS = {"key_mirex": 0.15, "note_presence": 0.9}
+# measured on the shipped model: key exact 1.0 / MIREX 1.0 (chance 0.04 / ~0.08), note presence 1.000 (the previous
+# bundled model: MIREX 0.19)
+KEY_FLOORS = {"key_exact": 0.625, "key_mirex": 0.7, "note_presence": 0.9}
 
 
-def generate_key_clips(mf: MusicFlow) -> np.ndarray:
-    """One 8-s clip per caption of KEYS at the shipped CFG with 8 midpoint steps per stage (half the default NFE)."""
-    captions = [KEY_CAPTION.format(k) for k in KEYS]
+TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a string quartet"
+TEMPI = (60, 66, 76, 84, 96, 104, 112, 120)  # the corpus' range (60-120 BPM)
+# measured on the shipped model (8 clips each, 8 midpoint steps): held-out wordings key exact 0.75 / MIREX 0.84 (the
+# template's 1.0 / 1.0); tempi: rank correlation of asked and estimated 0.52, none within 8 % (MODEL_CARD.md: the
+# codec's attacks bound the tempo)
+PARAPHRASE_FLOORS = {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}
+TEMPO_FLOOR_RANK = 0.3
+
+
+def generate_clips(mf: MusicFlow, captions: list[str]) -> np.ndarray:
+    """One 8-s clip per caption at the shipped CFG with 8 midpoint steps per stage (half the default NFE)."""
     s1, s2 = (StageSettings(steps=8, solver="midpoint", cfg_scale=st.settings.cfg_scale) for st in mf.stages)
     return mf.generate(captions, duration=8.0, seed=0, stage1=s1, stage2=s2, progress=False).audio
 
 
-@pytest.mark.slow
-def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.ndarray]) -> None:
-    """The evaluation suite's key estimator (Krumhansl-Schmuckler on the clips' chroma) scored against the caption's
-    key (MIREX weighting) and the share of pitched frames; floors below what the shipped model measured
-    (MODEL_CARD.md), above what a noise texture (the previous bundled model: note presence 0.70, key near chance)
-    gives."""
+def key_captions() -> list[str]:
+    return [KEY_CAPTION.format(k) for k in KEYS]
+
+
+def paraphrase_captions() -> list[str]:
+    """KEYS' captions in held-out wordings (musicflow_jax/data/captions.py: no training caption is worded so)."""
+    return [captions.heldout_caption(captions.Facts("bach", "chorale", k, 90, "a string quartet"), i)
+            for i, k in enumerate(KEYS)]
+
+
+def tempo_captions() -> list[str]:
+    return [TEMPO_CAPTION.format(bpm) for bpm in TEMPI]
+
+
+def key_scores(texts: list[str], audio: np.ndarray, sr: int) -> dict[str, float]:
     from musicflow_jax.evaluate import music
 
-    captions = [KEY_CAPTION.format(k) for k in KEYS]
+    mirex = [music.mirex_key_score(music.Key(k % 12, music.MODES[k // 12]), music.estimate_key(a, sr))
+             for k, a in zip([meta.parse_key(t) for t in texts], audio, strict=True)]
+    return {"key_exact": float(np.mean(np.equal(mirex, 1.0))), "key_mirex": float(np.mean(mirex)),
+            "note_presence": float(np.mean([music.note_presence(a, sr) for a in audio]))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("wording", ["template", "held-out"])
+def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.ndarray], wording: str) -> None:
+    """The evaluation suite's key estimator (Krumhansl-Schmuckler on the clips' chroma) scored against the caption's
+    key (MIREX weighting) and the share of pitched frames, for KEYS in the training template and in sentences no
+    training caption uses; floors below what the shipped model measured (MODEL_CARD.md), above what a noise texture
+    (the previous bundled models: note presence 0.70, key near chance) gives."""
+    texts, audio, floors = ((key_captions(), "key_audio", KEY_FLOORS) if wording == "template" else
+                            (paraphrase_captions(), "paraphrase_audio", PARAPHRASE_FLOORS))
+    got = key_scores(texts, generated[audio], int(generated["sample_rate"]))
+    print(f"bundled model, {len(KEYS)} captions ({wording} wording) x 8 s: {got}")
+    for name, floor in floors.items():
+        assert got[name] >= floor, (name, got, floors)
+
+
+@pytest.mark.slow
+def test_generated_tempo_follows_the_caption(generated: dict[str, np.ndarray]) -> None:
+    """The evaluation suite's tempo estimator on clips asked for at TEMPI: faster asked, faster played (rank
+    correlation of asked and estimated tempi; the share within 8 % is printed: not yet followed that closely)."""
+    from musicflow_jax.evaluate import music
+
     sr = int(generated["sample_rate"])
-    mirex = [music.mirex_key_score(music.parse_key(c), music.estimate_key(a, sr))
-             for c, a in zip(captions, generated["key_audio"], strict=True)]
-    presence = [music.note_presence(a, sr) for a in generated["key_audio"]]
-    got = {"key_mirex": float(np.mean(mirex)), "note_presence": float(np.mean(presence))}
-    print(f"bundled model, {len(KEYS)} captions x 8 s: {got}; per clip MIREX {mirex}")
-    for name, floor in KEY_FLOORS.items():
-        assert got[name] >= floor, (name, got, KEY_FLOORS)
+    est = np.array([music.estimate_tempo(a, sr) for a in generated["tempo_audio"]])
+    within = float(np.mean([music.tempo_class(e, b) in ("within_4pct", "within_8pct")
+                            for e, b in zip(est, TEMPI, strict=True)]))
+    rank = float(np.corrcoef(np.argsort(np.argsort(TEMPI)), np.argsort(np.argsort(est)))[0, 1])
+    print(f"bundled model: tempi asked {TEMPI}, estimated {np.round(est, 1).tolist()}: within 8 % {within:.3f}, "
+          f"rank correlation {rank:.3f}")
+    assert rank >= TEMPO_FLOOR_RANK, (rank, est.tolist())
 
 
 def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
@@ -155,7 +209,8 @@ def main(out: Path) -> None:
     """The child process: every generation above, saved to one .npz."""
     mf = MusicFlow.load()
     np.savez(out, sample_rate=mf.sample_rate, instrument_features=generate_instrument_pair(mf),
-             key_audio=generate_key_clips(mf))
+             key_audio=generate_clips(mf, key_captions()), paraphrase_audio=generate_clips(mf, paraphrase_captions()),
+             tempo_audio=generate_clips(mf, tempo_captions()))
 
 
 if __name__ == "__main__":

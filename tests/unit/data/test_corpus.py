@@ -99,6 +99,10 @@ def test_manifest_forms_and_bad_lines(tmp_path):
         json.dumps({"caption": "no path"}),
         json.dumps({"path": "f.wav", "caption": "x", "split": "dev"}),
         "",
+        json.dumps({"path": "g.wav", "caption": "x", "duration": -3.0}),  # issue 26: were accepted silently
+        json.dumps({"path": "g.wav", "caption": "x", "duration": 0}),
+        json.dumps({"path": "./a.wav", "caption": "A chorale", "split": "train"}),  # line 1's clip and caption again
+        json.dumps({"path": "a.wav", "caption": "another caption of a.wav"}),  # the same audio, another caption: kept
     ]
     mf = tmp_path / "m.jsonl"
     mf.write_text("\n".join(lines) + "\n")
@@ -107,10 +111,13 @@ def test_manifest_forms_and_bad_lines(tmp_path):
         ("a.wav", "A chorale", "valid", 3.5),
         ("b.wav", "Upbeat jazz with a walking bass", "train", 10.0),
         ("c.wav", "angry rock music in E minor at 140 BPM", "train", 1.0),
+        ("a.wav", "another caption of a.wav", "train", None),
     ]
     assert entries[0].path == str(tmp_path / "a.wav") and entries[0].where == f"{mf}:1"
     got = {p.where.rsplit(":", 1)[1]: p.reason for p in problems}
-    assert got.keys() == {"4", "5", "6", "7", "8", "9"}
+    assert got.keys() == {"4", "5", "6", "7", "8", "9", "11", "12", "13"}
+    assert "duration must be a positive number of seconds, got -3.0" in got["11"] and "got 0" in got["12"]
+    assert got["13"] == f"duplicate of {mf}:1 (same audio and caption): remove one of the two lines"
     assert "not JSON" in got["4"] and "caption is not a string" in got["5"] and "no audiocraft" in got["6"]
     assert "not an object" in got["7"] and "no 'path'" in got["8"] and "split 'dev'" in got["9"]
     manifest.write_manifest(tmp_path / "out.jsonl", entries)

@@ -7,7 +7,9 @@ one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 
 from musicflow_jax.cli.evaluate import main
 from musicflow_jax.core.audio import read_audio, write_wav
+from musicflow_jax.data import captions
 from musicflow_jax.data.manifest import Entry, write_manifest
 from musicflow_jax.evaluate import report as R
 from musicflow_jax.evaluate.alignment import clip_alignment, seam_discontinuity
@@ -45,9 +48,17 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
         path = write_wav(root / "audio" / f"c{i}.wav", x, SR)
         pitches = [int(round(69 + 12 * np.log2(f / 440.0))) for f in freqs]  # the tones as a score: ground truth
         notes = write_text(root / "notes" / f"c{i}.json", json.dumps([[0.0, 3.0, p, 0] for p in pitches]))
-        entries.append(Entry(str(path), cap, "test", 3.0, notes=str(notes)))
+        entries.append(Entry(str(path), cap, "test", 3.0, notes=str(notes), facts=facts_of(cap)))
     write_manifest(root / "manifest.jsonl", entries)
+    write_manifest(root / "no_facts.jsonl", [dataclasses.replace(e, facts=None) for e in entries])
     return model, root / "manifest.jsonl"
+
+
+def facts_of(caption: str) -> captions.Facts:
+    """The facts the test captions were written from (they follow captions.TEMPLATE)."""
+    m = re.fullmatch(r"A Bach chorale in (.+) at (\d+) BPM played on (.+)", caption)
+    assert m is not None
+    return captions.Facts("bach", "chorale", m[1], int(m[2]), m[3])
 
 
 def run(setup: tuple[Path, Path], out: Path, *extra: str) -> dict:
@@ -66,7 +77,10 @@ def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path:
     res = run(setup, tmp_path / "a", "--duration", "1.5", "--seed", "7", "--batch", "1", "--steps1", "2",
               "--cfg2", "1.5")
     assert set(res) == {"format", "generated", "reference", "fd_proxy", "fd_proxy_reference_halves",
-                        "instrument_accuracy", "clap", "cache_hits", "clips", "run", "embeddings", "alignment"}
+                        "instrument_accuracy", "clap", "cache_hits", "clips", "run", "embeddings", "alignment",
+                        "stage1_stream"}
+    s1 = res["stage1_stream"]  # the test model's semantic part is chroma: its streams' keys are scored too
+    assert s1["generated"]["key_n"] == s1["real"]["key_n"] == N
     assert res["embeddings"] == {} and res["alignment"] is None  # no embedding model given; no same-piece row
     run_ = res["run"]
     assert run_["mode"] == "generate" and run_["spec"]["n"] == N and run_["audio_seconds_per_clip"] == 1.5
@@ -125,6 +139,9 @@ def test_ceiling_halves_and_continuation_rows(setup: tuple[Path, Path], tmp_path
         np.testing.assert_array_equal(x, y)
     assert alone["generated"] == res["generated"] and alone["alignment"] == res["alignment"]
     assert assemble.main(["--semantic", "{bad", "--acoustic", "{}", "--out", str(tmp_path / "x")]) == 2
+    # an encodec part without its folder (in the spec or as --encodec) is one line, exit 2 (was a KeyError)
+    assert assemble.main(["--semantic", '{"kind": "chroma"}', "--acoustic", '{"kind": "encodec"}', "--out",
+                          str(tmp_path / "x")]) == 2 and not (tmp_path / "x").exists()
 
     halves = run(setup, tmp_path / "halves", "--mode", "halves", "--duration", "2")
     assert [c["caption"] for c in halves["clips"]] == CAPTIONS[:N]
@@ -187,3 +204,54 @@ def test_model_run_errors(setup: tuple[Path, Path], tmp_path: Path, capsys) -> N
     with pytest.raises(SystemExit) as e:  # argparse-level: exits 2 with one line
         main(["--checkpoint", str(model), "--manifest", str(manifest), "--generated", str(manifest), "--out", "x"])
     assert e.value.code == 2 and "two ways to run" in capsys.readouterr().err
+
+
+def test_heldout_captions_prompt_paraphrases_scored_against_the_facts(setup: tuple[Path, Path], tmp_path: Path,
+                                                                      capsys) -> None:
+    """--captions heldout: each clip is generated from its facts in the i-th held-out wording (the API's output for
+    that text, bit for bit), its WAV records that prompt, and it is scored against the entry's own caption."""
+    res = run(setup, tmp_path / "p", "--duration", "1.5", "--seed", "3", "--batch", "2", "--captions", "heldout")
+    said = [captions.heldout_caption(facts_of(c), i) for i, c in enumerate(CAPTIONS[:N])]
+    assert said[0] != said[1] and all(s not in CAPTIONS for s in said)
+    assert [c["caption"] for c in res["clips"]] == CAPTIONS[:N] and res["run"]["spec"]["captions"] == "heldout"
+    assert [R.read_wav_metadata(c["path"])["prompt"] for c in res["clips"]] == said
+    g = MusicFlow.load(setup[0]).generate(said, 1.5, seed=3, progress=False)
+    for k, got in enumerate(clips_of(res)):
+        np.testing.assert_array_equal(got, g.audio[k])
+    # rows without facts cannot be reworded: one line, exit 2, before the model loads
+    rc = main(["--checkpoint", str(setup[0]), "--manifest", str(Path(setup[1]).parent / "no_facts.jsonl"), "--out",
+               str(tmp_path / "e"), "--n", str(N), "--quiet", "--captions", "heldout"])
+    msg = capsys.readouterr().err
+    assert rc == 2 and msg.count("\n") == 1 and "needs each evaluated manifest row's \"facts\"" in msg, msg
+
+
+def test_stage1_stream_key_is_krumhansl_schmuckler_on_its_mean_chroma(tmp_path: Path) -> None:
+    """A chroma stream whose pitch-class mean is the major profile rotated to D reads as D major; the summary scores
+    the generated and the real streams against each caption's key (exact 1, relative/fifth/parallel per MIREX)."""
+    from types import SimpleNamespace
+
+    from musicflow_jax.backends.chroma import ChromaSemantic
+    from musicflow_jax.evaluate import model as M
+    from musicflow_jax.evaluate import music
+
+    major = np.array(music.PROFILES[music.DEFAULT_PROFILE][0], np.float64)
+
+    def stream(tonic: int) -> np.ndarray:  # (T, 12 chroma + 4 bands), per-frame noise around the rotated profile
+        rng = np.random.default_rng(tonic)
+        c = np.roll(major, tonic)[None] * (1 + 0.05 * rng.standard_normal((40, 12)))
+        return np.concatenate([c / c.sum(1, keepdims=True), rng.standard_normal((40, 4))], 1).astype(np.float32)
+
+    assert M.stream_key(stream(2)) == music.Key(2, "major") and M.stream_key(stream(7)) == music.Key(7, "major")
+    entries = [SimpleNamespace(caption=f"A Bach chorale in {k} at 90 BPM played on a piano")
+               for k in ("D major", "C major", "A minor")]
+    path = write_wav(tmp_path / "r.wav", np.zeros(2400, np.float32), 24_000)
+    real = {str(path): stream(0)}
+    mf = SimpleNamespace(sample_rate=24_000, backend=SimpleNamespace(
+        semantic=ChromaSemantic(), encode_semantic=lambda x: real[str(path)][None]))
+    got = M.stage1_stream_keys(mf, entries, [stream(2), stream(7), stream(0)], [R.Clip(str(path), "")] * 3)
+    # generated: D major exact; G major for C major = a fifth (0.5); C major for A minor = relative (0.3)
+    assert got["generated"] == {"key_exact": 1 / 3, "key_mirex": pytest.approx((1 + 0.5 + 0.3) / 3), "key_n": 3}
+    # real (C major each): D major vs C = 0, C = 1, A minor vs C major = relative 0.3
+    assert got["real"] == {"key_exact": 1 / 3, "key_mirex": pytest.approx((0 + 1 + 0.3) / 3), "key_n": 3}
+    mel = SimpleNamespace(backend=SimpleNamespace(semantic=object()))
+    assert M.stage1_stream_keys(mel, entries, [stream(2)], []) is None

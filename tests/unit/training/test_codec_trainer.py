@@ -166,3 +166,25 @@ def test_cli_missing_manifest_is_one_line_exit_2(tmp_path, capsys):
     rc = train_codec.main(["--config", "codec_corpus", "--workdir", str(tmp_path / "w")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "data.manifest" in err[0], err
+
+
+def test_unreadable_files_are_skipped_and_listed(manifest, tmp_path, capsys):
+    """One missing file, one that is not audio and one bad line do not stop codec training: the readable clips load
+    (exactly the clean manifest's), the others are listed on stderr (issue 26)."""
+    from musicflow_jax.training.codec_trainer import load_clips
+
+    lines = manifest.read_text().splitlines()
+    root = manifest.parent
+    (root / "notaudio.wav").write_bytes(b"RIFF not really a wave file")
+    extra = [json.dumps({"path": "gone.wav", "caption": "x"}), json.dumps({"path": "notaudio.wav", "caption": "y"}),
+             "{broken"]
+    dirty = root / "dirty.jsonl"
+    dirty.write_text("\n".join(lines[:2] + extra + lines[2:]) + "\n")
+    got = load_clips(tiny_config(dirty), "train")
+    want = load_clips(tiny_config(manifest), "train")
+    assert len(got) == len(want) == 4
+    for x, y in zip(got, want):
+        np.testing.assert_array_equal(x, y)
+    err = capsys.readouterr().err
+    assert f"skipped {dirty}:5: line is not JSON" in err and f"skipped {dirty}:3: " in err and "gone.wav" in err
+    assert f"skipped {dirty}:4: " in err and "3 manifest line(s) skipped in split 'train', 4 clips read" in err

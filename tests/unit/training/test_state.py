@@ -3,6 +3,8 @@ bf16 compute keeps fp32 master weights and matches fp32, the schedule's shape, a
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +107,12 @@ def test_export_writes_ema_weights_and_config(tmp_path):
         got = nnx.state(model, nnx.Param)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # sampling defaults chosen after training replace the run's in the stage file; the weights are the same
+    chosen = config.SampleConfig(solver="euler", steps=3, cfg_scale=2.5)
+    got_cfg, model = stage_io.load_stage(export_tool.export(tmp_path, tmp_path / "s.safetensors", sample=chosen))
+    assert got_cfg == dataclasses.replace(cfg, sample=chosen) and got_cfg.sample != cfg.sample
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(state.ema)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_step_flops_count_every_scanned_layer():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,16 +83,13 @@ def tokens(bpm_b: jnp.ndarray, key_b: jnp.ndarray, dim: int) -> tuple[jnp.ndarra
     phase = 2 * jnp.pi * x * jnp.asarray(FREQS, jnp.float32)[None]
     tempo = jnp.concatenate([x, jnp.sin(phase), jnp.cos(phase)], axis=1)  # (B, 17)
     k = jnp.where(has_key, key_b, 0)
-    key = jnp.concatenate([jax_one_hot(k, 24), jax_one_hot(k % 12, 12), jax_one_hot(k // 12, 2)], axis=1)  # (B, 38)
+    key = jnp.concatenate([jax.nn.one_hot(k, 24), jax.nn.one_hot(k % 12, 12), jax.nn.one_hot(k // 12, 2)],
+                          axis=1)  # (B, 38)
     b = bpm_b.shape[0]
     tok = jnp.zeros((b, TOKENS, dim), jnp.float32)
     tok = tok.at[:, 0, : tempo.shape[1]].set(tempo).at[:, 0, dim - 2].set(1.0)
     tok = tok.at[:, 1, : key.shape[1]].set(key).at[:, 1, dim - 1].set(1.0)
     return tok, jnp.stack([has_bpm, has_key], axis=1)
-
-
-def jax_one_hot(i: jnp.ndarray, n: int) -> jnp.ndarray:
-    return (i[:, None] == jnp.arange(n)[None]).astype(jnp.float32)
 
 
 def append(emb_bld: jnp.ndarray, mask_bl: jnp.ndarray, bpm_b: jnp.ndarray, key_b: jnp.ndarray

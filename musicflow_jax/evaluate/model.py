@@ -179,8 +179,7 @@ def generated_clips(mf: Any, entries: list[Any], spec: EvalSpec, folder: Path, p
 
 def stream_key(semantic_tc: np.ndarray) -> music.Key:
     """The key of a chroma semantic stream (T, 12 chroma + bands): Krumhansl-Schmuckler on its mean chroma."""
-    i = int(np.argmax(music.key_scores(np.asarray(semantic_tc, np.float64)[:, :12].mean(0))))
-    return music.Key(i % 12, music.MODES[i // 12])
+    return music.key_of_chroma(np.asarray(semantic_tc, np.float64)[:, :12].mean(0))
 
 
 def stage1_stream_keys(mf: Any, entries: Sequence[Any], streams: Sequence[np.ndarray], reference: Sequence[Clip]

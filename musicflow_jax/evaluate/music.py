@@ -128,11 +128,16 @@ def key_scores(chroma_12: np.ndarray, profile: str = DEFAULT_PROFILE) -> np.ndar
     return out
 
 
-def estimate_key(audio: np.ndarray, sample_rate: int, profile: str = DEFAULT_PROFILE) -> Key:
-    """Krumhansl-Schmuckler key finding: the key whose rotated profile correlates best with the clip's mean chroma."""
-    c = chroma(audio, sample_rate).mean(axis=0)
-    i = int(np.argmax(key_scores(c, profile)))
+def key_of_chroma(chroma_12: np.ndarray, profile: str = DEFAULT_PROFILE) -> Key:
+    """Krumhansl-Schmuckler key finding on a (12,) pitch-class distribution: the key whose rotated profile
+    correlates best with it."""
+    i = int(np.argmax(key_scores(chroma_12, profile)))
     return Key(i % 12, MODES[i // 12])
+
+
+def estimate_key(audio: np.ndarray, sample_rate: int, profile: str = DEFAULT_PROFILE) -> Key:
+    """Krumhansl-Schmuckler key finding on the clip's mean chroma."""
+    return key_of_chroma(chroma(audio, sample_rate).mean(axis=0), profile)
 
 
 # ----------------------------------------------------------------------------------------- spectra

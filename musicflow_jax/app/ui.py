@@ -3,10 +3,9 @@ downloads), the four modes (generate; continue, infill with regions, restyle fro
 sampling steps / solver / guidance per stage, and draft then refine: "Draft" runs both stages at a few steps,
 "Refine" redoes stage 2 of the chosen variation at full quality with its semantic stream kept. Bad input is a
 message in the page, never a traceback (the server log keeps tracebacks of failures). gradio is imported when the
-page is built (the `app` extra).
+page is built (the `app` extra). (No postponed annotations here: Gradio hands its request to the parameters annotated
+gr.Request, which it must be able to resolve.)
 """
-
-from __future__ import annotations
 
 import dataclasses
 import logging
@@ -52,25 +51,28 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
             return failed("the generation failed on the server (see its log); try other settings")
         what = {"draft": "Draft", "refine": "Refined"}.get(g.mode, g.mode.capitalize())
         nfe = "+".join(str(v) for v in g.nfe.values())
-        return outputs_of(g, folder, f"{what}: {len(g.texts)} x {g.duration:.2f} s in {g.seconds:.1f} s (NFE {nfe}), "
-                                     f"saved in `{folder}`")
+        return outputs_of(g, folder, f"{what}: {len(g.texts)} x {g.duration:.2f} s in {g.seconds:.1f} s (NFE {nfe})")
 
     def generate_fn(draft: bool) -> Any:
-        def fn(mode, text, dur, seed, n, prompt, regions, k1, so1, c1, k2, so2, c2,
-               progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio injects the progress tracker
+        def fn(mode, text, dur, seed, n, prompt, regions, k1, so1, c1, k2, so2, c2, request: gr.Request,
+               progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio injects the request and progress tracker
             def go() -> tuple[Generation, Path]:
                 settings = (settings_of(k1, so1, c1, "stage 1"), settings_of(k2, so2, c2, "stage 2"))
                 if draft:  # the draft's steps and solver for both stages; guidance as set
                     settings = tuple(dataclasses.replace(MusicFlow.draft_settings(st), cfg_scale=s.cfg_scale)
                                      for st, s in zip((st1, st2), settings))
-                return studio.run(mode, text, dur, seed, n, prompt, regions, settings, draft)
+                return studio.run(mode, text, dur, seed, n, prompt, regions, settings, draft, _session(request))
 
             return handle(go)
 
         return fn
 
-    def refine(g, which, k2, so2, c2, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        return handle(lambda: studio.refine(g, which, settings_of(k2, so2, c2, "stage 2")))
+    def refine(g, which, k2, so2, c2, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        return handle(lambda: studio.refine(g, which, settings_of(k2, so2, c2, "stage 2"), _session(request)))
+
+    def closed(request: gr.Request) -> None:  # the page was closed or reloaded: stop its requests
+        if studio.cancel_session(_session(request)):
+            log.info("session closed: its requests stop at their next window")
 
     with gr.Blocks(title="MusicFlow (JAX)", analytics_enabled=False) as ui:
         gr.Markdown(f"## MusicFlow (JAX): text-to-music\nModel: `{studio.mf.folder}` - {st1.stream} stream at "
@@ -120,7 +122,13 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
         last = gr.State(None)
         outs = [status, last, files, *players]
         common = [mode, text, dur, seed, n, prompt, regions, *stage_inputs]
-        go_btn.click(generate_fn(False), common, outs)
-        draft_btn.click(generate_fn(True), common, outs)
-        refine_btn.click(refine, [last, which, *stage_inputs[3:]], outs)
+        go_btn.click(generate_fn(False), common, outs, api_name="generate")
+        draft_btn.click(generate_fn(True), common, outs, api_name="draft")
+        refine_btn.click(refine, [last, which, *stage_inputs[3:]], outs, api_name="refine")
+        ui.unload(closed)
     return ui
+
+
+def _session(request: Any) -> str:
+    """The page session's id (Gradio's session hash; one per open page)."""
+    return str(getattr(request, "session_hash", None) or "anonymous")

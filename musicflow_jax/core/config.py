@@ -78,6 +78,9 @@ class FlowConfig:
     p_full_mask: float = 0.3  # probability the whole sequence is masked (pure text-to-music)
     p_drop_text: float = 0.2  # CFG: drop the text (and the context with it)
     p_drop_context: float = 0.2  # probability the audio context is dropped when text is kept
+    # text.meta: probability the caption's own tokens are dropped while its tempo / key tokens stay, so the stage
+    # learns to follow those tokens whatever the caption's wording (0 = off; draws no random numbers)
+    p_drop_caption: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,11 +270,13 @@ def validate(cfg: Config) -> None:
     check(f.time_sampler in ("uniform", "logit_normal"), "flow.time_sampler", "uniform | logit_normal")
     check(0.0 < f.mask_min_frac <= f.mask_max_frac <= 1.0, "flow.mask_min_frac",
            "need 0 < mask_min_frac <= mask_max_frac <= 1")
-    for k in ("p_full_mask", "p_drop_text", "p_drop_context"):
+    for k in ("p_full_mask", "p_drop_text", "p_drop_context", "p_drop_caption"):
         check(0.0 <= getattr(f, k) <= 1.0, f"flow.{k}", "must be a probability in [0, 1]")
     check(d.source in ("synthetic", "arrayrecord"), "data.source", "synthetic | arrayrecord")
     check(d.source != "arrayrecord" or bool(d.path), "data.path", "required when data.source=arrayrecord")
     check(d.captions in ("as_written", "varied"), "data.captions", "as_written | varied")
+    check(f.p_drop_caption == 0.0 or cfg.text.meta, "flow.p_drop_caption",
+          "drops the caption but keeps its tempo / key tokens: set text.meta=true or flow.p_drop_caption=0")
     check(not cfg.text.meta or cfg.text.dim >= 64, "text.meta",
           f"the tempo / key tokens need text.dim >= 64, got {cfg.text.dim}: use a wider encoder or text.meta=false")
     check(d.captions == "as_written" or not cfg.text.precomputed, "data.captions",

@@ -232,6 +232,9 @@ def load_file(spec: str | Path, kinds: tuple[type, ...], hint: str = "") -> Any:
     """Import a config file (or name) and call its `get_config()`; the result must be one of `kinds` (else a
     ConfigError ending with `hint`)."""
     path = resolve(spec)
+    if path.suffix != ".py":
+        raise ConfigError(f"config file {path} is not a Python file: give a configs/<name>.py (or a name from "
+                          "configs/) whose get_config() returns the config")
     module = _import_config_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")

@@ -10,6 +10,8 @@ valid (unpadded) frames: L = sum_{b,t,d} m (v - u)^2 / (sum_{b,t} m * D).
 Classifier-free guidance: during training the text is dropped (text mask all False) with probability
 p_drop_text, and the context is dropped with it (Voicebox drops both), or alone with p_drop_context.
 At sampling time v = v_uncond + w (v_cond - v_uncond), where "uncond" = no text and no context.
+With text.meta (encoders/meta.py) the batch marks the tempo / key tokens ("text_is_meta"), and the caption's own
+tokens alone are dropped with p_drop_caption, so the stage learns to follow the tokens whatever the wording.
 """
 
 from __future__ import annotations
@@ -94,6 +96,13 @@ def sample_cfg_drop(key: Array, batch: int, cfg: FlowConfig) -> tuple[Array, Arr
     return drop_text_b, drop_ctx_b
 
 
+def caption_keep(key: Array, is_meta_bl: Array, cfg: FlowConfig) -> Array:
+    """(B, L) bool: False on the caption's own tokens of the examples whose caption is dropped (w.p.
+    p_drop_caption), True elsewhere; the tempo / key tokens (is_meta) are always kept."""
+    drop_b = jax.random.bernoulli(key, cfg.p_drop_caption, is_meta_bl.shape[:1])
+    return ~drop_b[:, None] | is_meta_bl.astype(bool)
+
+
 def masked_loss(v_btd: Array, u_btd: Array, loss_mask_bt: Array, axis: int | None = None) -> Array:
     """Mean squared error over the frames where loss_mask is True (and all feature dims); `axis=1` keeps the
     batch axis (one mean per example)."""
@@ -135,6 +144,8 @@ def flow_loss(apply_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowC
     drop_text_b, drop_ctx_b = sample_cfg_drop(k_drop, b, cfg)
     ctx_btd = jnp.where(drop_ctx_b[:, None, None], 0.0, context_from_mask(x1_btd, gen_mask_bt, frame_mask_bt))
     text_mask_bl = batch["text_mask"].astype(bool) & ~drop_text_b[:, None]
+    if cfg.p_drop_caption > 0.0 and "text_is_meta" in batch:  # its own key: configs without it draw as before
+        text_mask_bl = text_mask_bl & caption_keep(jax.random.fold_in(k_drop, 1), batch["text_is_meta"], cfg)
     text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
     v_btd = apply_fn(FlowInput(x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, batch.get("cond"), frame_mask_bt))
     loss = masked_loss(v_btd, u_btd, gen_mask_bt)

@@ -30,6 +30,7 @@ VectorField = Callable[[Array, Array], Array]  # (t scalar, x) -> v
 SOLVERS = ("euler", "midpoint", "heun", "dopri5")
 _FIXED_EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2}
 _DOPRI5_EVALS_PER_STEP = 6  # 7 stages, first-same-as-last: the 7th is the next step's 1st
+MAX_ADAPTIVE_STEPS = 4096  # dopri5's default step limit (accepted + rejected steps)
 
 
 def _diffrax_solver(name: str) -> diffrax.AbstractSolver:
@@ -48,7 +49,7 @@ def solve(
     atol: float = 1e-5,
     t0: float = 0.0,
     t1: float = 1.0,
-    max_steps: int = 4096,
+    max_steps: int = MAX_ADAPTIVE_STEPS,
 ) -> tuple[Array, Array]:
     """Integrate dx/dt = vector_field(t, x) from t0 to t1. Returns (x(t1), nfe as an int32 scalar).
 
@@ -84,6 +85,16 @@ def solve(
 def expected_nfe(solver: str, steps: int) -> int:
     """NFE of a fixed-step solve (dopri5's depends on the accepted/rejected steps; see `solve`)."""
     return _FIXED_EVALS_PER_STEP[solver] * steps
+
+
+def max_nfe(solver: str, steps: int, max_steps: int = MAX_ADAPTIVE_STEPS) -> int:
+    """The most evaluations a solve can take: a fixed-step solver's NFE, or dopri5's at its step limit."""
+    return 1 + _DOPRI5_EVALS_PER_STEP * max_steps if solver == "dopri5" else expected_nfe(solver, steps)
+
+
+def adaptive_steps_within(evals: int) -> int:
+    """The most dopri5 steps whose worst case (`max_nfe`) is at most `evals` evaluations (0 if none fits)."""
+    return max((int(evals) - 1) // _DOPRI5_EVALS_PER_STEP, 0)
 
 
 def guided_field(
@@ -143,16 +154,17 @@ def _reporting(field: VectorField) -> VectorField:
     return wrapped
 
 
-@functools.partial(nnx.jit, static_argnames=("solver", "steps", "cfg_scale", "sigma_min", "rtol", "atol", "report"))
+@functools.partial(nnx.jit, static_argnames=("solver", "steps", "cfg_scale", "sigma_min", "rtol", "atol", "report",
+                                             "max_steps"))
 def _sample_jit(model, key, rows, text_emb, text_mask, cond, ctx, gen_mask, frame_mask, *, solver, steps,
-                cfg_scale, sigma_min, rtol, atol, report):
+                cfg_scale, sigma_min, rtol, atol, report, max_steps):
     b, t, d = ctx.shape
     x0 = frame_random(lambda k, shape: jax.random.normal(k, shape, jnp.float32), key, rows, t, d)  # core/noise.py
     field = guided_field(model, x0, text_emb=text_emb, text_mask=text_mask, cond=cond, ctx=ctx, gen_mask=gen_mask,
                          frame_mask=frame_mask, cfg_scale=cfg_scale, sigma_min=sigma_min)
     if report:
         field = _reporting(field)
-    x1, nfe = solve(field, x0, solver=solver, steps=steps, rtol=rtol, atol=atol)
+    x1, nfe = solve(field, x0, solver=solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
     x1 = jnp.where(gen_mask[..., None], x1, ctx)  # context frames: bit-exact
     return jnp.where(frame_mask[..., None], x1, 0.0), nfe
 
@@ -177,6 +189,7 @@ def sample(
     atol: float = 1e-5,
     on_eval: Callable[[int], None] | None = None,
     rows: Array | None = None,
+    max_steps: int = MAX_ADAPTIVE_STEPS,
 ) -> tuple[Array, Array]:
     """Generate (B, T, D) features with a flow transformer. Returns (x1_btd, nfe).
 
@@ -186,6 +199,7 @@ def sample(
     is called on the host after each network evaluation (reporting calls run one at a time and block until done;
     executables with the callback are not written to JAX's persistent compilation cache).
     The starting noise of row r, frame i comes from (key, rows[r], i) (default rows 0..B-1; buckets.frame_random).
+    dopri5 stops with an error after `max_steps` steps (at most `max_nfe(solver, steps, max_steps)` evaluations).
     """
     b = text_emb.shape[0]
     if ctx is None:
@@ -203,7 +217,8 @@ def sample(
     if rows.shape != (b,):
         raise ValueError(f"rows must be ({b},), one id per batch row, got {rows.shape}")
     kw = dict(solver=solver, steps=steps, cfg_scale=float(cfg_scale), sigma_min=float(sigma_min), rtol=float(rtol),
-              atol=float(atol), report=on_eval is not None)
+              atol=float(atol), report=on_eval is not None,
+              max_steps=int(max_steps) if solver == "dopri5" else MAX_ADAPTIVE_STEPS)  # one executable
     args = (model, key, rows, text_emb, text_mask.astype(bool), cond, ctx, gen_mask, frame_mask.astype(bool))
     if on_eval is None:
         return _sample_jit(*args, **kw)

@@ -336,12 +336,16 @@ def build_corpus(out: str | Path, *, composers: str | Sequence[str] = ("bach",),
                    jobs=jobs, sample_rate=sample_rate, max_seconds=max_seconds, valid_frac=valid_frac,
                    test_frac=test_frac, instrument=instrument)
     sf2 = _find_soundfont(soundfont)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CorpusInputError(f"--out {out} is a file, not a folder: give a folder for the corpus")
     # an unknown composer is refused before anything is written; `skip` drops the head of the seeded order
     scores = list_scores(list(composers), limit + skip if limit else None, seed)[skip:]
-    out = Path(out)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    (out / "midi").mkdir(exist_ok=True)
-    (out / "notes").mkdir(exist_ok=True)
+    try:
+        for sub in ("audio", "midi", "notes"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CorpusInputError(f"--out {out} cannot be written ({e.strerror}): pick a writable folder") from None
     args = [(out, score, composer, seed, sf2, sample_rate, max_seconds, valid_frac, test_frac,
              transpositions_per_score, instrument) for score, composer in scores]
     t0 = time.perf_counter()

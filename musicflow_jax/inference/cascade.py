@@ -13,6 +13,10 @@ durations beyond a stage's trained window use windowed continuation with overlap
 keeping its semantic stream. Shorter windows are padded to length buckets with frame masks (buckets.py), so a new
 duration reuses compiled executables; `Generation` (generation.py) is the result, with save / load.
 
+A long-lived server shares one cascade between requests: `MusicFlow.cost` is a request's compute bound before it
+runs, and inside `with between_windows(fn):` the cascade calls fn() between windows and stages (the web app's turns
+and deadlines: fn may wait, or raise to stop the request).
+
 `MusicFlow.load` reads a model folder (model_folder.py). Every input is checked by checks.py; every user-facing
 problem raises `GenerateError`: one line naming the API parameter (`e.param`; the CLI names its flag instead) and
 the fix.
@@ -21,6 +25,7 @@ the fix.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import math
 import time
@@ -39,7 +44,7 @@ from musicflow_jax.core import config as config_lib
 from musicflow_jax.core import frames
 from musicflow_jax.core.audio import AudioError, audio_info, read_audio
 from musicflow_jax.core.config import Config, ConfigError
-from musicflow_jax.core.sampling import expected_nfe, sample
+from musicflow_jax.core.sampling import expected_nfe, max_nfe, sample
 from musicflow_jax.inference import buckets, longform, model_folder
 from musicflow_jax.inference.checks import (
     DRAFT_STEPS,
@@ -65,7 +70,27 @@ from musicflow_jax.models.params import WeightsError, build_with_params, flat_pa
 from musicflow_jax.models.transformer import FlowTransformer
 
 AUDIO_FADE_S = 0.02  # crossfade where generated audio meets kept prompt audio
+# prompt files past these are refused from their header: decoding is frames x channels, resampling x rate
+MAX_PROMPT_CHANNELS, PROMPT_RATES = 8, (4_000, 384_000)
 STAGE_NAMES = ("stage1", "stage2")
+_BETWEEN: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("between_windows", default=None)
+
+
+@contextlib.contextmanager
+def between_windows(fn: Callable[[], None]) -> Any:
+    """Within the block (this thread / task), every cascade run calls fn() before each stage, between its windows and
+    before decoding: fn may block (another request's turn) or raise (stop this request)."""
+    token = _BETWEEN.set(fn)
+    try:
+        yield
+    finally:
+        _BETWEEN.reset(token)
+
+
+def _between() -> None:
+    fn = _BETWEEN.get()
+    if fn is not None:
+        fn()
 
 
 # ----------------------------------------------------------------------------------------- stages
@@ -121,26 +146,49 @@ class Stage:
             if progress is not None:
                 progress(max(evals - seen[0], 0) if per_eval else k)
             seen[0] = 0
+            _between()
 
         def run(key: jax.Array, ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
             n = ctx.shape[1]
             nb = buckets.bucket_length(n, self.window, per_window)
-            pad = buckets.pad_frames
-            x, k = sample(self.model, key, text_emb=emb, text_mask=jnp.asarray(mask), ctx=jnp.asarray(pad(ctx, nb)),
-                          gen_mask=jnp.asarray(pad(gen, nb)),
-                          frame_mask=jnp.asarray(np.broadcast_to(buckets.frame_mask(n, nb), gen.shape[:1] + (nb,))),
-                          cond=None if cond is None else jnp.asarray(pad(cond, nb)),
-                          solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=self.cfg.flow.sigma_min,
-                          rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol, on_eval=on_eval if per_eval else None,
-                          rows=None if rows is None else jnp.asarray(rows, jnp.uint32))
-            nfe[0] += int(k)
-            return np.asarray(x)[:, :n]
+            try:  # (the host copies wait for the result: a failed solve raises here)
+                x, k = self._sample_window(key, emb, mask, s, ctx, gen, cond, n, nb, on_eval if per_eval else None,
+                                           rows)
+                x, k = np.asarray(x), int(k)
+            except jax.errors.JaxRuntimeError as e:
+                if s.solver == "dopri5" and "maximum number of solver steps" in str(e):
+                    raise GenerateError(f"max_steps: dopri5 ({self.name}) needed more than {s.max_steps} steps for "
+                                        "one window: allow more steps or use a fixed-step solver (midpoint)",
+                                        "max_steps") from None
+                raise
+            nfe[0] += k
+            return x[:, :n]
 
         ov = int(overlap * self.window)
         x = longform.generate_windowed(run, key, ctx_btd, np.broadcast_to(gen_t, ctx_btd.shape[:2]), cond_btc,
                                        window=self.window, overlap=ov, crossfade=max(1, ov // 4),
                                        progress=on_window)
         return x, nfe[0]
+
+    def _sample_window(self, key: jax.Array, emb: jax.Array, mask: np.ndarray, s: StageSettings, ctx: np.ndarray,
+                       gen: np.ndarray, cond: np.ndarray | None, n: int, nb: int,
+                       on_eval: Callable[[int], None] | None, rows: Sequence[int] | None) -> tuple[jax.Array, Any]:
+        """One window of n frames padded to its bucket nb."""
+        pad = buckets.pad_frames
+        return sample(self.model, key, text_emb=emb, text_mask=jnp.asarray(mask), ctx=jnp.asarray(pad(ctx, nb)),
+                          gen_mask=jnp.asarray(pad(gen, nb)),
+                          frame_mask=jnp.asarray(np.broadcast_to(buckets.frame_mask(n, nb), gen.shape[:1] + (nb,))),
+                          cond=None if cond is None else jnp.asarray(pad(cond, nb)),
+                          solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=self.cfg.flow.sigma_min,
+                      rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol, on_eval=on_eval,
+                      rows=None if rows is None else jnp.asarray(rows, jnp.uint32), max_steps=s.max_steps)
+
+    def cost(self, rows: int, frames: int, s: StageSettings, overlap: float = 0.5) -> int:
+        """An upper bound of the network frame-evaluations of sampling `rows` x `frames` frames: windows x window
+        length x the most evaluations the solver can take (dopri5: at its max_steps) x rows, doubled by guidance."""
+        guided = 2 if s.cfg_scale != 1.0 else 1
+        return rows * guided * max_nfe(s.solver, s.steps, s.max_steps) * self.num_windows(frames, overlap) * min(
+            frames, self.window)
 
     def progress_units(self, frames: int, s: StageSettings, overlap: float, eval_progress: bool) -> int:
         """Ticks `sample` reports over `frames` frames: windows, or network evaluations with `eval_progress`."""
@@ -254,6 +302,12 @@ class MusicFlow:
     @property
     def sample_rate(self) -> int:
         return self.backend.sample_rate
+
+    def cost(self, rows: int, duration: float, settings: Sequence[StageSettings | None], overlap: float = 0.5) -> int:
+        """An upper bound of a request's network frame-evaluations (`Stage.cost` summed over the stages that run:
+        settings None = a stage that does not; restyle and refine run stage 2 alone), checked before it runs."""
+        return sum(st.cost(rows, st.frames(duration), check_settings(s, st.name), overlap)
+                   for st, s in zip(self.stages, settings) if s is not None)
 
     # --------------------------------------------------------------------- public modes
     def generate(self, texts: Sequence[str], duration: float = 10.0, *, seed: int = 0,
@@ -381,6 +435,11 @@ class MusicFlow:
             if info.seconds > max_seconds:
                 raise GenerateError(f"prompt {path} is {info.seconds:.1f} s long: at most {max_seconds:g} s; cut it "
                                     "first", "prompt")
+            if info.channels > MAX_PROMPT_CHANNELS or not PROMPT_RATES[0] <= info.sample_rate <= PROMPT_RATES[1]:
+                lo, hi = PROMPT_RATES
+                raise GenerateError(f"prompt {path} has {info.channels} channels at {info.sample_rate} Hz: give audio "
+                                    f"with at most {MAX_PROMPT_CHANNELS} channels at {lo}..{hi} Hz (mono or stereo "
+                                    "WAV/FLAC)", "prompt")
             try:
                 audio, _ = read_audio(path, sample_rate=self.sample_rate, mono=True)
             except Exception as e:  # noqa: BLE001 - soundfile/libsndfile raise several types on bad files
@@ -452,6 +511,7 @@ class MusicFlow:
                 if not gen.any():
                     outs.append(ctx.astype(np.float32))
                     continue
+                _between()
                 if id(st.text) not in encoded:
                     encoded[id(st.text)] = st.text(r.texts)
                 bar.set_postfix_str(st.name)
@@ -461,7 +521,8 @@ class MusicFlow:
                 check_finite(x, f"{st.name} ({st.stream} stream)")
                 outs.append(x)
             bar.set_postfix_str("decoder")
-            audio = self.decode(outs[-1])[:, : int(round(r.duration * self.sample_rate))]
+            audio = np.concatenate([self._decode_row(outs[-1][i:i + 1]) for i in range(len(r.texts))]
+                                   )[:, : int(round(r.duration * self.sample_rate))]
             check_finite(audio, f"the {self.backend.acoustic.kind} decoder")
             if r.mode in ("generate", "draft", "restyle", "refine"):  # keep clear of clipping (prompt modes keep
                 peak = np.abs(audio).max(axis=-1, keepdims=True)  # the prompt's level)
@@ -472,6 +533,12 @@ class MusicFlow:
                           texts=list(r.texts), seed=int(r.seed), mode=r.mode, nfe=nfe,
                           seconds=time.perf_counter() - t0, settings=settings, model=str(self.folder),
                           rows=list(r.rows) if r.rows is not None else list(range(len(r.texts))))
+
+    def _decode_row(self, x_1td: np.ndarray) -> np.ndarray:
+        """One clip's audio: clips are decoded one at a time (a waiting request may go between them; one compiled
+        decoder per length bucket whatever the batch)."""
+        _between()
+        return self.decode(x_1td)
 
     def decode(self, x_btd: np.ndarray) -> np.ndarray:
         """The last stage's stream (model space, (B, T, D)) -> audio (B, T * hop). The latents are padded to their

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from musicflow_jax.core.config import Config
-from musicflow_jax.core.sampling import SOLVERS
+from musicflow_jax.core.sampling import MAX_ADAPTIVE_STEPS, SOLVERS
 from musicflow_jax.errors import MusicFlowError
 
 MAX_DURATION = 600.0  # seconds; long-form beyond this is refused (memory/time on CPU)
@@ -35,6 +35,7 @@ class StageSettings:
     steps: int = 16
     solver: str = "midpoint"
     cfg_scale: float = 3.0
+    max_steps: int = MAX_ADAPTIVE_STEPS  # dopri5 only: it stops with an error after this many steps
 
     @classmethod
     def from_config(cls, cfg: Config) -> StageSettings:
@@ -99,6 +100,9 @@ def check_settings(s: StageSettings, stage: str) -> StageSettings:
         raise GenerateError(f"steps {s.steps} ({stage}) must be an integer in 1..1000", "steps")
     if not math.isfinite(s.cfg_scale) or s.cfg_scale < 0 or s.cfg_scale > MAX_CFG:
         raise GenerateError(f"cfg_scale {s.cfg_scale} ({stage}) must be in 0..50 (1 = no guidance)", "cfg_scale")
+    if not isinstance(s.max_steps, int) or not 1 <= s.max_steps <= MAX_ADAPTIVE_STEPS:
+        raise GenerateError(f"max_steps {s.max_steps} ({stage}) must be an integer in 1..{MAX_ADAPTIVE_STEPS} "
+                            "(dopri5's step limit)", "max_steps")
     return s
 
 

@@ -136,8 +136,12 @@ def with_text_emb(batch: dict[str, jax.Array], text_encode: TextEncodeFn | None,
             raise ValueError("batch has neither text_emb nor text_ids + a text encoder (check text.precomputed)")
         batch["text_emb"] = jax.lax.stop_gradient(text_encode(text_params, ids, batch["text_mask"]))
     if "text_bpm" in batch:  # text.meta: the tempo and key tokens after the caption's (encoders/meta.py)
+        n_caption = batch["text_emb"].shape[1]
         batch["text_emb"], batch["text_mask"] = meta.append(batch["text_emb"], batch["text_mask"],
                                                             batch.pop("text_bpm"), batch.pop("text_key"))
+        # which tokens are the tempo / key ones (flow.p_drop_caption drops the others alone)
+        batch["text_is_meta"] = jnp.broadcast_to(jnp.arange(batch["text_mask"].shape[1]) >= n_caption,
+                                                 batch["text_mask"].shape)
     return batch
 
 

@@ -4,18 +4,21 @@ request, Draft then Refine keeps the draft's semantic stream bit for bit, and ba
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from musicflow_jax.app import loadtest
 from musicflow_jax.app.studio import Studio
 from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings
 from musicflow_jax.testing import browser
@@ -25,19 +28,43 @@ TEXT = "a fast jazz piano trio"
 
 
 def _results(outdir: Path, mode: str) -> list[Path]:
-    return sorted(p for p in outdir.iterdir() if p.name.endswith(f"-{mode}") and (p / "generation.json").exists())
+    """Result folders of `mode` (outdir/<session folder>/<time>-<random>-<mode>/)."""
+    return sorted(p for p in outdir.glob("*/*") if p.name.endswith(f"-{mode}") and (p / "generation.json").exists())
+
+
+MAX_DURATION = 10.0  # the test server's --max-duration: the load test's heavy request is 4 x 10 s
+
+
+@dataclasses.dataclass
+class App:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    outdir: Path
+
+
+@pytest.fixture(scope="module")
+def app(tiny_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
+    """One server on the tiny model for the module's tests (the browser test, then the load test)."""
+    tmp = tmp_path_factory.mktemp("app")
+    outdir, port = tmp / "results", browser.free_port()
+    proc = browser.start_app(["--checkpoint", str(tiny_folder), "--duration", "1", "--max-duration", str(MAX_DURATION),
+                              "--outdir", str(outdir)], port, tmp / "app.log")
+    try:
+        yield App(f"http://127.0.0.1:{port}", proc, tmp / "app.log", outdir)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 @pytest.mark.slow
-def test_page_generates_drafts_refines_and_reports_bad_input(tiny_folder: Path, tmp_path: Path) -> None:
+def test_page_generates_drafts_refines_and_reports_bad_input(app: App, tiny_folder: Path, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    outdir, port = tmp_path / "results", browser.free_port()
-    app = browser.start_app(["--checkpoint", str(tiny_folder), "--duration", "1", "--outdir", str(outdir)], port,
-                            tmp_path / "app.log")
+    outdir = app.outdir
     driver = browser.chromium()
     try:
-        url = f"http://127.0.0.1:{port}/"
+        url = app.url + "/"
         srcs = browser.generate_in_page(driver, url, TEXT, timeout=240)
         assert len(srcs) == 2  # two variations side by side (the page's default)
         clips = []
@@ -73,8 +100,26 @@ def test_page_generates_drafts_refines_and_reports_bad_input(tiny_folder: Path, 
         assert "is empty: describe the music" in msg and "Traceback" not in driver.page_source
     finally:
         driver.quit()
-        app.terminate()
-        app.wait(30)
+
+
+@pytest.mark.slow
+def test_small_requests_are_not_held_by_the_heaviest_one(app: App) -> None:
+    """Loopback load (musicflow_jax/app/loadtest.py): 3 clients x 2 small requests alone, then while a fourth holds the
+    heaviest request the page allows at its defaults (4 x 10 s; the default budget admits exactly it), which then
+    closes its page. Bounds set from `python tools/load_test_app.py --tiny` (4 x 30 s heavy, 13.7 s alone): small
+    requests waited at most 0.100 s server-side with the heavy one running (0.058 s without it); first come first
+    served would make them wait for all of it."""
+    heavy = loadtest.Heavy(duration=MAX_DURATION, variations=4, steps=4, solver="euler", cfg=2.0)  # tiny defaults
+    r = loadtest.run(app.url, app.proc.pid, app.log, clients=3, rounds=2, heavy=heavy)
+    assert r["small_all_own_results"], "every client got its own results"
+    assert r["heavy_alone_status"].startswith("Generate: 4 x 10.00 s"), "the budget admits the page's heaviest"
+    assert r["over_budget_status"].startswith("**Error:** this request needs up to 152,000 network frame-evaluations")
+    assert r["heavy_outcome"] == "request stopped: the page was closed" and r["heavy_stopped_after_close_s"] < 5
+    assert r["small_loaded_wait_max_s"] < 1.0, r  # one heavy window at most (0.3 s measured), with slack for CI
+    assert r["heavy_alone_s"] > 3.0, "the heavy request must be heavy enough for the bound to mean something"
+    assert r["server_peak_rss_mb"] < 3000
+    sessions = {p.parent for p in app.outdir.glob("*/*-generate")}
+    assert len(sessions) >= 4 and all(len(s.name) == 32 for s in sessions)  # one folder per client
 
 
 def test_studio_modes_and_messages(tiny_folder: Path, tmp_path: Path) -> None:

@@ -135,3 +135,14 @@ def test_train_init_from_missing_and_build_corpus_unknown_instrument(run, tmp_pa
     one_error_line(proc, f"train.init_from {tmp_path / 'none'} does not exist")
     proc = run(build_corpus.main, ["--out", str(tmp_path / "c"), "--instrument", "a kazoo"])
     one_error_line(proc, "--instrument 'a kazoo' is not one of the corpus instruments")
+
+
+def test_config_that_is_not_python_and_corpus_out_that_cannot_be_written(run, tmp_path):
+    """Found by the flag-space property (test_cli_flag_space.py): both ended in tracebacks."""
+    (tmp_path / "clip.wav").write_bytes(b"RIFF\x04\x00\x00\x00WAVE")
+    proc = run(train_cli.main, ["--config", str(tmp_path / "clip.wav"), "--workdir", str(tmp_path / "run")])
+    one_error_line(proc, f"config file {tmp_path / 'clip.wav'} is not a Python file")
+    proc = run(build_corpus.main, ["--out", "/proc/musicflow_corpus", "--limit", "1"])
+    one_error_line(proc, "--out /proc/musicflow_corpus cannot be written", "pick a writable folder")
+    proc = run(build_corpus.main, ["--out", "/dev/null", "--limit", "1"])
+    one_error_line(proc, "--out /dev/null is a file, not a folder")

@@ -132,3 +132,40 @@ def test_guided_velocity():
     np.testing.assert_allclose(flow.guided_velocity(vc, vu, 1.0), vc)
     np.testing.assert_allclose(flow.guided_velocity(vc, vu, 0.0), vu)
     np.testing.assert_allclose(flow.guided_velocity(vc, vu, 3.0), vu + 3.0 * (vc - vu))
+
+
+def test_caption_drop_keeps_the_meta_tokens():
+    """flow.p_drop_caption (text.meta): the caption's own tokens of a p_drop_caption share of the text-kept examples
+    are masked while their tempo / key tokens stay; the text-dropped examples still see nothing; and with
+    p_drop_caption = 0 the draws are those of a batch without meta marks (old runs reproduce)."""
+    cfg = dataclasses.replace(FlowConfig(), p_drop_text=0.2, p_drop_caption=0.5)
+    b, l_cap, e = 4000, 5, 8
+    batch = {
+        "x1": jnp.ones((b, 6, 2)),
+        "text_emb": jnp.ones((b, l_cap + 2, e)),
+        "text_mask": jnp.ones((b, l_cap + 2), bool).at[: b // 2, -1].set(False),  # half name no key
+        "text_is_meta": jnp.broadcast_to(jnp.arange(l_cap + 2) >= l_cap, (b, l_cap + 2)),
+    }
+    seen = {}
+
+    def apply_fn(inp: flow.FlowInput):
+        seen.update(text_mask=np.asarray(inp.text_mask_bl), x_t=np.asarray(inp.x_t_btd))
+        return jnp.zeros_like(inp.x_t_btd)
+
+    flow.flow_loss(apply_fn, jax.random.key(0), batch, cfg)
+    tm = seen["text_mask"]
+    caption_on, meta_on = tm[:, :l_cap], tm[:, l_cap:]
+    text_dropped = ~meta_on[:, 0]  # every example names a tempo: its token goes only with the text
+    assert text_dropped.mean() == pytest.approx(0.2, abs=0.02)
+    assert not tm[text_dropped].any()
+    kept = ~text_dropped
+    assert (caption_on[kept].all(1) | ~caption_on[kept].any(1)).all(), "a caption is dropped whole"
+    assert (~caption_on[kept, 0]).mean() == pytest.approx(0.5, abs=0.03)
+    np.testing.assert_array_equal(meta_on[kept], np.asarray(batch["text_mask"])[kept, l_cap:])
+    # off: the same draws as without the marks
+    off = dataclasses.replace(cfg, p_drop_caption=0.0)
+    flow.flow_loss(apply_fn, jax.random.key(0), batch, off)
+    with_marks = dict(seen)
+    flow.flow_loss(apply_fn, jax.random.key(0), {k: v for k, v in batch.items() if k != "text_is_meta"}, off)
+    np.testing.assert_array_equal(with_marks["text_mask"], seen["text_mask"])
+    np.testing.assert_array_equal(with_marks["x_t"], seen["x_t"])

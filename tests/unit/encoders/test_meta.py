@@ -70,7 +70,12 @@ def test_training_text_memory_equals_generation_for_the_same_captions():
     np.testing.assert_allclose(np.asarray(batch["text_emb"]), np.asarray(emb), atol=1e-5)  # jit vs eager
     np.testing.assert_array_equal(np.asarray(batch["text_mask"]), mask)
     assert "text_bpm" not in batch and "text_key" not in batch
+    # the marks flow.p_drop_caption uses: the last two tokens are the tempo / key ones
+    np.testing.assert_array_equal(np.asarray(batch["text_is_meta"]),
+                                  np.broadcast_to(np.arange(cfg.text.max_len + 2) >= cfg.text.max_len, mask.shape))
     plain, plain_mask = TextEncoder.load(TextConfig(checkpoint="", max_len=cfg.text.max_len, dim=64))(texts)
     np.testing.assert_allclose(np.asarray(emb[:, :-2]), np.asarray(plain), atol=1e-6)  # the caption's part unchanged
     with pytest.raises(config.ConfigError, match="text.meta.*text.dim >= 64, got 32"):
         config.load(CONFIGS / "stage1_tiny.py", ["text.meta=true"])
+    with pytest.raises(config.ConfigError, match="flow.p_drop_caption.*text.meta=true"):
+        config.load(CONFIGS / "stage1_tiny.py", ["flow.p_drop_caption=0.3"])

@@ -100,7 +100,8 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
                         with gr.Row():
                             stage_inputs += [
                                 gr.Slider(1, 64, value=s.steps, step=1, label=f"{st.name} steps"),
-                                gr.Dropdown(list(SOLVERS), value=s.solver, label=f"{st.name} solver"),
+                                gr.Dropdown([x for x in SOLVERS if (x == "average") == st.cfg.model.interval],
+                                            value=s.solver, label=f"{st.name} solver"),
                                 gr.Slider(0.0, 20.0, value=s.cfg_scale, step=0.5, label=f"{st.name} guidance")]
                 with gr.Row():
                     go_btn = gr.Button("Generate", variant="primary", elem_id="generate")

@@ -56,6 +56,9 @@ class ModelConfig:
     remat: str = "none"  # per-block rematerialisation in the backward pass: none | dots (save matmul outputs) | full
     scan_layers: bool = True  # run each U-Net half as a scan over stacked layers (one block compiled per half)
     attention: str = "xla"  # xla (any mask, fp32 scores) | cudnn (flash attention on NVIDIA GPUs, bf16/fp16)
+    # an average-velocity (few-step) student: the network also reads the interval end s (flow.FlowInput.s_b) through
+    # a second time embedding of s - t whose output layer starts at zero (a teacher's weights load unchanged)
+    interval: bool = False
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on lora_targets (models/lora.py); 0 = off
     lora_alpha: float = 8.0  # adapters enter as W + lora_alpha / lora_rank * A B
     lora_targets: str = LORA_TARGETS  # regex searched in parameter paths (e.g. down.layers.block.self_attn.w_q)

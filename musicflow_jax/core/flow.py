@@ -12,6 +12,13 @@ p_drop_text, and the context is dropped with it (Voicebox drops both), or alone 
 At sampling time v = v_uncond + w (v_cond - v_uncond), where "uncond" = no text and no context.
 With text.meta (encoders/meta.py) the batch marks the tempo / key tokens ("text_is_meta"), and the caption's own
 tokens alone are dropped with p_drop_caption, so the stage learns to follow the tokens whatever the wording.
+
+Few-step students (MeanFlow, Geng et al. 2025, in this convention): a network u(x_t, t, s) given the interval end s
+(FlowInput.s_b; None = s = t, the velocity itself) predicts the *average* velocity of the ODE over [t, s], so one
+step x_s = x_t + (s - t) u(x_t, t, s) lands where the ODE goes. Differentiating (s - t) u = int_t^s v along the
+trajectory gives the identity a student is trained on, with d/dt the total derivative (x moving with v, s fixed):
+    u(x_t, t, s) = v(x_t, t) + (s - t) d/dt u(x_t, t, s),    d/dt u = (d_x u) v + d_t u   (one JVP)
+`average_velocity_target` computes its right side; v is the (guided) teacher's velocity when distilling.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class FlowInput(NamedTuple):
     text_mask_bl: Array
     cond_btc: Array | None = None
     frame_mask_bt: Array | None = None
+    s_b: Array | None = None  # the interval end of an average-velocity student (model.interval); None: s = t
 
 
 ApplyFn = Callable[[FlowInput], Array]  # the network: FlowInput -> v_btd
@@ -155,6 +163,24 @@ def flow_loss(apply_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowC
         "mask_frac": gen_mask_bt.sum(1) / jnp.maximum(frame_mask_bt.sum(1), 1),
     }
     return loss, aux
+
+
+def average_velocity_target(u_fn: Callable[[Array, Array], Array], x_t_btd: Array, t_b: Array, s_b: Array,
+                            v_btd: Array) -> tuple[Array, Array]:
+    """(u(x_t, t, s), the MeanFlow target v + (s - t) d/dt u under stop_gradient) for `u_fn(x, t) -> u` at fixed s:
+    d/dt u is the JVP of u_fn along (v, 1)."""
+    u_btd, du_dt_btd = jax.jvp(u_fn, (x_t_btd, t_b), (v_btd, jnp.ones_like(t_b)))
+    target = v_btd + _bcast(s_b - t_b, v_btd) * du_dt_btd
+    return u_btd, jax.lax.stop_gradient(target)
+
+
+def sample_interval(key: Array, batch: int, p_instant: float, cfg: FlowConfig) -> tuple[Array, Array]:
+    """(t_b, s_b) with 0 <= t <= s <= 1: the two of two times drawn by `sample_time`, sorted; w.p. p_instant s = t
+    (the plain flow-matching case, which anchors u to the velocity)."""
+    k_a, k_b, k_eq = jax.random.split(key, 3)
+    a_b, b_b = sample_time(k_a, batch, cfg), sample_time(k_b, batch, cfg)
+    t_b, s_b = jnp.minimum(a_b, b_b), jnp.maximum(a_b, b_b)
+    return t_b, jnp.where(jax.random.bernoulli(k_eq, p_instant, (batch,)), t_b, s_b)
 
 
 def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:

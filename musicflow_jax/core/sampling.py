@@ -1,8 +1,10 @@
 """Sampling the flow ODE dx/dt = v(x, t) from t=0 (noise) to t=1 (data) with diffrax.
 
 Solvers: "euler" (1 NFE/step), "midpoint" and "heun" (2 NFE/step) at fixed steps, and "dopri5"
-(adaptive, rtol/atol). NFE = evaluations of the vector field; with classifier-free guidance each
-evaluation runs the network once on a doubled batch (conditional + unconditional halves).
+(adaptive, rtol/atol); "average" (1 NFE/step) is for few-step students (model.interval): each step jumps by the
+predicted average velocity over the step, x_s = x_t + (s - t) u(x_t, t, s) (flow.py), so 1-2 steps suffice.
+NFE = evaluations of the vector field; with classifier-free guidance each evaluation runs the network once on a
+doubled batch (conditional + unconditional halves).
 
 In-context mode (continuation, infilling): frames where `gen_mask` is False are context. On them the
 state follows the exact conditional OT path of the known data, x_t = (1-(1-s)t) x0 + t ctx (the
@@ -27,8 +29,8 @@ from musicflow_jax.core.noise import frame_random
 Array = jax.Array
 VectorField = Callable[[Array, Array], Array]  # (t scalar, x) -> v
 
-SOLVERS = ("euler", "midpoint", "heun", "dopri5")
-_FIXED_EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2}
+SOLVERS = ("euler", "midpoint", "heun", "dopri5", "average")
+_FIXED_EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "average": 1}
 _DOPRI5_EVALS_PER_STEP = 6  # 7 stages, first-same-as-last: the 7th is the next step's 1st
 MAX_ADAPTIVE_STEPS = 4096  # dopri5's default step limit (accepted + rejected steps)
 
@@ -55,8 +57,9 @@ def solve(
 
     Fixed-step solvers take exactly `steps` steps; dopri5 starts from dt = (t1-t0)/steps and adapts.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if solver not in SOLVERS or solver == "average":
+        raise ValueError(f"unknown ODE solver {solver!r}; choose one of {SOLVERS[:-1]} ('average' is a student's: "
+                         "average_steps)")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     term = diffrax.ODETerm(lambda t, x, args: vector_field(t, x))
@@ -80,6 +83,16 @@ def solve(
     else:
         nfe = jnp.asarray(expected_nfe(solver, steps), jnp.int32)
     return sol.ys[0], nfe
+
+
+def average_steps(field: Callable[..., Array], x0: Array, steps: int) -> tuple[Array, Array]:
+    """A few-step student's sampler: `steps` equal jumps x_s = x_t + (s - t) field(t, x_t, s) from 0 to 1."""
+    ts = jnp.linspace(0.0, 1.0, steps + 1)
+
+    def jump(k: Array, x: Array) -> Array:
+        return x + (ts[k + 1] - ts[k]) * field(ts[k], x, ts[k + 1])
+
+    return jax.lax.fori_loop(0, steps, jump, x0), jnp.asarray(steps, jnp.int32)
 
 
 def expected_nfe(solver: str, steps: int) -> int:
@@ -111,7 +124,8 @@ def guided_field(
     sigma_min: float,
 ) -> VectorField:
     """The sampling vector field: CFG-guided network velocity on generated frames, the exact OT
-    velocity of the context on context frames."""
+    velocity of the context on context frames. `field(t, x, s)` with an interval end s: a student's average velocity
+    over [t, s] (the context's is the same: its OT velocity is constant in t)."""
     b = x0_btd.shape[0]
     ctx_velocity = ot_target(x0_btd, ctx, sigma_min)
     guided = cfg_scale != 1.0
@@ -122,13 +136,16 @@ def guided_field(
         cond2 = None if cond is None else jnp.concatenate([cond, cond])
         frame2 = jnp.concatenate([frame_mask, frame_mask])
 
-    def field(t: Array, x_btd: Array) -> Array:
+    def field(t: Array, x_btd: Array, s: Array | None = None) -> Array:
         if guided:
             t2 = jnp.full((2 * b,), t, jnp.float32)
-            v2 = model(FlowInput(jnp.concatenate([x_btd, x_btd]), ctx2, t2, text2, mask2, cond2, frame2))
+            s2 = None if s is None else jnp.full((2 * b,), s, jnp.float32)
+            v2 = model(FlowInput(jnp.concatenate([x_btd, x_btd]), ctx2, t2, text2, mask2, cond2, frame2, s2))
             v = guided_velocity(v2[:b], v2[b:], cfg_scale)
         else:
-            v = model(FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask))
+            s1 = None if s is None else jnp.full((b,), s, jnp.float32)
+            v = model(FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask,
+                                s1))
         return jnp.where(gen_mask[..., None], v.astype(jnp.float32), ctx_velocity)
 
     return field
@@ -147,9 +164,9 @@ def _report_eval(_t: Array) -> None:
 def _reporting(field: VectorField) -> VectorField:
     """`field` that tells the host of each evaluation (a progress bar that moves per ODE step)."""
 
-    def wrapped(t: Array, x: Array) -> Array:
+    def wrapped(t: Array, x: Array, *s: Array) -> Array:
         jax.debug.callback(_report_eval, t)
-        return field(t, x)
+        return field(t, x, *s)
 
     return wrapped
 
@@ -164,7 +181,10 @@ def _sample_jit(model, key, rows, text_emb, text_mask, cond, ctx, gen_mask, fram
                          frame_mask=frame_mask, cfg_scale=cfg_scale, sigma_min=sigma_min)
     if report:
         field = _reporting(field)
-    x1, nfe = solve(field, x0, solver=solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
+    if solver == "average":
+        x1, nfe = average_steps(field, x0, steps)
+    else:
+        x1, nfe = solve(field, x0, solver=solver, steps=steps, rtol=rtol, atol=atol, max_steps=max_steps)
     x1 = jnp.where(gen_mask[..., None], x1, ctx)  # context frames: bit-exact
     return jnp.where(frame_mask[..., None], x1, 0.0), nfe
 

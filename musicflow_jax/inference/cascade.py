@@ -453,7 +453,14 @@ class MusicFlow:
 
     # --------------------------------------------------------------------- internals
     def _settings(self, stage1: StageSettings | None, stage2: StageSettings | None) -> list[StageSettings]:
-        return [check_settings(s or st.settings, st.name) for s, st in zip((stage1, stage2), self.stages)]
+        out = [check_settings(s or st.settings, st.name) for s, st in zip((stage1, stage2), self.stages)]
+        for s, st in zip(out, self.stages):
+            if (s.solver == "average") != st.cfg.model.interval:
+                raise GenerateError(f"solver {s.solver} ({st.name}): " + (
+                    "'average' steps a few-step student (model.interval); this stage is a flow: choose euler, "
+                    "midpoint, heun or dopri5" if s.solver == "average" else
+                    "this stage is a few-step student (model.interval): sample it with solver 'average'"), "solver")
+        return out
 
     def encode(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mono audio at sample_rate -> (semantic (T_s, C), acoustic (T_a, D)) in model space (what the stages see)."""

@@ -75,11 +75,12 @@ class LayerNorm(nnx.Module):
 
 
 class Dense(nnx.Module):
-    """y = x W + b over the last axis, with logical names (in_name, out_name) on W."""
+    """y = x W + b over the last axis, with logical names (in_name, out_name) on W (init_scale 0: W = 0)."""
 
     def __init__(self, in_dim: int, out_dim: int, names: tuple[str, str], *, dtype: jnp.dtype,
                  param_dtype: jnp.dtype, use_bias: bool = True, init_scale: float = 1.0, rngs: nnx.Rngs):
-        init = nnx.initializers.variance_scaling(init_scale, "fan_in", "truncated_normal")
+        init = (nnx.initializers.variance_scaling(init_scale, "fan_in", "truncated_normal") if init_scale > 0
+                else nnx.initializers.zeros)
         self.kernel = nnx.Param(param(init, names)(rngs.params(), (in_dim, out_dim), param_dtype))
         self.bias = (nnx.Param(param(nnx.initializers.zeros, (names[1],))(None, (out_dim,), param_dtype))
                      if use_bias else nnx.data(None))

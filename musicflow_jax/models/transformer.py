@@ -23,7 +23,9 @@ nothing or only matmul outputs. Stage files written before stacking (`blocks.<i>
 
 Choices (documented per the issue):
 - Time conditioning: the time embedding is added to the projected input (Voicebox prepends it as a token;
-  adding keeps every sequence length equal to T and works with RoPE without a special position).
+  adding keeps every sequence length equal to T and works with RoPE without a special position). A few-step
+  student (`model.interval`) adds a second embedding, of the interval s - t (flow.py's average velocity), whose
+  output layer starts at zero, so a teacher's weights make a student that predicts exactly the teacher's velocity.
 - Positions: RoPE in self-attention instead of Voicebox's conv-pos + ALiBi: it is relative (scores depend
   on i - j only), has no learned table so any crop length works, and extrapolates to long-form windows.
 - Text dropped for classifier-free guidance = text mask all False: the null key/value keeps the softmax
@@ -178,6 +180,11 @@ class FlowTransformer(nnx.Module):
         self.in_proj = Dense(in_dim, m.dim, ("vocab", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
         self.time_fc1 = Dense(m.time_dim, m.dim, ("vocab", "mlp"), dtype=dt, param_dtype=pdt, rngs=rngs)
         self.time_fc2 = Dense(m.dim, m.dim, ("mlp", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
+        self.interval = m.interval
+        if m.interval:  # s - t, embedded like t; zero output at init: the student starts as its teacher
+            self.interval_fc1 = Dense(m.time_dim, m.dim, ("vocab", "mlp"), dtype=dt, param_dtype=pdt, rngs=rngs)
+            self.interval_fc2 = Dense(m.dim, m.dim, ("mlp", "embed"), dtype=dt, param_dtype=pdt, init_scale=0.0,
+                                      rngs=rngs)
         self.text_norm = LayerNorm(cfg.text.dim, dtype=dt, param_dtype=pdt, rngs=rngs)
         self.text_proj = Dense(cfg.text.dim, m.dim, ("text", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
         self.down = BlockStack(cfg, m.depth // 2, False, rngs=rngs)
@@ -204,7 +211,9 @@ class FlowTransformer(nnx.Module):
 
     def __call__(self, inp: FlowInput, *, deterministic: bool = True) -> jax.Array:
         """The velocity v (B, T, F) float32 for `inp` (flow.FlowInput), 0 on padded frames."""
-        x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt = inp
+        x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, s_b = inp
+        if s_b is not None and not self.interval:
+            raise ValueError("an interval end s_b was given to a stage without model.interval (not a few-step student)")
         self._check_inputs(x_t_btd, ctx_btd, text_bld, text_mask_bl, cond_btc)
         b, t, _ = x_t_btd.shape
         frame_mask_bt = jnp.ones((b, t), bool) if frame_mask_bt is None else frame_mask_bt.astype(bool)
@@ -212,6 +221,10 @@ class FlowTransformer(nnx.Module):
         feats = [x_t_btd, ctx_btd] + ([cond_btc] if cond_btc is not None else [])
         h_btd = self.in_proj(jnp.concatenate([f.astype(jnp.float32) for f in feats], axis=-1))
         temb_bd = self.time_fc2(jax.nn.silu(self.time_fc1(sinusoidal_embedding(t_b, self.time_dim))))
+        if self.interval:
+            gap_b = jnp.zeros_like(t_b) if s_b is None else s_b - t_b
+            temb_bd = temb_bd + self.interval_fc2(jax.nn.silu(self.interval_fc1(
+                sinusoidal_embedding(gap_b, self.time_dim))))
         h_btd = constrain(h_btd + temb_bd[:, None, :], ("batch", "frames", "embed"), self.activation_rules)
         text_bld = constrain(self.text_proj(self.text_norm(text_bld)), ("batch", "text", "embed"),
                              self.activation_rules)

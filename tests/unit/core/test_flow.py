@@ -169,3 +169,47 @@ def test_caption_drop_keeps_the_meta_tokens():
     flow.flow_loss(apply_fn, jax.random.key(0), {k: v for k, v in batch.items() if k != "text_is_meta"}, off)
     np.testing.assert_array_equal(with_marks["text_mask"], seen["text_mask"])
     np.testing.assert_array_equal(with_marks["x_t"], seen["x_t"])
+
+
+def _gaussian_flow(m: float, sd1: float, s_min: float):
+    """The OT path from N(0, 1) to N(m, sd1^2) in closed form: the marginal velocity v(x, t) and the exact average
+    velocity u(x, t, s) = (X_s - x) / (s - t) of the ODE's trajectory X through x at t (X_s - s m scales with the
+    marginal's standard deviation)."""
+    def sd(t):
+        a = 1 - (1 - s_min) * t
+        return jnp.sqrt(a**2 + (t * sd1) ** 2)
+
+    def v(x, t):
+        a = 1 - (1 - s_min) * t
+        return m + (x - t * m) * (-(1 - s_min) * a + t * sd1**2) / sd(t) ** 2
+
+    def u(x, t, s):
+        return (s * m + (x - t * m) * sd(s) / sd(t) - x) / (s - t)
+
+    return v, u
+
+
+def test_average_velocity_identity_holds_for_the_exact_average_velocity():
+    """MeanFlow's identity in this convention: for the exact average velocity of a Gaussian OT flow, u = v +
+    (s - t) d/dt u (the JVP), so average_velocity_target returns u itself; a wrong sign or tangent would not."""
+    v, u = _gaussian_flow(m=2.0, sd1=0.5, s_min=SIGMA)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    t = jax.random.uniform(k1, (64,), minval=0.05, maxval=0.6)
+    s = t + jax.random.uniform(k2, (64,), minval=0.05, maxval=0.35)
+    x = jax.random.normal(k1, (64, 3, 2)) * 1.5
+    got_u, target = flow.average_velocity_target(lambda xx, tt: u(xx, flow._bcast(tt, xx), flow._bcast(s, xx)),
+                                                 x, t, s, v(x, flow._bcast(t, x)))
+    np.testing.assert_allclose(target, got_u, rtol=1e-4, atol=1e-4)
+    # the instantaneous velocity is not the average over a finite interval: the identity separates them
+    _, wrong = flow.average_velocity_target(lambda xx, tt: v(xx, flow._bcast(tt, xx)), x, t, s,
+                                            v(x, flow._bcast(t, x)))
+    assert float(jnp.abs(wrong - v(x, flow._bcast(t, x))).max()) > 0.1
+
+
+def test_interval_sampler():
+    t, s = flow.sample_interval(jax.random.key(0), 50_000, 0.25, FlowConfig())
+    t, s = np.asarray(t), np.asarray(s)
+    assert (t >= 0).all() and (t <= s).all() and (s < 1).all()
+    assert (t == s).mean() == pytest.approx(0.25, abs=0.01)
+    # the rest: min and max of two uniforms, E = 1/3 and 2/3
+    assert t[t != s].mean() == pytest.approx(1 / 3, abs=0.01) and s[t != s].mean() == pytest.approx(2 / 3, abs=0.01)

@@ -103,9 +103,55 @@ def tiny_model():
     return cfg, FlowTransformer(cfg, rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("solver,cfg_scale", [("euler", 1.0), ("midpoint", 3.0), ("dopri5", 2.0)])
-def test_in_context_frames_unchanged(tiny_model, solver, cfg_scale):
-    cfg, model = tiny_model
+@pytest.fixture(scope="module")
+def tiny_student(tiny_model):
+    """tiny_model as a few-step student (model.interval), its teacher's weights loaded: the interval embedding's
+    output layer starts at zero."""
+    from flax import nnx
+
+    from musicflow_jax.models.transformer import FlowTransformer
+
+    cfg, teacher = tiny_model
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, interval=True))
+    student = FlowTransformer(cfg, rngs=nnx.Rngs(1))
+    nnx.update(student, nnx.state(teacher))
+    return cfg, student
+
+
+def test_a_student_starts_as_its_teacher(tiny_model, tiny_student):
+    from musicflow_jax.core.flow import FlowInput
+
+    (cfg, teacher), (_, student) = tiny_model, tiny_student
+    k = jax.random.split(jax.random.key(2), 4)
+    b, t, d = 2, 12, cfg.model.feature_dim
+    inp = FlowInput(jax.random.normal(k[0], (b, t, d)), jnp.zeros((b, t, d)), jnp.array([0.2, 0.7]),
+                    jax.random.normal(k[1], (b, 3, cfg.text.dim)), jnp.ones((b, 3), bool),
+                    jax.random.normal(k[2], (b, t, cfg.model.cond_dim)))
+    want = teacher(inp)
+    for s_b in (None, jnp.array([0.2, 0.7]), jnp.array([1.0, 0.9])):
+        np.testing.assert_array_equal(student(inp._replace(s_b=s_b)), want)
+    with pytest.raises(ValueError, match="without model.interval"):
+        teacher(inp._replace(s_b=jnp.array([0.5, 0.9])))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_average_steps_land_on_the_ode_endpoint(steps):
+    """With the exact average velocity of the Gaussian OT flow, any number of equal jumps lands on the exact
+    endpoint MU + SIGMA x0 (what dopri5 reaches in many evaluations); NFE = steps."""
+    def std(t):
+        return jnp.sqrt((1 - t) ** 2 + (t * SIGMA) ** 2)
+
+    def average(t, x, s):
+        return (s * MU + (x - t * MU) * std(s) / std(t) - x) / (s - t)
+
+    x1, nfe = jax.jit(lambda x: sampling.average_steps(average, x, steps))(X0)
+    np.testing.assert_allclose(x1, EXACT, atol=1e-5)
+    assert int(nfe) == steps
+
+
+@pytest.mark.parametrize("solver,cfg_scale", [("euler", 1.0), ("midpoint", 3.0), ("dopri5", 2.0), ("average", 1.0)])
+def test_in_context_frames_unchanged(tiny_model, tiny_student, solver, cfg_scale):
+    cfg, model = tiny_student if solver == "average" else tiny_model
     b, t, d = 2, 24, cfg.model.feature_dim
     k = jax.random.split(jax.random.key(1), 4)
     ctx = jax.random.normal(k[0], (b, t, d))

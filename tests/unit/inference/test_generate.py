@@ -456,3 +456,9 @@ def test_clips_are_decoded_one_at_a_time(mf: MusicFlow, monkeypatch: pytest.Monk
     monkeypatch.setattr(mf.backend, "decode", lambda z: shapes.append(z.shape) or decode(z))
     g = mf.generate(["a", "b", "c"], 1.0, stage1=FAST, stage2=FAST, progress=False)
     assert [s[0] for s in shapes] == [1, 1, 1] and g.audio.shape == (3, SR)
+
+
+def test_average_solver_only_for_few_step_students(mf: MusicFlow) -> None:
+    with pytest.raises(GenerateError, match=r"^solver average \(stage1\): 'average' steps a few-step student "
+                       r"\(model.interval\); this stage is a flow: choose euler"):
+        mf.generate(["x"], 1.0, stage1=StageSettings(2, "average", 1.0), progress=False)

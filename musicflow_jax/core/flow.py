@@ -186,3 +186,86 @@ def sample_interval(key: Array, batch: int, p_instant: float, cfg: FlowConfig) -
 def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:
     """Classifier-free guidance: v = v_uncond + w (v_cond - v_uncond); w = 1 is the conditional field."""
     return v_uncond + w * (v_cond - v_uncond)
+
+
+DISTILL_METHODS = ("meanflow", "shortcut", "trajectory")
+
+
+def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig, *,
+                 method: str, cfg_scale: float, p_instant: float, teacher_steps: int) -> tuple[Array, dict[str, Any]]:
+    """A few-step student's loss on one batch: its average velocity u(x_t, t, s) against the guided teacher's over
+    [t, s] on the masked span (the teacher's guidance is built into the student, which always sees text and context).
+
+    x_t is on the OT path of the data (as in `flow_loss`, same span masks); on context frames the state moves with the
+    context's exact OT velocity (the sampler's convention). Targets, under stop_gradient:
+      meanflow:   v + (s - t) d/dt u   (the identity above; one guided teacher evaluation and one JVP of the student)
+      shortcut:   the mean of the student's own two half jumps, [t, m] then [m, s] with m = (t + s) / 2 (Frans et al.
+                  2024: self-consistency; one guided teacher evaluation for s = t, two student evaluations)
+      trajectory: the mean velocity of `teacher_steps` guided midpoint steps of the teacher from t to s (= its jump
+                  (x_s - x_t) / (s - t), without the division; 2 teacher evaluations per step; biased by the
+                  teacher's discretisation over long intervals)
+    The s = t case (share p_instant) targets v itself in all three.
+    """
+    x1_btd = batch["x1"].astype(jnp.float32)
+    b = x1_btd.shape[0]
+    frame_mask_bt = batch.get("frame_mask")
+    frame_mask_bt = jnp.ones(x1_btd.shape[:2], bool) if frame_mask_bt is None else frame_mask_bt.astype(bool)
+    k_t, k_noise, k_mask = jax.random.split(key, 3)
+    t_b, s_b = sample_interval(k_t, b, p_instant, cfg)
+    x0_btd = jax.random.normal(k_noise, x1_btd.shape, jnp.float32)
+    x_t_btd = ot_path(x0_btd, x1_btd, t_b, cfg.sigma_min)
+    gen_mask_bt = sample_span_mask(k_mask, frame_mask_bt, cfg)
+    ctx_btd = context_from_mask(x1_btd, gen_mask_bt, frame_mask_bt)
+    ctx_velocity_btd = ot_target(x0_btd, x1_btd, cfg.sigma_min)
+    text_mask_bl = batch["text_mask"].astype(bool)
+    text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
+    cond_btc = batch.get("cond")
+
+    def guided(x_btd: Array, tt_b: Array) -> Array:  # the teacher's guided field (sampling.guided_field's)
+        inp = FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt)
+        if cfg_scale == 1.0:
+            v_btd = teacher_fn(inp)
+        else:
+            two = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
+            v2 = teacher_fn(FlowInput(two(x_btd), jnp.concatenate([ctx_btd, jnp.zeros_like(ctx_btd)]), two(tt_b),
+                                      jnp.concatenate([text_bld, jnp.zeros_like(text_bld)]),
+                                      jnp.concatenate([text_mask_bl, jnp.zeros_like(text_mask_bl)]), two(cond_btc),
+                                      two(frame_mask_bt)))
+            v_btd = guided_velocity(v2[:b], v2[b:], cfg_scale)
+        return jnp.where(gen_mask_bt[..., None], v_btd.astype(jnp.float32), ctx_velocity_btd)
+
+    v_btd = jax.lax.stop_gradient(guided(x_t_btd, t_b))
+
+    def student(x_btd: Array, tt_b: Array) -> Array:
+        return student_fn(FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, s_b))
+
+    if method == "meanflow":
+        u_btd, target_btd = average_velocity_target(student, x_t_btd, t_b, s_b, v_btd)
+    elif method == "shortcut":
+        m_b = 0.5 * (t_b + s_b)
+
+        def half(x_btd: Array, a_b: Array, z_b: Array) -> Array:
+            u = student_fn(FlowInput(x_btd, ctx_btd, a_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, z_b))
+            return jnp.where(gen_mask_bt[..., None], u.astype(jnp.float32), ctx_velocity_btd)
+
+        u1_btd = half(x_t_btd, t_b, m_b)
+        u2_btd = half(x_t_btd + _bcast(m_b - t_b, x_t_btd) * u1_btd, m_b, s_b)
+        instant_b = (s_b == t_b)[:, None, None]
+        target_btd = jax.lax.stop_gradient(jnp.where(instant_b, v_btd, 0.5 * (u1_btd + u2_btd)))
+        u_btd = student(x_t_btd, t_b)
+    elif method == "trajectory":
+        h_b = (s_b - t_b) / teacher_steps
+        x_btd, total_btd = x_t_btd, jnp.zeros_like(x_t_btd)
+        for i in range(teacher_steps):  # a few steps, unrolled; the first starts from v (already evaluated)
+            t_i = t_b + i * h_b
+            v1 = v_btd if i == 0 else guided(x_btd, t_i)
+            v2 = guided(x_btd + _bcast(0.5 * h_b, x_btd) * v1, t_i + 0.5 * h_b)
+            x_btd, total_btd = x_btd + _bcast(h_b, x_btd) * v2, total_btd + v2
+        target_btd = jax.lax.stop_gradient(total_btd / teacher_steps)
+        u_btd = student(x_t_btd, t_b)
+    else:
+        raise ValueError(f"unknown distill.method {method!r}; choose one of {DISTILL_METHODS}")
+    loss = masked_loss(u_btd, target_btd, gen_mask_bt)
+    aux = {"loss_per_example": per_example_loss(u_btd, target_btd, gen_mask_bt), "t": t_b,
+           "interval": s_b - t_b}
+    return loss, aux

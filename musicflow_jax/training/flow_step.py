@@ -1,7 +1,9 @@
 """The flow stage's train step: the sharded state created from the config and the mesh (`make_setup`,
 `create_state`: parameters born sharded inside jit, no full copy on one device), the jitted step with explicit
 in/out shardings and a donated state (`make_train_step`: frozen text encoder inside, gradient accumulation, the
-guarded update of state.py), and the FLOPs of one step (`step_flops`).
+guarded update of state.py), and the FLOPs of one step (`step_flops`). The step's objective is the stage's flow loss,
+or with distill.teacher a few-step student's (flow.distill_loss) against a frozen teacher passed in as an argument
+(`TeacherSpec`: its graph and shardings; training/distill.py loads its weights).
 
 The step's randomness is `fold_in(key(seed), step)`: resuming at step k replays exactly what an uninterrupted run
 would have done.
@@ -47,6 +49,65 @@ class Setup:
     rules: dict[str, str | None]
     state_shardings: TrainState
     abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings (restore target)
+
+
+@dataclasses.dataclass
+class TeacherSpec:
+    """A distillation teacher's static side: its model's graph definition and its weights' shardings on the mesh
+    (those of the student's parameters: same logical axes)."""
+
+    cfg: Config
+    graphdef: Any
+    shardings: Any  # (params, rest) NamedSharding trees
+    abstract: Any  # (params, rest) ShapeDtypeStructs
+
+
+def teacher_config(cfg: Config) -> Config:
+    """The flow stage a student (distill.teacher) learns from: the student's model without the interval input."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, interval=False),
+                               sample=dataclasses.replace(cfg.sample, solver="midpoint"),
+                               distill=dataclasses.replace(cfg.distill, teacher=""))
+
+
+def teacher_spec(cfg: Config, mesh: Mesh) -> TeacherSpec | None:
+    """The teacher's graph and shardings for a distillation config, None for plain flow matching."""
+    if not cfg.distill.teacher:
+        return None
+    tcfg = teacher_config(cfg)
+    out: dict[str, Any] = {}
+
+    def f() -> tuple[Any, Any]:
+        with nnx.use_eager_sharding(False):
+            out["graphdef"], params, rest = nnx.split(build_model(tcfg, 0), nnx.Param, ...)
+        return params, rest
+
+    abstract = jax.eval_shape(f)
+    rules = dict(cfg.mesh.rules)
+    shardings = (sharding.state_shardings(abstract[0], mesh, rules), sharding.state_shardings(abstract[1], mesh, rules))
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    return TeacherSpec(cfg=tcfg, graphdef=out["graphdef"], shardings=shardings, abstract=abstract)
+
+
+def objective(cfg: Config, graphdef: Any, teacher: TeacherSpec | None
+              ) -> Callable[[Any, Any, Any, jax.Array, dict[str, jax.Array], Any], tuple[jax.Array, Any]]:
+    """`loss(params, frozen, rest, key, batch, teacher_weights) -> (loss, (aux, new_rest))`: the flow loss, or the
+    student's distillation loss against the teacher (weights (params, rest), under stop_gradient)."""
+    deterministic, flow_cfg, dc = cfg.model.dropout == 0.0, cfg.flow, cfg.distill
+
+    def loss(params: Any, frozen: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array], teacher_weights: Any
+             ) -> tuple[jax.Array, Any]:
+        model = merge_model(graphdef, params, frozen, rest)
+        apply = lambda inp: model(inp, deterministic=deterministic)  # noqa: E731
+        if teacher is None:
+            value, aux = flow.flow_loss(apply, key, mb, flow_cfg)
+        else:
+            t_model = nnx.merge(teacher.graphdef, *jax.lax.stop_gradient(teacher_weights))
+            value, aux = flow.distill_loss(apply, lambda inp: t_model(inp, deterministic=True), key, mb, flow_cfg,
+                                           method=dc.method, cfg_scale=dc.cfg_scale, p_instant=dc.p_instant,
+                                           teacher_steps=dc.teacher_steps)
+        return value, (aux, nnx.state(model, nnx.Not(nnx.Param)))
+
+    return loss
 
 
 def build_model(cfg: Config, seed: int) -> nnx.Module:
@@ -145,40 +206,38 @@ def with_text_emb(batch: dict[str, jax.Array], text_encode: TextEncodeFn | None,
     return batch
 
 
-def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
-                    ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """Jitted `step(state, batch, text_params) -> (state, metrics)`; the state is donated.
+def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None,
+                    teacher: TeacherSpec | None = None) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Jitted `step(state, batch, text_params[, teacher_weights]) -> (state, metrics)`; the state is donated.
 
     text_encode(text_params, ids_bl, mask_bl) -> emb_bld runs the frozen text encoder under stop_gradient
-    (None when cfg.text.precomputed: the batch carries "text_emb"); text_params are replicated. metrics are
-    replicated scalars ("lr" is the rate this step applied) plus the per-example "loss_per_example" and "t"
-    (for loss-by-t-bin).
+    (None when cfg.text.precomputed: the batch carries "text_emb"); text_params are replicated. With `teacher`
+    (distill.teacher) the step takes the teacher's weights (params, rest), sharded as teacher.shardings, and trains
+    the student on flow.distill_loss. metrics are replicated scalars ("lr" is the rate this step applied) plus the
+    per-example "loss_per_example" and "t" (for loss-by-t-bin).
     """
     graphdef, tx = setup.graphdef, setup.tx
-    accum, decay, flow_cfg = cfg.optim.grad_accum, cfg.optim.ema_decay, cfg.flow
+    accum, decay = cfg.optim.grad_accum, cfg.optim.ema_decay
     base_key = jax.random.key(cfg.train.seed)
     schedule = make_schedule(cfg)
-    deterministic = cfg.model.dropout == 0.0
+    loss_of = objective(cfg, graphdef, teacher)
 
-    def loss_fn(params: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array], frozen: Any
+    def loss_fn(params: Any, rest: Any, key: jax.Array, mb: dict[str, jax.Array], frozen: Any, tw: Any
                 ) -> tuple[jax.Array, Any]:
-        model = merge_model(graphdef, params, frozen, rest)
-
-        loss, aux = flow.flow_loss(lambda inp: model(inp, deterministic=deterministic), key, mb, flow_cfg)
-        new_rest = nnx.state(model, nnx.Not(nnx.Param))
-        return loss, (aux, new_rest)
+        return loss_of(params, frozen, rest, key, mb, tw)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step_fn(state: TrainState, batch: dict[str, jax.Array], text_params: Any) -> tuple[TrainState, dict]:
+    def step_fn(state: TrainState, batch: dict[str, jax.Array], text_params: Any, *teacher_weights: Any
+                ) -> tuple[TrainState, dict]:
         with sharding.activation_mesh(setup.mesh):  # the model's activation constraints apply while tracing
-            return _step(state, batch, text_params)
+            return _step(state, batch, text_params, teacher_weights[0] if teacher_weights else None)
 
-    def _step(state: TrainState, batch: dict[str, jax.Array], text_params: Any) -> tuple[TrainState, dict]:
+    def _step(state: TrainState, batch: dict[str, jax.Array], text_params: Any, tw: Any) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
         batch = with_text_emb(batch, text_encode, text_params)
         if accum == 1:
-            (loss, (aux, rest)), grads = grad_fn(state.params, state.rest, key, batch, state.frozen)
+            (loss, (aux, rest)), grads = grad_fn(state.params, state.rest, key, batch, state.frozen, tw)
         else:
             micro = _split_micro(batch, accum)
 
@@ -186,7 +245,7 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
                 g_acc, rest_c = carry
                 i, mb = xs
                 (l_i, (aux_i, rest_i)), g_i = grad_fn(state.params, rest_c, jax.random.fold_in(key, i), mb,
-                                                         state.frozen)
+                                                         state.frozen, tw)
                 return (jax.tree.map(jnp.add, g_acc, g_i), rest_i), (l_i, aux_i)
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
@@ -210,16 +269,18 @@ def make_train_step(cfg: Config, setup: Setup, text_encode: TextEncodeFn | None
 
     rep = sharding.replicated(setup.mesh)
     batch_sh = sharding.batch_sharding(setup.mesh, setup.rules)  # prefix: leading dim split, rest replicated
-    return jax.jit(step_fn, donate_argnums=(0,), in_shardings=(setup.state_shardings, batch_sh, rep),
-                   out_shardings=(setup.state_shardings, rep))
+    in_sh = (setup.state_shardings, batch_sh, rep) + (() if teacher is None else (teacher.shardings,))
+    return jax.jit(step_fn, donate_argnums=(0,), in_shardings=in_sh, out_shardings=(setup.state_shardings, rep))
 
 
 def step_flops(cfg: Config, mesh: Mesh, text_encode: TextEncodeFn | None, state: Any, batch: Any,
-               text_params: Any) -> tuple[float, str]:
+               text_params: Any, *teacher_weights: Any) -> tuple[float, str]:
     """(FLOPs of one global train step, source) from XLA's cost analysis of the *unrolled* step: the cost analysis
     counts a scan's body once, so a scanned model is lowered (traced only, never compiled) with scan_layers=false,
     which runs the same stacked parameters in a Python loop. `state` / `batch` may be abstract."""
     unrolled = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
     setup = make_setup(unrolled, mesh)
-    lowered = make_train_step(unrolled, setup, text_encode).lower(state, batch, text_params)
+    teacher = teacher_spec(unrolled, mesh)
+    weights = teacher_weights if teacher is None else (teacher.abstract,)  # the unrolled teacher's stacked weights
+    lowered = make_train_step(unrolled, setup, text_encode, teacher).lower(state, batch, text_params, *weights)
     return logger.step_flops(lowered, cfg, logger.count_params(state.params), logger.count_params(text_params))

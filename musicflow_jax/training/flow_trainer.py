@@ -7,6 +7,7 @@ Outputs in workdir besides the loop's: samples/, init_from.json (fine-tunes).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import zlib
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from musicflow_jax.backends import BackendError, build_part
-from musicflow_jax.core import flow, frames, sharding
+from musicflow_jax.core import frames, sharding
 from musicflow_jax.core.audio import write_wav
 from musicflow_jax.core.config import Config
 from musicflow_jax.core.sampling import sample
@@ -29,7 +30,7 @@ from musicflow_jax.encoders import meta
 from musicflow_jax.encoders.text import TextEncoder, text_tokenizer
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.models.params import WeightsError
-from musicflow_jax.training import finetune, flow_step, logger, loop, runs
+from musicflow_jax.training import distill, finetune, flow_step, logger, loop, runs
 from musicflow_jax.training.logger import MetricsWriter
 from musicflow_jax.training.state import TrainState, merge_model
 from musicflow_jax.utils import atomic_io
@@ -82,17 +83,20 @@ def load_text_encoder(cfg: Config, mesh: jax.sharding.Mesh | None = None
     return enc.apply, (enc.state if mesh is None else jax.device_put(enc.state, sharding.replicated(mesh)))
 
 
-def make_eval_fn(cfg: Config, setup: flow_step.Setup, encode: Any) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """Jitted (flow loss of the params, of the EMA) on one batch, with a fixed key per eval batch index."""
+def make_eval_fn(cfg: Config, setup: flow_step.Setup, encode: Any, teacher: flow_step.TeacherSpec | None = None
+                 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Jitted (loss of the params, of the EMA) on one batch, with a fixed key per eval batch index: the flow loss, or
+    a student's distillation loss (`teacher`: the step's objective; its weights are the last argument)."""
+    loss_of = flow_step.objective(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0)),
+                                  setup.graphdef, teacher)
 
     def eval_loss(state: TrainState, batch: dict[str, jax.Array], text_params: Any,
-                  i: jax.Array) -> tuple[jax.Array, jax.Array]:
+                  i: jax.Array, teacher_weights: Any = None) -> tuple[jax.Array, jax.Array]:
         batch = flow_step.with_text_emb(batch, encode, text_params)
         key = jax.random.fold_in(jax.random.key(cfg.train.seed + 1), i)
 
         def loss(params: Any) -> jax.Array:
-            model = merge_model(setup.graphdef, params, state.frozen, state.rest)
-            return flow.flow_loss(lambda inp: model(inp, deterministic=True), key, batch, cfg.flow)[0]
+            return loss_of(params, state.frozen, state.rest, key, batch, teacher_weights)[0]
 
         with sharding.activation_mesh(setup.mesh):
             return loss(state.params), loss(state.ema)
@@ -101,7 +105,7 @@ def make_eval_fn(cfg: Config, setup: flow_step.Setup, encode: Any) -> Callable[.
 
 
 def evaluate(cfg: Config, eval_fn: Any, state: TrainState, text_params: Any,
-             setup: flow_step.Setup) -> dict[str, float]:
+             setup: flow_step.Setup, *teacher_weights: Any) -> dict[str, float]:
     """Mean validation flow loss of the params ("loss") and the EMA ("loss_ema") over train.eval_batches batches
     of the "valid" split, in one pass over the data."""
     it = iter(make_eval_dataset(cfg, "valid"))
@@ -112,7 +116,7 @@ def evaluate(cfg: Config, eval_fn: Any, state: TrainState, text_params: Any,
     losses = []  # every host has the same number of batches: its rows of the same global batches (data/loader.py)
     for i, local in enumerate(local_batches):
         batch = sharding.global_batch(local, setup.mesh, setup.rules, cfg.data.batch_size)
-        losses.append(jax.device_get(eval_fn(state, batch, text_params, jnp.int32(i))))
+        losses.append(jax.device_get(eval_fn(state, batch, text_params, jnp.int32(i), *teacher_weights)))
     mean = np.mean(losses, axis=0) if losses else (float("nan"), float("nan"))
     return {"loss": float(mean[0]), "loss_ema": float(mean[1])}
 
@@ -174,18 +178,25 @@ def sample_decoder(cfg: Config) -> tuple[Callable[[np.ndarray], np.ndarray], int
 
 
 def check_init_source(cfg: Config, workdir: Path, resuming: bool) -> None:
-    """Record train.init_from's fingerprint when a run starts; on resume, a changed file is an error (the frozen base
-    is not in the checkpoints: it must be the one the run started from)."""
-    if not cfg.train.init_from:
+    """Record the fingerprints of train.init_from and distill.teacher when a run starts; on resume, a changed file is
+    an error (neither a frozen base nor a teacher is in the checkpoints: they must be the ones the run started
+    from)."""
+    sources = [(key, path, fp) for key, path, fp in (("train.init_from", cfg.train.init_from, "fingerprint"),
+                                                      ("distill.teacher", cfg.distill.teacher, "teacher_fingerprint"))
+               if path]
+    if not sources:
         return
     record = workdir / INIT_RECORD
-    now = {"init_from": cfg.train.init_from, "fingerprint": finetune.fingerprint(cfg.train.init_from)}
+    now: dict[str, str] = {}
+    for key, path, fp in sources:
+        now[key.split(".")[1]], now[fp] = path, finetune.fingerprint(path)
     if resuming and record.is_file():
         was = json.loads(record.read_text())
-        if was.get("fingerprint") != now["fingerprint"]:
-            raise TrainInputError(f"train.init_from {cfg.train.init_from} differs from the weights this run started "
-                                  f"from ({was.get('init_from')}, fingerprint {was.get('fingerprint')} vs "
-                                  f"{now['fingerprint']}): restore that file, or start a new --workdir")
+        for key, path, fp in sources:
+            if was.get(fp) != now[fp]:
+                raise TrainInputError(f"{key} {path} differs from the weights this run started from "
+                                      f"({was.get(key.split('.')[1])}, fingerprint {was.get(fp)} vs {now[fp]}): "
+                                      "restore that file, or start a new --workdir")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_io.write_text(record, json.dumps(now, indent=2) + "\n")
@@ -220,9 +231,16 @@ class FlowTrainer(loop.Trainer):
         self.setup = flow_step.make_setup(cfg, self.mesh)
         self.abstract_state = self.setup.abstract_state
         self.encode, self.text_params = load_text_encoder(cfg, self.mesh)
-        self.base = runs.init_weights(cfg)  # train.init_from (fine-tuning), checked against this model
-        self.step_fn = flow_step.make_train_step(cfg, self.setup, self.encode)
-        self.eval_fn = make_eval_fn(cfg, self.setup, self.encode)
+        self.teacher: flow_step.TeacherSpec | None = None
+        self.teacher_weights: tuple[Any, ...] = ()  # the step's last argument when distilling (distill.teacher)
+        if cfg.distill.teacher:
+            self.teacher, weights, _ = distill.load_teacher(cfg, self.mesh)
+            self.teacher_weights = (weights,)
+        # train.init_from (fine-tuning), checked against this model; a student starts as its teacher
+        self.base = distill.student_base(cfg) if cfg.distill.teacher and not cfg.train.init_from \
+            else runs.init_weights(cfg)
+        self.step_fn = flow_step.make_train_step(cfg, self.setup, self.encode, self.teacher)
+        self.eval_fn = make_eval_fn(cfg, self.setup, self.encode, self.teacher)
         self.compiled: Any = None
         self.flops_per_step, self.peak = 0.0, cfg.train.peak_tflops * 1e12
         self.sample_cond: np.ndarray | None = None
@@ -251,9 +269,9 @@ class FlowTrainer(loop.Trainer):
     def compile(self, state: TrainState, local: dict[str, np.ndarray]) -> None:
         """Compile once; FLOPs of the global step from XLA's cost analysis; the matmul peak unless configured."""
         batch = self._global(local)
-        self.compiled = self.step_fn.lower(state, batch, self.text_params).compile()
+        self.compiled = self.step_fn.lower(state, batch, self.text_params, *self.teacher_weights).compile()
         self.flops_per_step, _ = flow_step.step_flops(self.cfg, self.mesh, self.encode, state, batch,
-                                                      self.text_params)
+                                                      self.text_params, *self.teacher_weights)
         self.peak = self.peak or logger.measure_matmul_peak(
             1024 if self.mesh.devices.flat[0].platform == "cpu" else 8192,
             jnp.bfloat16 if self.cfg.model.dtype == "bfloat16" else jnp.float32)
@@ -261,7 +279,7 @@ class FlowTrainer(loop.Trainer):
     def step(self, state: TrainState, local: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
         if self.sample_cond is None and "cond" in local:
             self.sample_cond = np.asarray(local["cond"][: len(SAMPLE_PROMPTS)])
-        state, m = self.compiled(state, self._global(local), self.text_params)  # dispatched, not awaited
+        state, m = self.compiled(state, self._global(local), self.text_params, *self.teacher_weights)  # async
         if self.cfg.train.block_every_step:  # opt-in: exact per-step timing, or XLA CPU collectives that need it
             jax.block_until_ready(m)
         return state, m
@@ -272,7 +290,7 @@ class FlowTrainer(loop.Trainer):
         return log_scalars(self.cfg, rows, seconds, self.flops_per_step, self.peak, self.mesh.size, crc)
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        return evaluate(self.cfg, self.eval_fn, state, self.text_params, self.setup)
+        return evaluate(self.cfg, self.eval_fn, state, self.text_params, self.setup, *self.teacher_weights)
 
     def periodic(self, state: TrainState, done: int, workdir: Path, writer: MetricsWriter) -> bool:
         every = self.cfg.train.sample_every

@@ -48,7 +48,7 @@ def _run(cfg: config.Config, steps: int) -> list[float]:
 def test_same_losses_on_every_mesh_layout():
     ref = _run(_cfg(MESHES["1dev"]), 10)
     assert ref[-1] < ref[0]  # it learns something in 10 steps
-    for name in ("data8", "data2_fsdp4", "data2_fsdp2_tensor2"):
+    for name in ("data8", "data2_fsdp2_tensor2"):  # (2, 4, 1)'s layout: test_params_sharded_as_the_rules_say
         got = _run(_cfg(MESHES[name]), 10)
         np.testing.assert_allclose(got, ref, rtol=1e-5, err_msg=name)
 

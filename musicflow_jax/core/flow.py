@@ -192,7 +192,8 @@ DISTILL_METHODS = ("meanflow", "shortcut", "trajectory")
 
 
 def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig, *,
-                 method: str, cfg_scale: float, p_instant: float, teacher_steps: int) -> tuple[Array, dict[str, Any]]:
+                 method: str, cfg_scale: float, p_instant: float, teacher_steps: int, adaptive_p: float = 0.0
+                 ) -> tuple[Array, dict[str, Any]]:
     """A few-step student's loss on one batch: its average velocity u(x_t, t, s) against the guided teacher's over
     [t, s] on the masked span (the teacher's guidance is built into the student, which always sees text and context).
 
@@ -204,7 +205,9 @@ def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: di
       trajectory: the mean velocity of `teacher_steps` guided midpoint steps of the teacher from t to s (= its jump
                   (x_s - x_t) / (s - t), without the division; 2 teacher evaluations per step; biased by the
                   teacher's discretisation over long intervals)
-    The s = t case (share p_instant) targets v itself in all three.
+    The s = t case (share p_instant) targets v itself in all three. adaptive_p > 0: each example's squared error e
+    is weighted by sg(1 / (e + 1e-3)^p) (MeanFlow's adaptive loss; p = 1 ~ log e), which keeps the heavy-tailed
+    targets of a real network's JVP from dominating; "loss_per_example" stays the unweighted e.
     """
     x1_btd = batch["x1"].astype(jnp.float32)
     b = x1_btd.shape[0]
@@ -265,7 +268,9 @@ def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: di
         u_btd = student(x_t_btd, t_b)
     else:
         raise ValueError(f"unknown distill.method {method!r}; choose one of {DISTILL_METHODS}")
-    loss = masked_loss(u_btd, target_btd, gen_mask_bt)
-    aux = {"loss_per_example": per_example_loss(u_btd, target_btd, gen_mask_bt), "t": t_b,
-           "interval": s_b - t_b}
-    return loss, aux
+    e_b = per_example_loss(u_btd, target_btd, gen_mask_bt)
+    if adaptive_p > 0.0:
+        loss = jnp.mean(jax.lax.stop_gradient(1.0 / (e_b + 1e-3) ** adaptive_p) * e_b)
+    else:
+        loss = masked_loss(u_btd, target_btd, gen_mask_bt)
+    return loss, {"loss_per_example": e_b, "t": t_b, "interval": s_b - t_b}

@@ -10,8 +10,6 @@ level: they are runtime-bound, and the suite's -O0 (tests/conftest.py) runs them
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from musicflow_jax.encoders.text import MINILM, MINILM_SHA256
 from musicflow_jax.evaluate.proxy import InstrumentClassifier
 from musicflow_jax.inference.cascade import MusicFlow, StageSettings
 from musicflow_jax.inference.model_folder import BUNDLED
+from musicflow_jax.testing import child
 
 # Fixed before looking at any generated audio: the two most frequent classes of different families.
 PAIR = ("a string quartet", "a harpsichord")
@@ -40,11 +39,7 @@ def mf() -> MusicFlow:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> dict[str, np.ndarray]:
     out = tmp_path_factory.mktemp("bundled") / "generated.npz"
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()  # XLA's defaults, not the tests' compile-time flags
-             if "optimization_level" not in f and "fusion_emitters" not in f]
-    env = {**os.environ, "XLA_FLAGS": " ".join(flags), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = child.run_script(__file__, [str(out)], ROOT, timeout=900)  # XLA's defaults, not the suite's -O0
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(np.load(out))
 

@@ -145,3 +145,23 @@ def test_loss_is_zero_where_the_student_is_the_teacher(method: str):
                                   _batch(jax.random.key(3)), dataclasses.replace(CFG, p_full_mask=0.0),
                                   method=method, cfg_scale=1.0, p_instant=1.0, teacher_steps=3)
     assert float(loss) < 1e-10 and np.all(np.asarray(aux["interval"]) == 0.0)
+
+
+def test_adaptive_weighting_is_per_example_and_leaves_the_errors_unweighted():
+    """adaptive_p: the loss is the mean of sg(1 / (e + 1e-3)^p) e over examples, e each example's unweighted error
+    (reported as loss_per_example), so its gradient is that of mean log(e + 1e-3) at p = 1."""
+    params = init_student(jax.random.key(2))
+    params["w3"] = 0.1 * jax.random.normal(jax.random.key(4), params["w3"].shape)
+    kw = dict(method="meanflow", cfg_scale=2.0, p_instant=0.25, teacher_steps=1)
+    args = (teacher, jax.random.key(0), _batch(jax.random.key(3), 64), CFG)
+    loss, aux = flow.distill_loss(lambda inp: student(params, inp), *args, adaptive_p=1.0, **kw)
+    e = np.asarray(aux["loss_per_example"], np.float64)
+    assert float(loss) == pytest.approx(np.mean(e / (e + 1e-3)), rel=1e-5)
+    plain, aux0 = flow.distill_loss(lambda inp: student(params, inp), *args, **kw)
+    np.testing.assert_allclose(aux0["loss_per_example"], e, rtol=1e-6)
+    assert float(plain) == pytest.approx(np.mean(e), rel=1e-5)  # equal-length examples: the masked mean
+    g = jax.grad(lambda p: flow.distill_loss(lambda inp: student(p, inp), *args, adaptive_p=1.0, **kw)[0])(params)
+    g_log = jax.grad(lambda p: jnp.mean(jnp.log(flow.distill_loss(lambda inp: student(p, inp), *args, **kw)[1][
+        "loss_per_example"] + 1e-3)))(params)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_log)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -29,6 +29,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="musicflow_jax_test_xla_")
     os.environ["MUSICFLOW_JAX_TEST_CACHE_OWNER"] = str(os.getpid())
 
+# Every compilation is written to that cache, however short (JAX writes only those over 1 s by default): the small
+# programs that each test module and each CLI child compile again are read back instead (the inference, app and
+# evaluate-model test files on 2 workers: 125 -> 100 s, one run each).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 pytest_plugins = ["musicflow_jax.testing.fixtures"]
 
 

@@ -12,6 +12,7 @@ import os
 # compiles in 4.1 s instead of 5.3 s (3 runs each, same loss to the last digit), its steps run as fast.
 DEFAULT_TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 TEST_XLA_FLAGS = tuple(f for f in os.environ.get("MUSICFLOW_TEST_XLA_FLAGS", DEFAULT_TEST_XLA_FLAGS).split() if f)
+os.environ["MUSICFLOW_TEST_XLA_FLAGS"] = " ".join(TEST_XLA_FLAGS)  # what testing/child.py's children leave out
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):

@@ -167,6 +167,9 @@ class SampleConfig:
     cfg_scale: float = 3.0
 
 
+DISTILL_METHODS = ("meanflow", "shortcut", "trajectory")  # flow.distill_loss's targets
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Few-step student training (flow.distill_loss): a stage with model.interval learns the average velocity of a
@@ -315,8 +318,7 @@ def validate(cfg: Config) -> None:
 
 def _validate_distill(cfg: Config) -> None:
     dc = cfg.distill
-    check(dc.method in ("meanflow", "shortcut", "trajectory"), "distill.method",
-          f"meanflow | shortcut | trajectory, got {dc.method!r}")
+    check(dc.method in DISTILL_METHODS, "distill.method", f"{' | '.join(DISTILL_METHODS)}, got {dc.method!r}")
     int_at_least(dc.teacher_steps, "distill.teacher_steps", 1, "the teacher's midpoint steps per interval")
     number_at_least(dc.cfg_scale, "distill.cfg_scale", 0.0, "the teacher's guidance scale; 1 = none", strict=False)
     check(0.0 <= dc.p_instant <= 1.0, "distill.p_instant", "must be a probability in [0, 1]")

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from musicflow_jax.core.config import FlowConfig
+from musicflow_jax.core.config import DISTILL_METHODS, FlowConfig
 
 Array = jax.Array
 
@@ -186,9 +186,6 @@ def sample_interval(key: Array, batch: int, p_instant: float, cfg: FlowConfig) -
 def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:
     """Classifier-free guidance: v = v_uncond + w (v_cond - v_uncond); w = 1 is the conditional field."""
     return v_uncond + w * (v_cond - v_uncond)
-
-
-DISTILL_METHODS = ("meanflow", "shortcut", "trajectory")
 
 
 def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig, *,

@@ -181,21 +181,21 @@ def check_init_source(cfg: Config, workdir: Path, resuming: bool) -> None:
     """Record the fingerprints of train.init_from and distill.teacher when a run starts; on resume, a changed file is
     an error (neither a frozen base nor a teacher is in the checkpoints: they must be the ones the run started
     from)."""
-    sources = [(key, path, fp) for key, path, fp in (("train.init_from", cfg.train.init_from, "fingerprint"),
-                                                      ("distill.teacher", cfg.distill.teacher, "teacher_fingerprint"))
-               if path]
+    # (config key, its name in the record, its fingerprint's name in the record, path)
+    sources = [src for src in (("train.init_from", "init_from", "fingerprint", cfg.train.init_from),
+                               ("distill.teacher", "teacher", "teacher_fingerprint", cfg.distill.teacher)) if src[3]]
     if not sources:
         return
     record = workdir / INIT_RECORD
     now: dict[str, str] = {}
-    for key, path, fp in sources:
-        now[key.split(".")[1]], now[fp] = path, finetune.fingerprint(path)
+    for _, name, fp, path in sources:
+        now[name], now[fp] = path, finetune.fingerprint(path)
     if resuming and record.is_file():
         was = json.loads(record.read_text())
-        for key, path, fp in sources:
+        for key, name, fp, path in sources:
             if was.get(fp) != now[fp]:
                 raise TrainInputError(f"{key} {path} differs from the weights this run started from "
-                                      f"({was.get(key.split('.')[1])}, fingerprint {was.get(fp)} vs {now[fp]}): "
+                                      f"({was.get(name)}, fingerprint {was.get(fp)} vs {now[fp]}): "
                                       "restore that file, or start a new --workdir")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -233,12 +233,12 @@ class FlowTrainer(loop.Trainer):
         self.encode, self.text_params = load_text_encoder(cfg, self.mesh)
         self.teacher: flow_step.TeacherSpec | None = None
         self.teacher_weights: tuple[Any, ...] = ()  # the step's last argument when distilling (distill.teacher)
+        teacher_flat = None
         if cfg.distill.teacher:
-            self.teacher, weights, _ = distill.load_teacher(cfg, self.mesh)
+            self.teacher, weights, teacher_flat = distill.load_teacher(cfg, self.mesh)
             self.teacher_weights = (weights,)
-        # train.init_from (fine-tuning), checked against this model; a student starts as its teacher
-        self.base = distill.student_base(cfg) if cfg.distill.teacher and not cfg.train.init_from \
-            else runs.init_weights(cfg)
+        # train.init_from (fine-tuning), checked against this model; else a student starts as its teacher
+        self.base = runs.init_weights(cfg) if cfg.train.init_from else teacher_flat
         self.step_fn = flow_step.make_train_step(cfg, self.setup, self.encode, self.teacher)
         self.eval_fn = make_eval_fn(cfg, self.setup, self.encode, self.teacher)
         self.compiled: Any = None

@@ -86,20 +86,21 @@ def init_weights(cfg: Config, verbose: bool = True) -> dict[str, Any] | None:
     return {k: flat[k] for k in report["loaded"]}
 
 
-def load_init(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
-    """(flat float32 weights, description) of train.init_from: an exported stage (file or folder) or a run's
-    workdir (its latest checkpoint's EMA weights, adapters merged)."""
+def load_init(path: str | Path, key: str = "train.init_from") -> tuple[dict[str, np.ndarray], str]:
+    """(flat float32 weights, description) of train.init_from (or the config `key` naming another such source, e.g.
+    distill.teacher): an exported stage (file or folder) or a run's workdir (its latest checkpoint's EMA weights,
+    adapters merged)."""
     path = Path(path)
     if path.is_dir() and (path / "checkpoints").is_dir():
         _, model, step = load_model(path)
         return flat_params(model), f"run {path} step {step} (EMA)"
     if not path.exists():
-        raise FineTuneError(f"train.init_from {path} does not exist: pass an exported stage (.safetensors or folder "
+        raise FineTuneError(f"{key} {path} does not exist: pass an exported stage (.safetensors or folder "
                             "from python -m musicflow_jax.export) or a training run's workdir")
     try:
         saved_cfg, flat = stage_file.read_stage(path)
     except stage_file.StageError as e:
-        raise FineTuneError(f"train.init_from: {e}") from None
+        raise FineTuneError(f"{key}: {e}") from None
     flat = stack_unrolled(flat, saved_cfg.model.depth)
     return {k: np.asarray(v, np.float32) for k, v in flat.items()}, f"exported {saved_cfg.model.stage} stage {path}"
 

@@ -16,7 +16,7 @@ import optax
 import pytest
 
 from musicflow_jax.core import flow, sampling
-from musicflow_jax.core.config import FlowConfig
+from musicflow_jax.core.config import DISTILL_METHODS, FlowConfig
 
 SIGMA = 1e-2
 T, D = 2, 2
@@ -137,7 +137,7 @@ def test_each_target_is_the_exact_average_velocity(method: str, teacher_steps: i
         assert float(coarse) > 100 * tolerance, float(coarse)
 
 
-@pytest.mark.parametrize("method", flow.DISTILL_METHODS)
+@pytest.mark.parametrize("method", DISTILL_METHODS)
 def test_loss_is_zero_where_the_student_is_the_teacher(method: str):
     """s = t always and no guidance: the target is the teacher's velocity, which the untrained student gives."""
     params = init_student(jax.random.key(1))

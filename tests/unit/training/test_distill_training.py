@@ -22,7 +22,7 @@ from musicflow_jax.data import loader as data
 from musicflow_jax.inference.cascade import MusicFlow
 from musicflow_jax.models.stage_file import save_stage
 from musicflow_jax.models.transformer import FlowTransformer
-from musicflow_jax.testing.cli import run_main
+from musicflow_jax.testing.cli import one_error_line, run_main
 from musicflow_jax.testing.model_folders import tiny_configs, tone
 from musicflow_jax.training import distill, flow_step
 from musicflow_jax.training import flow_trainer as train
@@ -48,8 +48,8 @@ def _setup(cfg: config.Config):
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[: math.prod(cfg.mesh.shape)])
     setup = flow_step.make_setup(cfg, mesh)
     encode, text_params = train.load_text_encoder(cfg, mesh)
-    spec, weights, _ = distill.load_teacher(cfg, mesh)
-    state = flow_step.create_state(cfg, setup, base=distill.student_base(cfg))
+    spec, weights, base = distill.load_teacher(cfg, mesh)
+    state = flow_step.create_state(cfg, setup, base=base)
     return setup, state, flow_step.make_train_step(cfg, setup, encode, spec), text_params, weights, spec
 
 
@@ -125,3 +125,12 @@ def test_resume_is_exact_and_the_exported_student_samples_with_its_own_sampler(
     c = mf.continue_(["a calm piano piece"], prompt, 1.0, seed=0, progress=False)
     n_s = c.prompt_semantic.shape[0]
     np.testing.assert_array_equal(c.semantic[0, :n_s], c.prompt_semantic)
+
+
+def test_a_missing_teacher_is_one_error_line_naming_its_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from musicflow_jax.cli import train as train_cli
+
+    done = run_main(train_cli.main, ["--config", "stage1_tiny", "--workdir", str(tmp_path / "run"),
+                                     *[a for o in STUDENT for a in ("--set", o)],
+                                     "--set", f"distill.teacher={tmp_path / 'nope.safetensors'}"], capsys)
+    one_error_line(done, f"distill.teacher {tmp_path / 'nope.safetensors'} does not exist")

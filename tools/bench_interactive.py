@@ -1,6 +1,7 @@
 """What an interactive user waits for, measured in one run with one model folder (default: the bundled model):
 a draft vs a full generation vs refining the draft (warm, best of --repeats), and the first generation at a new
-duration inside a compiled length bucket vs without buckets. Prints the times and their ratios.
+duration inside a compiled length bucket vs without buckets. A folder with few-step students (turbo/) drafts with
+them: its rows add the stages' own DRAFT_STEPS-midpoint draft beside them. Prints the times and their ratios.
 
     python tools/bench_interactive.py [--checkpoint DIR] [--duration 10] [--bucket-durations 4.0,3.6]
 """
@@ -53,9 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     full_s = best(lambda: mf.generate(TEXT, d, seed=1, progress=False), args.repeats)
     draft_s = best(lambda: mf.generate(TEXT, d, seed=1, progress=False, draft=True), args.repeats)
     refine_s = best(lambda: mf.refine(draft, progress=False), args.repeats)
+    kind = "turbo draft (the few-step students)" if mf.turbo else "draft"
     print(f"{d:g}-s clip: full {full_s:.2f} s (NFE {sum(mf.generate(TEXT, d, progress=False).nfe.values())}), "
-          f"draft {draft_s:.2f} s (NFE {sum(draft.nfe.values())}): {full_s / draft_s:.1f}x faster; refining the "
+          f"{kind} {draft_s:.2f} s (NFE {sum(draft.nfe.values())}): {full_s / draft_s:.1f}x faster; refining the "
           f"draft {refine_s:.2f} s ({refine_s / full_s:.2f}x a full generation)")
+    if mf.turbo:
+        s1, s2 = (MusicFlow.draft_settings(st) for st in mf.stages)
+        plain = mf.generate(TEXT, d, seed=0, progress=False, stage1=s1, stage2=s2)
+        plain_s = best(lambda: mf.generate(TEXT, d, seed=1, progress=False, stage1=s1, stage2=s2), args.repeats)
+        print(f"  the stages' own {s1.steps}-step midpoint draft {plain_s:.2f} s (NFE {sum(plain.nfe.values())}): "
+              f"the turbo draft is {plain_s / draft_s:.1f}x faster")
     return 0
 
 

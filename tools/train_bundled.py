@@ -18,7 +18,15 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
                with - a folder pinning the MiniLM weights by sha256 -, features.json with the stats and the codec
                folder), per-clip corpus features for the bundled model's tests, and
                train_report.json with every step's wall time (summed over sittings: the report is kept in --work) and
-               losses.
+               losses;
+  7. turbo     few-step students of both bundled stages (configs/bundled_turbo{1,2}.py: MeanFlow distillation,
+               flow.distill_loss, the teacher's guidance built in; 2 network evaluations per window and stage) trained
+               on the features (`--turbo-data`, default the recipe's own) with the teacher's normalisation, exported in
+               float16 and written as the folder's turbo/ stages (drafts and --turbo use them).
+
+`--only turbo --turbo-data FEATURES` distils the students of the model folder at --out alone (the shipped ones:
+python tools/train_bundled.py --only turbo --work /tmp/turbo --turbo-data <held-out Bach 160-223 features>, see
+docs/training.md).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from musicflow_jax.utils.atomic_io import write_text
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 REPORT = "train_report.json"
-STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle")
+STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle", "turbo")
 
 
 def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
@@ -94,6 +102,22 @@ def _losses(workdir: Path) -> dict[str, Any]:
             "last_valid_loss": valid[-1] if valid else None}
 
 
+def distill_turbo(folder: Path, data: Path, work: Path, steps: int | None) -> dict[str, Any]:
+    """configs/bundled_turbo{1,2}.py: each stage of the model folder distilled into a few-step student on `data`
+    (read with the folder's normalisation stats), exported in float16 and written as folder/turbo/."""
+    students, report = [], {"data": str(data), "command": " ".join(sys.argv)}
+    for i in (1, 2):
+        cfg = config_lib.load(f"bundled_turbo{i}", [f"data.path={data}", f"data.stats={folder / 'features.json'}",
+                                                    f"distill.teacher={folder / f'stage{i}.safetensors'}"]
+                              + ([f"train.steps={steps}"] if steps else []))
+        run = work / f"turbo{i}"
+        flow_trainer.train(cfg, run, async_ckpt=False)
+        students.append(export(run, work / f"turbo{i}.safetensors", store_dtype="float16"))
+        report[f"stage{i}"] = {"steps": cfg.train.steps, "method": cfg.distill.method, **_losses(run)}
+    model_folder.write_turbo(folder, *students)
+    return report
+
+
 def corpus_features(data: Path, split: str = "train") -> dict[str, np.ndarray]:
     """Per-clip mean of the acoustic stream (raw codec latents) and the instrument phrase of its caption: the
     spectral-classifier data of tests/test_bundled.py."""
@@ -122,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codec-steps", type=int, default=CODEC_STEPS, help="codec training steps (~0.8 s each)")
     ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
     ap.add_argument("--steps2", type=int, default=None, help="default: configs/bundled_stage2.py's")
-    ap.add_argument("--until", choices=STEPS, default="bundle", help="stop after this step")
+    ap.add_argument("--until", choices=STEPS, default="turbo", help="stop after this step")
+    ap.add_argument("--only", choices=("turbo",), default=None, help="run this step alone, on what --out holds")
+    ap.add_argument("--turbo-data", default=None, help="features for the turbo students (default: the recipe's)")
+    ap.add_argument("--turbo-steps", type=int, default=None, help="default: configs/bundled_turbo{1,2}.py's")
     a = ap.parse_args(argv)
     work, out = Path(a.work), Path(a.out)
     corpus = Path(a.corpus) if a.corpus else work / "corpus"
@@ -143,6 +170,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"step": name, "wall_seconds": report["wall_seconds"][name]}), flush=True)
         return result
 
+    turbo_data = Path(a.turbo_data) if a.turbo_data else work / "features"
+    if a.only == "turbo":
+        if not (turbo_data / "index.json").is_file() or not (out / "stage1.safetensors").is_file():
+            print(f"error: --only turbo needs a model folder at --out ({out}) and precomputed features at "
+                  f"--turbo-data ({turbo_data}/index.json)", file=sys.stderr)
+            return 2
+        report = json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else report
+        report.setdefault("wall_seconds", {})
+        report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
+        report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)
+        write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["turbo"], indent=1))
+        return 0
     if a.corpus is None:
         report["corpus"] = step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
     if not manifest.is_file():
@@ -163,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             stages[i] = work / f"{name}.safetensors"
             report[name] = step(name, train_stage, stage_config(i, work / "features", getattr(a, f"steps{i}")),
                                 work / f"run{i}", stages[i])
-    if a.until == "bundle":
+    if STEPS.index(a.until) >= STEPS.index("bundle"):
         step("bundle", bundle, stages[1], stages[2], work / "features" / "index.json", codec, work / "features", out)
+    if a.until == "turbo":
+        report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
+    if STEPS.index(a.until) >= STEPS.index("bundle"):
         report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)
         write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

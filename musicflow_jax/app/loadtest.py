@@ -124,7 +124,7 @@ def run(url: str, server_pid: int, server_log: Path, clients: int = 3, rounds: i
         heavy_alone_s, heavy_status, _ = pages[0].generate("heavy alone", 7, **hv)  # also compiles its shapes
         heavy_page = Page(url)
         t0 = time.perf_counter()
-        job = heavy_page.submit("heavy", 7, **hv)
+        heavy_page.submit("heavy", 7, **hv)
         _wait_for_log(server_log, "heavy", "start", 120)  # the heavy request holds the model
         loaded, own_loaded = _small_round(pages, rounds, "loaded")
         small_done = time.perf_counter() - t0
@@ -132,7 +132,6 @@ def run(url: str, server_pid: int, server_log: Path, clients: int = 3, rounds: i
         heavy_page.close()  # the heavy request's page goes away
         stopped = _wait_for_log(server_log, "heavy", "end", 300)
         heavy_stop_s = time.perf_counter() - t_close
-        del job
         over = {**hv, "steps": 2 * heavy.steps}  # past the budget: refused before it runs
         over_s, over_status, _ = pages[0].generate("over budget", 0, **over)
     finally:

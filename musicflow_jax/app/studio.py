@@ -27,7 +27,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,9 @@ class Limits:
 class Studio:
     """What the page's requests share (see the module docstring)."""
 
-    def __init__(self, mf: MusicFlow, outdir: Path, max_duration: float = 30.0, limits: Limits | None = None):
+    def __init__(self, mf: MusicFlow, outdir: Path, limits: Limits | None = None):
         self.mf, self.outdir = mf, Path(outdir)
-        self.limits = limits or Limits(max_duration=float(max_duration))
+        self.limits = limits or Limits()
         self.max_duration = self.limits.max_duration
         defaults = [st.settings for st in mf.stages]
         self.max_cost = int(self.limits.budget * mf.cost(MAX_VARIATIONS, self.max_duration, defaults))
@@ -111,6 +111,16 @@ class Studio:
                 _, s2 = self._bounded(n, seconds, [None, s2])
                 run = lambda: self.mf.restyle(texts, audio, stage2=s2, **kw)  # noqa: E731
         return self._take_turn(mode, text, session, n, seconds, [s1, s2], run, draft)
+
+    def draft_settings(self, page: Sequence[StageSettings]) -> tuple[StageSettings, StageSettings]:
+        """What "Draft" runs with the page's settings: the model's few-step students at their own sampler (the
+        guidance is in their weights), else its stages at the draft's steps and solver with the page's guidance."""
+        if self.mf.turbo is not None:
+            s1, s2 = (MusicFlow.draft_settings(st) for st in self.mf.turbo)
+        else:
+            s1, s2 = (dataclasses.replace(MusicFlow.draft_settings(st), cfg_scale=s.cfg_scale)
+                      for st, s in zip(self.mf.stages, page))
+        return s1, s2
 
     def refine(self, g: Generation | None, which: float, settings: StageSettings, session: str = LOCAL
                ) -> tuple[Generation, Path]:

@@ -1,20 +1,18 @@
 """The Gradio page of the web demo: text, duration, seed, N variations side by side (audio players + spectrograms +
 downloads), the four modes (generate; continue, infill with regions, restyle from an uploaded or recorded clip),
-sampling steps / solver / guidance per stage, and draft then refine: "Draft" runs both stages at a few steps,
-"Refine" redoes stage 2 of the chosen variation at full quality with its semantic stream kept. Bad input is a
-message in the page, never a traceback (the server log keeps tracebacks of failures). gradio is imported when the
-page is built (the `app` extra). (No postponed annotations here: Gradio hands its request to the parameters annotated
-gr.Request, which it must be able to resolve.)
+sampling steps / solver / guidance per stage, and draft then refine: "Draft" runs both stages at a few steps (the
+model's few-step students where it has them), "Refine" redoes stage 2 of the chosen variation at full quality with
+its semantic stream kept. Bad input is a message in the page, never a traceback (the server log keeps tracebacks of
+failures). gradio is imported when the page is built (the `app` extra). (No postponed annotations here: Gradio hands
+its request to the parameters annotated gr.Request, which it must be able to resolve.)
 """
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 from musicflow_jax.app.studio import MAX_VARIATIONS, MODES, Studio, settings_of
 from musicflow_jax.core.sampling import SOLVERS
-from musicflow_jax.inference.cascade import MusicFlow
 from musicflow_jax.inference.checks import GenerateError
 from musicflow_jax.inference.generation import Generation
 
@@ -58,9 +56,8 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio injects the request and progress tracker
             def go() -> tuple[Generation, Path]:
                 settings = (settings_of(k1, so1, c1, "stage 1"), settings_of(k2, so2, c2, "stage 2"))
-                if draft:  # the draft's steps and solver for both stages; guidance as set
-                    settings = tuple(dataclasses.replace(MusicFlow.draft_settings(st), cfg_scale=s.cfg_scale)
-                                     for st, s in zip((st1, st2), settings))
+                if draft:
+                    settings = studio.draft_settings(settings)
                 return studio.run(mode, text, dur, seed, n, prompt, regions, settings, draft, _session(request))
 
             return handle(go)

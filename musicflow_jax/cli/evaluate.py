@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--captions", default="as_written", choices=("as_written", "heldout"),
                    help="prompt each clip's caption as written, or (heldout) its facts in held-out wordings no "
                         "training caption uses (musicflow_jax/data/captions.py): the paraphrase row")
+    g.add_argument("--turbo", action="store_true", help="the model folder's few-step students (turbo/) as the stages")
     g.add_argument("--classifier", default=None, help="manifest/WAV folder to fit the instrument classifier on "
                    "(default: the manifest's clips from 2n on, in no evaluated set)")
     ap.add_argument("--cache", default=None, help="per-clip analysis cache folder (default: OUT/cache); share one "
@@ -111,7 +112,8 @@ def _model(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     spec = EvalSpec(mode=a.mode, n=a.n, duration=a.duration, seed=a.seed, batch=a.batch,
                     prompt_seconds=a.prompt_seconds, infill_seconds=a.infill_seconds,
                     steps=(pick(a.steps, a.steps1), pick(a.steps, a.steps2)),
-                    cfg=(pick(a.cfg, a.cfg1), pick(a.cfg, a.cfg2)), solver=a.solver, captions=a.captions)
+                    cfg=(pick(a.cfg, a.cfg1), pick(a.cfg, a.cfg2)), solver=a.solver, captions=a.captions,
+                    turbo=a.turbo)
     out = Path(a.out)
     results = evaluate_model(None if a.checkpoint == "bundled" else a.checkpoint, a.manifest, out, spec,
                              classifier=a.classifier, clap_folder=a.clap, progress=not a.quiet,

@@ -1,5 +1,5 @@
 """`python -m musicflow_jax.export --workdir runs/stage1 --out exported/stage1.safetensors [--step N] [--raw]
-[--merge-lora]`: a training run's EMA weights + resolved config -> one stage file for inference
+[--merge-lora] [--store-dtype float16]`: a training run's EMA weights + resolved config -> one stage file for inference
 (musicflow_jax/training/export.py); a codec run -> a converted Encodec folder.
 
     python -m musicflow_jax.export --workdir runs/lora --out exported/lora.safetensors          # the adapters alone
@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from musicflow_jax.cli import _common
+from musicflow_jax.models.stage_file import STORE_DTYPES
 from musicflow_jax.training import codec_trainer, export
 
 
@@ -26,13 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw", action="store_true", help="export the raw params instead of the EMA")
     ap.add_argument("--merge-lora", action="store_true", help="LoRA run: write the base with the adapters folded in "
                     "(a plain stage file) instead of the adapters alone")
+    ap.add_argument("--store-dtype", choices=STORE_DTYPES, default="float32", help="the stage file's tensors: float16 "
+                    "halves it (a shipped asset; loading upcasts them)")
     args = ap.parse_args(argv)
 
     def body() -> None:
         if codec_trainer.is_codec_run(args.workdir):
             path = codec_trainer.export_codec(args.workdir, args.out, step=args.step, ema=not args.raw)
         else:
-            path = export.export(args.workdir, args.out, args.step, ema=not args.raw, merge_lora=args.merge_lora)
+            path = export.export(args.workdir, args.out, args.step, ema=not args.raw, merge_lora=args.merge_lora,
+                                 store_dtype=args.store_dtype)
         print(f"wrote {path}")
 
     return _common.run(body, debug=args.debug)

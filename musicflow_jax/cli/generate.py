@@ -4,8 +4,10 @@ A thin CLI over the Python API (musicflow_jax/inference/cascade.py's MusicFlow).
 default), continue (--prompt-audio a.wav: keep it, generate the rest up to --duration), infill (--regions
 3.0-5.5,8-9: regenerate those seconds of the prompt), restyle (keep the prompt's semantic features, re-run stage 2
 with the new text).
-Draft then refine: --draft generates quickly (4 midpoint steps per stage) and writes <out>.draft.npz beside each
-WAV; --refine <out>.draft.npz re-runs stage 2 of that clip at full quality, its semantic stream kept bit for bit.
+Few steps: --turbo samples with the model folder's few-step students (its turbo/ stages: 2 network evaluations per
+window and stage, guidance built in). Draft then refine: --draft generates quickly (the students where the folder
+has them, else 4 midpoint steps per stage) and writes <out>.draft.npz beside each WAV; --refine <out>.draft.npz
+re-runs stage 2 of that clip at full quality, its semantic stream kept bit for bit.
 Per-stage options take one value for both stages or "STAGE1,STAGE2" (e.g. --steps 16,8 --cfg 3,2). Without
 --checkpoint the bundled model (musicflow_jax/assets/bundled) is used. Each WAV (with text/seed/config in its
 RIFF INFO metadata) gets a spectrogram PNG beside it. Bad input: one line on stderr, exit code 2.
@@ -41,7 +43,8 @@ FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-a
          "solver": "--solver", "cfg_scale": "--cfg", "overlap": "--overlap", "checkpoint": "--checkpoint",
          "texts": "--text", "seed": "--seed", "draft": "--refine", "dtype": "--dtype",
          "device": "--device", "lora": "--lora",
-         "lora_scale": "--lora-scale"}  # API parameter (GenerateError.param) -> the flag that sets it
+         "lora_scale": "--lora-scale",
+         "turbo": "--turbo"}  # API parameter (GenerateError.param) -> the flag that sets it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt-audio", default=None, help="audio file for continue/infill/restyle")
     ap.add_argument("--regions", default=None, help="infill regions in seconds, START-END[,START-END...]")
     ap.add_argument("--overlap", type=float, default=0.5, help="long-form window overlap (fraction of a window)")
-    ap.add_argument("--draft", action="store_true", help="quick draft: 4 midpoint steps per stage (unless --steps/"
-                    "--solver say otherwise); writes <out>.draft.npz beside each WAV for --refine")
+    ap.add_argument("--turbo", action="store_true", help="the model folder's few-step students (turbo/) as the "
+                    "stages: their own sampler (2 average-velocity jumps per window, no CFG batch)")
+    ap.add_argument("--draft", action="store_true", help="quick draft: the folder's few-step students, else 4 midpoint "
+                    "steps per stage (unless --steps/--solver say otherwise); writes <out>.draft.npz beside each WAV "
+                    "for --refine")
     ap.add_argument("--refine", default=None, metavar="DRAFT.npz", help="re-run stage 2 of a --draft clip at full "
                     "quality, keeping its semantic stream (text and seed: the draft's unless --text/--seed)")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="the flow stages' compute dtype "
@@ -100,7 +106,8 @@ def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | No
     """Per-stage settings: the flags where given, else the stage's defaults (a draft's with `draft`)."""
     st, so, cf = _pair(steps, int, "steps"), _pair(solver, str, "solver"), _pair(cfg, float, "cfg")
     out = []
-    for i, base in enumerate(mf.draft_settings(st) if draft else st.settings for st in mf.stages):
+    stages = mf.draft_stages if draft else mf.stages
+    for i, base in enumerate(mf.draft_settings(st) if draft else st.settings for st in stages):
         out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
                                  solver=base.solver if so[i] is None else so[i],
                                  cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
@@ -264,7 +271,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     mf = _load(args)
     s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg, draft=args.draft)
     prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
-    extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),
+    ran = mf.draft_stages if args.draft else mf.stages
+    extra = {"config_hash": "+".join(config_hash(st.cfg) for st in ran), "model": str(mf.folder),
              "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
     if args.lora:
         extra["lora"] = [str(p) for p in args.lora]
@@ -305,7 +313,7 @@ def draft_path(wav: Path) -> Path:
 def _load(args: argparse.Namespace) -> Any:
     return MusicFlow.load(args.checkpoint, stage1=args.stage1_checkpoint, stage2=args.stage2_checkpoint,
                           lora=args.lora, lora_scale=lora_scales(args.lora_scale, len(args.lora)), dtype=args.dtype,
-                          device=args.device)
+                          device=args.device, turbo=args.turbo)
 
 
 def _refine(args: argparse.Namespace) -> list[Path]:

@@ -188,6 +188,21 @@ def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:
     return v_uncond + w * (v_cond - v_uncond)
 
 
+def guided_apply(apply_fn: ApplyFn, inp: FlowInput, cfg_scale: float) -> Array:
+    """One guided velocity evaluation (the sampler's and the distillation teacher's): for cfg_scale != 1 one forward
+    on the doubled batch [cond; uncond] - uncond drops the text and the context (as training's CFG dropout does),
+    keeps the frame-aligned condition - combined by `guided_velocity`; cfg_scale = 1: the conditional forward alone."""
+    if cfg_scale == 1.0:
+        return apply_fn(inp)
+    b = inp.x_t_btd.shape[0]
+    two = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
+    v2 = apply_fn(FlowInput(two(inp.x_t_btd), jnp.concatenate([inp.ctx_btd, jnp.zeros_like(inp.ctx_btd)]),
+                            two(inp.t_b), jnp.concatenate([inp.text_bld, jnp.zeros_like(inp.text_bld)]),
+                            jnp.concatenate([inp.text_mask_bl, jnp.zeros_like(inp.text_mask_bl)]), two(inp.cond_btc),
+                            two(inp.frame_mask_bt), two(inp.s_b)))
+    return guided_velocity(v2[:b], v2[b:], cfg_scale)
+
+
 def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig, *,
                  method: str, cfg_scale: float, p_instant: float, teacher_steps: int, adaptive_p: float = 0.0
                  ) -> tuple[Array, dict[str, Any]]:
@@ -221,17 +236,9 @@ def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: di
     text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
     cond_btc = batch.get("cond")
 
-    def guided(x_btd: Array, tt_b: Array) -> Array:  # the teacher's guided field (sampling.guided_field's)
+    def guided(x_btd: Array, tt_b: Array) -> Array:  # the teacher's guided field (the sampler's)
         inp = FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt)
-        if cfg_scale == 1.0:
-            v_btd = teacher_fn(inp)
-        else:
-            two = lambda a: None if a is None else jnp.concatenate([a, a])  # noqa: E731
-            v2 = teacher_fn(FlowInput(two(x_btd), jnp.concatenate([ctx_btd, jnp.zeros_like(ctx_btd)]), two(tt_b),
-                                      jnp.concatenate([text_bld, jnp.zeros_like(text_bld)]),
-                                      jnp.concatenate([text_mask_bl, jnp.zeros_like(text_mask_bl)]), two(cond_btc),
-                                      two(frame_mask_bt)))
-            v_btd = guided_velocity(v2[:b], v2[b:], cfg_scale)
+        v_btd = guided_apply(teacher_fn, inp, cfg_scale)
         return jnp.where(gen_mask_bt[..., None], v_btd.astype(jnp.float32), ctx_velocity_btd)
 
     v_btd = jax.lax.stop_gradient(guided(x_t_btd, t_b))

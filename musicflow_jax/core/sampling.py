@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.core.flow import FlowInput, guided_velocity, ot_target
+from musicflow_jax.core.flow import FlowInput, guided_apply, ot_target
 from musicflow_jax.core.noise import frame_random
 
 Array = jax.Array
@@ -128,24 +128,11 @@ def guided_field(
     over [t, s] (the context's is the same: its OT velocity is constant in t)."""
     b = x0_btd.shape[0]
     ctx_velocity = ot_target(x0_btd, ctx, sigma_min)
-    guided = cfg_scale != 1.0
-    if guided:  # one forward on [cond; uncond]: uncond = no text, no context
-        text2 = jnp.concatenate([text_emb, jnp.zeros_like(text_emb)])
-        mask2 = jnp.concatenate([text_mask, jnp.zeros_like(text_mask)])
-        ctx2 = jnp.concatenate([ctx, jnp.zeros_like(ctx)])
-        cond2 = None if cond is None else jnp.concatenate([cond, cond])
-        frame2 = jnp.concatenate([frame_mask, frame_mask])
 
     def field(t: Array, x_btd: Array, s: Array | None = None) -> Array:
-        if guided:
-            t2 = jnp.full((2 * b,), t, jnp.float32)
-            s2 = None if s is None else jnp.full((2 * b,), s, jnp.float32)
-            v2 = model(FlowInput(jnp.concatenate([x_btd, x_btd]), ctx2, t2, text2, mask2, cond2, frame2, s2))
-            v = guided_velocity(v2[:b], v2[b:], cfg_scale)
-        else:
-            s1 = None if s is None else jnp.full((b,), s, jnp.float32)
-            v = model(FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask,
-                                s1))
+        s_b = None if s is None else jnp.full((b,), s, jnp.float32)
+        inp = FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask, s_b)
+        v = guided_apply(model, inp, cfg_scale)  # CFG: one forward on [cond; uncond]
         return jnp.where(gen_mask[..., None], v.astype(jnp.float32), ctx_velocity)
 
     return field

@@ -69,6 +69,7 @@ class EvalSpec:
     cfg: tuple[float | None, float | None] = (None, None)
     solver: str | None = None
     captions: str = "as_written"  # | "heldout": the facts in held-out wordings (the paraphrase row)
+    turbo: bool = False  # the model folder's few-step students (turbo/) as the stages
 
 
 def _window(spec: EvalSpec) -> tuple[float, float]:
@@ -286,7 +287,7 @@ def _load(checkpoint: str | Path | None, spec: EvalSpec) -> Any:
         except BackendError as e:
             raise EvaluateError(f"--checkpoint {folder}: {e}") from None
     try:
-        return MusicFlow.load(checkpoint)
+        return MusicFlow.load(checkpoint, turbo=spec.turbo)
     except GenerateError as e:
         raise EvaluateError(f"--checkpoint: {e}") from None
 

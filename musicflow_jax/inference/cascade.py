@@ -9,9 +9,11 @@ The cascade is data: `mf.backend` (a FeatureBackend: semantic part + acoustic pa
 stage 1's output upsampled to its frame rate - then the backend's decoder makes audio. `continue_`, `infill` and
 `restyle` encode a prompt clip with the backend and hold it as in-context frames (bit-exact in model space);
 durations beyond a stage's trained window use windowed continuation with overlap + crossfade (longform.py).
-`generate(..., draft=True)` runs both stages at a few steps; `refine` redoes stage 2 of a draft at full quality
-keeping its semantic stream. Shorter windows are padded to length buckets with frame masks (buckets.py), so a new
-duration reuses compiled executables; `Generation` (generation.py) is the result, with save / load.
+`generate(..., draft=True)` runs both stages at a few steps - the folder's few-step students (`mf.turbo`, its
+turbo/ stages) where it has them -; `refine` redoes stage 2 of a draft at full quality keeping its semantic stream.
+`MusicFlow.load(turbo=True)` makes the students the cascade. Shorter windows are padded to length buckets with frame
+masks (buckets.py), so a new duration reuses compiled executables; `Generation` (generation.py) is the result, with
+save / load.
 
 A long-lived server shares one cascade between requests: `MusicFlow.cost` is a request's compute bound before it
 runs, and inside `with between_windows(fn):` the cascade calls fn() between windows and stages (the web app's turns
@@ -222,17 +224,19 @@ class MusicFlow:
     `per_window`: length buckets per trained window (buckets.py; 0 = exact shapes, one compilation per duration);
     `device`: where the models live and run (None: JAX's default device); `eval_progress`: the progress bar moves
     per network evaluation (a host callback in the stages' executables, which JAX then does not write to the
-    persistent compilation cache: for long-lived processes such as the app) instead of per window and stage."""
+    persistent compilation cache: for long-lived processes such as the app) instead of per window and stage;
+    `turbo`: few-step students of `stages` (the folder's turbo/), which drafts use (None: drafts run `stages` at
+    DRAFT_STEPS)."""
 
     def __init__(self, backend: FeatureBackend, stages: tuple[Stage, Stage], folder: Path, *,
                  per_window: int = buckets.DEFAULT_PER_WINDOW, device: jax.Device | None = None,
-                 eval_progress: bool = False):
-        self.backend, self.stages, self.folder = backend, stages, folder
+                 eval_progress: bool = False, turbo: tuple[Stage, Stage] | None = None):
+        self.backend, self.stages, self.folder, self.turbo = backend, stages, folder, turbo
         self.per_window, self.device, self.eval_progress = per_window, device, eval_progress
 
     def _replace(self, **kw: Any) -> MusicFlow:
         args = dict(backend=self.backend, stages=self.stages, folder=self.folder, per_window=self.per_window,
-                    device=self.device, eval_progress=self.eval_progress)
+                    device=self.device, eval_progress=self.eval_progress, turbo=self.turbo)
         args.update(kw)
         return MusicFlow(args.pop("backend"), args.pop("stages"), args.pop("folder"), **args)
 
@@ -241,30 +245,38 @@ class MusicFlow:
     def load(cls, checkpoint: str | Path | None = None, *, stage1: str | Path | None = None,
              stage2: str | Path | None = None, lora: Sequence[str | Path] = (),
              lora_scale: float | Sequence[float] = 1.0, dtype: str | None = None, device: str | None = None,
-             per_window: int = buckets.DEFAULT_PER_WINDOW, eval_progress: bool = False) -> MusicFlow:
-        """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages; `lora`:
+             per_window: int = buckets.DEFAULT_PER_WINDOW, eval_progress: bool = False, turbo: bool = False
+             ) -> MusicFlow:
+        """Load a model folder (default: the bundled model); stage1/stage2 replace its exported stages (its turbo/
+        students, which are theirs, are then not used); `turbo`: its few-step students are the stages; `lora`:
         adapter files of fine-tunes (`python -m musicflow_jax.export` of a LoRA run) applied at `lora_scale` (one
         value, or one per file), see `with_lora`. `dtype`: the flow stages' compute dtype ("float32", "bfloat16";
         None: as trained; parameters stay float32, the ODE state too); `device`: "cpu", "gpu", "tpu" or "gpu:1"
         (None: JAX's default); `per_window`, `eval_progress`: see the class."""
         dev = resolve_device(device)
         with _on(dev):
-            mf = cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, dev, per_window)
+            mf = cls._load(checkpoint, stage1, stage2, lora, lora_scale, dtype, dev, per_window, turbo)
         mf.eval_progress = bool(eval_progress)
         return mf
 
     @classmethod
     def _load(cls, checkpoint: str | Path | None, stage1: str | Path | None, stage2: str | Path | None,
               lora: Sequence[str | Path], lora_scale: float | Sequence[float], dtype: str | None,
-              device: jax.Device | None, per_window: int) -> MusicFlow:
+              device: jax.Device | None, per_window: int, turbo: bool = False) -> MusicFlow:
         check_dtype(dtype)
         check_per_window(per_window)
         lora = [lora] if isinstance(lora, (str, Path)) else list(lora)
         scales = check_lora_scales(lora_scale, len(lora))
-        mf = model_folder.read(checkpoint, stage1=stage1, stage2=stage2, dtype=dtype)
-        stages = [Stage(name, cfg.model.stage, cfg, model, text, mf.backend.rates[cfg.model.stage])
-                  for name, cfg, model, text in zip(STAGE_NAMES, mf.configs, mf.models, mf.texts)]
-        flow = cls(mf.backend, (stages[0], stages[1]), mf.folder, per_window=per_window, device=device)
+        mf = model_folder.read(checkpoint, stage1=stage1, stage2=stage2, dtype=dtype, turbo=turbo)
+
+        def stages(configs: Sequence[Config], models: Sequence[Any]) -> tuple[Stage, Stage]:
+            s1, s2 = (Stage(name, cfg.model.stage, cfg, model, text, mf.backend.rates[cfg.model.stage])
+                      for name, cfg, model, text in zip(STAGE_NAMES, configs, models, mf.texts))
+            return s1, s2
+
+        students = None if turbo or stage1 or stage2 else model_folder.read_turbo(mf, dtype)
+        flow = cls(mf.backend, stages(mf.configs, mf.models), mf.folder, per_window=per_window, device=device,
+                   turbo=None if students is None else stages(*students))
         for path, scale in zip(lora, scales):
             flow = flow.with_lora(path, scale)
         return flow
@@ -297,7 +309,7 @@ class MusicFlow:
             raise GenerateError(" ".join(str(e).split()), "lora") from None
         stages = list(self.stages)
         stages[idx] = dataclasses.replace(stage, model=model)
-        return self._replace(stages=(stages[0], stages[1]))
+        return self._replace(stages=(stages[0], stages[1]), turbo=None)  # the students are the base model's
 
     @property
     def sample_rate(self) -> int:
@@ -313,21 +325,34 @@ class MusicFlow:
     def generate(self, texts: Sequence[str], duration: float = 10.0, *, seed: int = 0,
                  stage1: StageSettings | None = None, stage2: StageSettings | None = None,
                  overlap: float = 0.5, progress: bool = True, draft: bool = False) -> Generation:
-        """Text-to-music: `duration` seconds per text, batched. `draft`: both stages at DRAFT_STEPS midpoint
-        steps (where stage1/stage2 do not say otherwise) - a quick listen; `refine` then redoes stage 2 of a
-        chosen clip at full quality, keeping its semantic stream."""
+        """Text-to-music: `duration` seconds per text, batched. `draft`: a quick listen - the few-step students
+        (`turbo`) at their own settings where the model has them, else both stages at DRAFT_STEPS midpoint steps
+        (where stage1/stage2 do not say otherwise); `refine` then redoes stage 2 of a chosen clip at full quality,
+        keeping its semantic stream."""
         texts, duration = check_texts(texts), check_duration(duration)
         b = len(texts)
         ctx = [np.zeros((b, st.frames(duration), self.backend.dims[st.stream]), np.float32) for st in self.stages]
         gen = [np.ones(c.shape[1], bool) for c in ctx]
+        if draft and self.turbo is not None:
+            return self._replace(stages=self.turbo, turbo=None).generate(
+                texts, duration, seed=seed, stage1=stage1, stage2=stage2, overlap=overlap, progress=progress,
+                draft=True)
         if draft:
             stage1, stage2 = (s or self.draft_settings(st) for s, st in zip((stage1, stage2), self.stages))
         return self._run(_Request("draft" if draft else "generate", texts, duration, seed, ctx, gen,
                                   self._settings(stage1, stage2), overlap, progress))
 
+    @property
+    def draft_stages(self) -> tuple[Stage, Stage]:
+        """The stages a draft runs: the few-step students where the model has them, else its stages."""
+        return self.turbo or self.stages
+
     @staticmethod
     def draft_settings(stage: Stage) -> StageSettings:
-        """A draft's sampling for `stage`: DRAFT_STEPS midpoint steps, the stage's own guidance."""
+        """A draft's sampling for `stage`: DRAFT_STEPS midpoint steps, the stage's own guidance; a few-step student
+        (its config samples with the average-velocity solver) at its own settings."""
+        if stage.settings.solver == "average":
+            return stage.settings
         return StageSettings(steps=DRAFT_STEPS, solver="midpoint", cfg_scale=stage.settings.cfg_scale)
 
     def refine(self, draft: Generation | Draft | str | Path, texts: Sequence[str] | None = None, *,

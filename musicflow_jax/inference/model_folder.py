@@ -5,6 +5,10 @@
     features.json        the feature backend (backends/): its parts, rates, dims and the normalisation stats of both
                          streams, with the encoder files it names copied beside it
     text_encoder/        the exact text encoder stage 1 was trained with (a converted folder, encoders/text.py)
+    turbo/               optional: few-step students of the two stages (stage1/stage2.safetensors distilled from
+                         them, flow.distill_loss; model.interval, sampled in a few average-velocity jumps with the
+                         guidance in their weights) on the same backend and text encoder: drafts use them, and
+                         `turbo=True` (generate --turbo) makes them the cascade
 
 Written by `assemble` (exported stages + the precompute index they were trained on + the encoders' files; CLI
 `python -m musicflow_jax.assemble`) and read by `read` (what `MusicFlow.load` builds the cascade from). A folder
@@ -34,6 +38,7 @@ BUNDLED = Path(__file__).resolve().parent.parent / "assets" / "bundled"
 STAGE_FILES = ("stage1.safetensors", "stage2.safetensors")
 STAGE_STREAMS = ("semantic", "acoustic")
 TEXT_ENCODER_DIR = "text_encoder"
+TURBO_DIR = "turbo"
 
 
 @dataclasses.dataclass
@@ -49,9 +54,10 @@ class ModelFolder:
 
 
 def read(folder: str | Path | None = None, *, stage1: str | Path | None = None, stage2: str | Path | None = None,
-         dtype: str | None = None) -> ModelFolder:
+         dtype: str | None = None, turbo: bool = False) -> ModelFolder:
     """Load a model folder (default: the bundled model); `stage1` / `stage2` replace its stage files; `dtype` the
-    stages' compute dtype. Every problem is a GenerateError naming the file and the fix."""
+    stages' compute dtype; `turbo`: its turbo/ students are the stages. Every problem is a GenerateError naming the
+    file and the fix."""
     folder = Path(folder) if folder else BUNDLED
     if not folder.is_dir():
         if folder.suffix == ".safetensors":
@@ -59,9 +65,14 @@ def read(folder: str | Path | None = None, *, stage1: str | Path | None = None, 
                                 "(checkpoint takes a model folder)", "checkpoint")
         raise GenerateError(f"checkpoint {folder} is not a folder: pass a MusicFlow model folder "
                             "(stage1/stage2 .safetensors + features.json + text_encoder/)", "checkpoint")
+    if turbo and not has_turbo(folder):
+        raise GenerateError(f"turbo: model folder {folder} has no {TURBO_DIR}/ stages ({TURBO_DIR}/stage1.safetensors, "
+                            f"{TURBO_DIR}/stage2.safetensors): distil them (python tools/distill_bundled.py) or "
+                            "generate without turbo", "turbo")
     try:
         backend = load_backend(folder)
-        files = [Path(f) if f else folder / name for f, name in zip((stage1, stage2), STAGE_FILES)]
+        base = folder / TURBO_DIR if turbo else folder
+        files = [Path(f) if f else base / name for f, name in zip((stage1, stage2), STAGE_FILES)]
         loaded = [load_stage(f, stream, dtype) for f, stream in zip(files, STAGE_STREAMS)]
         configs, models = [c for c, _ in loaded], [m for _, m in loaded]
         check_compatible(configs, backend)
@@ -69,6 +80,39 @@ def read(folder: str | Path | None = None, *, stage1: str | Path | None = None, 
     except (StageError, WeightsError, BackendError, ConfigError) as e:
         raise GenerateError(str(e).replace("\n", " ")) from None
     return ModelFolder(folder, backend, configs, models, texts)
+
+
+def has_turbo(folder: str | Path) -> bool:
+    """Whether the folder holds few-step students of its stages (turbo/)."""
+    return all((Path(folder) / TURBO_DIR / name).is_file() for name in STAGE_FILES)
+
+
+def read_turbo(mf: ModelFolder, dtype: str | None = None) -> tuple[list[Config], list[FlowTransformer]] | None:
+    """The (configs, models) of `mf`'s turbo/ students (None without them), checked against the folder's stages;
+    they share mf's backend and text encoder objects."""
+    if not has_turbo(mf.folder):
+        return None
+    return _students(mf, [mf.folder / TURBO_DIR / name for name in STAGE_FILES], dtype)
+
+
+def _students(mf: ModelFolder, files: Sequence[Path], dtype: str | None = None
+              ) -> tuple[list[Config], list[FlowTransformer]]:
+    """Few-step students of `mf`'s stages from two stage files: model.interval, the backend's streams, the
+    teacher's text encoder and text settings."""
+    try:
+        loaded = [load_stage(f, stream, dtype) for f, stream in zip(files, STAGE_STREAMS)]
+    except (StageError, WeightsError) as e:
+        raise GenerateError(str(e).replace("\n", " "), "turbo") from None
+    configs = [c for c, _ in loaded]
+    check_compatible(configs, mf.backend)
+    for f, cfg, teacher in zip(files, configs, mf.configs):
+        if not cfg.model.interval:
+            raise GenerateError(f"turbo: {f} is not a few-step student (model.interval=false): distil one from "
+                                f"{teacher.name} (distill.teacher)", "turbo")
+        if text_encoder_id(cfg) != text_encoder_id(teacher) or cfg.text != teacher.text:
+            raise GenerateError(f"turbo: {f} reads text unlike its teacher {teacher.name} ({cfg.text} vs "
+                                f"{teacher.text}): distil the students from this folder's stages", "turbo")
+    return configs, [m for _, m in loaded]
 
 
 def text_encoder_id(cfg: Config) -> tuple[str, int, int | None]:
@@ -158,6 +202,19 @@ def assemble(stage1: str | Path, stage2: str | Path, index_file: str | Path, out
         return write(out, stage1, stage2, backend, TextEncoder.load(cfg1.text, cfg1.train.seed))
     except (StageError, WeightsError, BackendError, ConfigError, ValueError) as e:
         raise GenerateError(" ".join(str(e).split())) from None
+
+
+def write_turbo(out: str | Path, stage1: str | Path, stage2: str | Path) -> Path:
+    """Copy two few-step students (exported stage files distilled from the folder's stages) into the model folder
+    `out` as its turbo/ stages, after checking they fit it."""
+    out = Path(out)
+    files = [Path(stage1), Path(stage2)]
+    _students(read(out), files)
+    (out / TURBO_DIR).mkdir(parents=True, exist_ok=True)
+    for src, name in zip(files, STAGE_FILES):
+        if src.resolve() != (out / TURBO_DIR / name).resolve():
+            shutil.copy(src, out / TURBO_DIR / name)
+    return out / TURBO_DIR
 
 
 def write_backend(out: str | Path, semantic: dict[str, Any], acoustic: dict[str, Any]) -> Path:

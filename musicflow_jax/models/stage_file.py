@@ -1,9 +1,10 @@
 """Reading and writing one exported flow stage for inference: EMA weights + the resolved config.
 
 Format (one file, `<name>.safetensors`): tensors keyed by the FlowTransformer's NNX parameter paths joined with
-"." (float32), and safetensors metadata {"format": FORMAT, "config": to_json(cfg), "stage": cfg.model.stage,
-...}. A folder holding `config.json` (the resolved Config JSON, or {"config": {...}}) next to `model.safetensors`
-loads too. Errors name the file and the fix (wrong stage, mismatched config, missing/misshaped tensors).
+"." (float32; or float16, half the file, for shipped assets: upcast to float32 on load), and safetensors metadata
+{"format": FORMAT, "config": to_json(cfg), "stage": cfg.model.stage, ...}. A folder holding `config.json` (the
+resolved Config JSON, or {"config": {...}}) next to `model.safetensors` loads too. Errors name the file and the fix
+(wrong stage, mismatched config, missing/misshaped tensors).
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ class StageError(MusicFlowError):
     """An exported stage that cannot be used as asked (wrong stage, config mismatch, unreadable)."""
 
 
-def save_stage(path: str | Path, cfg: Config, model: nnx.Module, extra: dict[str, Any] | None = None) -> Path:
-    """Write `model`'s parameters and `cfg` to a single safetensors file."""
+STORE_DTYPES = ("float32", "float16")
+
+
+def save_stage(path: str | Path, cfg: Config, model: nnx.Module, extra: dict[str, Any] | None = None,
+               store_dtype: str = "float32") -> Path:
+    """Write `model`'s parameters and `cfg` to a single safetensors file; `store_dtype` "float16" halves it (the
+    parameters are rounded to 11 significant bits; loading upcasts them to float32)."""
+    if store_dtype not in STORE_DTYPES:
+        raise StageError(f"store_dtype {store_dtype!r}: use one of {', '.join(STORE_DTYPES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": config_lib.to_json(cfg), "stage": cfg.model.stage}
     meta.update({k: json.dumps(v) if not isinstance(v, str) else v for k, v in (extra or {}).items()})
-    return save_safetensors(path, {k: np.ascontiguousarray(v) for k, v in flat_params(model).items()}, meta)
+    return save_safetensors(path, {k: np.ascontiguousarray(v, store_dtype) for k, v in flat_params(model).items()},
+                            meta)
 
 
 def read_stage(path: str | Path) -> tuple[Config, dict[str, np.ndarray]]:

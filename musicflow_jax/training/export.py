@@ -35,10 +35,11 @@ def plain_config(cfg: Config) -> Config:
 
 
 def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema: bool = True,
-           merge_lora: bool = False, sample: SampleConfig | None = None) -> Path:
+           merge_lora: bool = False, sample: SampleConfig | None = None, store_dtype: str = "float32") -> Path:
     """Write `workdir`'s checkpoint (latest unless `step`) at `out` (atomically): a stage file, or for a LoRA run
     without `merge_lora` its adapter file (lora.save_adapters). `sample`: the default sampling settings the stage
-    file carries instead of the run's (settings chosen by evaluation after training; training never reads them)."""
+    file carries instead of the run's (settings chosen by evaluation after training; training never reads them);
+    `store_dtype`: the stage file's tensors (stage_file.STORE_DTYPES; float16 halves a shipped asset)."""
     if Path(out).is_dir():
         raise ExportError(f"--out {out} is a folder: give the stage file to write, e.g. "
                           f"{Path(out) / 'stage.safetensors'}")
@@ -61,4 +62,4 @@ def export(workdir: str | Path, out: str | Path, step: int | None = None, *, ema
         flat = lora.merge_flat(flat_params(model), lora.lora_factor(cfg))
         cfg = plain_config(cfg)
         model = build_with_params(lambda: FlowTransformer(cfg, rngs=nnx.Rngs(0)), flat, str(workdir))
-    return stage_file.save_stage(out, cfg, model, extra=extra | {"step": step})
+    return stage_file.save_stage(out, cfg, model, extra=extra | {"step": step}, store_dtype=store_dtype)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from musicflow_jax.data import captions
 from musicflow_jax.encoders import meta
@@ -68,6 +69,17 @@ def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
     report = json.loads((BUNDLED / "train_report.json").read_text())
     for stage in ("stage1", "stage2"):  # it was trained: the loss went down
         assert report[stage]["last_loss"] < 0.6 * report[stage]["first_loss"], report[stage]
+    # its few-step students (turbo/: float16 files of model.interval stages sampling 2 average-velocity jumps with the
+    # teacher's guidance in their weights), drafts' default
+    assert mf.turbo is not None
+    for i in (1, 2):
+        assert {v.dtype for v in load_file(BUNDLED / "turbo" / f"stage{i}.safetensors").values()} == {
+            np.dtype("float16")}
+    for student, teacher in zip(mf.turbo, mf.stages):
+        assert student.cfg.model.interval and student.settings == StageSettings(steps=2, solver="average",
+                                                                                 cfg_scale=1.0)
+        assert student.cfg.distill.cfg_scale == teacher.settings.cfg_scale
+        assert student.cfg.distill.method == report["turbo"][student.name]["method"] == "meanflow"
 
 
 def corpus_classifier(pair: tuple[str, str]) -> tuple[InstrumentClassifier, float]:
@@ -105,6 +117,12 @@ KEY_CAPTION = "A Bach chorale in {} at 90 BPM played on a string quartet"
 # measured on the shipped model: key exact 1.0 / MIREX 1.0 (chance 0.04 / ~0.08), note presence 1.000 (the previous
 # bundled model: MIREX 0.19)
 KEY_FLOORS = {"key_exact": 0.625, "key_mirex": 0.7, "note_presence": 0.9}
+
+
+# the few-step students (turbo/: 2 jumps per window and stage), measured on the shipped ones: template key exact 0.75 /
+# MIREX 0.85, held-out wordings 0.875 / 0.91, note presence 1.0 (the teacher at 8 steps: above)
+TURBO_FLOORS = {"template": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9},
+                "held-out": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}}
 
 
 TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a string quartet"
@@ -146,16 +164,21 @@ def key_scores(texts: list[str], audio: np.ndarray, sr: int) -> dict[str, float]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["stages", "turbo"])
 @pytest.mark.parametrize("wording", ["template", "held-out"])
-def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.ndarray], wording: str) -> None:
+def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.ndarray], wording: str,
+                                                        model: str) -> None:
     """The evaluation suite's key estimator (Krumhansl-Schmuckler on the clips' chroma) scored against the caption's
     key (MIREX weighting) and the share of pitched frames, for KEYS in the training template and in sentences no
-    training caption uses; floors below what the shipped model measured (MODEL_CARD.md), above what a noise texture
-    (the previous bundled models: note presence 0.70, key near chance) gives."""
+    training caption uses, from the stages (8 midpoint steps) and from the few-step students (turbo/: 2 jumps);
+    floors below what the shipped model measured (MODEL_CARD.md), above what a noise texture (the previous bundled
+    models: note presence 0.70, key near chance) gives."""
     texts, audio, floors = ((key_captions(), "key_audio", KEY_FLOORS) if wording == "template" else
                             (paraphrase_captions(), "paraphrase_audio", PARAPHRASE_FLOORS))
+    if model == "turbo":
+        audio, floors = f"turbo_{audio}", TURBO_FLOORS[wording]
     got = key_scores(texts, generated[audio], int(generated["sample_rate"]))
-    print(f"bundled model, {len(KEYS)} captions ({wording} wording) x 8 s: {got}")
+    print(f"bundled model ({model}), {len(KEYS)} captions ({wording} wording) x 8 s: {got}")
     for name, floor in floors.items():
         assert got[name] >= floor, (name, got, floors)
 
@@ -191,7 +214,8 @@ def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
 
 
 def test_bundled_stages_were_trained_with_the_configs_in_configs() -> None:
-    """configs/bundled_stage{1,2}.py are the bundled model's training configs (all but the data path)."""
+    """configs/bundled_stage{1,2}.py are the bundled model's training configs and configs/bundled_turbo{1,2}.py its
+    students' (all but the paths the recipe sets)."""
     from musicflow_jax.core import config
     from musicflow_jax.models.stage_file import load_stage
 
@@ -199,14 +223,26 @@ def test_bundled_stages_were_trained_with_the_configs_in_configs() -> None:
         stored, _ = load_stage(BUNDLED / f"stage{i}.safetensors")
         cfg = config.load(ROOT / "configs" / f"bundled_stage{i}.py", [f"data.path={stored.data.path}"])
         assert config.to_json(cfg) == config.to_json(stored)
+        stored, _ = load_stage(BUNDLED / "turbo" / f"stage{i}.safetensors")
+        cfg = config.load(ROOT / "configs" / f"bundled_turbo{i}.py", [
+            f"data.path={stored.data.path}", f"data.stats={stored.data.stats}",
+            f"distill.teacher={stored.distill.teacher}"])
+        assert config.to_json(cfg) == config.to_json(stored)
+
+
+def generate_turbo(turbo: MusicFlow, captions: list[str]) -> np.ndarray:
+    """One 8-s clip per caption from the few-step students at their own sampler (2 jumps per window and stage)."""
+    return turbo.generate(captions, duration=8.0, seed=0, progress=False).audio
 
 
 def main(out: Path) -> None:
     """The child process: every generation above, saved to one .npz."""
-    mf = MusicFlow.load()
+    mf, turbo = MusicFlow.load(), MusicFlow.load(turbo=True)
     np.savez(out, sample_rate=mf.sample_rate, instrument_features=generate_instrument_pair(mf),
              key_audio=generate_clips(mf, key_captions()), paraphrase_audio=generate_clips(mf, paraphrase_captions()),
-             tempo_audio=generate_clips(mf, tempo_captions()))
+             tempo_audio=generate_clips(mf, tempo_captions()),
+             turbo_key_audio=generate_turbo(turbo, key_captions()),
+             turbo_paraphrase_audio=generate_turbo(turbo, paraphrase_captions()))
 
 
 if __name__ == "__main__":

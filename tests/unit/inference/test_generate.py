@@ -431,9 +431,9 @@ def test_prompt_channels_and_rate_refused_from_the_header(mf: MusicFlow, tmp_pat
 def test_every_app_mode_keeps_the_servers_duration_cap(mf: MusicFlow, tmp_path: Path) -> None:
     """The app's Studio: restyle and infill keep the uploaded clip's length, so the upload itself is capped at
     --max-duration (before decoding); generate and continue are capped by their duration."""
-    from musicflow_jax.app.studio import Studio
+    from musicflow_jax.app.studio import Limits, Studio
 
-    studio = Studio(mf, tmp_path, max_duration=1.5)
+    studio = Studio(mf, tmp_path, limits=Limits(max_duration=1.5))
     write_wav(tmp_path / "clip.wav", tone(2.0), SR)
     fast = (StageSettings(steps=1, solver="euler"), StageSettings(steps=1, solver="euler"))
     for mode, duration, regions in (("restyle", 2.0, ""), ("infill", 2.0, "0.2-0.4"), ("continue", 1.2, "")):

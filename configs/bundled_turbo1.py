@@ -1,7 +1,7 @@
 """The bundled model's few-step stage 1: a MeanFlow student of bundled_stage1 that samples in 2 average-velocity jumps
 per window with the teacher's CFG 5 built into its weights (no doubled batch). tools/train_bundled.py's `turbo` step
-(or tools/distill_bundled.py on any features) sets data.path, data.stats (the teacher's: the student reads the
-teacher's normalised streams) and distill.teacher. Method and settings chosen by measurement (docs/training.md)."""
+(`--only turbo --turbo-data FEATURES`: on any features) sets data.path, data.stats (the teacher's: the student reads
+the teacher's normalised streams) and distill.teacher. Method and settings chosen by measurement (docs/training.md)."""
 
 import dataclasses
 

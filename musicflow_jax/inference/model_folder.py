@@ -67,8 +67,9 @@ def read(folder: str | Path | None = None, *, stage1: str | Path | None = None, 
                             "(stage1/stage2 .safetensors + features.json + text_encoder/)", "checkpoint")
     if turbo and not has_turbo(folder):
         raise GenerateError(f"turbo: model folder {folder} has no {TURBO_DIR}/ stages ({TURBO_DIR}/stage1.safetensors, "
-                            f"{TURBO_DIR}/stage2.safetensors): distil them (python tools/distill_bundled.py) or "
-                            "generate without turbo", "turbo")
+                            f"{TURBO_DIR}/stage2.safetensors): distil them (distill.teacher, docs/training.md; the "
+                            "bundled model's: python tools/train_bundled.py --only turbo) or generate without turbo",
+                            "turbo")
     try:
         backend = load_backend(folder)
         base = folder / TURBO_DIR if turbo else folder

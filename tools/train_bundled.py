@@ -170,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"step": name, "wall_seconds": report["wall_seconds"][name]}), flush=True)
         return result
 
+    def finish() -> None:  # the model folder's copy of the report, with the total
+        report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)
+        write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
+
     turbo_data = Path(a.turbo_data) if a.turbo_data else work / "features"
     if a.only == "turbo":
         if not (turbo_data / "index.json").is_file() or not (out / "stage1.safetensors").is_file():
@@ -179,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else report
         report.setdefault("wall_seconds", {})
         report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
-        report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)
-        write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
+        finish()
         print(json.dumps(report["turbo"], indent=1))
         return 0
     if a.corpus is None:
@@ -208,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.until == "turbo":
         report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
     if STEPS.index(a.until) >= STEPS.index("bundle"):
-        report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)
-        write_text(out / REPORT, json.dumps(report, indent=1) + "\n")
+        finish()
     print(json.dumps(report, indent=1))
     return 0
 

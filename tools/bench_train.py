@@ -23,7 +23,7 @@ import json
 import sys
 import time
 
-from musicflow_jax.training.aot import aot, random_batch
+from musicflow_jax.pod.compile import random_batch, report, train_step
 
 PRESETS = {
     "tiny": ("stage1_tiny", []),
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "lora": lora["params"]},
                           "lora_over_full_steps_per_s": round(lora["steps_per_s"] / full["steps_per_s"], 3)}))
         return 0
-    print(json.dumps(aot(cfg) if args.aot else bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)))
+    print(json.dumps(report(train_step(cfg)) if args.aot
+                     else bench(cfg, args.steps, args.warmup, args.peak_tflops, args.matmul_n)))
     return 0
 
 

@@ -21,7 +21,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_AXES = ("batch", "frames", "embed", "mlp", "heads", "kv", "text", "vocab", "layers")
 REMAT_POLICIES = ("none", "dots", "full")
-ATTENTION = ("xla", "cudnn")
+ATTENTION = ("xla", "cudnn", "flash")
 # LoRA on the blocks' attention projections (self and cross) and MLP kernels (models/lora.py)
 LORA_TARGETS = r"(self_attn|cross_attn)\.w_[qkvo]$|mlp\.fc_(in|out)\.kernel$"
 
@@ -55,7 +55,8 @@ class ModelConfig:
     param_dtype: str = "float32"  # master weights
     remat: str = "none"  # per-block rematerialisation in the backward pass: none | dots (save matmul outputs) | full
     scan_layers: bool = True  # run each U-Net half as a scan over stacked layers (one block compiled per half)
-    attention: str = "xla"  # xla (any mask, fp32 scores) | cudnn (flash attention on NVIDIA GPUs, bf16/fp16)
+    attention: str = "xla"  # xla (any mask, fp32 scores) | cudnn (flash attention on NVIDIA GPUs, bf16/fp16) | flash
+    # (Pallas flash attention on TPUs)
     # an average-velocity (few-step) student: the network also reads the interval end s (flow.FlowInput.s_b) through
     # a second time embedding of s - t whose output layer starts at zero (a teacher's weights load unchanged)
     interval: bool = False
@@ -271,7 +272,8 @@ def validate(cfg: Config) -> None:
     check(m.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}, got {m.remat!r}")
     check(isinstance(m.scan_layers, bool), "model.scan_layers", f"must be true or false, got {m.scan_layers!r}")
     check(m.attention in ATTENTION, "model.attention", f"must be one of {ATTENTION} (cudnn needs an NVIDIA GPU and "
-                                                        f"model.dtype bfloat16 or float16), got {m.attention!r}")
+                                                        f"model.dtype bfloat16 or float16, flash a TPU), got "
+                                                        f"{m.attention!r}")
     check(m.attention != "cudnn" or m.dtype != "float32", "model.attention",
            "cudnn flash attention takes bfloat16 / float16 only: set model.dtype=bfloat16 or model.attention=xla")
     check(m.param_dtype in DTYPES, "model.param_dtype", f"must be one of {DTYPES}")

@@ -172,3 +172,17 @@ def constrain(x: jax.Array, logical: Sequence[str | None], rules: Sequence[tuple
         return x
     spec = activation_spec(logical, x.shape, mesh, dict(rules))
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def per_shard(fn: Any, logical: Sequence[Sequence[str | None]], rules: Sequence[tuple[str, str | None]],
+              *args: jax.Array) -> jax.Array:
+    """`fn(*args)` on each device's block (jax.shard_map) while `activation_mesh` is active, each argument split by
+    its logical axes as `constrain` would (the result as the first argument): for kernels XLA cannot partition
+    (Pallas). Elsewhere `fn(*args)`."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or mesh.size == 1:
+        return fn(*args)
+    r = dict(rules)
+    specs = tuple(activation_spec(names, a.shape, mesh, r) for names, a in zip(logical, args))
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=specs[0], check_vma=False)(*args)
+

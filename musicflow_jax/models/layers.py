@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from musicflow_jax.core.sharding import constrain
+from musicflow_jax.core.sharding import constrain, per_shard
 
 Rules = tuple[tuple[str, str | None], ...]
 
@@ -119,19 +119,48 @@ def apply_rope(x_bthk: jax.Array, positions_bt: jax.Array, theta: float) -> jax.
 # --------------------------------------------------------------------------- attention
 
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "flash")
+FLASH_BLOCK = 128  # the TPU flash kernel's tile along the sequences: they are padded to a multiple of it
+
+
+def flash_attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, key_mask_bs: jax.Array) -> jax.Array:
+    """Pallas' TPU flash attention (jax.experimental.pallas.ops.tpu.flash_attention): the (T, S) scores stay in the
+    chip's on-chip memory, tile by tile, forward and backward. The sequences are padded to a multiple of 128; the key
+    mask becomes segment ids (queries are segment 1, valid keys 1, masked and padded keys 0), so masked keys get
+    exactly zero weight, as with "xla". Runs on TPU (on CPU only under pallas.tpu.force_tpu_interpret_mode)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # Pallas: only where it is asked for
+
+    b, t, _, k = q_bthk.shape
+    s = k_bshk.shape[1]
+    tp, sp = -(-t // FLASH_BLOCK) * FLASH_BLOCK, -(-s // FLASH_BLOCK) * FLASH_BLOCK
+
+    def heads_first(x: jax.Array, n: int) -> jax.Array:
+        return jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    segments = tpu_flash.SegmentIds(q=jnp.ones((b, tp), jnp.int32),
+                                    kv=jnp.pad(key_mask_bs.astype(jnp.int32), ((0, 0), (0, sp - s))))
+    o_bhtk = tpu_flash.flash_attention(heads_first(q_bthk, tp), heads_first(k_bshk, sp), heads_first(v_bshk, sp),
+                                       segment_ids=segments, sm_scale=1.0 / math.sqrt(k))
+    return o_bhtk.transpose(0, 2, 1, 3)[:, :t]
 
 
 def attention(q_bthk: jax.Array, k_bshk: jax.Array, v_bshk: jax.Array, key_mask_bs: jax.Array,
-              implementation: str = "xla") -> jax.Array:
+              implementation: str = "xla", rules: Rules = (), kv_axis: str = "frames") -> jax.Array:
     """Scaled dot-product attention through `jax.nn.dot_product_attention`; keys with key_mask False get exactly
     zero weight.
 
     "xla": logits and softmax in float32 with the boolean mask (any mask; a query whose keys are all masked gets a
     uniform, finite average). "cudnn": cuDNN flash attention on NVIDIA GPUs (bf16/fp16, no (T, S) score matrix in
     memory); the mask is passed as per-example key lengths, so it must be a prefix mask (valid keys first, padding
-    at the end), which is what the data pipeline, the tokenizer and the null key (prepended) produce.
+    at the end), which is what the data pipeline, the tokenizer and the null key (prepended) produce. "flash": Pallas'
+    TPU flash attention (`flash_attention`), run per device block (sharding.per_shard: batch over the batch axes,
+    heads over "tensor") since XLA cannot partition a Pallas kernel.
     """
+    if implementation == "flash":
+        q_names = ("batch", "frames", "heads", "kv")
+        kv_names = ("batch", kv_axis, "heads", "kv")
+        return per_shard(flash_attention, (q_names, kv_names, kv_names, ("batch", kv_axis)), rules,
+                         q_bthk, k_bshk, v_bshk, key_mask_bs)
     if implementation == "cudnn":
         kv_len_b = jnp.sum(key_mask_bs, axis=-1, dtype=jnp.int32)
         return jax.nn.dot_product_attention(q_bthk, k_bshk, v_bshk, key_value_seq_lengths=kv_len_b,
@@ -186,7 +215,7 @@ class MultiHeadAttention(nnx.Module):
             k_bshk = jnp.concatenate([null_k_b1hk, k_bshk], axis=1)
             v_bshk = jnp.concatenate([null_v_b1hk, v_bshk], axis=1)
             key_mask_bs = jnp.concatenate([jnp.ones((b, 1), bool), key_mask_bs], axis=1)
-        o_bthk = attention(q_bthk, k_bshk, v_bshk, key_mask_bs, self.implementation)
+        o_bthk = attention(q_bthk, k_bshk, v_bshk, key_mask_bs, self.implementation, self.rules, kv_axis)
         return kernel_einsum(self, "w_o", "bthk,hkd->btd", o_bthk, dt)
 
 

@@ -76,7 +76,7 @@ def test_overrides_apply_with_types():
         ("train.steps=1.5", "expected int"),
         ("model.remat=maybe", "'model.remat': must be one of ('none', 'dots', 'full')"),
         ("model.scan_layers=maybe", "expected a bool"),
-        ("model.attention=flash", "'model.attention': must be one of ('xla', 'cudnn')"),
+        ("model.attention=splash", "'model.attention': must be one of ('xla', 'cudnn', 'flash')"),
         ("model.attention=cudnn", "cudnn flash attention takes bfloat16"),
         ("model.stage=acoustic", "model.cond_dim"),
         ("sample.solver=rk4", "sample.solver"),

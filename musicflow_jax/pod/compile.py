@@ -61,12 +61,17 @@ class Compiled:
 _SIZE = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def _compile(lowered: Any, args: Any) -> tuple[Any | None, dict[str, int], str]:
+# Without a GPU XLA cannot autotune, and its heuristic Triton GEMM tiling fails on some of the step's matmuls ("Couldn't
+# find output tile sizes"): deviceless GPU compiles use cuBLAS GEMMs, what autotuning picks for most large matmuls.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def _compile(lowered: Any, args: Any, platform: str) -> tuple[Any | None, dict[str, int], str]:
     """(executable or None, memory per device, the compiler's refusal). The TPU compiler refuses a program whose
     temporaries exceed the chip's HBM ("RESOURCE_EXHAUSTED: ... required for HLO temporaries (47.32G) exceeds
     available HBM (15.75G)"): then the memory is the temporaries it asked for + the arguments' shards."""
     try:
-        compiled = lowered.compile()
+        compiled = lowered.compile(GPU_COMPILER_OPTIONS if platform in ("cuda", "gpu") else None)
     except jax.errors.JaxRuntimeError as e:
         msg = str(e)
         if "RESOURCE_EXHAUSTED" not in msg:
@@ -151,7 +156,7 @@ def train_step(cfg: Config, devices: Sequence[Any] | None = None, flops_cache: d
     lowered = flow_step.make_train_step(cfg, setup, encode, teacher).lower(setup.abstract_state, batch, tp, *weights)
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled, memory, refusal = _compile(lowered, (setup.abstract_state, batch, tp, *weights))
+    compiled, memory, refusal = _compile(lowered, (setup.abstract_state, batch, tp, *weights), devices[0].platform)
     compile_s = time.perf_counter() - t0
     cache = {} if flops_cache is None else flops_cache
 
@@ -264,7 +269,7 @@ def generation_step(cfg1: Config, cfg2: Config, seconds: float, batch: int,
     lowered = fn.lower(p1, p2, key, emb, mask)
     lower_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    compiled, memory, refusal = _compile(lowered, (p1, p2, key, emb, mask))
+    compiled, memory, refusal = _compile(lowered, (p1, p2, key, emb, mask), devices[0].platform)
     compile_s = time.perf_counter() - t0
     flops = _generation_flops(cfg1, cfg2, batch, t1, t2)
     nfe = {"stage1": sampling.expected_nfe(cfg1.sample.solver, cfg1.sample.steps),
@@ -332,7 +337,9 @@ def report(c: Compiled, chip: Chip | None = None) -> dict[str, Any]:
     if chip is not None:
         out["chip"] = chip.name
         out["hbm_gib"] = chip.hbm_gib
-        out["fits"] = c.memory["peak"] <= chip.hbm_bytes
+        out["fits"] = c.memory["peak"] <= chip.hbm_bytes and "refused" not in c.extra
+        if "refused" in c.extra:  # no program: nothing to estimate
+            return out
         out["roofline"] = roofline.estimate(chip, c.flops / c.devices, c.model_flops / c.devices,
                                             c.traffic.bytes_accessed, c.traffic.wire_bytes)
     return out

@@ -58,9 +58,10 @@ def sweep(cfg: Config, devices: Sequence[Any], chip: Chip,
                 continue
             c = train_step(with_choice(cfg, shape, remat, accum), devices, cache)
             r = pod_compile.report(c, chip)
+            rl = r.get("roofline", {"mfu_bound": 0.0, "mfu_serial": 0.0, "bound_s": None})  # none: refused
             row = {"mesh": list(shape), "remat": remat, "grad_accum": accum, "fits": r["fits"],
-                   "peak_gib": r["memory_per_device_gib"]["peak"], "mfu_bound": r["roofline"]["mfu_bound"],
-                   "mfu_serial": r["roofline"]["mfu_serial"], "bound_s": r["roofline"]["bound_s"],
+                   "peak_gib": r["memory_per_device_gib"]["peak"], "mfu_bound": rl["mfu_bound"],
+                   "mfu_serial": rl["mfu_serial"], "bound_s": rl["bound_s"],
                    "compile_s": r["compile_s"], "set": set_line(shape, remat, accum)}
             log(f"  mesh {shape} remat {remat:4s} accum {accum}: peak {row['peak_gib']:.2f} GiB of {chip.hbm_gib} "
                 f"{'fits' if row['fits'] else 'does not fit'}, MFU {row['mfu_serial']:.2f}-{row['mfu_bound']:.2f} "

@@ -50,6 +50,7 @@ class Instruction:
     args: str = ""  # the text between the parentheses (a constant's value)
     root: bool = False
     hbm_bytes: float = 0.0  # the part of the result that lives in HBM
+    shape: str = ""
 
 
 @dataclasses.dataclass
@@ -117,8 +118,31 @@ def parse(text: str) -> dict[str, Computation]:
             args, attrs = _split_args(m.group(5))
             current.instructions.append(Instruction(m.group(2), m.group(4), shape_bytes(m.group(3)),
                                                     _OPERAND.findall(args), attrs, args, bool(m.group(1)),
-                                                    shape_bytes(m.group(3), hbm_only=True)))
+                                                    shape_bytes(m.group(3), hbm_only=True), m.group(3)))
     return comps
+
+
+def tuple_elements(shape: str) -> list[str]:
+    """The top-level elements of a tuple shape `(a, b, ...)`; [shape] for an array."""
+    shape = shape.strip()
+    if not shape.startswith("("):
+        return [shape]
+    out, depth, start = [], 0, 1
+    for i, ch in enumerate(shape):
+        depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(ch, 0)
+        if (ch == "," and depth == 1) or (ch == ")" and depth == 0):
+            out.append(re.sub(r"/\*.*?\*/", "", shape[start:i]).strip())
+            start = i + 1
+    return [e for e in out if e]
+
+
+def _result_bytes(ins: Instruction) -> float:
+    """A collective's payload: its result, or for an async start ((operands, results[, context]) tuple) the results."""
+    if ins.opcode.endswith("-start"):
+        elems = tuple_elements(ins.shape)
+        if len(elems) >= 2:
+            return shape_bytes(elems[1])
+    return ins.out_bytes
 
 
 def _attr(attrs: str, key: str) -> list[str]:
@@ -310,11 +334,9 @@ def traffic(text: str, *, trips: bool = True, unknown_trips: Sequence[int] = ())
                               if i.opcode.removesuffix("-start") in COLLECTIVES]
             for c_ins in inner:
                 c_kind = c_ins.opcode.removesuffix("-start")
-                nbytes = c_ins.out_bytes
+                nbytes = _result_bytes(c_ins)
                 if c_kind == "reduce-scatter":
                     nbytes = nbytes * _group_size(c_ins.attrs)
-                if c_ins.opcode.endswith("-start"):  # (operands, results[, context]) tuple: the result half
-                    nbytes = nbytes / 2
                 coll.append(Collective(c_kind, _group_size(c_ins.attrs), nbytes, times))
     top = tuple(sorted(by_op.items(), key=lambda kv: -kv[1]))
     return Traffic(total, tuple(coll), tuple(loops), top)

@@ -53,6 +53,21 @@ def test_shape_bytes():
     assert hlo.shape_bytes("(f32[768]{0:T(1024)}, s32[], pred[3])") == 768 * 4 + 4 + 3
 
 
+def test_async_collectives_count_their_results():
+    """An async all-gather-start returns (operand, result[, context]): its payload is the gathered result."""
+    text = """HloModule m
+ENTRY %main (p: f32[64,128]) -> f32[512,128] {
+  %p = f32[64,128]{1,0} parameter(0)
+  %ags = (f32[64,128]{1,0}, f32[512,128]{1,0}) all-gather-start(%p), replica_groups=[1,8]<=[8], dimensions={0}
+  ROOT %agd = f32[512,128]{1,0} all-gather-done(%ags)
+}
+"""
+    (c,) = hlo.traffic(text).collectives
+    assert (c.kind, c.group, c.bytes, c.count) == ("all-gather", 8, 512 * 128 * 4, 1)
+    assert hlo.tuple_elements("(f32[2,3]{1,0}, /*index=1*/bf16[4]{0}, u32[])") == ["f32[2,3]{1,0}", "bf16[4]{0}",
+                                                                                      "u32[]"]
+
+
 def test_roofline_closed_form():
     """1 TFLOP on a v5p (459 TFLOP/s), 2.765 GB of HBM traffic (2765 GB/s), 6 GB on the wire (600 GB/s): 2.18 ms,
     1 ms, 10 ms; collective-bound; MFU counts the model's 0.5 TFLOP (the rest is remat's recomputation)."""

@@ -217,17 +217,10 @@ def data_shards(mesh: jax.sharding.Mesh, rules: dict[str, str | None], batch: in
 
 def _stage_model(cfg: Config, mesh: jax.sharding.Mesh) -> tuple[Any, Any, int]:
     """(graphdef, abstract params sharded by the rules, parameter count) of a stage's flow transformer."""
-    out: dict[str, Any] = {}
-
-    def f() -> Any:
-        with nnx.use_eager_sharding(False):
-            out["graphdef"], state = nnx.split(flow_step.build_model(cfg, 0))
-        return state
-
-    abstract = jax.eval_shape(f)
+    graphdef, abstract = flow_step.abstract_model(cfg)
     shardings = sharding.state_shardings(abstract, mesh, dict(cfg.mesh.rules))
     params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return out["graphdef"], params, logger.count_params(abstract)
+    return graphdef, params, logger.count_params(abstract)
 
 
 def generation_step(cfg1: Config, cfg2: Config, seconds: float, batch: int,
@@ -290,14 +283,7 @@ def _generation_flops(cfg1: Config, cfg2: Config, batch: int, t1: int, t2: int) 
     evaluations. The global count does not depend on the mesh: it is lowered without shardings."""
     def one_eval(cfg: Config, n: int) -> float:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False, attention="xla"))
-        out: dict[str, Any] = {}
-
-        def init() -> Any:
-            with nnx.use_eager_sharding(False):
-                out["graphdef"], state = nnx.split(flow_step.build_model(cfg, 0))
-            return state
-
-        params = jax.eval_shape(init)
+        graphdef, params = flow_step.abstract_model(cfg)
         lt, m = cfg.text.max_len, cfg.model
 
         def f(p: Any, emb: jax.Array, mask: jax.Array) -> jax.Array:
@@ -305,7 +291,7 @@ def _generation_flops(cfg1: Config, cfg2: Config, batch: int, t1: int, t2: int) 
             cond = jnp.zeros((batch, n, m.cond_dim)) if m.cond_dim else None
             inp = FlowInput(x, jnp.zeros_like(x), jnp.full((batch,), 0.5), emb, mask, cond, jnp.ones((batch, n), bool),
                             None)
-            return guided_apply(nnx.merge(out["graphdef"], p), inp, cfg.sample.cfg_scale)
+            return guided_apply(nnx.merge(graphdef, p), inp, cfg.sample.cfg_scale)
 
         lowered = jax.jit(f).lower(params, jax.ShapeDtypeStruct((batch, lt, cfg.text.dim), jnp.float32),
                                    jax.ShapeDtypeStruct((batch, lt), jnp.bool_))

@@ -51,9 +51,13 @@ class TopologyError(MusicFlowError):
     """A topology that cannot be built here (unknown name, shape libtpu refuses, libtpu missing)."""
 
 
+def _cache() -> Path:
+    """Where tools/install_libtpu.sh and tools/install_jax_cuda.sh put what they install."""
+    return Path(os.environ.get("MUSICFLOW_CACHE", Path.home() / ".cache" / "musicflow_jax"))
+
+
 def default_libtpu() -> Path:
-    cache = Path(os.environ.get("MUSICFLOW_CACHE", Path.home() / ".cache" / "musicflow_jax"))
-    return cache / f"libtpu-{LIBTPU_VERSION}" / "libtpu" / "libtpu.so"
+    return _cache() / f"libtpu-{LIBTPU_VERSION}" / "libtpu" / "libtpu.so"
 
 
 def libtpu_path(explicit: str | Path | None = None) -> Path:
@@ -95,8 +99,7 @@ def parse_name(name: str) -> tuple[Chip, tuple[int, ...]]:
 
 
 def default_jax_cuda() -> Path:
-    cache = Path(os.environ.get("MUSICFLOW_CACHE", Path.home() / ".cache" / "musicflow_jax"))
-    return cache / f"jax-cuda-{JAX_CUDA_VERSION}"
+    return _cache() / f"jax-cuda-{JAX_CUDA_VERSION}"
 
 
 def _load_gpu(name: str, chip: Chip, gpus: int) -> Topology:

@@ -74,18 +74,26 @@ def teacher_spec(cfg: Config, mesh: Mesh) -> TeacherSpec | None:
     if not cfg.distill.teacher:
         return None
     tcfg = teacher_config(cfg)
-    out: dict[str, Any] = {}
-
-    def f() -> tuple[Any, Any]:
-        with nnx.use_eager_sharding(False):
-            out["graphdef"], params, rest = nnx.split(build_model(tcfg, 0), nnx.Param, ...)
-        return params, rest
-
-    abstract = jax.eval_shape(f)
+    graphdef, params, rest = abstract_model(tcfg, nnx.Param, ...)
+    abstract = (params, rest)
     rules = dict(cfg.mesh.rules)
     shardings = (sharding.state_shardings(abstract[0], mesh, rules), sharding.state_shardings(abstract[1], mesh, rules))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    return TeacherSpec(cfg=tcfg, graphdef=out["graphdef"], shardings=shardings, abstract=abstract)
+    return TeacherSpec(cfg=tcfg, graphdef=graphdef, shardings=shardings, abstract=abstract)
+
+
+def abstract_model(cfg: Config, *filters: Any) -> tuple[Any, ...]:
+    """(graphdef, *states) of the stage's model split by `filters` (none: one state), as ShapeDtypeStructs: nothing is
+    allocated."""
+    out: dict[str, Any] = {}
+
+    def f() -> Any:
+        with nnx.use_eager_sharding(False):
+            out["graphdef"], *states = nnx.split(build_model(cfg, 0), *filters)
+        return tuple(states)
+
+    states = jax.eval_shape(f)  # fills out["graphdef"]
+    return (out["graphdef"], *states)
 
 
 def objective(cfg: Config, graphdef: Any, teacher: TeacherSpec | None

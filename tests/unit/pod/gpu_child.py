@@ -6,9 +6,11 @@ import sys
 
 import jax
 
-from musicflow_jax.core import config
+from musicflow_jax.core import config, sharding
+from musicflow_jax.core.config import MeshConfig
 from musicflow_jax.pod import compile as pod_compile
 from musicflow_jax.pod import topology
+from musicflow_jax.training import flow_step
 
 
 def main(out: str, overrides: str) -> None:
@@ -17,9 +19,8 @@ def main(out: str, overrides: str) -> None:
     h100 = topology.load("h100:8")
     cfg = config.load("stage1_tiny", tiny)
     c = pod_compile.train_step(cfg, h100.devices)
-    params = jax.tree.leaves(pod_compile.flow_step.make_setup(
-        cfg, jax.sharding.Mesh(__import__("numpy").asarray(h100.devices).reshape(1, 8, 1),
-                               ("data", "fsdp", "tensor"))).abstract_state.params)
+    mesh = sharding.make_mesh(MeshConfig(shape=(1, 8, 1)), h100.devices)
+    params = jax.tree.leaves(flow_step.make_setup(cfg, mesh).abstract_state.params)
     res["h100"] = {"report": pod_compile.report(c, h100.chip), "kind": h100.devices[0].device_kind,
                    "params_total_bytes": int(sum(a.size * a.dtype.itemsize for a in params)),
                    "params_replicated_bytes": int(sum(a.size * a.dtype.itemsize for a in params

@@ -184,6 +184,8 @@ class DistillConfig:
     p_instant: float = 0.75  # share of intervals with s = t (the student's velocity = the teacher's; MeanFlow's 75 %)
     adaptive_p: float = 1.0  # per-example loss weight sg(1 / (e + 1e-3)^p) (MeanFlow's adaptive loss); 0 = plain MSE
     teacher_steps: int = 2  # trajectory: the teacher's midpoint steps from t to s
+    # share of the s != t intervals drawn as one of the sampler's sample.steps equal jumps (the intervals it samples)
+    p_grid: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +326,7 @@ def _validate_distill(cfg: Config) -> None:
     int_at_least(dc.teacher_steps, "distill.teacher_steps", 1, "the teacher's midpoint steps per interval")
     number_at_least(dc.cfg_scale, "distill.cfg_scale", 0.0, "the teacher's guidance scale; 1 = none", strict=False)
     check(0.0 <= dc.p_instant <= 1.0, "distill.p_instant", "must be a probability in [0, 1]")
+    check(0.0 <= dc.p_grid <= 1.0, "distill.p_grid", "must be a probability in [0, 1]")
     number_at_least(dc.adaptive_p, "distill.adaptive_p", 0.0, "adaptive loss power; 0 = plain MSE", strict=False)
     if dc.teacher:
         check(cfg.model.interval, "model.interval",

@@ -174,13 +174,22 @@ def average_velocity_target(u_fn: Callable[[Array, Array], Array], x_t_btd: Arra
     return u_btd, jax.lax.stop_gradient(target)
 
 
-def sample_interval(key: Array, batch: int, p_instant: float, cfg: FlowConfig) -> tuple[Array, Array]:
+def sample_interval(key: Array, batch: int, p_instant: float, cfg: FlowConfig, *, jumps: int = 1,
+                    p_grid: float = 0.0) -> tuple[Array, Array]:
     """(t_b, s_b) with 0 <= t <= s <= 1: the two of two times drawn by `sample_time`, sorted; w.p. p_instant s = t
-    (the plain flow-matching case, which anchors u to the velocity)."""
+    (the plain flow-matching case, which anchors u to the velocity). p_grid > 0: that share of the other intervals is
+    one of the few-step sampler's `jumps` equal jumps [k / jumps, (k + 1) / jumps], k uniform (the intervals the
+    student will be asked for)."""
     k_a, k_b, k_eq = jax.random.split(key, 3)
     a_b, b_b = sample_time(k_a, batch, cfg), sample_time(k_b, batch, cfg)
     t_b, s_b = jnp.minimum(a_b, b_b), jnp.maximum(a_b, b_b)
-    return t_b, jnp.where(jax.random.bernoulli(k_eq, p_instant, (batch,)), t_b, s_b)
+    instant_b = jax.random.bernoulli(k_eq, p_instant, (batch,))
+    if p_grid > 0.0:  # its own key: the other draws stay those of p_grid = 0
+        k_on, k_k = jax.random.split(jax.random.fold_in(key, 1))
+        jump_b = jax.random.randint(k_k, (batch,), 0, jumps).astype(t_b.dtype)
+        on_b = jax.random.bernoulli(k_on, p_grid, (batch,)) & ~instant_b
+        t_b, s_b = jnp.where(on_b, jump_b / jumps, t_b), jnp.where(on_b, (jump_b + 1) / jumps, s_b)
+    return t_b, jnp.where(instant_b, t_b, s_b)
 
 
 def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:
@@ -204,8 +213,8 @@ def guided_apply(apply_fn: ApplyFn, inp: FlowInput, cfg_scale: float) -> Array:
 
 
 def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig, *,
-                 method: str, cfg_scale: float, p_instant: float, teacher_steps: int, adaptive_p: float = 0.0
-                 ) -> tuple[Array, dict[str, Any]]:
+                 method: str, cfg_scale: float, p_instant: float, teacher_steps: int, adaptive_p: float = 0.0,
+                 jumps: int = 1, p_grid: float = 0.0) -> tuple[Array, dict[str, Any]]:
     """A few-step student's loss on one batch: its average velocity u(x_t, t, s) against the guided teacher's over
     [t, s] on the masked span (the teacher's guidance is built into the student, which always sees text and context).
 
@@ -219,14 +228,15 @@ def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: di
                   teacher's discretisation over long intervals)
     The s = t case (share p_instant) targets v itself in all three. adaptive_p > 0: each example's squared error e
     is weighted by sg(1 / (e + 1e-3)^p) (MeanFlow's adaptive loss; p = 1 ~ log e), which keeps the heavy-tailed
-    targets of a real network's JVP from dominating; "loss_per_example" stays the unweighted e.
+    targets of a real network's JVP from dominating; "loss_per_example" stays the unweighted e. p_grid: the share of
+    s != t intervals that are the sampler's `jumps` equal jumps (`sample_interval`).
     """
     x1_btd = batch["x1"].astype(jnp.float32)
     b = x1_btd.shape[0]
     frame_mask_bt = batch.get("frame_mask")
     frame_mask_bt = jnp.ones(x1_btd.shape[:2], bool) if frame_mask_bt is None else frame_mask_bt.astype(bool)
     k_t, k_noise, k_mask = jax.random.split(key, 3)
-    t_b, s_b = sample_interval(k_t, b, p_instant, cfg)
+    t_b, s_b = sample_interval(k_t, b, p_instant, cfg, jumps=jumps, p_grid=p_grid)
     x0_btd = jax.random.normal(k_noise, x1_btd.shape, jnp.float32)
     x_t_btd = ot_path(x0_btd, x1_btd, t_b, cfg.sigma_min)
     gen_mask_bt = sample_span_mask(k_mask, frame_mask_bt, cfg)

@@ -14,7 +14,10 @@ once.
 
 Collective bytes are the bytes each device sends over the interconnect in a ring implementation of a group of n
 devices: all-gather and all-to-all (n-1)/n of the result, reduce-scatter (n-1)/n of the operand, all-reduce twice
-that, collective-permute the whole operand.
+that, collective-permute the whole operand. The TPU compiler's forms are read as what they do: a collective split
+into pieces fused with the matmuls around it (async collective fusion: one channel id in several fusions) counts
+once; an all-reduce fused with the slice each device keeps (`all-reduce-scatter` fusions) is a reduce-scatter; groups
+named over the mesh (`replica_groups=mesh[...]`, with or without `device_ids`) have the product of the named axes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
                "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "copy-done", "all-gather-done",
                "all-reduce-done", "collective-permute-done", "async-done", "async-update", "send-done", "recv-done",
-               "add-dependency", "domain"}
+               "slice-done", "add-dependency", "domain"}
 
 _COMP = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s+=\s+(.*?)\s+([a-z][\w\-]*)\((.*)$")
@@ -267,11 +270,15 @@ def _instruction_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[st
         return min(sizes.get(ins.operands[0], 0.0), ins.out_bytes) + ins.hbm_bytes if ins.operands else ins.hbm_bytes
     if ins.opcode == "copy-start":  # a prefetch between memory spaces: its operand is read from HBM once
         return sum(sizes.get(o, 0.0) for o in ins.operands)
+    if ins.opcode == "slice-start":  # async slice ((operand), slice, context): reads the slice; writing on chip is free
+        elems = tuple_elements(ins.shape)
+        if len(elems) >= 2:
+            return min(sizes.get(ins.operands[0], 0.0), shape_bytes(elems[1])) + shape_bytes(elems[1], hbm_only=True)
     return ins.hbm_bytes + sum(sizes.get(o, 0.0) for o in ins.operands)
 
 
 def _group_size(attrs: str) -> int:
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=[^{]*)?\s*\{([^}]*)\}", attrs)
     if m:
         sizes = dict((k.strip("' "), int(v)) for k, v in (kv.split("=") for kv in m.group(1).split(",")))
         return math.prod(sizes[a.strip("' ")] for a in m.group(2).split(",") if a.strip("' "))
@@ -321,6 +328,7 @@ def traffic(text: str, *, trips: bool = True, unknown_trips: Sequence[int] = ())
     for name, times in counts.items():
         comp = comps[name]
         sizes = {i.name: i.hbm_bytes for i in comp.instructions}  # what reading a value costs in HBM traffic
+        channels: set[str] = set()  # a collective split over several fusions (TPU async collective fusion) counts once
         for ins in comp.instructions:
             moved = times * _instruction_bytes(ins, sizes, comps)
             total += moved
@@ -328,14 +336,23 @@ def traffic(text: str, *, trips: bool = True, unknown_trips: Sequence[int] = ())
                 by_op[_op_name(ins)] += moved
             kind = ins.opcode.removesuffix("-start")
             inner = [ins] if kind in COLLECTIVES else []
+            scatter = False  # TPU's reduce-scatter: a fusion of an all-reduce and the slice each device keeps
             if ins.opcode == "fusion" or ins.opcode == "async-start":  # collectives fused with their producers
                 for f in _attr(ins.attrs, "calls"):
+                    scatter = scatter or f.startswith("all-reduce-scatter")
                     inner += [i for i in comps.get(f, Computation(f, False, [])).instructions
                               if i.opcode.removesuffix("-start") in COLLECTIVES]
             for c_ins in inner:
+                channel = re.search(r"\bchannel_id=(\d+)", c_ins.attrs)
+                if channel:
+                    if channel.group(1) in channels:
+                        continue
+                    channels.add(channel.group(1))
                 c_kind = c_ins.opcode.removesuffix("-start")
                 nbytes = _result_bytes(c_ins)
-                if c_kind == "reduce-scatter":
+                if scatter and c_kind == "all-reduce":
+                    c_kind = "reduce-scatter"  # the all-reduce's result is the operand the group scatters
+                elif c_kind == "reduce-scatter":
                     nbytes = nbytes * _group_size(c_ins.attrs)
                 coll.append(Collective(c_kind, _group_size(c_ins.attrs), nbytes, times))
     top = tuple(sorted(by_op.items(), key=lambda kv: -kv[1]))

@@ -22,13 +22,17 @@ LADDER = (("none", 1), ("dots", 1), ("full", 1), ("dots", 2), ("full", 2), ("ful
 
 def meshes(cfg: Config, chips: int) -> list[tuple[int, int, int]]:
     """Candidate (data, fsdp, tensor) shapes: all-FSDP, FSDP x 4-way tensor (when the heads and FFN divide), and
-    replicas of 8-way FSDP groups."""
+    replicas of FSDP groups of 8, 16, 32, ... chips. Smaller groups keep each chip's weight shard a whole number of
+    the TPU's 8-row tiles (768 rows over 256 chips are 3 rows: the compiler then gathers by all-reducing zero-padded
+    shards, twice the wire bytes of an all-gather)."""
     out = [(1, chips, 1)]
     m = cfg.model
     if chips % 4 == 0 and chips > 4 and m.heads % 4 == 0 and m.mlp_dim % 4 == 0:
         out.append((1, chips // 4, 4))
-    if chips > 8 and chips % 8 == 0:
-        out.append((chips // 8, 8, 1))
+    group = 8
+    while group < chips and chips % group == 0:
+        out.append((chips // group, group, 1))
+        group *= 2
     return [s for s in out if cfg.data.batch_size % (s[0] * s[1]) == 0]
 
 

@@ -112,7 +112,8 @@ def objective(cfg: Config, graphdef: Any, teacher: TeacherSpec | None
             t_model = nnx.merge(teacher.graphdef, *jax.lax.stop_gradient(teacher_weights))
             value, aux = flow.distill_loss(apply, lambda inp: t_model(inp, deterministic=True), key, mb, flow_cfg,
                                            method=dc.method, cfg_scale=dc.cfg_scale, p_instant=dc.p_instant,
-                                           teacher_steps=dc.teacher_steps, adaptive_p=dc.adaptive_p)
+                                           teacher_steps=dc.teacher_steps, adaptive_p=dc.adaptive_p,
+                                           jumps=cfg.sample.steps, p_grid=dc.p_grid)
         return value, (aux, nnx.state(model, nnx.Not(nnx.Param)))
 
     return loss

@@ -213,3 +213,18 @@ def test_interval_sampler():
     assert (t == s).mean() == pytest.approx(0.25, abs=0.01)
     # the rest: min and max of two uniforms, E = 1/3 and 2/3
     assert t[t != s].mean() == pytest.approx(1 / 3, abs=0.01) and s[t != s].mean() == pytest.approx(2 / 3, abs=0.01)
+
+
+def test_interval_sampler_on_the_samplers_jumps():
+    """p_grid 0.6 with 2 jumps: of the 75 % with s != t, 60 % are [0, 1/2] or [1/2, 1] (half each); the rest and the
+    s = t anchors are the draws of p_grid = 0 (its own key): existing runs keep their intervals."""
+    key, n = jax.random.key(0), 50_000
+    t, s = (np.asarray(a) for a in flow.sample_interval(key, n, 0.25, FlowConfig(), jumps=2, p_grid=0.6))
+    t0, s0 = (np.asarray(a) for a in flow.sample_interval(key, n, 0.25, FlowConfig()))
+    first, second = (t == 0.0) & (s == 0.5), (t == 0.5) & (s == 1.0)
+    assert (t == s).mean() == pytest.approx(0.25, abs=0.01)
+    assert first.mean() == pytest.approx(0.75 * 0.3, abs=0.01) and second.mean() == pytest.approx(0.75 * 0.3, abs=0.01)
+    plain = ~(first | second)
+    assert (plain & (t != s)).mean() == pytest.approx(0.75 * 0.4, abs=0.01)
+    np.testing.assert_array_equal(t[plain], t0[plain])  # the instant ones (velocity anchors) included
+    np.testing.assert_array_equal(s[plain], s0[plain])

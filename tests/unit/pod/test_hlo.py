@@ -76,3 +76,17 @@ def test_roofline_closed_form():
     assert r["collectives_s"] == pytest.approx(0.01) and r["limited_by"] == "collectives"
     assert r["bound_s"] == pytest.approx(0.01) and r["serial_s"] == pytest.approx(0.01 + 1e-3 + 1 / 459, abs=1e-5)
     assert r["mfu_bound"] == pytest.approx(0.5e12 / 459e12 / 0.01, abs=1e-3)
+
+
+def test_async_slices_read_their_slice():
+    """TPU's async slice of a stacked weight into on-chip memory (`S(1)`) reads the slice from HBM once: neither the
+    whole operand (its tuple's first element) nor the on-chip copy is HBM traffic."""
+    text = """HloModule m
+ENTRY %main (p: bf16[768,12,64]) -> bf16[768,3,64] {
+  %p = bf16[768,12,64]{0,2,1:T(8,128)(2,1)} parameter(0)
+  %ss = ((bf16[768,12,64]{0,2,1:T(8,128)(2,1)}), bf16[768,3,64]{0,2,1:T(8,128)(2,1)S(1)}, s32[]{:S(2)}) \
+slice-start(%p), slice={[0:768], [0:3], [0:64]}
+  ROOT %sd = bf16[768,3,64]{0,2,1:T(8,128)(2,1)S(1)} slice-done(%ss)
+}
+"""
+    assert hlo.traffic(text).bytes_accessed == 768 * 3 * 64 * 2

@@ -31,6 +31,10 @@ def test_sweep_picks_the_best_of_what_fits():
     chip = dataclasses.replace(CHIPS["v5e"], hbm_gib=(peak["none"] + peak["dots"]) / 2 / 2**30)
     out = sweep.sweep(cfg, devices, chip, log=lambda _: None, train_step=train_step)
     assert sweep.meshes(cfg, 4) == [(1, 4, 1)]  # 4 devices: all-FSDP only
+    # 256 chips: all-FSDP, 4-way tensor, and data x FSDP groups of 8 ... 128 chips (the batch of 256 divides)
+    wide = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=256))
+    assert sweep.meshes(wide, 256) == [(1, 256, 1), (1, 64, 4), (32, 8, 1), (16, 16, 1), (8, 32, 1), (4, 64, 1),
+                                       (2, 128, 1)]
     tried = [(r["remat"], r["grad_accum"], r["fits"]) for r in out["tried"]]
     assert tried == [("none", 1, False), ("dots", 1, True), ("full", 1, True)]  # no micro-batching: a policy fits
     best = out["best"]

@@ -49,6 +49,18 @@ def test_each_chip_holds_its_fsdp_share_of_the_state(tpu):
 
 
 
+def test_fsdp_collectives_are_read_as_they_run(tpu):
+    """6 scanned blocks of two 512 x 2048 matrices, FSDP over chip pairs, 2 data-parallel pairs. The TPU compiler
+    splits gathers into pieces fused with the matmuls (one channel in several fusions: one collective), writes the
+    gradient's reduce-scatter as an all-reduce fused with the slice each chip keeps, and names mesh groups with
+    device_ids. Read as they run: each block gathers both bf16 matrices forward and again backward (4 x 2 MiB),
+    reduce-scatters their bf16 gradients over its FSDP pair (4 MiB) and all-reduces its 2-MiB shard over the data
+    pair: per chip 24 x 1/2 x 2 + 6 x 1/2 x 4 + 6 x 2 x 1/2 x 2 = 48 MiB on the wire."""
+    mib = 2.0**20
+    assert tpu["fsdp_layers"] == [["all-gather", 2, 2 * mib, 24], ["all-reduce", 2, 2 * mib, 6],
+                                  ["reduce-scatter", 2, 4 * mib, 6]]
+
+
 def test_tpu_flops_match_cpu(tpu):
     """The unrolled step's FLOPs on 4 TPU chips (XLA's TPU cost analysis, per chip x 4) equal the same step compiled
     for 4 CPU devices within 5 %, and the count of the lowered program the training MFU uses within 10 % (measured

@@ -7,13 +7,16 @@ import json
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from musicflow_jax.cli import aot as aot_cli
 from musicflow_jax.core import config, sharding
 from musicflow_jax.core.config import MeshConfig
 from musicflow_jax.pod import compile as pod_compile
-from musicflow_jax.pod import topology
+from musicflow_jax.pod import hlo, topology
 from musicflow_jax.training import flow_step
 
 
@@ -21,10 +24,36 @@ def shard_bytes(tree) -> int:
     return int(sum(np.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree)))
 
 
+def fsdp_layers(devices, layers: int, dim: int, hidden: int) -> list[list[float]]:
+    """The collectives of an SGD step of `layers` scanned, rematerialised residual MLP blocks whose f32 weights are
+    FSDP-sharded over 2 chips, replicated over 2 data-parallel pairs, cast to bf16 for the matmuls:
+    [kind, group, bytes, count] as pod/hlo.py reads them off the TPU compiler's program."""
+    mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 2), ("data", "fsdp"))
+
+    def loss(ws, x):
+        def block(h, w):
+            return h + jnp.tanh(h @ w[0].astype(jnp.bfloat16)) @ w[1].astype(jnp.bfloat16), None
+        return jnp.mean(jax.lax.scan(jax.checkpoint(block), x.astype(jnp.bfloat16), ws)[0].astype(jnp.float32) ** 2)
+
+    def step(ws, x):
+        return jax.tree.map(lambda w, g: w - 1e-3 * g, ws, jax.grad(loss)(ws, x))
+
+    ws = (jax.ShapeDtypeStruct((layers, dim, hidden), jnp.float32, sharding=NamedSharding(mesh, P(None, "fsdp"))),
+          jax.ShapeDtypeStruct((layers, hidden, dim), jnp.float32,
+                               sharding=NamedSharding(mesh, P(None, None, "fsdp"))))
+    x = jax.ShapeDtypeStruct((8, 256, dim), jnp.float32, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
+    text = jax.jit(step, out_shardings=tuple(w.sharding for w in ws)).lower(ws, x).compile().as_text()
+    total: dict[tuple[str, int, float], float] = {}
+    for c in hlo.traffic(text).collectives:
+        total[(c.kind, c.group, c.bytes)] = total.get((c.kind, c.group, c.bytes), 0.0) + c.count
+    return [[kind, group, nbytes, count] for (kind, group, nbytes), count in sorted(total.items())]
+
+
 def main(out: str, tiny: str) -> None:
     TINY = json.loads(tiny)  # noqa: N806 (the test's overrides)
     res = {}
     single = topology.load("v5e:2x2")
+    res["fsdp_layers"] = fsdp_layers(single.devices, 6, 512, 2048)
     cfg = config.load("stage1_tiny", [*TINY, "model.scan_layers=false"])
     c = pod_compile.train_step(cfg, single.devices)
     rep = pod_compile.report(c, single.chip)

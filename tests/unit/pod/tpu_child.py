@@ -28,7 +28,7 @@ def fsdp_layers(devices, layers: int, dim: int, hidden: int) -> list[list[float]
     """The collectives of an SGD step of `layers` scanned, rematerialised residual MLP blocks whose f32 weights are
     FSDP-sharded over 2 chips, replicated over 2 data-parallel pairs, cast to bf16 for the matmuls:
     [kind, group, bytes, count] as pod/hlo.py reads them off the TPU compiler's program."""
-    mesh = jax.sharding.Mesh(np.array(devices).reshape(2, 2), ("data", "fsdp"))
+    mesh = sharding.make_mesh(MeshConfig(shape=(2, 2, 1)), devices)
 
     def loss(ws, x):
         def block(h, w):

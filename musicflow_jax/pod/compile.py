@@ -31,7 +31,7 @@ from flax import nnx
 from musicflow_jax.core import config_io, frames, sampling, sharding
 from musicflow_jax.core.config import Config, MeshConfig
 from musicflow_jax.core.flow import FlowInput, guided_apply
-from musicflow_jax.pod import hlo, roofline
+from musicflow_jax.pod import hlo, roofline, schedule
 from musicflow_jax.pod.chips import Chip
 from musicflow_jax.training import flow_step, flow_trainer, logger
 
@@ -56,6 +56,7 @@ class Compiled:
     xla_cost: dict[str, float]  # the compiled program's cost analysis (loop bodies counted once)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     hlo_text: str = ""  # the optimized program (empty when the compiler refused it)
+    unknown_trips: tuple[int, ...] = ()  # trip counts of its data-dependent loops (hlo.multiplicities)
 
 
 _SIZE = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -269,12 +270,13 @@ def generation_step(cfg1: Config, cfg2: Config, seconds: float, batch: int,
            "stage2": sampling.expected_nfe(cfg2.sample.solver, cfg2.sample.steps)}
     # diffrax's step loops end on a data-dependent condition: they run the fixed-step solvers' `steps` times, stage 1's
     # first (stage 2 reads its result)
-    traffic = _traffic(compiled, (cfg1.sample.steps, cfg2.sample.steps))
+    trips = (cfg1.sample.steps, cfg2.sample.steps)
+    traffic = _traffic(compiled, trips)
     return Compiled("generate", f"{cfg1.name}+{cfg2.name}", dict(mesh.shape), mesh.size, _hosts(devices), n1 + n2,
                     lower_s, compile_s, memory, flops, flops, traffic, _xla_cost(compiled),
                     {"batch": batch, "seconds": seconds, "frames": [t1, t2], "nfe": nfe,
                      "cfg_scale": [cfg1.sample.cfg_scale, cfg2.sample.cfg_scale],
-                     **({"refused": refusal} if refusal else {})}, _text(compiled))
+                     **({"refused": refusal} if refusal else {})}, _text(compiled), trips)
 
 
 def _generation_flops(cfg1: Config, cfg2: Config, batch: int, t1: int, t2: int) -> float:
@@ -326,6 +328,15 @@ def report(c: Compiled, chip: Chip | None = None) -> dict[str, Any]:
         out["fits"] = c.memory["peak"] <= chip.hbm_bytes and "refused" not in c.extra
         if "refused" in c.extra:  # no program: nothing to estimate
             return out
+        tl = schedule.timeline(c.hlo_text, chip, flops_per_device=c.flops / c.devices,
+                               unknown_trips=c.unknown_trips) if c.hlo_text else None
         out["roofline"] = roofline.estimate(chip, c.flops / c.devices, c.model_flops / c.devices,
-                                            c.traffic.bytes_accessed, c.traffic.wire_bytes)
+                                            c.traffic.bytes_accessed, c.traffic.wire_bytes,
+                                            tl.seconds if tl else None)
+        if tl is not None:
+            out["schedule"] = {"collectives_exposed_s": float(f"{tl.exposed_s:.4g}"),
+                               "collectives_hidden": round(max(1 - tl.exposed_s / tl.collective_s, 0.0), 3)
+                               if tl.collective_s else 1.0,
+                               "matmul_gflop_per_device": float(f"{tl.matmul_flops / 1e9:.4g}"),
+                               "kernel_gflop_per_device": float(f"{tl.kernel_flops / 1e9:.4g}")}
     return out

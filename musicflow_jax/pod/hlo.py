@@ -16,7 +16,8 @@ Collective bytes are the bytes each device sends over the interconnect in a ring
 devices: all-gather and all-to-all (n-1)/n of the result, reduce-scatter (n-1)/n of the operand, all-reduce twice
 that, collective-permute the whole operand. The TPU compiler's forms are read as what they do: a collective split
 into pieces fused with the matmuls around it (async collective fusion: one channel id in several fusions) counts
-once; an all-reduce fused with the slice each device keeps (`all-reduce-scatter` fusions) is a reduce-scatter; groups
+once; an all-reduce fused with the slice each device keeps (TPU's `all-reduce-scatter` fusions: the sum's only uses
+are slices of 1/n of it) is a reduce-scatter; groups
 named over the mesh (`replica_groups=mesh[...]`, with or without `device_ids`) have the product of the named axes.
 """
 
@@ -93,6 +94,12 @@ def shape_bytes(shape: str, *, hbm_only: bool = False) -> float:
     return total
 
 
+def dims(shape: str) -> list[int]:
+    """The dimensions of an HLO array shape string (the first array of a tuple)."""
+    m = _ARRAY.search(shape)
+    return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
 def _split_args(rest: str) -> tuple[str, str]:
     """(operand list, attributes) of the text after an instruction's opening parenthesis."""
     depth = 1
@@ -148,37 +155,61 @@ def _result_bytes(ins: Instruction) -> float:
     return ins.out_bytes
 
 
-def _attr(attrs: str, key: str) -> list[str]:
+def attr(attrs: str, key: str) -> list[str]:
     m = re.search(rf"\b{key}=\{{([^}}]*)\}}", attrs) or re.search(rf"\b{key}=%?([\w.\-]+)", attrs)
     return [] if not m else [s.strip().lstrip("%") for s in m.group(1).split(",") if s.strip()]
 
 
 def trip_count(loop: Instruction, comps: dict[str, Computation]) -> int | None:
     """A scan's trip count: XLA's `known_trip_count` when the backend records it (CPU), else the integer bound the
-    loop condition's ROOT compares the counter with (`i < N`, possibly wrapped in a fusion: TPU). None for any other
-    condition (diffrax's step loop: `t < t1 and i < max_steps`, data-dependent)."""
+    loop condition's ROOT compares the counter with (`i < N`, possibly wrapped in a fusion: TPU), divided by the step
+    the body adds to the counter (from 0). None for any other condition (diffrax's step loop: `t < t1 and i <
+    max_steps`, data-dependent)."""
     known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', loop.attrs)
     if known:
         return max(int(known.group(1)), 1)
-    cond = _attr(loop.attrs, "condition")
+    cond = attr(loop.attrs, "condition")
     if not cond or cond[0] not in comps:
         return None
     instrs = comps[cond[0]].instructions
     root = next((i for i in instrs if i.root), None)
     consts = {i.name: i for i in instrs if i.opcode == "constant"}
     if root is not None and root.opcode == "fusion":  # compare(counter, constant) fused: look inside
-        inner = comps.get(next(iter(_attr(root.attrs, "calls")), ""))
+        inner = comps.get(next(iter(attr(root.attrs, "calls")), ""))
         inner_root = next((i for i in inner.instructions if i.root), None) if inner else None
         if inner_root is None or inner_root.opcode != "compare":
             return None
         root = Instruction(root.name, "compare", root.out_bytes, root.operands, inner_root.attrs, root.args, True)
     if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs:
         return None
+    by_name = {i.name: i for i in instrs}
+    counter = next((by_name[o] for o in root.operands if o in by_name and by_name[o].opcode == "get-tuple-element"),
+                   None)
+    index = re.search(r"\bindex=(\d+)", counter.attrs) if counter is not None else None
+    step = _counter_step(loop, comps, int(index.group(1))) if index else 1
     for op in root.operands:
         value = consts[op].args.strip() if op in consts else ""
         if value.lstrip("-").isdigit():
-            return max(int(value), 1)
+            return max(-(-int(value) // step), 1)
     return None
+
+
+def _counter_step(loop: Instruction, comps: dict[str, Computation], index: int) -> int:
+    """How much the loop body adds to its counter (tuple element `index`) per trip: XLA's windowed einsum loops
+    (FSDP matmuls as collective-permute rings) handle two shards per trip and count by 2. 1 when not readable."""
+    body = comps.get(next(iter(attr(loop.attrs, "body")), ""))
+    root = next((i for i in body.instructions if i.root), None) if body else None
+    if root is None or root.opcode != "tuple" or index >= len(root.operands):
+        return 1
+    by_name = {i.name: i for i in body.instructions}
+    update = by_name.get(root.operands[index])
+    if update is None or update.opcode != "add":
+        return 1
+    for op in update.operands:
+        value = by_name[op].args.strip() if op in by_name and by_name[op].opcode == "constant" else ""
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
 
 
 def multiplicities(comps: dict[str, Computation], *, trips: bool = True, unknown_trips: Sequence[int] = ()
@@ -195,7 +226,7 @@ def multiplicities(comps: dict[str, Computation], *, trips: bool = True, unknown
         counts[name] += times
         for ins in comps[name].instructions:
             if ins.opcode == "while":
-                body = _attr(ins.attrs, "body")
+                body = attr(ins.attrs, "body")
                 n = trip_count(ins, comps)
                 if n is None:
                     n = pending.pop(0) if pending else 1
@@ -204,11 +235,11 @@ def multiplicities(comps: dict[str, Computation], *, trips: bool = True, unknown
                     if b in comps:
                         visit(b, times * (n if trips else 1))
             elif ins.opcode in ("call", "async-start"):
-                for c in _attr(ins.attrs, "calls") + _attr(ins.attrs, "to_apply"):
+                for c in attr(ins.attrs, "calls") + attr(ins.attrs, "to_apply"):
                     if c in comps:
                         visit(c, times)
             elif ins.opcode == "conditional":
-                for c in _attr(ins.attrs, "branch_computations"):
+                for c in attr(ins.attrs, "branch_computations"):
                     if c in comps:
                         visit(c, times)
 
@@ -222,8 +253,10 @@ _SLICING = ("dynamic-slice", "slice", "gather")
 def _fusion_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[str, Computation]) -> float:
     """A fusion reads each operand once and writes its result once, except what it slices: an operand only sliced
     inside (a scanned layer's weights taken from the stacked array) costs the slices, and a result that is a
-    dynamic-update-slice of an operand (an in-place write into a loop's output buffer) costs the update."""
-    called = comps.get(next(iter(_attr(ins.attrs, "calls")), ""))
+    dynamic-update-slice of an operand (an in-place write into a loop's output buffer) costs the update. Results
+    that are operands passed through (TPU's async collective fusions hand the buffers of a collective in flight from
+    one fusion to the next) or a collective's result (written by the interconnect, not by the fusion) cost nothing."""
+    called = comps.get(next(iter(attr(ins.attrs, "calls")), ""))
     if called is None:
         return ins.hbm_bytes + sum(sizes.get(o, 0.0) for o in ins.operands)
     params = {i.name: int(i.args.strip()) for i in called.instructions
@@ -238,8 +271,8 @@ def _fusion_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[str, Co
     roots = [inner[o] for o in root.operands if o in inner] if root is not None and root.opcode == "tuple" else [root]
     write = 0.0
     for r in roots:
-        if r is None:
-            continue
+        if r is None or r.opcode == "parameter" or r.opcode.removesuffix("-start") in COLLECTIVES:
+            continue  # a buffer passed through (an async collective's state), or what the interconnect writes
         if r.opcode == "dynamic-update-slice" and len(r.operands) > 1:
             updated.add(r.operands[0])
             write += inner[r.operands[1]].out_bytes if r.operands[1] in inner else 0.0
@@ -249,7 +282,8 @@ def _fusion_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[str, Co
     for name, index in params.items():
         full = sizes.get(ins.operands[index], 0.0) if index < len(ins.operands) else 0.0
         us = [u for u in users.get(name, []) if not (u.opcode == "dynamic-update-slice" and name in updated
-                                                       and u.operands[0] == name)]
+                                                       and u.operands[0] == name) and not (u is root and
+                                                                                           u.opcode == "tuple")]
         if us and all(u.opcode in _SLICING and u.operands[0] == name for u in us):
             read += min(full, sum(u.out_bytes for u in us))
         elif us:
@@ -258,7 +292,7 @@ def _fusion_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[str, Co
     return read + write * in_hbm
 
 
-def _instruction_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[str, Computation]) -> float:
+def instruction_bytes(ins: Instruction, sizes: dict[str, float], comps: dict[str, Computation]) -> float:
     if ins.opcode in _NO_TRAFFIC:
         return 0.0
     if ins.opcode == "fusion":
@@ -318,11 +352,6 @@ def traffic(text: str, *, trips: bool = True, unknown_trips: Sequence[int] = ())
     `multiplicities` for the loops."""
     comps = parse(text)
     counts, loops = multiplicities(comps, trips=trips, unknown_trips=unknown_trips)
-    fused_callers: dict[str, list[str]] = defaultdict(list)  # fused computation -> the collectives inside it
-    for c in comps.values():
-        for ins in c.instructions:
-            if ins.opcode in COLLECTIVES or ins.opcode.removesuffix("-start") in COLLECTIVES:
-                fused_callers[c.name].append(ins.name)
     total, coll = 0.0, []
     by_op: dict[str, float] = defaultdict(float)
     for name, times in counts.items():
@@ -330,34 +359,63 @@ def traffic(text: str, *, trips: bool = True, unknown_trips: Sequence[int] = ())
         sizes = {i.name: i.hbm_bytes for i in comp.instructions}  # what reading a value costs in HBM traffic
         channels: set[str] = set()  # a collective split over several fusions (TPU async collective fusion) counts once
         for ins in comp.instructions:
-            moved = times * _instruction_bytes(ins, sizes, comps)
+            moved = times * instruction_bytes(ins, sizes, comps)
             total += moved
             if moved:
                 by_op[_op_name(ins)] += moved
-            kind = ins.opcode.removesuffix("-start")
-            inner = [ins] if kind in COLLECTIVES else []
-            scatter = False  # TPU's reduce-scatter: a fusion of an all-reduce and the slice each device keeps
-            if ins.opcode == "fusion" or ins.opcode == "async-start":  # collectives fused with their producers
-                for f in _attr(ins.attrs, "calls"):
-                    scatter = scatter or f.startswith("all-reduce-scatter")
-                    inner += [i for i in comps.get(f, Computation(f, False, [])).instructions
-                              if i.opcode.removesuffix("-start") in COLLECTIVES]
-            for c_ins in inner:
-                channel = re.search(r"\bchannel_id=(\d+)", c_ins.attrs)
-                if channel:
-                    if channel.group(1) in channels:
+            for channel, c in instruction_collectives(ins, comps):
+                if channel is not None:
+                    if channel in channels:
                         continue
-                    channels.add(channel.group(1))
-                c_kind = c_ins.opcode.removesuffix("-start")
-                nbytes = _result_bytes(c_ins)
-                if scatter and c_kind == "all-reduce":
-                    c_kind = "reduce-scatter"  # the all-reduce's result is the operand the group scatters
-                elif c_kind == "reduce-scatter":
-                    nbytes = nbytes * _group_size(c_ins.attrs)
-                coll.append(Collective(c_kind, _group_size(c_ins.attrs), nbytes, times))
+                    channels.add(channel)
+                coll.append(dataclasses.replace(c, count=times))
     top = tuple(sorted(by_op.items(), key=lambda kv: -kv[1]))
     return Traffic(total, tuple(coll), tuple(loops), top)
 
+
+def instruction_collectives(ins: Instruction, comps: dict[str, Computation]) -> list[tuple[str | None, Collective]]:
+    """The collectives an instruction runs, once each: (channel id or None, Collective with count 1). A collective
+    op or async start itself, or those inside the computation a fusion / async start calls (TPU's async collective
+    fusions carry one piece of a split collective each, all with the collective's channel id). A fused all-reduce
+    whose result each device only slices its 1/n of (TPU's `all-reduce-scatter` fusions) is the reduce-scatter it
+    implements."""
+    kind = ins.opcode.removesuffix("-start")
+    inner: list[tuple[Instruction, Computation | None]] = [(ins, None)] if kind in COLLECTIVES else []
+    if ins.opcode in ("fusion", "async-start"):  # collectives fused with their producers
+        for f in attr(ins.attrs, "calls"):
+            comp = comps.get(f, Computation(f, False, []))
+            inner += [(i, comp) for i in comp.instructions if i.opcode.removesuffix("-start") in COLLECTIVES]
+    out: list[tuple[str | None, Collective]] = []
+    for c_ins, comp in inner:
+        channel = re.search(r"\bchannel_id=(\d+)", c_ins.attrs)
+        c_kind = c_ins.opcode.removesuffix("-start")
+        nbytes, group = _result_bytes(c_ins), _group_size(c_ins.attrs)
+        if c_kind == "all-reduce" and comp is not None and _only_sliced(c_ins, comp, group):
+            c_kind = "reduce-scatter"  # the all-reduce's result is the operand the group scatters
+        elif c_kind == "reduce-scatter":
+            nbytes = nbytes * group
+        out.append((channel.group(1) if channel else None, Collective(c_kind, group, nbytes, 1.0)))
+    return out
+
+
+def _only_sliced(reduce: Instruction, comp: Computation, group: int) -> bool:
+    """Whether every use of an all-reduce's result (through tuple elements and bitcasts) is a slice of 1/group of
+    it: each device keeps its shard of the sum, i.e. a reduce-scatter."""
+    users: dict[str, list[Instruction]] = defaultdict(list)
+    for i in comp.instructions:
+        for o in i.operands:
+            users[o].append(i)
+    sizes = {i.name: i.out_bytes for i in comp.instructions}
+    frontier, slices = [reduce.name], []
+    while frontier:
+        for u in users.get(frontier.pop(), []):
+            if u.opcode in ("get-tuple-element", "bitcast"):
+                frontier.append(u.name)
+            elif u.opcode in ("dynamic-slice", "slice") and u.operands[0] in sizes:
+                slices.append(u)
+            else:
+                return False
+    return group > 1 and bool(slices) and all(u.out_bytes * group == sizes[u.operands[0]] for u in slices)
 
 def _op_name(ins: Instruction) -> str:
     """The JAX operation an instruction came from (its op_name metadata without the jit/transform prefixes), or its

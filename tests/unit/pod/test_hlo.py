@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from musicflow_jax.pod import hlo, roofline
+from musicflow_jax.pod import hlo, roofline, schedule
 from musicflow_jax.pod.chips import CHIPS
 
 STEPS, ROWS, COLS = 7, 64, 128
@@ -90,3 +90,81 @@ slice-start(%p), slice={[0:768], [0:3], [0:64]}
 }
 """
     assert hlo.traffic(text).bytes_accessed == 768 * 3 * 64 * 2
+
+
+def test_schedule_reads_the_scan_bodies_matmuls(scanned_psum):
+    """The replay of the compiled 7-step scan counts each step's two (64 x 128 x 64) matmuls per device, 7 times, and
+    lies between the roofline's fully overlapped and serial times."""
+    chip = CHIPS["v5e"]
+    tl = schedule.timeline(scanned_psum.as_text(), chip)
+    assert tl.matmul_flops == STEPS * 2 * (2 * ROWS * ROWS * COLS)
+    t = hlo.traffic(scanned_psum.as_text())
+    r = roofline.estimate(chip, tl.matmul_flops, tl.matmul_flops, t.bytes_accessed, t.wire_bytes, tl.seconds)
+    assert r["bound_s"] <= r["sched_s"] <= r["serial_s"] and r["mfu_bound"] >= r["mfu_sched"] >= r["mfu_serial"]
+
+
+COUNTING_LOOP = """HloModule m
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[4]{0} get-tuple-element(%p), index=1
+  %step = s32[] constant(STEP)
+  %next = s32[] add(%i, %step)
+  %y = f32[4]{0} add(%x, %x)
+  ROOT %t = (s32[], f32[4]{0}) tuple(%next, %y)
+}
+%cond (p: (s32[], f32[4])) -> pred[] {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(8)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+ENTRY %main (x: f32[4]) -> f32[4] {
+  %x = f32[4]{0} parameter(0)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[4]{0}) tuple(%zero, %x)
+  %w = (s32[], f32[4]{0}) while(%init), condition=%cond, body=%body
+  ROOT %r = f32[4]{0} get-tuple-element(%w), index=1
+}
+"""
+
+
+@pytest.mark.parametrize("step,trips", [(1, 8), (2, 4), (3, 3)])
+def test_loops_counting_by_more_than_one(step, trips):
+    """`i < 8` with the body adding `step` to i runs ceil(8 / step) times: XLA's windowed einsum loops (FSDP matmuls
+    as collective-permute rings on TPU) handle two shards per trip and count by 2 (read as 8 trips, they doubled the
+    FLOPs, bytes and wire bytes of stage1_base on v5e:4x4)."""
+    comps = hlo.parse(COUNTING_LOOP.replace("STEP", str(step)))
+    assert hlo.multiplicities(comps)[1] == [trips]
+    # each trip: the counter's add (3 x 4 bytes) and the f32[4] add (3 x 16 bytes)
+    assert hlo.traffic(COUNTING_LOOP.replace("STEP", str(step))).bytes_accessed == trips * (3 * 4 + 3 * 16)
+
+
+FUSED_SUM = """HloModule m
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %s = f32[] add(%x, %y)
+}
+%fused_sum (g: f32[512,128]) -> f32[OUT,128] {
+  %g = f32[512,128]{1,0} parameter(0)
+  %ar = f32[512,128]{1,0} all-reduce(%g), channel_id=1, replica_groups={{0,1},{2,3}}, to_apply=%add
+  %pid = u32[] partition-id()
+  %zero = u32[] constant(0)
+  ROOT %mine = f32[OUT,128]{1,0} dynamic-slice(%ar, %pid, %zero), dynamic_slice_sizes={OUT,128}
+}
+ENTRY %main (g: f32[512,128]) -> f32[OUT,128] {
+  %g = f32[512,128]{1,0} parameter(0)
+  ROOT %f = f32[OUT,128]{1,0} fusion(%g), kind=kCustom, calls=%fused_sum
+}
+"""
+
+
+def test_an_all_reduce_each_device_slices_its_share_of_is_a_reduce_scatter():
+    """Read by structure, whatever the fused computation is called: a 256 KiB sum over pairs of which each device keeps
+    its half is a reduce-scatter (each sends half of it); keeping a quarter is not a scatter over 2: an all-reduce."""
+    (half,) = hlo.traffic(FUSED_SUM.replace("OUT", "256")).collectives
+    assert (half.kind, half.group, half.bytes) == ("reduce-scatter", 2, 512 * 128 * 4)
+    assert half.wire_bytes == 512 * 128 * 4 / 2
+    (quarter,) = hlo.traffic(FUSED_SUM.replace("OUT", "128")).collectives
+    assert (quarter.kind, quarter.group) == ("all-reduce", 2)

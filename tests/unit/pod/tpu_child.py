@@ -16,7 +16,7 @@ from musicflow_jax.cli import aot as aot_cli
 from musicflow_jax.core import config, sharding
 from musicflow_jax.core.config import MeshConfig
 from musicflow_jax.pod import compile as pod_compile
-from musicflow_jax.pod import hlo, topology
+from musicflow_jax.pod import hlo, roofline, schedule, topology
 from musicflow_jax.training import flow_step
 
 
@@ -24,10 +24,11 @@ def shard_bytes(tree) -> int:
     return int(sum(np.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(tree)))
 
 
-def fsdp_layers(devices, layers: int, dim: int, hidden: int) -> list[list[float]]:
+def fsdp_layers(devices, chip, layers: int, dim: int, hidden: int) -> tuple[list[list[float]], dict[str, float]]:
     """The collectives of an SGD step of `layers` scanned, rematerialised residual MLP blocks whose f32 weights are
     FSDP-sharded over 2 chips, replicated over 2 data-parallel pairs, cast to bf16 for the matmuls:
-    [kind, group, bytes, count] as pod/hlo.py reads them off the TPU compiler's program."""
+    [kind, group, bytes, count] as pod/hlo.py reads them off the TPU compiler's program, and its replay in the
+    compiled order (pod/schedule.py) beside the roofline."""
     mesh = sharding.make_mesh(MeshConfig(shape=(2, 2, 1)), devices)
 
     def loss(ws, x):
@@ -43,17 +44,22 @@ def fsdp_layers(devices, layers: int, dim: int, hidden: int) -> list[list[float]
                                sharding=NamedSharding(mesh, P(None, None, "fsdp"))))
     x = jax.ShapeDtypeStruct((8, 256, dim), jnp.float32, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
     text = jax.jit(step, out_shardings=tuple(w.sharding for w in ws)).lower(ws, x).compile().as_text()
+    traffic = hlo.traffic(text)
     total: dict[tuple[str, int, float], float] = {}
-    for c in hlo.traffic(text).collectives:
+    for c in traffic.collectives:
         total[(c.kind, c.group, c.bytes)] = total.get((c.kind, c.group, c.bytes), 0.0) + c.count
-    return [[kind, group, nbytes, count] for (kind, group, nbytes), count in sorted(total.items())]
+    tl = schedule.timeline(text, chip)
+    rl = roofline.estimate(chip, tl.matmul_flops, tl.matmul_flops, traffic.bytes_accessed, traffic.wire_bytes,
+                           tl.seconds)
+    return ([[kind, group, nbytes, count] for (kind, group, nbytes), count in sorted(total.items())],
+            {"matmul_flops": tl.matmul_flops, "exposed_s": tl.exposed_s, "collective_s": tl.collective_s, **rl})
 
 
 def main(out: str, tiny: str) -> None:
     TINY = json.loads(tiny)  # noqa: N806 (the test's overrides)
     res = {}
     single = topology.load("v5e:2x2")
-    res["fsdp_layers"] = fsdp_layers(single.devices, 6, 512, 2048)
+    res["fsdp_layers"], res["fsdp_schedule"] = fsdp_layers(single.devices, single.chip, 6, 512, 2048)
     cfg = config.load("stage1_tiny", [*TINY, "model.scan_layers=false"])
     c = pod_compile.train_step(cfg, single.devices)
     rep = pod_compile.report(c, single.chip)

@@ -17,8 +17,8 @@ devices: all-gather and all-to-all (n-1)/n of the result, reduce-scatter (n-1)/n
 that, collective-permute the whole operand. The TPU compiler's forms are read as what they do: a collective split
 into pieces fused with the matmuls around it (async collective fusion: one channel id in several fusions) counts
 once; an all-reduce fused with the slice each device keeps (TPU's `all-reduce-scatter` fusions: the sum's only uses
-are slices of 1/n of it) is a reduce-scatter; groups
-named over the mesh (`replica_groups=mesh[...]`, with or without `device_ids`) have the product of the named axes.
+are slices of 1/n of it) is a reduce-scatter; groups named over the mesh (`replica_groups=mesh[...]`, with or without
+`device_ids`) have the product of the named axes.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "f8e4m3fn": 1,
                "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8, "c64": 8, "c128": 16}
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
 # instructions that move no HBM bytes of their own (control flow counts its callees; async *-done pairs their start)
+# the ends of async collectives (a done pairs with the start it takes as operand)
+COLLECTIVE_DONES = {f"{c}-done" for c in COLLECTIVES} | {"async-done"}
 _NO_TRAFFIC = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
-               "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "copy-done", "all-gather-done",
-               "all-reduce-done", "collective-permute-done", "async-done", "async-update", "send-done", "recv-done",
-               "slice-done", "add-dependency", "domain"}
+               "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "copy-done", "async-update",
+               "send-done", "recv-done", "slice-done", "add-dependency", "domain"} | COLLECTIVE_DONES
 
 _COMP = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s+=\s+(.*?)\s+([a-z][\w\-]*)\((.*)$")
@@ -416,6 +417,7 @@ def _only_sliced(reduce: Instruction, comp: Computation, group: int) -> bool:
             else:
                 return False
     return group > 1 and bool(slices) and all(u.out_bytes * group == sizes[u.operands[0]] for u in slices)
+
 
 def _op_name(ins: Instruction) -> str:
     """The JAX operation an instruction came from (its op_name metadata without the jit/transform prefixes), or its

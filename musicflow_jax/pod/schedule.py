@@ -34,8 +34,6 @@ from musicflow_jax.pod.chips import Chip
 
 _KERNELS = ("tpu_custom_call", "triton", "mosaic")  # custom-call targets of opaque compute kernels
 _GEMM = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
-_DONE = {"all-gather-done", "all-reduce-done", "collective-permute-done", "async-done", "reduce-scatter-done",
-         "all-to-all-done"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +142,7 @@ class _Replay:
         start_of: dict[str, list[str]] = {}
         for ins in comp.instructions:
             held = []
-            if ins.opcode in _DONE:  # completes its start's collectives
+            if ins.opcode in hlo.COLLECTIVE_DONES:  # completes its start's collectives
                 held = [k for o in ins.operands for k in start_of.get(o, [])]
             for j, (channel, c) in enumerate(hlo.instruction_collectives(ins, self.comps)):
                 key = f"ch{channel}" if channel is not None else f"{ins.name}#{j}"
@@ -214,12 +212,12 @@ def timeline(text: str, chip: Chip, *, flops_per_device: float | None = None,
     whose part the program does not show is given to its opaque kernels; `unknown_trips` as in hlo.multiplicities."""
     comps = hlo.parse(text)
     entry = next(c.name for c in comps.values() if c.entry)
-    probe = _Replay(comps, chip, unknown_trips, 0.0)
-    probe.run(entry, 1.0)
     per_kernel = 0.0
-    if flops_per_device is not None and probe.kernels:
-        per_kernel = max(flops_per_device - probe.flops, 0.0) / probe.kernels
     replay = _Replay(comps, chip, unknown_trips, per_kernel)
     seconds = replay.run(entry, 1.0)
+    if flops_per_device is not None and replay.kernels:  # again, with the kernels' share of the FLOPs now known
+        per_kernel = max(flops_per_device - replay.flops, 0.0) / replay.kernels
+        replay = _Replay(comps, chip, unknown_trips, per_kernel)
+        seconds = replay.run(entry, 1.0)
     return Timeline(seconds, replay.compute, replay.exposed, replay.collective, replay.flops - per_kernel
                     * replay.kernels, per_kernel * replay.kernels)

@@ -8,7 +8,9 @@ infill|ceiling|halves --n N --seed S --duration D --steps1/--steps2 --cfg1/--cfg
 manifest's captions with fixed seeds (or the backend-ceiling / real-halves reference rows) and evaluate in one go
 (musicflow_jax.evaluate.model; `--checkpoint bundled` = the bundled model).
 `python -m musicflow_jax.evaluate --compare A/results.json B/results.json` prints both runs side by side with paired
-bootstrap 95% intervals over clips (musicflow_jax.evaluate.compare). Bad input: one line on stderr, exit code 2."""
+bootstrap 95% intervals over clips (musicflow_jax.evaluate.compare); a side may list several runs of the same prompts
+at other seeds, comma-separated (`A0/results.json,A1/results.json`): per-clip values are averaged over them.
+Bad input: one line on stderr, exit code 2."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", help="manifest .jsonl (or WAV folder) of real clips with captions")
     ap.add_argument("--out", help="output folder: results.json, results.md, cache/")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two results.json of the same prompts: print them "
-                    "side by side with paired bootstrap 95%% intervals")
+                    "side by side with paired bootstrap 95%% intervals; a side may be several runs at other seeds, "
+                    "comma-separated (per-clip means)")
     g = ap.add_argument_group("generate and evaluate (musicflow_jax.evaluate.model)")
     g.add_argument("--checkpoint", help="MusicFlow model folder, or 'bundled'")
     g.add_argument("--manifest", help="manifest .jsonl of real clips: the first --n captions are generated")
@@ -121,8 +124,13 @@ def _model(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     _write(out, results, a.quiet)
 
 
-def _compare(path_a: str, path_b: str) -> None:
-    cmp = compare.compare(compare.load_results(path_a), compare.load_results(path_b))
+def _compare(paths_a: str, paths_b: str) -> None:
+    sides = [[p for p in paths.split(",") if p] for paths in (paths_a, paths_b)]
+    for name, paths in zip(("A", "B"), sides):
+        if len(set(paths)) != len(paths):
+            raise compare.CompareError(f"--compare {name}: a results.json is listed twice ({','.join(paths)}); list "
+                                       "each seed's run once")
+    cmp = compare.compare(*([compare.load_results(p) for p in paths] for paths in sides))
     print(compare.markdown(cmp, "A", "B"), end="")
 
 

@@ -6,12 +6,17 @@ Clips are paired by position; their captions must match (same prompts, same orde
 where both runs have a value, the difference mean(m_b) - mean(m_a) is recomputed on `n_boot` resamples of the
 clip indices (the same indices for both runs: paired), and the 2.5th / 97.5th percentiles of those differences
 are the interval. Set-level numbers (FD proxy, instrument accuracy, CLAP) are shown without intervals.
+
+Each side may be several runs of the same prompts at different seeds: a clip's value on that side is then its mean
+over the runs that have one, so the interval is over prompts with the sampling noise of one seed averaged out (the
+key of one 8-s sample moves by about 3 clips in 32 between seeds); set-level numbers are the runs' mean.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,23 +77,45 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return res
 
 
-def compare(a: dict[str, Any], b: dict[str, Any], n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
-    """{metric: Paired as a dict} for the per-clip metrics, plus the set-level numbers of both runs."""
-    ca, cb = a["clips"], b["clips"]
-    if len(ca) != len(cb):
-        raise CompareError(f"the runs have {len(ca)} and {len(cb)} clips: compare runs of the same prompts")
-    for i, (x, y) in enumerate(zip(ca, cb)):
-        if x["caption"] != y["caption"]:
-            raise CompareError(f"clip {i}: captions differ ({x['caption'][:60]!r} vs {y['caption'][:60]!r}): compare "
-                               "runs of the same prompts in the same order")
-    out: dict[str, Any] = {}
+Runs = dict[str, Any] | Sequence[dict[str, Any]]
+
+
+def compare(a: Runs, b: Runs, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """{metric: Paired as a dict} for the per-clip metrics, plus the set-level numbers of both sides. A side is one
+    results dict or several of the same prompts (seeds): per-clip values are then averaged over its runs."""
+    runs_a, runs_b = ([r] if isinstance(r, dict) else list(r) for r in (a, b))
+    if not runs_a or not runs_b:
+        raise CompareError("each side needs at least one results.json")
+    first = runs_a[0]["clips"]
+    for side, runs in (("A", runs_a), ("B", runs_b)):
+        for j, run in enumerate(runs):
+            clips = run["clips"]
+            if len(clips) != len(first):
+                raise CompareError(f"the runs have {len(first)} and {len(clips)} clips: compare runs of the same "
+                                   "prompts")
+            for i, (x, y) in enumerate(zip(first, clips)):
+                if x["caption"] != y["caption"]:
+                    raise CompareError(f"{side} run {j + 1}, clip {i}: captions differ ({x['caption'][:60]!r} vs "
+                                       f"{y['caption'][:60]!r}): compare runs of the same prompts in the same order")
+    out: dict[str, Any] = {"runs": {"a": len(runs_a), "b": len(runs_b)}}
     for m in METRICS:
-        pairs = [(_value(x, m), _value(y, m)) for x, y in zip(ca, cb)]
+        pairs = [(_clip_mean(runs_a, i, m), _clip_mean(runs_b, i, m)) for i in range(len(first))]
         pairs = [(u, v) for u, v in pairs if u is not None and v is not None]
         out[m] = dataclasses.asdict(paired_bootstrap(*np.asarray(pairs).T, n_boot, seed)) if pairs else None
     for k in ("fd_proxy", "instrument_accuracy", "clap"):
-        out[k] = {"a": a.get(k), "b": b.get(k)}
+        out[k] = {"a": _run_mean(runs_a, k), "b": _run_mean(runs_b, k)}
     return out
+
+
+def _clip_mean(runs: Sequence[dict[str, Any]], i: int, metric: str) -> float | None:
+    """Clip i's value of `metric` averaged over the runs that have one (None if none has)."""
+    vals = [v for v in (_value(r["clips"][i], metric) for r in runs) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _run_mean(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    vals = [r.get(key) for r in runs]
+    return None if any(v is None for v in vals) else float(np.mean(vals))
 
 
 def markdown(cmp: dict[str, Any], name_a: str = "a", name_b: str = "b") -> str:
@@ -103,4 +130,8 @@ def markdown(cmp: dict[str, Any], name_a: str = "a", name_b: str = "b") -> str:
     for k in ("fd_proxy", "instrument_accuracy", "clap"):
         va, vb = (("-" if v is None else f"{v:.3f}") for v in (cmp[k]["a"], cmp[k]["b"]))
         lines.append(f"| {k} | | {va} | {vb} | |")
+    runs = cmp.get("runs", {"a": 1, "b": 1})
+    if runs["a"] > 1 or runs["b"] > 1:
+        lines.append(f"\n{name_a}: {runs['a']} run(s), {name_b}: {runs['b']} run(s) of the same prompts; per-clip "
+                     "values are means over a side's runs, set-level numbers the runs' mean")
     return "\n".join(lines) + "\n"

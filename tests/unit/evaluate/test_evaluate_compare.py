@@ -72,3 +72,39 @@ def test_compare_cli(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--generated", "x"])
     assert e.value.code == 2 and "--reference, --out required" in capsys.readouterr().err
+
+
+def test_compare_pools_seeds_per_clip() -> None:
+    """A side of several runs (seeds) of the same prompts: each clip's value is its mean over the runs that have one,
+    the set-level numbers the runs' mean; one run compares as before."""
+    a0 = _results([1.0, 0.5, None], ["within_4pct", "double", None], [0.9, 0.5, 0.1], CAPS)
+    a1 = _results([0.5, 0.5, 1.0], [None, "within_4pct", None], [0.7, 0.3, 0.3], CAPS)
+    a1["fd_proxy"] = 2.5
+    b = _results([1.0, 1.0, None], ["within_4pct", "within_4pct", None], [1.0, 0.9, 0.2], CAPS)
+    c = compare([a0, a1], b, n_boot=500)
+    assert c["runs"] == {"a": 2, "b": 1}
+    # clip means of A: key MIREX (0.75, 0.5, 1.0), exact (0.5, 0, 1); B has keys on clips 0-1 only
+    assert c["key_mirex"]["n"] == 2 and c["key_mirex"]["mean_a"] == pytest.approx(0.625)
+    assert c["key_exact"]["mean_a"] == pytest.approx(0.25) and c["key_exact"]["diff"] == pytest.approx(0.75)
+    # tempo of A: clip 0 only run 0 has it (1), clip 1 (0 + 1) / 2
+    assert c["tempo_within_4pct"]["mean_a"] == pytest.approx(0.75)
+    assert c["note_presence"]["mean_a"] == pytest.approx(np.mean([0.8, 0.4, 0.2]))
+    assert c["fd_proxy"] == {"a": 2.0, "b": 1.5}
+    assert compare([a0, a0], [b], n_boot=500)["key_mirex"] == compare(a0, b, n_boot=500)["key_mirex"]
+    with pytest.raises(CompareError, match="B run 2, clip 1: captions differ"):
+        compare(a0, [b, _results([1.0] * 3, [None] * 3, [0.5] * 3, [CAPS[0], "other", CAPS[2]])])
+
+
+def test_compare_cli_several_seeds(tmp_path: Path, capsys) -> None:
+    a0 = _results([1.0, 0.5, None], ["within_4pct", "double", None], [0.9, 0.5, 0.1], CAPS)
+    a1 = _results([0.5, 0.5, 1.0], [None, "within_4pct", None], [0.7, 0.3, 0.3], CAPS)
+    b = _results([1.0, 1.0, None], ["within_4pct", "within_4pct", None], [1.0, 0.9, 0.2], CAPS)
+    for name, r in (("a0", a0), ("a1", a1), ("b", b)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    pair = f"{tmp_path / 'a0.json'},{tmp_path / 'a1.json'}"
+    assert main(["--compare", pair, str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| key_mirex | 2 | 0.625 | 1.000 | +0.375 [" in out and "A: 2 run(s), B: 1 run(s)" in out
+    assert main(["--compare", f"{tmp_path / 'a0.json'},{tmp_path / 'a0.json'}", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err
+    assert "listed twice" in err and err.count("\n") == 1

@@ -18,9 +18,10 @@ by musicflow_jax.evaluate.report against the reference set:
   on this backend can beat it. `checkpoint` may also be a backend-only folder (features.json + its part files, e.g.
   written by `python -m musicflow_jax.assemble --semantic S --acoustic A`), to measure a backend - a codec trained
   here - before any flow model exists;
-- every row of a model whose semantic stream is chroma (the "chroma" part) also scores the key of the stage-1
-  stream itself ("stage1_stream": Krumhansl-Schmuckler on its mean chroma against the caption's key, beside the same
-  estimator on the real clips' streams), so a key lost between stage 1 and the audio shows as the gap;
+- every row of a model whose semantic stream is chroma (the "chroma" part) also scores the key and the tempo of the
+  stage-1 stream itself ("stage1_stream": Krumhansl-Schmuckler on its mean chroma against the caption's key; the
+  tempo of its onset envelope, the rises of its chroma and band energies, against the caption's; beside the same
+  estimators on the real clips' streams), so a key or tempo lost between stage 1 and the audio shows as the gap;
 - "halves": real against real - the first n clips against clips [n, 2n) (same sizes as a model row, so the FD is
   comparable with the model rows').
 Captions (`EvalSpec.captions`): "as_written" prompts each entry's own caption; "heldout" prompts the entry's facts
@@ -183,20 +184,41 @@ def stream_key(semantic_tc: np.ndarray) -> music.Key:
     return music.key_of_chroma(np.asarray(semantic_tc, np.float64)[:, :12].mean(0))
 
 
+def stream_onsets(semantic_tc: np.ndarray) -> np.ndarray:
+    """(T,) onset envelope of a chroma stream (T, 12 chroma + bands): the frame-to-frame rises of its band log
+    energies (mean over bands) plus those of its chroma (sum over pitch classes), each scaled to unit spread, so a
+    new note shows whether it is louder or only another pitch; frame t is the rise into frame t (0 at t = 0)."""
+    x = np.asarray(semantic_tc, np.float64)
+    rise = np.maximum(0.0, np.diff(x, axis=0))
+    bands, chroma = rise[:, 12:].mean(axis=1), rise[:, :12].sum(axis=1)
+    env = bands / (bands.std() + 1e-9) + chroma / (chroma.std() + 1e-9)
+    return np.concatenate([[0.0], env])
+
+
+def stream_tempo(semantic_tc: np.ndarray, frame_rate: float) -> float:
+    """The tempo in BPM of a chroma stream: music.tempo_from_envelope on its onset envelope (stream_onsets)."""
+    return music.tempo_from_envelope(stream_onsets(semantic_tc), frame_rate)
+
+
 def stage1_stream_keys(mf: Any, entries: Sequence[Any], streams: Sequence[np.ndarray], reference: Sequence[Clip]
                        ) -> dict[str, Any] | None:
-    """Key exact / MIREX of the generated stage-1 streams against the captions' keys, and of the real clips' streams
-    (the backend's encoding of the reference audio) with the same estimator; None unless the semantic part is chroma
-    and the row generated streams."""
+    """Key exact / MIREX and tempo within 4 % of the generated stage-1 streams against the captions' keys and tempi,
+    and of the real clips' streams (the backend's encoding of the reference audio) with the same estimators; None
+    unless the semantic part is chroma and the row generated streams."""
     if not streams or not isinstance(mf.backend.semantic, ChromaSemantic):
         return None
     real = [mf.backend.encode_semantic(read_audio(c.path, sample_rate=mf.sample_rate)[0][None])[0] for c in reference]
+    rate = float(mf.backend.semantic.frame_rate)
 
     def score(stream_list: Sequence[np.ndarray]) -> dict[str, Any]:
         got = [(music.parse_key(e.caption), stream_key(x)) for e, x in zip(entries, stream_list)]
         k = np.array([music.mirex_key_score(ref, est) for ref, est in got if ref is not None])
+        bpm = [(music.parse_bpm(e.caption), x) for e, x in zip(entries, stream_list)]
+        t = np.array([music.tempo_class(stream_tempo(x, rate), ref) == "within_4pct" for ref, x in bpm
+                      if ref is not None and len(x) >= 4 * rate * 60.0 / music.TEMPO_RANGE[1]])
         return {"key_exact": float(np.mean(k == 1.0)) if k.size else None,
-                "key_mirex": float(k.mean()) if k.size else None, "key_n": int(k.size)}
+                "key_mirex": float(k.mean()) if k.size else None, "key_n": int(k.size),
+                "tempo_within_4pct": float(t.mean()) if t.size else None, "tempo_n": int(t.size)}
 
     return {"generated": score(streams), "real": score(real)}
 

@@ -250,8 +250,48 @@ def test_stage1_stream_key_is_krumhansl_schmuckler_on_its_mean_chroma(tmp_path: 
         semantic=ChromaSemantic(), encode_semantic=lambda x: real[str(path)][None]))
     got = M.stage1_stream_keys(mf, entries, [stream(2), stream(7), stream(0)], [R.Clip(str(path), "")] * 3)
     # generated: D major exact; G major for C major = a fifth (0.5); C major for A minor = relative (0.3)
-    assert got["generated"] == {"key_exact": 1 / 3, "key_mirex": pytest.approx((1 + 0.5 + 0.3) / 3), "key_n": 3}
+    key_fields = ("key_exact", "key_mirex", "key_n")
+    assert {k: got["generated"][k] for k in key_fields} == {"key_exact": 1 / 3,
+                                                           "key_mirex": pytest.approx((1 + 0.5 + 0.3) / 3), "key_n": 3}
     # real (C major each): D major vs C = 0, C = 1, A minor vs C major = relative 0.3
-    assert got["real"] == {"key_exact": 1 / 3, "key_mirex": pytest.approx((0 + 1 + 0.3) / 3), "key_n": 3}
+    assert {k: got["real"][k] for k in key_fields} == {"key_exact": 1 / 3,
+                                                      "key_mirex": pytest.approx((0 + 1 + 0.3) / 3), "key_n": 3}
     mel = SimpleNamespace(backend=SimpleNamespace(semantic=object()))
     assert M.stage1_stream_keys(mel, entries, [stream(2)], []) is None
+
+
+def _pulsed_stream(frames_per_beat: int, frames: int = 400, seed: int = 0) -> np.ndarray:
+    """(frames, 12 + 4) chroma stream at 50 Hz whose notes start every `frames_per_beat` frames: each note is a new
+    pitch class, its band energies jump up at the start and decay, with a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)
+    beat, phase = t // frames_per_beat, t % frames_per_beat
+    chroma = np.eye(12)[(7 * beat) % 12] + 0.02 * rng.random((frames, 12))
+    bands = (-0.15 * phase)[:, None] + 0.05 * rng.standard_normal((frames, 4))
+    return np.concatenate([chroma / chroma.sum(1, keepdims=True), bands], 1).astype(np.float32)
+
+
+def test_stage1_stream_tempo_reads_the_streams_note_rate(tmp_path: Path) -> None:
+    """A stream whose notes start every 25 frames at 50 Hz is at 120 BPM (every 30: 100 BPM); the summary scores the
+    generated and real streams' tempi against each caption's (within 4 %); a stream too short for a tempo is left
+    out."""
+    from types import SimpleNamespace
+
+    from musicflow_jax.backends.chroma import ChromaSemantic
+    from musicflow_jax.evaluate import model as M
+
+    for fpb, bpm in ((25, 120.0), (30, 100.0), (40, 75.0)):
+        assert M.stream_tempo(_pulsed_stream(fpb), 50.0) == pytest.approx(bpm, rel=0.01)
+    env = M.stream_onsets(_pulsed_stream(25))
+    assert env.shape == (400,) and env[0] == 0.0 and set(np.argsort(env)[-15:] % 25) == {0}  # peaks on the note starts
+    entries = [SimpleNamespace(caption=f"A Bach chorale in C major at {b} BPM played on a piano")
+               for b in (120, 100, 60)]
+    path = write_wav(tmp_path / "r.wav", np.zeros(2400, np.float32), 24_000)
+    mf = SimpleNamespace(sample_rate=24_000, backend=SimpleNamespace(
+        semantic=ChromaSemantic(), encode_semantic=lambda x: _pulsed_stream(30)[None]))
+    got = M.stage1_stream_keys(mf, entries, [_pulsed_stream(25)] * 2 + [_pulsed_stream(25, frames=30)],
+                               [R.Clip(str(path), "")] * 3)
+    # generated 120 BPM: the 120 caption within, the 100 one not; the 30-frame stream (0.6 s) has no tempo
+    assert (got["generated"]["tempo_within_4pct"], got["generated"]["tempo_n"]) == (0.5, 2)
+    # real 100 BPM: only the 100 caption; 60 BPM is not within 4 % of 100 (nor is 120)
+    assert (got["real"]["tempo_within_4pct"], got["real"]["tempo_n"]) == (pytest.approx(1 / 3), 3)

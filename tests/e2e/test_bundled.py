@@ -128,8 +128,8 @@ TURBO_FLOORS = {"template": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence"
 TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a string quartet"
 TEMPI = (60, 66, 76, 84, 96, 104, 112, 120)  # the corpus' range (60-120 BPM)
 # measured on the shipped model (8 clips each, 8 midpoint steps): held-out wordings key exact 0.75 / MIREX 0.84 (the
-# template's 1.0 / 1.0); tempi: rank correlation of asked and estimated 0.52, none within 8 % (MODEL_CARD.md: the
-# codec's attacks bound the tempo)
+# template's 1.0 / 1.0); tempi: rank correlation of asked and estimated 0.52, none within 8 % (MODEL_CARD.md: stage 1's
+# stream does not carry the tempo; the same recipe at train.seed 1 measures 0.05)
 PARAPHRASE_FLOORS = {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}
 TEMPO_FLOOR_RANK = 0.3
 

@@ -200,7 +200,7 @@ def stream_tempo(semantic_tc: np.ndarray, frame_rate: float) -> float:
     return music.tempo_from_envelope(stream_onsets(semantic_tc), frame_rate)
 
 
-def stage1_stream_keys(mf: Any, entries: Sequence[Any], streams: Sequence[np.ndarray], reference: Sequence[Clip]
+def stage1_stream_scores(mf: Any, entries: Sequence[Any], streams: Sequence[np.ndarray], reference: Sequence[Clip]
                        ) -> dict[str, Any] | None:
     """Key exact / MIREX and tempo within 4 % of the generated stage-1 streams against the captions' keys and tempi,
     and of the real clips' streams (the backend's encoding of the reference audio) with the same estimators; None
@@ -215,7 +215,7 @@ def stage1_stream_keys(mf: Any, entries: Sequence[Any], streams: Sequence[np.nda
         k = np.array([music.mirex_key_score(ref, est) for ref, est in got if ref is not None])
         bpm = [(music.parse_bpm(e.caption), x) for e, x in zip(entries, stream_list)]
         t = np.array([music.tempo_class(stream_tempo(x, rate), ref) == "within_4pct" for ref, x in bpm
-                      if ref is not None and len(x) >= 4 * rate * 60.0 / music.TEMPO_RANGE[1]])
+                      if ref is not None and len(x) >= music.min_envelope_frames(rate)])
         return {"key_exact": float(np.mean(k == 1.0)) if k.size else None,
                 "key_mirex": float(k.mean()) if k.size else None, "key_n": int(k.size),
                 "tempo_within_4pct": float(t.mean()) if t.size else None, "tempo_n": int(t.size)}
@@ -374,7 +374,7 @@ def evaluate_model(checkpoint: str | Path | None, manifest: str | Path, out: str
     results["alignment"], per_clip = alignment(entries[: spec.n], generated, full, spec, sr, progress)
     for row, al in zip(results["clips"], per_clip):
         row["alignment"] = al
-    results["stage1_stream"] = stage1_stream_keys(mf, entries[: spec.n], streams, reference)
+    results["stage1_stream"] = stage1_stream_scores(mf, entries[: spec.n], streams, reference)
     results["run"] = {"mode": spec.mode, "checkpoint": str(mf.folder), "manifest": str(manifest),
                       "spec": dataclasses.asdict(spec), "classifier_clips": len(cls_clips),
                       "audio_seconds_per_clip": round(end - start, 4), **info,

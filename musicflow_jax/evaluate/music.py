@@ -178,13 +178,18 @@ def onset_strength(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- tempo
 
 
+def min_envelope_frames(rate: float = ONSET_RATE) -> float:
+    """The shortest onset envelope (frames at `rate`) tempo_from_envelope reads: four beats at the fastest tempo."""
+    return 4 * rate * 60.0 / TEMPO_RANGE[1]
+
+
 def tempo_from_envelope(env: np.ndarray, rate: float = ONSET_RATE) -> float:
     """BPM at the peak of the onset envelope's autocorrelation, weighted by a log-normal prior (TEMPO_PRIOR) over
     TEMPO_RANGE, refined by parabolic interpolation of the peak; NaN when the envelope has no periodicity in that range
     (silence): no tempo, which tempo_class counts as "other"."""
     e = np.asarray(env, np.float64) - np.mean(env)
     n = e.size
-    if n < 4 * rate * 60.0 / TEMPO_RANGE[1]:
+    if n < min_envelope_frames(rate):
         raise MusicMetricError(f"tempo needs at least {4 * 60.0 / TEMPO_RANGE[1]:.1f} s of audio, got {n / rate:.2f} s")
     f = np.fft.rfft(e, 2 * n)
     acf = np.fft.irfft(np.abs(f) ** 2)[:n]

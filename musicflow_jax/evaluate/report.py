@@ -230,8 +230,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "| stage-1 stream (chroma) vs caption | key_exact | key_mirex | key_n | tempo within 4% | "
                   "tempo_n |", "|---|---|---|---|---|---|",
                   *(f"| {name} streams | {_fmt(s1[name]['key_exact'])} | {_fmt(s1[name]['key_mirex'])} | "
-                    f"{s1[name]['key_n']} | {_fmt(s1[name].get('tempo_within_4pct'))} | "
-                    f"{s1[name].get('tempo_n', '-')} |" for name in ("generated", "real"))]
+                    f"{s1[name]['key_n']} | {_fmt(s1[name]['tempo_within_4pct'])} | {s1[name]['tempo_n']} |"
+                    for name in ("generated", "real"))]
     for name, m in results.get("embeddings", {}).items():
         lines += ["", f"| {name} | " + " | ".join(m) + " |", "|---" * (len(m) + 1) + "|",
                   "| generated vs reference | " + " | ".join(_fmt(v) for v in m.values()) + " |"]

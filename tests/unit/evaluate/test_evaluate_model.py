@@ -248,7 +248,7 @@ def test_stage1_stream_key_is_krumhansl_schmuckler_on_its_mean_chroma(tmp_path: 
     real = {str(path): stream(0)}
     mf = SimpleNamespace(sample_rate=24_000, backend=SimpleNamespace(
         semantic=ChromaSemantic(), encode_semantic=lambda x: real[str(path)][None]))
-    got = M.stage1_stream_keys(mf, entries, [stream(2), stream(7), stream(0)], [R.Clip(str(path), "")] * 3)
+    got = M.stage1_stream_scores(mf, entries, [stream(2), stream(7), stream(0)], [R.Clip(str(path), "")] * 3)
     # generated: D major exact; G major for C major = a fifth (0.5); C major for A minor = relative (0.3)
     key_fields = ("key_exact", "key_mirex", "key_n")
     assert {k: got["generated"][k] for k in key_fields} == {"key_exact": 1 / 3,
@@ -257,7 +257,7 @@ def test_stage1_stream_key_is_krumhansl_schmuckler_on_its_mean_chroma(tmp_path: 
     assert {k: got["real"][k] for k in key_fields} == {"key_exact": 1 / 3,
                                                       "key_mirex": pytest.approx((0 + 1 + 0.3) / 3), "key_n": 3}
     mel = SimpleNamespace(backend=SimpleNamespace(semantic=object()))
-    assert M.stage1_stream_keys(mel, entries, [stream(2)], []) is None
+    assert M.stage1_stream_scores(mel, entries, [stream(2)], []) is None
 
 
 def _pulsed_stream(frames_per_beat: int, frames: int = 400, seed: int = 0) -> np.ndarray:
@@ -289,7 +289,7 @@ def test_stage1_stream_tempo_reads_the_streams_note_rate(tmp_path: Path) -> None
     path = write_wav(tmp_path / "r.wav", np.zeros(2400, np.float32), 24_000)
     mf = SimpleNamespace(sample_rate=24_000, backend=SimpleNamespace(
         semantic=ChromaSemantic(), encode_semantic=lambda x: _pulsed_stream(30)[None]))
-    got = M.stage1_stream_keys(mf, entries, [_pulsed_stream(25)] * 2 + [_pulsed_stream(25, frames=30)],
+    got = M.stage1_stream_scores(mf, entries, [_pulsed_stream(25)] * 2 + [_pulsed_stream(25, frames=30)],
                                [R.Clip(str(path), "")] * 3)
     # generated 120 BPM: the 120 caption within, the 100 one not; the 30-frame stream (0.6 s) has no tempo
     assert (got["generated"]["tempo_within_4pct"], got["generated"]["tempo_n"]) == (0.5, 2)

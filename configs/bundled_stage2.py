@@ -16,7 +16,7 @@ def get_config() -> Config:
         s1,
         name="bundled_stage2",
         model=dataclasses.replace(s1.model, stage="acoustic", feature_dim=codec_config().model.hidden_size,
-                                  cond_dim=s1.model.feature_dim),
+                                  cond_dim=s1.model.feature_dim, beat=False),  # the rhythm comes in the stream
         data=dataclasses.replace(s1.data, frames=int(75 * WINDOW_SECONDS)),
         train=dataclasses.replace(s1.train, steps=1500),
         # no guidance at stage 2 (and so half its evaluations): measured on the held-out suite (text-to-music 8 s, 32

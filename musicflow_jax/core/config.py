@@ -60,6 +60,9 @@ class ModelConfig:
     # an average-velocity (few-step) student: the network also reads the interval end s (flow.FlowInput.s_b) through
     # a second time embedding of s - t whose output layer starts at zero (a teacher's weights load unchanged)
     interval: bool = False
+    # a beat grid on the stage's frames from the caption's tempo (core/beat.py, flow.FlowInput.beat_btc), read with
+    # the stream and the condition by the input projection; dropped with the text
+    beat: bool = False
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank on lora_targets (models/lora.py); 0 = off
     lora_alpha: float = 8.0  # adapters enter as W + lora_alpha / lora_rank * A B
     lora_targets: str = LORA_TARGETS  # regex searched in parameter paths (e.g. down.layers.block.self_attn.w_q)
@@ -203,6 +206,11 @@ class Config:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    @property
+    def frame_rate(self) -> float:
+        """Frames per second of the stream this stage generates (data.semantic_rate or data.acoustic_rate)."""
+        return self.data.acoustic_rate if self.model.stage == "acoustic" else self.data.semantic_rate
 
 
 # --------------------------------------------------------------------------- validation

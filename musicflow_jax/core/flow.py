@@ -9,7 +9,8 @@ x_t everywhere, the context ctx = x1 * (1 - m) and the conditions, and the loss 
 valid (unpadded) frames: L = sum_{b,t,d} m (v - u)^2 / (sum_{b,t} m * D).
 Classifier-free guidance: during training the text is dropped (text mask all False) with probability
 p_drop_text, and the context is dropped with it (Voicebox drops both), or alone with p_drop_context.
-At sampling time v = v_uncond + w (v_cond - v_uncond), where "uncond" = no text and no context.
+At sampling time v = v_uncond + w (v_cond - v_uncond), where "uncond" = no text and no context. A beat grid
+(FlowInput.beat_btc, model.beat) comes from the caption's tempo, so it is dropped (zeroed) wherever the text is.
 With text.meta (encoders/meta.py) the batch marks the tempo / key tokens ("text_is_meta"), and the caption's own
 tokens alone are dropped with p_drop_caption, so the stage learns to follow the tokens whatever the wording.
 
@@ -39,7 +40,8 @@ class FlowInput(NamedTuple):
 
     x_t, ctx: (B, T, D) (ctx = 0 on generated and padded frames); t: (B,); text: (B, L, E) frozen T5 output with
     its mask (B, L) bool (all False = text dropped); cond: (B, T, C) frame-aligned condition (stage 2: upsampled
-    semantic features) or None; frame_mask: (B, T) bool, True on real frames, or None (all real)."""
+    semantic features) or None; frame_mask: (B, T) bool, True on real frames, or None (all real); beat: (B, T, 5) the
+    caption's beat grid (model.beat, core/beat.py) or None - text-derived, so it is dropped with the text."""
 
     x_t_btd: Array
     ctx_btd: Array
@@ -49,6 +51,7 @@ class FlowInput(NamedTuple):
     cond_btc: Array | None = None
     frame_mask_bt: Array | None = None
     s_b: Array | None = None  # the interval end of an average-velocity student (model.interval); None: s = t
+    beat_btc: Array | None = None
 
 
 ApplyFn = Callable[[FlowInput], Array]  # the network: FlowInput -> v_btd
@@ -135,7 +138,8 @@ def context_from_mask(x1_btd: Array, gen_mask_bt: Array, frame_mask_bt: Array | 
 def flow_loss(apply_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowConfig) -> tuple[Array, dict[str, Any]]:
     """Masked conditional flow-matching loss for one batch (see module docstring).
 
-    batch: "x1" (B,T,D), "frame_mask" (B,T), "text_emb" (B,L,E), "text_mask" (B,L), optional "cond" (B,T,C).
+    batch: "x1" (B,T,D), "frame_mask" (B,T), "text_emb" (B,L,E), "text_mask" (B,L), optional "cond" (B,T,C) and
+    "beat" (B,T,5) (zeroed with the text).
     """
     x1_btd = batch["x1"].astype(jnp.float32)
     b = x1_btd.shape[0]
@@ -155,7 +159,11 @@ def flow_loss(apply_fn: ApplyFn, key: Array, batch: dict[str, Array], cfg: FlowC
     if cfg.p_drop_caption > 0.0 and "text_is_meta" in batch:  # its own key: configs without it draw as before
         text_mask_bl = text_mask_bl & caption_keep(jax.random.fold_in(k_drop, 1), batch["text_is_meta"], cfg)
     text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
-    v_btd = apply_fn(FlowInput(x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, batch.get("cond"), frame_mask_bt))
+    beat_btc = batch.get("beat")
+    if beat_btc is not None:
+        beat_btc = jnp.where(drop_text_b[:, None, None], 0.0, beat_btc)
+    v_btd = apply_fn(FlowInput(x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, batch.get("cond"), frame_mask_bt,
+                               beat_btc=beat_btc))
     loss = masked_loss(v_btd, u_btd, gen_mask_bt)
     aux = {
         "loss_per_example": per_example_loss(v_btd, u_btd, gen_mask_bt),
@@ -199,8 +207,9 @@ def guided_velocity(v_cond: Array, v_uncond: Array, w: float | Array) -> Array:
 
 def guided_apply(apply_fn: ApplyFn, inp: FlowInput, cfg_scale: float) -> Array:
     """One guided velocity evaluation (the sampler's and the distillation teacher's): for cfg_scale != 1 one forward
-    on the doubled batch [cond; uncond] - uncond drops the text and the context (as training's CFG dropout does),
-    keeps the frame-aligned condition - combined by `guided_velocity`; cfg_scale = 1: the conditional forward alone."""
+    on the doubled batch [cond; uncond] - uncond drops the text, the beat grid and the context (as training's CFG
+    dropout does), keeps the frame-aligned condition - combined by `guided_velocity`; cfg_scale = 1: the conditional
+    forward alone."""
     if cfg_scale == 1.0:
         return apply_fn(inp)
     b = inp.x_t_btd.shape[0]
@@ -208,7 +217,9 @@ def guided_apply(apply_fn: ApplyFn, inp: FlowInput, cfg_scale: float) -> Array:
     v2 = apply_fn(FlowInput(two(inp.x_t_btd), jnp.concatenate([inp.ctx_btd, jnp.zeros_like(inp.ctx_btd)]),
                             two(inp.t_b), jnp.concatenate([inp.text_bld, jnp.zeros_like(inp.text_bld)]),
                             jnp.concatenate([inp.text_mask_bl, jnp.zeros_like(inp.text_mask_bl)]), two(inp.cond_btc),
-                            two(inp.frame_mask_bt), two(inp.s_b)))
+                            two(inp.frame_mask_bt), two(inp.s_b),
+                            None if inp.beat_btc is None else jnp.concatenate([inp.beat_btc,
+                                                                               jnp.zeros_like(inp.beat_btc)])))
     return guided_velocity(v2[:b], v2[b:], cfg_scale)
 
 
@@ -244,17 +255,18 @@ def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: di
     ctx_velocity_btd = ot_target(x0_btd, x1_btd, cfg.sigma_min)
     text_mask_bl = batch["text_mask"].astype(bool)
     text_bld = jnp.where(text_mask_bl[..., None], batch["text_emb"], 0.0)
-    cond_btc = batch.get("cond")
+    cond_btc, beat_btc = batch.get("cond"), batch.get("beat")
 
     def guided(x_btd: Array, tt_b: Array) -> Array:  # the teacher's guided field (the sampler's)
-        inp = FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt)
+        inp = FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, beat_btc=beat_btc)
         v_btd = guided_apply(teacher_fn, inp, cfg_scale)
         return jnp.where(gen_mask_bt[..., None], v_btd.astype(jnp.float32), ctx_velocity_btd)
 
     v_btd = jax.lax.stop_gradient(guided(x_t_btd, t_b))
 
     def student(x_btd: Array, tt_b: Array) -> Array:
-        return student_fn(FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, s_b))
+        return student_fn(FlowInput(x_btd, ctx_btd, tt_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, s_b,
+                                    beat_btc))
 
     if method == "meanflow":
         u_btd, target_btd = average_velocity_target(student, x_t_btd, t_b, s_b, v_btd)
@@ -262,7 +274,8 @@ def distill_loss(student_fn: ApplyFn, teacher_fn: ApplyFn, key: Array, batch: di
         m_b = 0.5 * (t_b + s_b)
 
         def half(x_btd: Array, a_b: Array, z_b: Array) -> Array:
-            u = student_fn(FlowInput(x_btd, ctx_btd, a_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, z_b))
+            u = student_fn(FlowInput(x_btd, ctx_btd, a_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, z_b,
+                                     beat_btc))
             return jnp.where(gen_mask_bt[..., None], u.astype(jnp.float32), ctx_velocity_btd)
 
         u1_btd = half(x_t_btd, t_b, m_b)

@@ -64,18 +64,21 @@ def denormalize(x_tc: np.ndarray, mean_c: np.ndarray | None, std_c: np.ndarray |
     return x_tc * np.maximum(std_c, eps) + mean_c
 
 
-def crop_semantic(rng: np.random.Generator | None, sem_tc: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stage 1: random `frames` window of the semantic stream with its validity mask."""
-    return pad_or_crop(sem_tc, frames, crop_offset(rng, len(sem_tc), frames))
+def crop_semantic(rng: np.random.Generator | None, sem_tc: np.ndarray, frames: int, start: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Stage 1: random `frames` window of the semantic stream with its validity mask (`start`: that window instead)."""
+    return pad_or_crop(sem_tc, frames, crop_offset(rng, len(sem_tc), frames) if start is None else start)
 
 
 def crop_aligned(rng: np.random.Generator | None, sem_tc: np.ndarray, ac_td: np.ndarray, frames: int,
-                 sem_rate: float, ac_rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 sem_rate: float, ac_rate: float, start: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stage 2: a `frames` window of the acoustic stream and the semantic stream upsampled onto the same frames.
 
-    Returns (x1 (frames, D), cond (frames, C), mask (frames,)); padding frames are zero in both streams.
+    Returns (x1 (frames, D), cond (frames, C), mask (frames,)); padding frames are zero in both streams. `start`
+    (acoustic frames): that window instead of a random one.
     """
-    start = crop_offset(rng, len(ac_td), frames)
+    start = crop_offset(rng, len(ac_td), frames) if start is None else start
     x1, mask = pad_or_crop(ac_td, frames, start)
     n_valid = int(mask.sum())
     cond = np.zeros((frames, sem_tc.shape[1]), sem_tc.dtype)

@@ -122,6 +122,7 @@ def guided_field(
     frame_mask: Array,
     cfg_scale: float,
     sigma_min: float,
+    beat: Array | None = None,
 ) -> VectorField:
     """The sampling vector field: CFG-guided network velocity on generated frames, the exact OT
     velocity of the context on context frames. `field(t, x, s)` with an interval end s: a student's average velocity
@@ -131,7 +132,7 @@ def guided_field(
 
     def field(t: Array, x_btd: Array, s: Array | None = None) -> Array:
         s_b = None if s is None else jnp.full((b,), s, jnp.float32)
-        inp = FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask, s_b)
+        inp = FlowInput(x_btd, ctx, jnp.full((b,), t, jnp.float32), text_emb, text_mask, cond, frame_mask, s_b, beat)
         v = guided_apply(model, inp, cfg_scale)  # CFG: one forward on [cond; uncond]
         return jnp.where(gen_mask[..., None], v.astype(jnp.float32), ctx_velocity)
 
@@ -160,12 +161,12 @@ def _reporting(field: VectorField) -> VectorField:
 
 @functools.partial(nnx.jit, static_argnames=("solver", "steps", "cfg_scale", "sigma_min", "rtol", "atol", "report",
                                              "max_steps"))
-def _sample_jit(model, key, rows, text_emb, text_mask, cond, ctx, gen_mask, frame_mask, *, solver, steps,
+def _sample_jit(model, key, rows, text_emb, text_mask, cond, ctx, gen_mask, frame_mask, beat, *, solver, steps,
                 cfg_scale, sigma_min, rtol, atol, report, max_steps):
     b, t, d = ctx.shape
     x0 = frame_random(lambda k, shape: jax.random.normal(k, shape, jnp.float32), key, rows, t, d)  # core/noise.py
     field = guided_field(model, x0, text_emb=text_emb, text_mask=text_mask, cond=cond, ctx=ctx, gen_mask=gen_mask,
-                         frame_mask=frame_mask, cfg_scale=cfg_scale, sigma_min=sigma_min)
+                         frame_mask=frame_mask, cfg_scale=cfg_scale, sigma_min=sigma_min, beat=beat)
     if report:
         field = _reporting(field)
     if solver == "average":
@@ -197,6 +198,7 @@ def sample(
     on_eval: Callable[[int], None] | None = None,
     rows: Array | None = None,
     max_steps: int = MAX_ADAPTIVE_STEPS,
+    beat: Array | None = None,
 ) -> tuple[Array, Array]:
     """Generate (B, T, D) features with a flow transformer. Returns (x1_btd, nfe).
 
@@ -205,7 +207,9 @@ def sample(
     False marks padding (length buckets): those frames are not seen by the others and come back as 0. `on_eval(1)`
     is called on the host after each network evaluation (reporting calls run one at a time and block until done;
     executables with the callback are not written to JAX's persistent compilation cache).
-    The starting noise of row r, frame i comes from (key, rows[r], i) (default rows 0..B-1; buckets.frame_random).
+    `beat` (B,T,5): the caption's beat grid for a stage with model.beat (core/beat.py; dropped in CFG's unconditional
+    branch). The starting noise of row r, frame i comes from (key, rows[r], i) (default rows 0..B-1;
+    buckets.frame_random).
     dopri5 stops with an error after `max_steps` steps (at most `max_nfe(solver, steps, max_steps)` evaluations).
     """
     b = text_emb.shape[0]
@@ -226,7 +230,8 @@ def sample(
     kw = dict(solver=solver, steps=steps, cfg_scale=float(cfg_scale), sigma_min=float(sigma_min), rtol=float(rtol),
               atol=float(atol), report=on_eval is not None,
               max_steps=int(max_steps) if solver == "dopri5" else MAX_ADAPTIVE_STEPS)  # one executable
-    args = (model, key, rows, text_emb, text_mask.astype(bool), cond, ctx, gen_mask, frame_mask.astype(bool))
+    args = (model, key, rows, text_emb, text_mask.astype(bool), cond, ctx, gen_mask, frame_mask.astype(bool),
+            None if beat is None else jnp.asarray(beat, jnp.float32))
     if on_eval is None:
         return _sample_jit(*args, **kw)
     with _EVAL_LOCK:

@@ -2,6 +2,7 @@
 
 Batch (dict of numpy arrays, B = cfg.data.batch_size // process_count, T = cfg.data.frames, L = cfg.text.max_len):
   x1 (B,T,feature_dim) f32 normalised target | frame_mask (B,T) bool | cond (B,T,cond_dim) f32 (stage "acoustic")
+  beat (B,T,5) f32 the caption's beat grid on the crop's frames (model.beat; core/beat.py)
   text_ids (B,L) i32 | text_mask (B,L) bool | text_emb (B,L,text.dim) f32 (only if cfg.text.precomputed)
 
 Pipeline (train), defined on the *global* batch so that it does not depend on the number of hosts: source (every
@@ -111,6 +112,8 @@ class ToExample(grain.transforms.RandomMap):
         self.varied = cfg.data.captions == "varied"
         self.text_len, self.text_dim = cfg.text.max_len, cfg.text.dim
         self.feature_dim, self.cond_dim = cfg.model.feature_dim, cfg.model.cond_dim
+        self.beat = cfg.model.beat
+        self.rate = cfg.frame_rate
         stats_index = (stats_file(cfg.data.stats) if cfg.data.stats else index) if cfg.data.normalize else None
         self.sem_stats = index_stats(stats_index, "semantic")
         self.ac_stats = index_stats(stats_index, "acoustic")
@@ -125,15 +128,21 @@ class ToExample(grain.transforms.RandomMap):
         if self.stage2:
             self._check(clip, clip.acoustic, self.feature_dim, "acoustic")
             self._check(clip, clip.semantic, self.cond_dim, "semantic")
-            x1, cond, mask = frames.crop_aligned(rng, clip.semantic, clip.acoustic, self.frames, *self.rates)
+            start = frames.crop_offset(rng, len(clip.acoustic), self.frames)
+            x1, cond, mask = frames.crop_aligned(rng, clip.semantic, clip.acoustic, self.frames, *self.rates, start)
             out = {"x1": frames.normalize(x1, *self.ac_stats) * mask[:, None],
                    "cond": frames.normalize(cond, *self.sem_stats) * mask[:, None]}
         else:
             self._check(clip, clip.semantic, self.feature_dim, "semantic")
-            x1, mask = frames.crop_semantic(rng, clip.semantic, self.frames)
+            start = frames.crop_offset(rng, len(clip.semantic), self.frames)
+            x1, mask = frames.crop_semantic(rng, clip.semantic, self.frames, start)
             out = {"x1": frames.normalize(x1, *self.sem_stats) * mask[:, None]}
         out["frame_mask"] = mask
         out["caption"] = self._caption(clip, rng)
+        if self.beat:  # the caption's tempo as a grid; the rendered corpus's beats fall at multiples of 60 / bpm
+            bpm = meta.parse_bpm(out["caption"]) or 0.0  # from its audio's start (core/beat.py)
+            beat0 = (float(clip.start) + start / self.rate) * bpm / 60.0
+            out["beat"] = meta.beat_grid([out["caption"]], self.frames, self.rate, beat0)[0] * mask[:, None]
         if self.precomputed:
             if clip.t5_emb is None or clip.t5_mask is None:
                 raise RecordError(f"clip {clip.clip_id!r} ({clip.source}) has no stored T5 embedding but "
@@ -168,7 +177,7 @@ class Collate:
         if self._tok is None:
             self._tok = text_tokenizer(self.checkpoint)
         batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "caption"}
-        for k in ("x1", "cond", "text_emb"):
+        for k in ("x1", "cond", "beat", "text_emb"):
             if k in batch:
                 batch[k] = batch[k].astype(np.float32)
         texts = [e["caption"] for e in examples]

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from musicflow_jax.core import beat
+
 TOKENS = 2
 FREQS = 2.0 ** np.arange(-3, 5)  # cycles per octave of tempo: 1/8 .. 16
 MIN_DIM = 64  # text.dim the features need
@@ -71,6 +73,12 @@ def parse(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     key = [parse_key(t) for t in texts]
     return (np.asarray([0.0 if b is None else b for b in bpm], np.float32),
             np.asarray([-1 if k is None else k for k in key], np.int32))
+
+
+def beat_grid(texts: Sequence[str], frames: int, rate: float, beat0_b: np.ndarray | float = 0.0) -> np.ndarray:
+    """(B, T, 5) the beat grid of each caption's tempo on `frames` frames at `rate` Hz, starting `beat0_b` beats in
+    (core/beat.py; all zero for a caption naming no tempo): what a stage with model.beat reads."""
+    return beat.features(parse(texts)[0], np.asarray(beat0_b, np.float64), frames, rate)
 
 
 def tokens(bpm_b: jnp.ndarray, key_b: jnp.ndarray, dim: int) -> tuple[jnp.ndarray, jnp.ndarray]:

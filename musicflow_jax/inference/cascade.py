@@ -42,11 +42,12 @@ from flax import nnx
 from tqdm import tqdm
 
 from musicflow_jax.backends import FeatureBackend
+from musicflow_jax.core import beat, frames
 from musicflow_jax.core import config as config_lib
-from musicflow_jax.core import frames
 from musicflow_jax.core.audio import AudioError, audio_info, read_audio
 from musicflow_jax.core.config import Config, ConfigError
 from musicflow_jax.core.sampling import expected_nfe, max_nfe, sample
+from musicflow_jax.encoders import meta
 from musicflow_jax.inference import buckets, longform, model_folder
 from musicflow_jax.inference.checks import (
     DRAFT_STEPS,
@@ -129,11 +130,11 @@ class Stage:
     def sample(self, key: jax.Array, text: tuple[jax.Array, np.ndarray], s: StageSettings, ctx_btd: np.ndarray,
                gen_t: np.ndarray, cond_btc: np.ndarray | None, overlap: float, progress: Callable[[int], None] | None,
                per_window: int = buckets.DEFAULT_PER_WINDOW, rows: Sequence[int] | None = None,
-               eval_progress: bool = False) -> tuple[np.ndarray, int]:
+               eval_progress: bool = False, beat_btc: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """The stage over the whole sequence, window by window (longform.generate_windowed): (x (B, T, D), NFE).
         A window shorter than the trained one is padded to its length bucket (buckets.py; `per_window` 0: exact
         shapes). `progress(n)` is told of each window, or with `eval_progress` of each network evaluation (fixed-step
-        solvers; dopri5 stays per window)."""
+        solvers; dopri5 stays per window). `beat_btc`: the captions' beat grids over the whole sequence (model.beat)."""
         emb, mask = text
         nfe = [0]
         per_eval = progress is not None and eval_progress and s.solver != "dopri5"
@@ -150,12 +151,13 @@ class Stage:
             seen[0] = 0
             _between()
 
-        def run(key: jax.Array, ctx: np.ndarray, gen: np.ndarray, cond: np.ndarray | None) -> np.ndarray:
+        def run(key: jax.Array, ctx: np.ndarray, gen: np.ndarray,
+                conds: tuple[np.ndarray | None, np.ndarray | None]) -> np.ndarray:
             n = ctx.shape[1]
             nb = buckets.bucket_length(n, self.window, per_window)
             try:  # (the host copies wait for the result: a failed solve raises here)
-                x, k = self._sample_window(key, emb, mask, s, ctx, gen, cond, n, nb, on_eval if per_eval else None,
-                                           rows)
+                x, k = self._sample_window(key, emb, mask, s, ctx, gen, *conds, n, nb,
+                                           on_eval if per_eval else None, rows)
                 x, k = np.asarray(x), int(k)
             except jax.errors.JaxRuntimeError as e:
                 if s.solver == "dopri5" and "maximum number of solver steps" in str(e):
@@ -167,13 +169,14 @@ class Stage:
             return x[:, :n]
 
         ov = int(overlap * self.window)
-        x = longform.generate_windowed(run, key, ctx_btd, np.broadcast_to(gen_t, ctx_btd.shape[:2]), cond_btc,
+        x = longform.generate_windowed(run, key, ctx_btd, np.broadcast_to(gen_t, ctx_btd.shape[:2]),
+                                       (cond_btc, beat_btc),
                                        window=self.window, overlap=ov, crossfade=max(1, ov // 4),
                                        progress=on_window)
         return x, nfe[0]
 
     def _sample_window(self, key: jax.Array, emb: jax.Array, mask: np.ndarray, s: StageSettings, ctx: np.ndarray,
-                       gen: np.ndarray, cond: np.ndarray | None, n: int, nb: int,
+                       gen: np.ndarray, cond: np.ndarray | None, grid: np.ndarray | None, n: int, nb: int,
                        on_eval: Callable[[int], None] | None, rows: Sequence[int] | None) -> tuple[jax.Array, Any]:
         """One window of n frames padded to its bucket nb."""
         pad = buckets.pad_frames
@@ -181,6 +184,7 @@ class Stage:
                           gen_mask=jnp.asarray(pad(gen, nb)),
                           frame_mask=jnp.asarray(np.broadcast_to(buckets.frame_mask(n, nb), gen.shape[:1] + (nb,))),
                           cond=None if cond is None else jnp.asarray(pad(cond, nb)),
+                          beat=None if grid is None else jnp.asarray(pad(grid, nb)),
                           solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=self.cfg.flow.sigma_min,
                       rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol, on_eval=on_eval,
                       rows=None if rows is None else jnp.asarray(rows, jnp.uint32), max_steps=s.max_steps)
@@ -549,7 +553,7 @@ class MusicFlow:
                 bar.set_postfix_str(st.name)
                 x, nfe[st.name] = st.sample(jax.random.fold_in(key, i + 1), encoded[id(st.text)], s, ctx, gen, cond,
                                             r.overlap, bar.update if r.progress else None, self.per_window, r.rows,
-                                            self.eval_progress)
+                                            self.eval_progress, beat_grid(st, r.texts, ctx, gen))
                 check_finite(x, f"{st.name} ({st.stream} stream)")
                 outs.append(x)
             bar.set_postfix_str("decoder")
@@ -583,6 +587,17 @@ class MusicFlow:
         with _on(self.device):
             audio = self.backend.decode(z)
         return audio[:, : n * self.backend.acoustic.hop_length]
+
+
+def beat_grid(stage: Stage, texts: Sequence[str], ctx_btc: np.ndarray, gen_t: np.ndarray) -> np.ndarray | None:
+    """The captions' beat grids over the stage's frames (model.beat; None without): from the clip's first frame, or
+    in phase with the prompt's onsets where the stage has a prompt (core/beat.py)."""
+    if not stage.cfg.model.beat:
+        return None
+    bpm_b = meta.parse(texts)[0]
+    known = ~np.asarray(gen_t, bool)
+    beat0_b = [beat.phase_of(x, bpm, stage.rate, known) if known.any() else 0.0 for x, bpm in zip(ctx_btc, bpm_b)]
+    return meta.beat_grid(texts, len(gen_t), stage.rate, np.asarray(beat0_b))
 
 
 def _on(device: jax.Device | None) -> Any:

@@ -18,12 +18,14 @@ Prompt frames (gen_mask False on input) are never modified: the result equals `c
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-# sample_window(key, ctx_bwd, gen_mask_bw, cond_bwc | None) -> x_bwd (context frames returned unchanged)
-WindowSampler = Callable[[jax.Array, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
+# sample_window(key, ctx_bwd, gen_mask_bw, conds) -> x_bwd (context frames returned unchanged); conds: the window's
+# frame-aligned conditions, generate_windowed's `cond_bnc` cut to the window
+WindowSampler = Callable[[jax.Array, np.ndarray, np.ndarray, Any], np.ndarray]
 
 
 def plan_windows(total: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -50,12 +52,13 @@ def crossfade_weights(n: int) -> np.ndarray:
 
 
 def generate_windowed(sample_window: WindowSampler, key: jax.Array, ctx_bnd: np.ndarray, gen_mask_bn: np.ndarray,
-                      cond_bnc: np.ndarray | None, *, window: int, overlap: int, crossfade: int,
+                      cond_bnc: Any, *, window: int, overlap: int, crossfade: int,
                       progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Fill every frame where gen_mask is True, window by window (see module docstring).
 
     ctx_bnd: (B, N, D) known frames (values on gen_mask frames are ignored); gen_mask_bn: (B, N) bool, the same
-    for every batch row; cond_bnc: (B, N, C) frame-aligned condition or None. Returns (B, N, D) float32.
+    for every batch row; cond_bnc: the frame-aligned conditions, a (B, N, C) array, None or a tuple of them (e.g. the
+    previous stage's stream and the beat grid), each cut to the window's frames. Returns (B, N, D) float32.
     """
     gen_mask_bn = np.asarray(gen_mask_bn, bool)
     if not (gen_mask_bn == gen_mask_bn[:1]).all():
@@ -81,7 +84,7 @@ def generate_windowed(sample_window: WindowSampler, key: jax.Array, ctx_bnd: np.
         gen_w = missing | regen
         ctx_w = np.where(gen_w[None, :, None], 0.0, out[:, s:e])
         gen_bw = np.broadcast_to(gen_w, (out.shape[0], e - s))
-        cond_w = None if cond_bnc is None else np.asarray(cond_bnc[:, s:e], np.float32)
+        cond_w = jax.tree.map(lambda c, s=s, e=e: np.asarray(c[:, s:e], np.float32), cond_bnc)
         x_w = np.asarray(sample_window(jax.random.fold_in(key, k), ctx_w, np.array(gen_bw), cond_w), np.float32)
         new = out[:, s:e].copy()
         new[:, missing] = x_w[:, missing]
@@ -117,11 +120,15 @@ def audio_crossfade(prompt_s: np.ndarray, generated_s: np.ndarray, keep_s: np.nd
     return np.where(keep_s, prompt_s, (1.0 - w_s) * prompt_s + w_s * generated_s).astype(np.float32)
 
 
-def seam_jumps(x_btd: np.ndarray, seams: list[int]) -> tuple[float, float]:
+def seam_jumps(x_btd: np.ndarray, seams: list[int], among: np.ndarray | None = None) -> tuple[float, float]:
     """(largest frame-to-frame jump at the seams, 99th percentile of the jumps elsewhere) of windowed streams
-    (B, T, D): a seam the crossfade hides is no larger than the stream's own jumps."""
+    (B, T, D): a seam the crossfade hides is no larger than the stream's own jumps. `among` (T - 1,) bool: only those
+    jumps count, at the seams and elsewhere (e.g. those onto a beat: a rhythmic stream's largest jumps are its
+    onsets); 0 at the seams when none of theirs is among them."""
     jump_t = np.linalg.norm(np.diff(x_btd, axis=1), axis=-1).max(axis=0)  # jump_t[i] = |x[i+1] - x[i]|
     at = np.zeros_like(jump_t, bool)
     for s in seams:
         at[max(s - 3, 0): s + 2] = True  # around the seam, crossfade included
-    return float(jump_t[at].max()), float(np.percentile(jump_t[~at], 99))
+    keep = np.ones_like(at) if among is None else np.asarray(among, bool)
+    seam = jump_t[at & keep]
+    return float(seam.max()) if seam.size else 0.0, float(np.percentile(jump_t[~at & keep], 99))

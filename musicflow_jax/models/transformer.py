@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from musicflow_jax.core import beat
 from musicflow_jax.core.config import Config
 from musicflow_jax.core.flow import FlowInput
 from musicflow_jax.core.sharding import constrain
@@ -176,7 +177,8 @@ class FlowTransformer(nnx.Module):
         dt, pdt = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
         self.stage, self.feature_dim, self.cond_dim, self.text_dim = m.stage, m.feature_dim, m.cond_dim, cfg.text.dim
         self.dim, self.depth, self.time_dim = m.dim, m.depth, m.time_dim
-        in_dim = 2 * m.feature_dim + m.cond_dim
+        self.beat = m.beat
+        in_dim = 2 * m.feature_dim + m.cond_dim + (beat.CHANNELS if m.beat else 0)
         self.in_proj = Dense(in_dim, m.dim, ("vocab", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
         self.time_fc1 = Dense(m.time_dim, m.dim, ("vocab", "mlp"), dtype=dt, param_dtype=pdt, rngs=rngs)
         self.time_fc2 = Dense(m.dim, m.dim, ("mlp", "embed"), dtype=dt, param_dtype=pdt, rngs=rngs)
@@ -194,7 +196,7 @@ class FlowTransformer(nnx.Module):
         self.activation_rules = tuple(cfg.mesh.rules)
 
     def _check_inputs(self, x_t_btd: jax.Array, ctx_btd: jax.Array, text_bld: jax.Array, text_mask_bl: jax.Array,
-                      cond_btc: jax.Array | None) -> None:
+                      cond_btc: jax.Array | None, beat_btc: jax.Array | None) -> None:
         b, t, f = x_t_btd.shape
         if f != self.feature_dim or ctx_btd.shape != x_t_btd.shape:
             raise ValueError(f"x_t {x_t_btd.shape} and ctx {ctx_btd.shape} must both be (B, T, model.feature_dim="
@@ -208,17 +210,23 @@ class FlowTransformer(nnx.Module):
                              f"{self.cond_dim}) (semantic features upsampled to the acoustic rate), got {got}")
         if not self.cond_dim and cond_btc is not None:
             raise ValueError(f"stage {self.stage!r} has model.cond_dim=0 and takes no cond_btc; pass None")
+        if self.beat and (beat_btc is None or beat_btc.shape != (b, t, beat.CHANNELS)):
+            got = None if beat_btc is None else beat_btc.shape
+            raise ValueError(f"stage {self.stage!r} has model.beat and needs beat_btc of shape (B={b}, T={t}, "
+                             f"{beat.CHANNELS}) (core/beat.py; zeros = no tempo), got {got}")
+        if not self.beat and beat_btc is not None:
+            raise ValueError(f"stage {self.stage!r} has model.beat=false and takes no beat_btc; pass None")
 
     def __call__(self, inp: FlowInput, *, deterministic: bool = True) -> jax.Array:
         """The velocity v (B, T, F) float32 for `inp` (flow.FlowInput), 0 on padded frames."""
-        x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, s_b = inp
+        x_t_btd, ctx_btd, t_b, text_bld, text_mask_bl, cond_btc, frame_mask_bt, s_b, beat_btc = inp
         if s_b is not None and not self.interval:
             raise ValueError("an interval end s_b was given to a stage without model.interval (not a few-step student)")
-        self._check_inputs(x_t_btd, ctx_btd, text_bld, text_mask_bl, cond_btc)
+        self._check_inputs(x_t_btd, ctx_btd, text_bld, text_mask_bl, cond_btc, beat_btc)
         b, t, _ = x_t_btd.shape
         frame_mask_bt = jnp.ones((b, t), bool) if frame_mask_bt is None else frame_mask_bt.astype(bool)
         text_mask_bl = text_mask_bl.astype(bool)
-        feats = [x_t_btd, ctx_btd] + ([cond_btc] if cond_btc is not None else [])
+        feats = [x_t_btd, ctx_btd] + [c for c in (cond_btc, beat_btc) if c is not None]
         h_btd = self.in_proj(jnp.concatenate([f.astype(jnp.float32) for f in feats], axis=-1))
         temb_bd = self.time_fc2(jax.nn.silu(self.time_fc1(sinusoidal_embedding(t_b, self.time_dim))))
         if self.interval:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from musicflow_jax.core import config_io, frames, sampling, sharding
+from musicflow_jax.core import beat, config_io, frames, sampling, sharding
 from musicflow_jax.core.config import Config, MeshConfig
 from musicflow_jax.core.flow import FlowInput, guided_apply
 from musicflow_jax.pod import hlo, roofline, schedule
@@ -110,6 +110,8 @@ def abstract_batch(cfg: Config, mesh: jax.sharding.Mesh, rules: dict[str, str | 
         "text_ids": ((b, lt), jnp.int32), "text_mask": ((b, lt), jnp.bool_)}
     if cfg.model.cond_dim:
         shapes["cond"] = ((b, t, cfg.model.cond_dim), jnp.float32)
+    if cfg.model.beat:
+        shapes["beat"] = ((b, t, beat.CHANNELS), jnp.float32)
     if cfg.text.precomputed:
         shapes["text_emb"] = ((b, lt, cfg.text.dim), jnp.float32)
     if cfg.text.meta:
@@ -128,6 +130,8 @@ def random_batch(cfg: Config, process_count: int = 1) -> dict[str, np.ndarray]:
              + np.zeros((b, 1), int)}
     if cfg.model.cond_dim:
         batch["cond"] = rng.normal(size=(b, t, cfg.model.cond_dim)).astype(np.float32)
+    if cfg.model.beat:
+        batch["beat"] = beat.features(np.full(b, 96.0), rng.random(b), t, cfg.frame_rate)
     if cfg.text.precomputed:
         batch["text_emb"] = rng.normal(size=(b, lt, cfg.text.dim)).astype(np.float32)
     return batch
@@ -246,7 +250,8 @@ def generation_step(cfg1: Config, cfg2: Config, seconds: float, batch: int,
         s = cfg.sample
         return sampling.sample(model, key, text_emb=emb, text_mask=mask, frames=n, feature_dim=cfg.model.feature_dim,
                                cond=cond, solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale,
-                               sigma_min=cfg.flow.sigma_min)
+                               sigma_min=cfg.flow.sigma_min,  # a beat grid's cost does not depend on its values
+                               beat=jnp.zeros((emb.shape[0], n, beat.CHANNELS)) if cfg.model.beat else None)
 
     def generate(p1: Any, p2: Any, key: jax.Array, emb: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         with sharding.activation_mesh(mesh):  # activation constraints and per-device kernels as in training
@@ -291,8 +296,9 @@ def _generation_flops(cfg1: Config, cfg2: Config, batch: int, t1: int, t2: int) 
         def f(p: Any, emb: jax.Array, mask: jax.Array) -> jax.Array:
             x = jnp.zeros((batch, n, m.feature_dim))
             cond = jnp.zeros((batch, n, m.cond_dim)) if m.cond_dim else None
+            grid = jnp.zeros((batch, n, beat.CHANNELS)) if m.beat else None
             inp = FlowInput(x, jnp.zeros_like(x), jnp.full((batch,), 0.5), emb, mask, cond, jnp.ones((batch, n), bool),
-                            None)
+                            None, grid)
             return guided_apply(nnx.merge(graphdef, p), inp, cfg.sample.cfg_scale)
 
         lowered = jax.jit(f).lower(params, jax.ShapeDtypeStruct((batch, lt, cfg.text.dim), jnp.float32),

@@ -22,13 +22,14 @@ from musicflow_jax.models.transformer import FlowTransformer
 MEL = MelConfig(n_mels=32, griffin_lim_iters=8)
 
 
-def tiny_configs(window_s: float = 1.0, text: TextConfig | None = None) -> tuple[Config, Config]:
+def tiny_configs(window_s: float = 1.0, text: TextConfig | None = None, beat: bool = False) -> tuple[Config, Config]:
     sem_dim = ChromaSemantic().dim
     text = text or TextConfig(checkpoint="", max_len=48, dim=32)
     model = ModelConfig(stage="semantic", feature_dim=sem_dim, cond_dim=0, dim=32, depth=2, heads=2, mlp_dim=64,
                         time_dim=16, dtype="float32")
     sample = SampleConfig(solver="euler", steps=4, cfg_scale=2.0)
-    c1 = Config(name="test_stage1", text=text, model=model, data=DataConfig(frames=int(50 * window_s), batch_size=2),
+    c1 = Config(name="test_stage1", text=text, model=dataclasses.replace(model, beat=beat),
+                data=DataConfig(frames=int(50 * window_s), batch_size=2),
                 sample=sample)
     c2 = Config(name="test_stage2", text=text,
                 model=dataclasses.replace(model, stage="acoustic", feature_dim=MEL.n_mels, cond_dim=sem_dim),
@@ -36,11 +37,13 @@ def tiny_configs(window_s: float = 1.0, text: TextConfig | None = None) -> tuple
     return c1, c2
 
 
-def make_model_folder(folder: Path, seed: int = 0, window_s: float = 1.0, text: TextConfig | None = None) -> Path:
+def make_model_folder(folder: Path, seed: int = 0, window_s: float = 1.0, text: TextConfig | None = None,
+                      beat: bool = False) -> Path:
     """stage1/stage2 safetensors (random weights), features.json (mel backend, stats from noise), text_encoder/
-    (`text`: the text encoder's config; default the embedded byte-level T5 of dim 32)."""
+    (`text`: the text encoder's config; default the embedded byte-level T5 of dim 32); `beat`: stage 1 reads the
+    captions' beat grid (model.beat)."""
     folder = Path(folder)
-    c1, c2 = tiny_configs(window_s, text)
+    c1, c2 = tiny_configs(window_s, text, beat)
     save_stage(folder / "stage1.safetensors", c1, FlowTransformer(c1, rngs=nnx.Rngs(seed)))
     save_stage(folder / "stage2.safetensors", c2, FlowTransformer(c2, rngs=nnx.Rngs(seed + 1)))
     TextEncoder.load(c1.text, seed).save(folder / "text_encoder")

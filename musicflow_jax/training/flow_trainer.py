@@ -136,7 +136,8 @@ def write_samples(cfg: Config, setup: flow_step.Setup, state: TrainState, encode
     x1, _ = sample(model, jax.random.key(cfg.train.seed + 2), text_emb=text_emb[:n], text_mask=mask[:n],
                    frames=cfg.data.frames, feature_dim=cfg.model.feature_dim,
                    cond=None if cond is None else jnp.asarray(cond[:n]), solver=cfg.sample.solver,
-                   steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale, sigma_min=cfg.flow.sigma_min)
+                   steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale, sigma_min=cfg.flow.sigma_min,
+                   beat=meta.beat_grid(SAMPLE_PROMPTS[:n], cfg.data.frames, cfg.frame_rate) if cfg.model.beat else None)
     x1 = np.asarray(x1)
     out = workdir / "samples"
     out.mkdir(parents=True, exist_ok=True)

@@ -114,30 +114,35 @@ def test_instrument_prompts_differ_as_the_corpus_does(generated: dict[str, np.nd
 # The eight most frequent keys of the rendered corpus, one caption each, generated once for the key/notes test.
 KEYS = ("A minor", "G major", "C major", "G minor", "D major", "F major", "A major", "B flat major")
 KEY_CAPTION = "A Bach chorale in {} at 90 BPM played on a string quartet"
-# measured on the shipped model: key exact 1.0 / MIREX 1.0 (chance 0.04 / ~0.08), note presence 1.000 (the previous
+# measured on the shipped model: key exact 0.75 / MIREX 0.85 (chance 0.04 / ~0.08), note presence 1.000 (the previous
 # bundled model: MIREX 0.19)
 KEY_FLOORS = {"key_exact": 0.625, "key_mirex": 0.7, "note_presence": 0.9}
 
 
-# the few-step students (turbo/: 2 jumps per window and stage), measured on the shipped ones: template key exact 0.75 /
-# MIREX 0.85, held-out wordings 0.875 / 0.91, note presence 1.0 (the teacher at 8 steps: above)
+# the few-step students (turbo/: 2 jumps per window and stage), measured on the shipped ones (the beat-grid stage 1's
+# student, 2026-12-04): template key exact 0.75 / MIREX 0.85, held-out wordings 0.875 / 0.91, note presence 1.0
 TURBO_FLOORS = {"template": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9},
                 "held-out": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}}
 
 
 TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a string quartet"
 TEMPI = (60, 66, 76, 84, 96, 104, 112, 120)  # the corpus' range (60-120 BPM)
-# measured on the shipped model (8 clips each, 8 midpoint steps): held-out wordings key exact 0.75 / MIREX 0.84 (the
-# template's 1.0 / 1.0); tempi: rank correlation of asked and estimated 0.52, none within 8 % (MODEL_CARD.md: stage 1's
-# stream does not carry the tempo; the same recipe at train.seed 1 measures 0.05)
+# measured on the shipped model (8 clips each, 8 midpoint steps; stage 1 with the beat grid, 2026-12-04): template key
+# exact 0.75 / MIREX 0.85, held-out wordings 0.875 / 0.94; tempi: the stage-1 streams within 4 % of the caption's in
+# 0.875 (7 of 8; 60 BPM read as 116), the audio's rank correlation of asked and estimated 0.45, none within 8 % (the
+# codec: MODEL_CARD.md). Before the grid: streams 0.06 on the suite, rank 0.52 (seed 0) and 0.05 (seed 1)
 PARAPHRASE_FLOORS = {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}
 TEMPO_FLOOR_RANK = 0.3
+TEMPO_FLOOR_STREAM = 0.625
 
 
-def generate_clips(mf: MusicFlow, captions: list[str]) -> np.ndarray:
-    """One 8-s clip per caption at the shipped CFG with 8 midpoint steps per stage (half the default NFE)."""
+def generate_clips(mf: MusicFlow, captions: list[str], streams: bool = False
+                   ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """One 8-s clip per caption at the shipped CFG with 8 midpoint steps per stage (half the default NFE); with
+    `streams` also the stage-1 streams (denormalised, as the evaluation suite scores them)."""
     s1, s2 = (StageSettings(steps=8, solver="midpoint", cfg_scale=st.settings.cfg_scale) for st in mf.stages)
-    return mf.generate(captions, duration=8.0, seed=0, stage1=s1, stage2=s2, progress=False).audio
+    g = mf.generate(captions, duration=8.0, seed=0, stage1=s1, stage2=s2, progress=False)
+    return (g.audio, mf.backend.denormalize("semantic", g.semantic)) if streams else g.audio
 
 
 def key_captions() -> list[str]:
@@ -185,32 +190,45 @@ def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.
 
 @pytest.mark.slow
 def test_generated_tempo_follows_the_caption(generated: dict[str, np.ndarray]) -> None:
-    """The evaluation suite's tempo estimator on clips asked for at TEMPI: faster asked, faster played (rank
-    correlation of asked and estimated tempi; the share within 8 % is printed: not yet followed that closely)."""
+    """The evaluation suite's tempo estimators on clips asked for at TEMPI: the stage-1 stream's tempo (read off its
+    onsets, evaluate/model.py) within 4 % of the caption's, and the audio's: faster asked, faster played (rank
+    correlation of asked and estimated tempi)."""
     from musicflow_jax.evaluate import music
+    from musicflow_jax.evaluate.model import stream_tempo
 
     sr = int(generated["sample_rate"])
     est = np.array([music.estimate_tempo(a, sr) for a in generated["tempo_audio"]])
     within = float(np.mean([music.tempo_class(e, b) in ("within_4pct", "within_8pct")
                             for e, b in zip(est, TEMPI, strict=True)]))
     rank = float(np.corrcoef(np.argsort(np.argsort(TEMPI)), np.argsort(np.argsort(est)))[0, 1])
+    streams = [stream_tempo(x, 50.0) for x in generated["tempo_streams"]]
+    in_stream = float(np.mean([music.tempo_class(e, b) == "within_4pct" for e, b in zip(streams, TEMPI, strict=True)]))
     print(f"bundled model: tempi asked {TEMPI}, estimated {np.round(est, 1).tolist()}: within 8 % {within:.3f}, "
-          f"rank correlation {rank:.3f}")
+          f"rank correlation {rank:.3f}; stage-1 streams {np.round(streams, 1).tolist()}: within 4 % {in_stream:.3f}")
+    assert in_stream >= TEMPO_FLOOR_STREAM, (in_stream, streams)
     assert rank >= TEMPO_FLOOR_RANK, (rank, est.tolist())
 
 
 def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
+    """Around each window seam the streams jump no more than they do elsewhere. Stage 1 follows the caption's beat
+    grid (90 BPM: a beat every 33.3 frames at 50 Hz, and the seams at frames 200 and 300 are beats), so its biggest
+    jumps are its onsets: frames within 2 of a beat are compared with the jumps within 2 of other beats, the rest with
+    the rest."""
+    from musicflow_jax.core import beat
     from musicflow_jax.inference import longform
 
     s = StageSettings(steps=8, solver="midpoint", cfg_scale=3.0)
     g = mf.generate([CAPTION.format("a church organ")], duration=12.0, seed=0, stage1=s, stage2=s, progress=False)
     assert g.audio.shape == (1, 12 * mf.sample_rate)
-    for x, window in ((g.semantic, mf.stages[0].window), (g.acoustic, mf.stages[1].window)):
-        wins = longform.plan_windows(x.shape[1], window, window // 2)
+    for x, st in ((g.semantic, mf.stages[0]), (g.acoustic, mf.stages[1])):
+        wins = longform.plan_windows(x.shape[1], st.window, st.window // 2)
         assert len(wins) == 5  # 12 s from 4-s windows
-        at, elsewhere = longform.seam_jumps(x, [e for _, e in wins[:-1]])
-        print(f"seam jump {at:.3f} vs 99th percentile elsewhere {elsewhere:.3f}")
-        assert at <= 1.5 * elsewhere, (at, elsewhere)
+        b = beat.beat_positions(np.array([90.0]), 0.0, x.shape[1], st.rate)[0]  # jump i rises into frame i + 1
+        on_beat = np.abs(b[1:] - np.round(b[1:])) * 60 * st.rate / 90 <= 2
+        for kind, frames in (("on a beat", on_beat), ("off the beats", ~on_beat)):
+            at, elsewhere = longform.seam_jumps(x, [e for _, e in wins[:-1]], frames)
+            print(f"{st.name} {kind}: seam jump {at:.3f} vs 99th percentile elsewhere {elsewhere:.3f}")
+            assert at <= 1.5 * elsewhere, (st.name, kind, at, elsewhere)
 
 
 def test_bundled_stages_were_trained_with_the_configs_in_configs() -> None:
@@ -240,7 +258,7 @@ def main(out: Path) -> None:
     mf, turbo = MusicFlow.load(), MusicFlow.load(turbo=True)
     np.savez(out, sample_rate=mf.sample_rate, instrument_features=generate_instrument_pair(mf),
              key_audio=generate_clips(mf, key_captions()), paraphrase_audio=generate_clips(mf, paraphrase_captions()),
-             tempo_audio=generate_clips(mf, tempo_captions()),
+             **dict(zip(("tempo_audio", "tempo_streams"), generate_clips(mf, tempo_captions(), streams=True))),
              turbo_key_audio=generate_turbo(turbo, key_captions()),
              turbo_paraphrase_audio=generate_turbo(turbo, paraphrase_captions()))
 

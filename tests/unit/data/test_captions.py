@@ -3,6 +3,7 @@ wording with training, facts travel manifest -> records -> loader, and varied wo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from musicflow_jax.core import config
 from musicflow_jax.data import captions, records
 from musicflow_jax.data import loader as data
 from musicflow_jax.data.manifest import Entry, read_manifest, write_manifest
+from musicflow_jax.encoders import meta
 from musicflow_jax.evaluate import music
 from musicflow_jax.testing.records import FACTS, fake_clip, write_fake_dataset
 
@@ -117,3 +119,31 @@ def test_varied_captions_need_facts_and_on_the_fly_text(tmp_path):
         cfg_for("data.captions=random")
     with pytest.raises(config.ConfigError, match="data.captions.*text.precomputed=false"):
         cfg_for("data.captions=varied", "text.precomputed=true")
+
+
+def test_beat_grid_follows_the_drawn_caption_and_the_crop():
+    """model.beat: each example's grid is the drawn caption's tempo, in phase with the audio's beats (multiples of
+    60 / bpm from the source's start: the segment's start plus the crop's), zero on padding and for a caption naming
+    no tempo."""
+    cfg = cfg_for("data.captions=varied", "model.beat=true")
+    ex = data.ToExample(cfg, None)
+    clip = dataclasses.replace(fake_clip(2, 32, 16, 300, ramp=True, facts=True), start=3.7)
+    bpm, rate = FACTS[2].bpm, cfg.data.semantic_rate
+    starts = set()
+    for s in range(20):
+        out = ex.random_map(clip, np.random.default_rng(s))
+        start = int(out["x1"][0, 0])  # ramp: channel 0 holds the frame index (no index given: not normalised)
+        starts.add(start)
+        mask = out["frame_mask"]
+        b = (3.7 + (start + np.arange(cfg.data.frames)) / rate) * bpm / 60  # beats since the source's start
+        want = np.stack([np.cos(2 * np.pi * b), np.sin(2 * np.pi * b), np.cos(4 * np.pi * b), np.sin(4 * np.pi * b),
+                         np.ones_like(b)], -1) * mask[:, None]
+        assert meta.parse_bpm(out["caption"]) == bpm
+        np.testing.assert_allclose(out["beat"], want, atol=1e-5)
+    assert len(starts) > 10
+    # a clip whose caption names no tempo (as written, no facts): no grid
+    plain = data.ToExample(cfg_for("model.beat=true"), None)
+    out = plain.random_map(dataclasses.replace(fake_clip(0, 32, 16, 300), caption="a chorale on an organ"),
+                           np.random.default_rng(0))
+    assert out["beat"].shape == (cfg.data.frames, 5) and not out["beat"].any()
+

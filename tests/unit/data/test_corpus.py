@@ -201,3 +201,22 @@ def test_transposed_copies_follow_the_shift_and_jobs_change_nothing(tmp_path):
         a = (tmp_path / "one" / name).read_text().replace(str(tmp_path / "one"), "X")
         b = (tmp_path / "two" / name).read_text().replace(str(tmp_path / "two"), "X")
         assert a == b, name
+
+
+def test_beats_sit_on_the_grid_from_the_audio_start(corpus):
+    """What model.beat's training grid assumes (core/beat.py): the rendered beats fall at multiples of 60 / bpm
+    seconds from the audio's first sample - the notes' onsets are on the half-beat grid (most on the beat), and the
+    audio starts sounding when the first note does (nothing is trimmed from or added before the score)."""
+    import soundfile as sf
+
+    out, _ = corpus
+    entries, _ = manifest.read_manifest(out / "manifest.jsonl")
+    pieces = [json.loads(x) for x in (out / "pieces.jsonl").read_text().splitlines()]
+    for e, p in zip(entries, pieces):
+        onsets = np.unique([n[0] for n in json.loads(Path(e.notes).read_text())])
+        b = onsets * p["bpm"] / 60.0
+        off_half = np.abs(2 * b - np.round(2 * b)) / 2  # beats from the nearest half beat
+        assert (off_half < 0.01).mean() > 0.95 and (np.abs(b - np.round(b)) < 0.01).mean() > 0.5, p["score"]
+        x, sr = sf.read(e.path)
+        first_sound = np.argmax(np.abs(x) > 1e-3 * np.abs(x).max()) / sr
+        assert abs(first_sound - onsets[0]) < 0.03, (p["score"], first_sound, onsets[0])

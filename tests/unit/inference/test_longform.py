@@ -89,3 +89,16 @@ def test_long_form_length_and_seams(mf: MusicFlow) -> None:
         seams = [e for _, e in wins[:-1]]  # where each later window's new frames begin
         at, elsewhere = longform.seam_jumps(x, seams)
         assert at <= 1.5 * elsewhere, (at, elsewhere)
+
+
+def test_seam_jumps_among_a_subset_of_frames():
+    """`among` restricts both sides to the chosen jumps: a stream that steps by 4 on every 10th frame and by 1
+    elsewhere, with a seam on a step, has its seam jump 4 among the steps (their 99th percentile 4) and 1 among the
+    rest."""
+    steps = np.where(np.arange(99) % 10 == 9, 4.0, 1.0)
+    x = np.cumsum(np.concatenate([[0.0], steps]))[None, :, None]
+    on = np.arange(99) % 10 == 9
+    assert longform.seam_jumps(x, [50]) == (4.0, pytest.approx(4.0))
+    assert longform.seam_jumps(x, [50], on) == (4.0, pytest.approx(4.0))
+    assert longform.seam_jumps(x, [50], ~on) == (1.0, pytest.approx(1.0))
+    assert longform.seam_jumps(x, [55], on)[0] == 0.0  # no step within the seam's frames

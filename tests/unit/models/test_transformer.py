@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 from flax.core import spmd as core_spmd
 
-from musicflow_jax.core import config
+from musicflow_jax.core import beat, config
 from musicflow_jax.core.config import LOGICAL_AXES, Config
 from musicflow_jax.core.flow import FlowInput
 from musicflow_jax.models.layers import LayerNorm, apply_rope, attention, sinusoidal_embedding
@@ -137,6 +137,27 @@ def test_input_errors_name_the_problem():
         fwd(model, {**inp, "cond_btc": None})
     with pytest.raises(ValueError, match="feature_dim"):
         fwd(model, {**inp, "x_t_btd": inp["x_t_btd"][..., :3]})
+
+
+def test_beat_grid_input():
+    """model.beat: the stage reads a (B, T, 5) grid beside its stream; frame f's velocity depends on frame f's grid
+    value (through attention, on the others'); the grid is refused where the stage has none, and required where it
+    does."""
+    cfg = tiny_cfg(1, beat=True)
+    model = FlowTransformer(cfg, rngs=nnx.Rngs(0))
+    inp = make_inputs(cfg)
+    grid = jnp.asarray(beat.features(np.array([90.0, 120.0]), np.array([0.0, 0.5]), 20, 50.0))
+    v = fwd(model, {**inp, "beat_btc": grid})
+    assert v.shape == inp["x_t_btd"].shape and np.isfinite(np.asarray(v)).all()
+    # the in-projection sees [x_t, ctx, grid]: a grid shifted by half a beat changes every frame's velocity
+    shifted = jnp.asarray(beat.features(np.array([90.0, 120.0]), np.array([0.5, 0.0]), 20, 50.0))
+    assert np.abs(np.asarray(fwd(model, {**inp, "beat_btc": shifted}) - v)).min() > 0
+    assert model.in_proj.kernel.shape[0] == 2 * cfg.model.feature_dim + beat.CHANNELS
+    with pytest.raises(ValueError, match=r"model.beat and needs beat_btc of shape \(B=2, T=20, 5\)"):
+        fwd(model, inp)
+    plain = FlowTransformer(tiny_cfg(1), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="model.beat=false and takes no beat_btc"):
+        fwd(plain, {**inp, "beat_btc": grid})
 
 
 # --------------------------------------------------------------------------- U-Net skips

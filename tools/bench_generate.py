@@ -106,7 +106,7 @@ def musicgen_decoder_params(cfg: Any) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def musicgen_setup(tier_cfg: Any, target_params: int, threads: int) -> dict[str, Any]:
+def musicgen_setup(tier_cfg: Any, target_params: int, threads: int, device: str = "cpu") -> dict[str, Any]:
     import torch
     from transformers import MusicgenForConditionalGeneration
 
@@ -123,17 +123,20 @@ def musicgen_setup(tier_cfg: Any, target_params: int, threads: int) -> dict[str,
             break
     cfg, n, layers = best
     torch.manual_seed(0)
-    model = MusicgenForConditionalGeneration(cfg).eval()
-    return {"model": model, "params": n, "layers": layers, "frame_rate": 50}
+    model = MusicgenForConditionalGeneration(cfg).eval().to(device)
+    return {"model": model, "params": n, "layers": layers, "frame_rate": 50, "device": device}
 
 
 def musicgen_run(s: dict[str, Any], duration: float) -> Any:
     import torch
 
-    ids = torch.tensor([[3 + b for b in b"a calm piano piece in C major"] + [1]])
+    ids = torch.tensor([[3 + b for b in b"a calm piano piece in C major"] + [1]], device=s["device"])
     with torch.no_grad():
-        return s["model"].generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                   guidance_scale=3.0, max_new_tokens=int(duration * s["frame_rate"]))
+        out = s["model"].generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                  guidance_scale=3.0, max_new_tokens=int(duration * s["frame_rate"]))
+    if s["device"] != "cpu":
+        torch.cuda.synchronize()
+    return out
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -155,6 +158,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads for MusicGen")
+    ap.add_argument("--torch-device", default="cpu", help="where MusicGen runs (cuda on a GPU machine: the peer on the "
+                    "same accelerator as MusicFlow's JAX default device)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON")
     a = ap.parse_args(argv)
     import jax
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for tier in a.tiers.split(","):
         mf = musicflow_setup(tier, a.duration)
-        mg = musicgen_setup(mf["cfg1"], mf["params"], a.threads)
+        mg = musicgen_setup(mf["cfg1"], mf["params"], a.threads, a.torch_device)
         t_mg = timed(lambda: musicgen_run(mg, a.duration), a.repeats)  # noqa: B023 - called right away
         runs = [(mf, nfe, False) for nfe in (int(x) for x in a.nfe.split(",") if x)]
         if a.student_steps:
@@ -174,7 +179,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                    "sampler": "student average" if student else "midpoint+CFG",
                    "musicflow_params": setup["params"], "musicflow_s": round(t_mf, 3),
                    "musicflow_rtf": round(t_mf / a.duration, 4), "musicgen_params": mg["params"],
-                   "musicgen_layers": mg["layers"], "musicgen_s": round(t_mg, 3),
+                   "musicgen_layers": mg["layers"], "musicgen_device": a.torch_device, "musicgen_s": round(t_mg, 3),
                    "musicgen_rtf": round(t_mg / a.duration, 4), "musicgen_over_musicflow": round(t_mg / t_mf, 3)}
             rows.append(row)
             print(json.dumps(row), flush=True)

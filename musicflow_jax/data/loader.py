@@ -27,7 +27,7 @@ import grain
 import jax
 import numpy as np
 
-from musicflow_jax.core import frames
+from musicflow_jax.core import beat, frames
 from musicflow_jax.core.config import Config, ConfigError
 from musicflow_jax.data import captions
 from musicflow_jax.data.records import INDEX_FILE, SCHEMA_VERSION, Clip, RecordError, ShardSource
@@ -142,7 +142,8 @@ class ToExample(grain.transforms.RandomMap):
         if self.beat:  # the caption's tempo as a grid; the rendered corpus's beats fall at multiples of 60 / bpm
             bpm = meta.parse_bpm(out["caption"]) or 0.0  # from its audio's start (core/beat.py)
             beat0 = (float(clip.start) + start / self.rate) * bpm / 60.0
-            out["beat"] = meta.beat_grid([out["caption"]], self.frames, self.rate, beat0)[0] * mask[:, None]
+            out["beat"] = beat.features(np.asarray([bpm]), np.asarray([beat0]), self.frames, self.rate)[0] * \
+                mask[:, None]
         if self.precomputed:
             if clip.t5_emb is None or clip.t5_mask is None:
                 raise RecordError(f"clip {clip.clip_id!r} ({clip.source}) has no stored T5 embedding but "

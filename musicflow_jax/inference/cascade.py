@@ -597,7 +597,7 @@ def beat_grid(stage: Stage, texts: Sequence[str], ctx_btc: np.ndarray, gen_t: np
     bpm_b = meta.parse(texts)[0]
     known = ~np.asarray(gen_t, bool)
     beat0_b = [beat.phase_of(x, bpm, stage.rate, known) if known.any() else 0.0 for x, bpm in zip(ctx_btc, bpm_b)]
-    return meta.beat_grid(texts, len(gen_t), stage.rate, np.asarray(beat0_b))
+    return beat.features(bpm_b, np.asarray(beat0_b), len(gen_t), stage.rate)
 
 
 def _on(device: jax.Device | None) -> Any:

@@ -204,18 +204,20 @@ class FlowTransformer(nnx.Module):
         if text_bld.shape[-1] != self.text_dim or text_mask_bl.shape != text_bld.shape[:2] or text_bld.shape[0] != b:
             raise ValueError(f"text {text_bld.shape} / text_mask {text_mask_bl.shape} must be (B={b}, L, text.dim="
                              f"{self.text_dim}) / (B, L)")
-        if self.cond_dim and (cond_btc is None or cond_btc.shape != (b, t, self.cond_dim)):
-            got = None if cond_btc is None else cond_btc.shape
-            raise ValueError(f"stage {self.stage!r} needs cond_btc of shape (B={b}, T={t}, model.cond_dim="
-                             f"{self.cond_dim}) (semantic features upsampled to the acoustic rate), got {got}")
-        if not self.cond_dim and cond_btc is not None:
-            raise ValueError(f"stage {self.stage!r} has model.cond_dim=0 and takes no cond_btc; pass None")
-        if self.beat and (beat_btc is None or beat_btc.shape != (b, t, beat.CHANNELS)):
-            got = None if beat_btc is None else beat_btc.shape
-            raise ValueError(f"stage {self.stage!r} has model.beat and needs beat_btc of shape (B={b}, T={t}, "
-                             f"{beat.CHANNELS}) (core/beat.py; zeros = no tempo), got {got}")
-        if not self.beat and beat_btc is not None:
-            raise ValueError(f"stage {self.stage!r} has model.beat=false and takes no beat_btc; pass None")
+        self._check_frame_input(cond_btc, "cond_btc", (b, t, self.cond_dim) if self.cond_dim else None,
+                                f"needs cond_btc of shape (B={b}, T={t}, model.cond_dim={self.cond_dim}) (semantic "
+                                "features upsampled to the acoustic rate)", "has model.cond_dim=0")
+        self._check_frame_input(beat_btc, "beat_btc", (b, t, beat.CHANNELS) if self.beat else None,
+                                f"has model.beat and needs beat_btc of shape (B={b}, T={t}, {beat.CHANNELS}) "
+                                "(core/beat.py; zeros = no tempo)", "has model.beat=false")
+
+    def _check_frame_input(self, arr: jax.Array | None, name: str, shape: tuple[int, ...] | None, needs: str,
+                           without: str) -> None:
+        """A frame-aligned input the stage reads (`shape` given: it must have that shape) or does not (must be None)."""
+        if shape is not None and (arr is None or arr.shape != shape):
+            raise ValueError(f"stage {self.stage!r} {needs}, got {None if arr is None else arr.shape}")
+        if shape is None and arr is not None:
+            raise ValueError(f"stage {self.stage!r} {without} and takes no {name}; pass None")
 
     def __call__(self, inp: FlowInput, *, deterministic: bool = True) -> jax.Array:
         """The velocity v (B, T, F) float32 for `inp` (flow.FlowInput), 0 on padded frames."""

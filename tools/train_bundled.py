@@ -7,6 +7,9 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
                each also in `--transpositions` seeded keys, rendered by fluidsynth to 24 kHz mono, cut to 30 s;
   2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a
                converted Encodec folder (the EMA weights);
+  2b. decoder  configs/codec_decoder.py: that codec's decoder trained on for 1,500 more steps from its folder, the
+               encoder kept bit-exact (the features below read the encoder alone: the same either way), exported -
+               the model folder's codec;
   3. features  musicflow_jax.data.precompute with the "chroma+encodec" backend (weight-free chroma semantic stream at
                50 Hz, the codec's continuous latents at 75 Hz), 8-s end-aligned segments;
   4. stage 1   the flow trainer with configs/bundled_stage1.py (text -> chroma), EMA weights exported: the frozen
@@ -55,7 +58,7 @@ from musicflow_jax.utils.atomic_io import write_text
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 REPORT = "train_report.json"
-STEPS = ("corpus", "codec", "features", "stage1", "stage2", "bundle", "turbo")
+STEPS = ("corpus", "codec", "decoder", "features", "stage1", "stage2", "bundle", "turbo")
 
 
 def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
@@ -67,6 +70,15 @@ def train_codec(manifest: Path, workdir: Path, steps: int | None) -> dict[str, A
     """configs/codec_corpus.py on the corpus, then its EMA weights exported to workdir/export."""
     overrides = [f"data.manifest={manifest}"] + ([f"train.steps={steps}"] if steps else [])
     cfg = codec_config.load_config("codec_corpus", overrides)
+    codec_trainer.train_codec(cfg, workdir, async_ckpt=False)
+    codec_trainer.export_codec(workdir, workdir / "export", ema=True)
+    return {"steps": cfg.train.steps, **_losses(workdir)}
+
+
+def train_decoder(manifest: Path, codec: Path, workdir: Path, steps: int | None) -> dict[str, Any]:
+    """configs/codec_decoder.py from the codec folder `codec`, its EMA weights exported to workdir/export."""
+    overrides = [f"data.manifest={manifest}", f"train.init_from={codec}"] + ([f"train.steps={steps}"] if steps else [])
+    cfg = codec_config.load_config("codec_decoder", overrides)
     codec_trainer.train_codec(cfg, workdir, async_ckpt=False)
     codec_trainer.export_codec(workdir, workdir / "export", ema=True)
     return {"steps": cfg.train.steps, **_losses(workdir)}
@@ -144,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transpositions", type=int, default=2, help="transposed copies rendered per score")
     ap.add_argument("--jobs", type=int, default=2, help="scores rendered at a time")
     ap.add_argument("--codec-steps", type=int, default=CODEC_STEPS, help="codec training steps (~0.8 s each)")
+    ap.add_argument("--decoder-steps", type=int, default=None, help="default: configs/codec_decoder.py's")
     ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
     ap.add_argument("--steps2", type=int, default=None, help="default: configs/bundled_stage2.py's")
     ap.add_argument("--until", choices=STEPS, default="turbo", help="stop after this step")
@@ -195,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.until != "corpus":
         report["codec"] = step("codec", train_codec, manifest, work / "codec", a.codec_steps)
     codec = work / "codec" / "export"
-    if a.until not in ("corpus", "codec"):
+    if STEPS.index(a.until) >= STEPS.index("decoder"):
+        report["decoder"] = step("decoder", train_decoder, manifest, codec, work / "decoder", a.decoder_steps)
+    if STEPS.index(a.until) >= STEPS.index("features"):
         index = step("features", precompute_features, manifest, codec, work / "features")
         report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
                           "audio_seconds": index.get("totals", {}).get("audio_seconds")}
@@ -207,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
             report[name] = step(name, train_stage, stage_config(i, work / "features", getattr(a, f"steps{i}")),
                                 work / f"run{i}", stages[i])
     if STEPS.index(a.until) >= STEPS.index("bundle"):
-        step("bundle", bundle, stages[1], stages[2], work / "features" / "index.json", codec, work / "features", out)
+        step("bundle", bundle, stages[1], stages[2], work / "features" / "index.json", work / "decoder" / "export",
+             work / "features", out)
     if a.until == "turbo":
         report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
     if STEPS.index(a.until) >= STEPS.index("bundle"):

@@ -16,6 +16,7 @@ from musicflow_jax.core.config_io import check, in_unit_interval, is_int
 from musicflow_jax.models.encodec import EncodecConfig
 
 NORM_TYPES = ("weight_norm", "time_group_norm")
+TRAINABLE = ("all", "decoder")  # train.trainable: what the optimiser updates
 EXPORT_BANDWIDTH = 1.5  # kbps: the exported (untrained) quantiser then has 2 codebooks at 75 Hz
 
 
@@ -57,6 +58,8 @@ class CodecDataConfig:
     segment_seconds: float = 1.0  # crop length (rounded to whole hops)
     batch_size: int = 8
     max_clips: int = 0  # use at most this many clips per split (0 = all)
+    pairs: str = ""  # .npz of generated latents paired with the audio they should decode to (codec_trainer.load_pairs)
+    pairs_batch: int = 0  # crops of `pairs` per step, beside batch_size encoded ones (needs train.trainable=decoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,8 @@ class CodecLoopConfig:
     keep: int = 3
     keep_every: int = 0  # also keep every K-th step's checkpoint; 0 = off
     max_nan_in_row: int = 10
+    init_from: str = ""  # a converted codec folder (export_codec's) to start from instead of random weights
+    trainable: str = "all"  # "all" | "decoder": "decoder" keeps the encoder, so its latents stay bit-exact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +117,7 @@ def validate(cfg: CodecTrainConfig) -> None:
                                                                       m.num_residual_layers, 1),
                             ("model.num_lstm_layers", m.num_lstm_layers, 0), ("model.kernel_size", m.kernel_size, 1),
                             ("data.batch_size", d.batch_size, 1), ("data.max_clips", d.max_clips, 0),
+                            ("data.pairs_batch", d.pairs_batch, 0),
                             ("optim.warmup_steps", o.warmup_steps, 0), ("train.steps", t.steps, 1),
                             ("train.seed", t.seed, 0), ("train.log_every", t.log_every, 1),
                             ("train.eval_every", t.eval_every, 0), ("train.eval_batches", t.eval_batches, 1),
@@ -148,6 +154,12 @@ def validate(cfg: CodecTrainConfig) -> None:
     for key, value in (("optim.b1", o.b1), ("optim.b2", o.b2), ("optim.ema_decay", o.ema_decay)):
         in_unit_interval(value, key)
     check(o.schedule in ("cosine", "linear", "constant"), "optim.schedule", "cosine | linear | constant")
+    check(t.trainable in TRAINABLE, "train.trainable", f"must be one of {TRAINABLE}, got {t.trainable!r}")
+    check(isinstance(t.init_from, str), "train.init_from", f"must be a folder path, got {t.init_from!r}")
+    check(isinstance(d.pairs, str) and (not d.pairs or d.pairs_batch > 0), "data.pairs",
+          f"data.pairs is set ({d.pairs!r}) but data.pairs_batch is 0: set how many of its crops a step takes")
+    check(not d.pairs or t.trainable == "decoder", "data.pairs",
+          "pairs train the decoder on latents the encoder did not make: set train.trainable=decoder")
     check(o.grad_accum == 1, "optim.grad_accum", "the codec trainer takes whole batches: leave it at 1")
 
 

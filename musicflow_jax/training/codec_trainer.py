@@ -29,6 +29,17 @@ Pieces, in the order `train_codec()` uses them:
     latents follow the waveform's phase frame to frame (lag-1 autocorrelation ~0, white noise to a flow model);
     with it they follow what changes slowly (pitch, loudness, timbre) and the decoder makes the phase, which the
     magnitude losses leave free.
+  * Generated pairs (`data.pairs`, `data.pairs_batch`, decoder-only runs): latents a flow stage generated, each
+    paired with the audio it should decode to (stage 2 run on a real clip's own semantic stream: the latents are
+    frame-aligned with the clip, not sample-exact). Each step adds `data.pairs_batch` aligned crops of them; their
+    loss is the stft + mel terms (no waveform L1: the phase is not the clip's), added to the encoded crops' loss.
+    The decoder learns to decode what the flow actually produces, as TTS vocoders are fine-tuned on predicted
+    spectrograms; the encoded crops keep the round trip (its measured trade-off: docs/training.md).
+  * Starting point (`train.init_from`, `train.trainable`): random weights, or a converted codec folder's (its
+    architecture must be the config's). With `train.trainable="decoder"` only the decoder is optimised and the
+    encoder rides along in the state's `rest`, so the latents a flow model was trained on stay bit-exact: the
+    decoder can be trained further (or against new losses) after the stages, without re-extracting features or
+    retraining stage 2.
   * The state is training/state.py's TrainState (params = the encoder/decoder nnx.Params, weight-normalised
     convs trained as weight_g / weight_v exactly as the converted folders store them; rest = the quantiser's
     codebooks, random and untouched; EMA of the params), optimised by state.make_optimizer (AdamW, warmup +
@@ -63,7 +74,8 @@ from flax import nnx
 from musicflow_jax.backends.mel import MelConfig, mel_filterbank
 from musicflow_jax.core.audio import AudioError, read_audio
 from musicflow_jax.data.manifest import read_manifest
-from musicflow_jax.encoders.converted import ENCODEC, save_converted
+from musicflow_jax.data.pairs import Pairs, PairsFileError, read_pairs
+from musicflow_jax.encoders.converted import ENCODEC, load_encodec, save_converted
 from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.models.encodec import Encodec
 from musicflow_jax.models.params import flat_params
@@ -123,9 +135,44 @@ def crop_batch(clips: list[np.ndarray], segment: int, batch_size: int, rng: np.r
     return x_bs
 
 
-def train_batch(cfg: CodecTrainConfig, clips: list[np.ndarray], step: int) -> np.ndarray:
-    """The batch of step `step`: a function of (train.seed, step) only."""
-    return crop_batch(clips, cfg.segment_samples, cfg.data.batch_size, np.random.default_rng((cfg.train.seed, step)))
+def load_pairs(cfg: CodecTrainConfig) -> Pairs:
+    """data.pairs, checked against the codec being trained (rate, hop, latent width) and the crop length."""
+    path = Path(cfg.data.pairs)
+    try:
+        pairs = read_pairs(path)
+    except PairsFileError as e:
+        raise CodecDataError(f"data.pairs={e}") from None
+    m = cfg.model
+    want = (m.sample_rate, m.hop_length, m.hidden_size, cfg.segment_samples // m.hop_length)
+    have = (pairs.sample_rate, pairs.hop_length, pairs.latents.shape[2], pairs.latents.shape[1])
+    if have[:3] != want[:3] or have[3] < want[3]:
+        raise CodecDataError(f"data.pairs={path}: {have[0]} Hz, hop {have[1]}, {have[2]}-d latents of {have[3]} "
+                             f"frames do not fit this codec ({want[0]} Hz, hop {want[1]}, {want[2]}-d, crops of "
+                             f"{want[3]} frames): write pairs with this codec's model folder")
+    return pairs
+
+
+def crop_pairs(pairs: Pairs, frames: int, batch_size: int, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(latents (B, frames, D), audio (B, frames * hop)): uniform pairs, one uniform frame-aligned crop each."""
+    n, t = pairs.latents.shape[:2]
+    picks, offs = rng.integers(0, n, batch_size), rng.integers(0, t - frames + 1, batch_size)
+    z = np.stack([pairs.latents[i, o: o + frames] for i, o in zip(picks, offs)])
+    hop = pairs.hop_length
+    x = np.stack([pairs.audio[i, o * hop: (o + frames) * hop] for i, o in zip(picks, offs)])
+    return z, x
+
+
+def train_batch(cfg: CodecTrainConfig, clips: list[np.ndarray], step: int, pairs: Pairs | None = None
+                ) -> dict[str, np.ndarray]:
+    """The batch of step `step`: a function of (train.seed, step) only. "x": encoded crops; with pairs also "zg" /
+    "xg": generated latents and their audio."""
+    batch = {"x": crop_batch(clips, cfg.segment_samples, cfg.data.batch_size,
+                             np.random.default_rng((cfg.train.seed, step)))}
+    if pairs is not None:
+        batch["zg"], batch["xg"] = crop_pairs(pairs, cfg.segment_samples // cfg.model.hop_length,
+                                              cfg.data.pairs_batch, np.random.default_rng((cfg.train.seed, step, 2)))
+    return batch
 
 
 def eval_batches(cfg: CodecTrainConfig, clips: list[np.ndarray]) -> list[np.ndarray]:
@@ -184,18 +231,45 @@ def reconstruction_losses(y_bs: jax.Array, x_bs: jax.Array, cfg: CodecTrainConfi
 # --------------------------------------------------------------------------- state and step
 
 
-def _trainable(path: tuple[Any, ...], value: Any) -> bool:
-    """The encoder/decoder parameters; the quantiser's codebooks are not trained (the latents are continuous)."""
-    return isinstance(value, nnx.Param) and path[0] in ("encoder", "decoder")
+def trainable_filter(cfg: CodecTrainConfig) -> Any:
+    """The nnx filter of the parameters the optimiser updates: the encoder's and decoder's (train.trainable "all")
+    or the decoder's alone ("decoder"). The quantiser's codebooks are never trained (the latents are continuous)."""
+    parts = ("encoder", "decoder") if cfg.train.trainable == "all" else ("decoder",)
+
+    def trainable(path: tuple[Any, ...], value: Any) -> bool:
+        return isinstance(value, nnx.Param) and path[0] in parts
+
+    return trainable
 
 
 def build_model(cfg: CodecTrainConfig, seed: int) -> Encodec:
     return Encodec(cfg.model.encodec(), rngs=nnx.Rngs(seed))
 
 
-def init_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation) -> tuple[Any, TrainState]:
-    """(graphdef, fresh TrainState) from train.seed."""
-    graphdef, params, rest = nnx.split(build_model(cfg, cfg.train.seed), _trainable, ...)
+def initial_model(cfg: CodecTrainConfig) -> Encodec:
+    """The model a fresh run starts from: train.init_from's converted codec folder, or random from train.seed."""
+    if not cfg.train.init_from:
+        return build_model(cfg, cfg.train.seed)
+    folder = Path(cfg.train.init_from)
+    if not (folder / "config.json").is_file():
+        raise CodecDataError(f"train.init_from={folder}: no converted codec folder there (config.json missing): "
+                             "point it at export_codec's output, e.g. a model folder's acoustic/")
+    enc_cfg, model = load_encodec(folder)
+    want, have = dataclasses.asdict(cfg.model.encodec()), dataclasses.asdict(enc_cfg)
+    diff = sorted(k for k in want if want[k] != have.get(k))
+    if diff:
+        k = diff[0]
+        raise CodecDataError(f"train.init_from={folder}: its codec has {k}={have.get(k)!r} where the config's model "
+                             f"makes {want[k]!r} (differing: {', '.join(diff)}): set model.* to the folder's "
+                             "architecture")
+    return model
+
+
+def init_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation, model: Encodec | None = None
+               ) -> tuple[Any, TrainState]:
+    """(graphdef, fresh TrainState) of `model`, random from train.seed when None."""
+    model = build_model(cfg, cfg.train.seed) if model is None else model
+    graphdef, params, rest = nnx.split(model, trainable_filter(cfg), ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                        ema=jax.tree.map(jnp.copy, params), nan_in_row=jnp.zeros((), jnp.int32),
                        nan_total=jnp.zeros((), jnp.int32))
@@ -223,12 +297,14 @@ def latent_roughness(z_btd: jax.Array) -> jax.Array:
 
 
 def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
-    """loss(params, rest, x_bs, noise_key=None) -> (total, parts): encode -> (latent noise when a key is given and
-    loss.latent_noise > 0) -> decode -> reconstruction losses."""
+    """loss(params, rest, x_bs, noise_key=None, zg_btd=None, xg_bs=None) -> (total, parts): encode -> (latent noise
+    when a key is given and loss.latent_noise > 0) -> decode -> reconstruction losses; with generated pairs also
+    their stft + mel terms (parts["pairs"])."""
     banks = _mel_banks(cfg)
     noise = cfg.loss.latent_noise
 
-    def loss_fn(params: Any, rest: Any, x_bs: jax.Array, noise_key: jax.Array | None = None
+    def loss_fn(params: Any, rest: Any, x_bs: jax.Array, noise_key: jax.Array | None = None,
+                zg_btd: jax.Array | None = None, xg_bs: jax.Array | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
         model = nnx.merge(graphdef, params, rest)
         z_btd = model.encode_latents(x_bs[..., None])
@@ -239,7 +315,12 @@ def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
         y_bs = model.decode_latents(z_btd)[..., 0]
         total, parts = reconstruction_losses(y_bs, x_bs, cfg, banks)
         parts["smooth"] = smooth
-        return total + cfg.loss.w_smooth * smooth, parts
+        total = total + cfg.loss.w_smooth * smooth
+        if zg_btd is not None:  # generated pairs: magnitudes only, their phase is not the clip's
+            _, gen = reconstruction_losses(model.decode_latents(zg_btd)[..., 0], xg_bs, cfg, banks)
+            parts["pairs"] = cfg.loss.w_stft * gen["stft"] + cfg.loss.w_mel * gen["mel"]
+            total = total + parts["pairs"]
+        return total, parts
 
     return loss_fn
 
@@ -252,8 +333,9 @@ def make_train_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTran
     decay = cfg.optim.ema_decay
     base_key = jax.random.key(cfg.train.seed)
 
-    def step_fn(state: TrainState, x_bs: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-        (loss, parts), grads = grad_fn(state.params, state.rest, x_bs, jax.random.fold_in(base_key, state.step))
+    def step_fn(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        (loss, parts), grads = grad_fn(state.params, state.rest, batch["x"], jax.random.fold_in(base_key, state.step),
+                                       batch.get("zg"), batch.get("xg"))
         new_state, grad_norm, _ = guarded_update(state, grads, loss, state.rest, tx, decay)
         out = {"loss": loss, **parts, "grad_norm": grad_norm, "param_norm": optax.global_norm(new_state.params),
                "lr": schedule(adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,
@@ -293,24 +375,32 @@ class CodecTrainer(loop.Trainer):
     """The codec run `cfg` on the first local device; its data (the manifest's clips) read once, in memory."""
 
     def __init__(self, cfg: CodecTrainConfig):
+        if cfg.train.trainable == "decoder" and not cfg.train.init_from:
+            raise CodecDataError("train.trainable=decoder keeps the encoder as it starts, and no train.init_from is "
+                                 "set: set train.init_from to a trained codec folder (export_codec's)")
+        if cfg.data.pairs_batch and not cfg.data.pairs:
+            raise CodecDataError(f"data.pairs_batch={cfg.data.pairs_batch} but no data.pairs file is set: set "
+                                 "data.pairs (musicflow_jax.inference.decoder_pairs writes one) or data.pairs_batch=0")
         self.cfg = cfg
         self.clips = load_clips(cfg, cfg.data.split)
         if not self.clips:
             raise CodecDataError(f"manifest {cfg.data.manifest} has no readable clips in split {cfg.data.split!r}: "
                                  "set --set data.split=... or build a corpus with python -m musicflow_jax.build_corpus")
+        self.pairs = load_pairs(cfg) if cfg.data.pairs else None
         held_out = load_clips(cfg, cfg.data.eval_split) if cfg.train.eval_every else []
         self.eval_data = eval_batches(cfg, held_out or self.clips) if cfg.train.eval_every else []
         self.graphdef, self.tx, self.abstract_state, self.step_fn, self.eval_fn = _compiled(cfg)
         self.seconds_per_sample = cfg.segment_samples / cfg.model.sample_rate
 
     def fresh_state(self) -> TrainState:  # placed like a restored state, so both hit the same compiled step
-        return jax.device_put(init_state(self.cfg, self.tx)[1], jax.tree.leaves(self.abstract_state)[0].sharding)
+        state = init_state(self.cfg, self.tx, initial_model(self.cfg))[1]
+        return jax.device_put(state, jax.tree.leaves(self.abstract_state)[0].sharding)
 
-    def batches(self, start: int) -> Iterator[np.ndarray]:
-        return (train_batch(self.cfg, self.clips, step) for step in itertools.count(start))
+    def batches(self, start: int) -> Iterator[dict[str, np.ndarray]]:
+        return (train_batch(self.cfg, self.clips, step, self.pairs) for step in itertools.count(start))
 
-    def step(self, state: TrainState, x_bs: np.ndarray) -> tuple[TrainState, dict[str, jax.Array]]:
-        return self.step_fn(state, jnp.asarray(x_bs))
+    def step(self, state: TrainState, batch: dict[str, np.ndarray]) -> tuple[TrainState, dict[str, jax.Array]]:
+        return self.step_fn(state, {k: jnp.asarray(v) for k, v in batch.items()})
 
     def log_scalars(self, rows: list[dict[str, Any]], seconds: float, batch: Any) -> dict[str, float]:
         scalars = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -367,7 +457,7 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[CodecTra
 
 def trained_model(cfg: CodecTrainConfig, state: TrainState, *, ema: bool = False) -> Encodec:
     """The Encodec module holding the state's parameters (or their EMA) and its untrained quantiser."""
-    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0)), _trainable, ...)[0]
+    graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0)), trainable_filter(cfg), ...)[0]
     return nnx.merge(graphdef, jax.device_get(state.ema if ema else state.params), jax.device_get(state.rest))
 
 

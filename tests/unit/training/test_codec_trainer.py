@@ -14,6 +14,7 @@ import pytest
 
 from musicflow_jax.core import config_io
 from musicflow_jax.core.audio import write_wav
+from musicflow_jax.data.pairs import save_pairs
 from musicflow_jax.training import codec_trainer as ct
 from musicflow_jax.training.codec_config import CodecTrainConfig
 from musicflow_jax.training.logger import read_jsonl
@@ -144,12 +145,92 @@ def test_latent_roughness_closed_forms():
     assert float(total) == pytest.approx(0.0, abs=1e-5) and set(parts) >= {"mel", "stft", "wave"}
 
 
+@pytest.mark.slow  # compiles the decoder-only train step of the tiny codec (~60 s on 2 CPU cores)
+def test_decoder_only_run_starts_from_the_folder_and_keeps_its_latents(full_run, manifest, tmp_path):
+    """train.init_from + train.trainable=decoder: the fresh state is the folder's codec, the encoder is not trained
+    (its weights and the exported codec's latents are bit-exact the folder's), the decoder is, the loss goes down."""
+    from safetensors.numpy import load_file
+
+    from musicflow_jax.encoders.codec import Codec
+
+    cfg, workdir, _ = full_run
+    start = ct.export_codec(workdir, tmp_path / "start", ema=True)
+    before = Codec.load(start)
+    # pairs: the tones' own latents with an error, as a flow would make them, beside the tones
+    tones = np.stack([_tone(f0, 20 * 320 / SR, 10 + i) for i, f0 in enumerate((200.0, 310.0, 415.0))])
+    z_pairs = np.asarray(before.encode_latents(tones))
+    z_pairs = (z_pairs + 0.3 * z_pairs.std() * np.random.default_rng(3).normal(size=z_pairs.shape)).astype(np.float32)
+    save_pairs(tmp_path / "pairs.npz", z_pairs, tones, SR, 320)
+    steps = 8
+    tuned = config_io.apply_overrides(cfg, [f"train.init_from={start}", "train.trainable=decoder",
+                                            f"data.pairs={tmp_path / 'pairs.npz'}", "data.pairs_batch=2",
+                                            f"train.steps={steps}", "train.eval_every=0", f"train.ckpt_every={steps}"])
+    trainer = ct.CodecTrainer(tuned)
+    fresh = trainer.fresh_state()
+    assert set(fresh.params.keys()) == {"decoder"} and "encoder" in fresh.rest
+    # a step's batch: encoded crops + pair crops cut at the same frame from latents and audio, a function of the step
+    batch = ct.train_batch(tuned, trainer.clips, 5, trainer.pairs)
+    again = ct.train_batch(tuned, trainer.clips, 5, trainer.pairs)
+    assert all(np.array_equal(batch[k], again[k]) for k in ("x", "zg", "xg"))
+    frames = tuned.segment_samples // 320
+    assert batch["zg"].shape == (2, frames, 16) and batch["xg"].shape == (2, frames * 320)
+    for zg, xg in zip(batch["zg"], batch["xg"]):
+        hits = [(i, o) for i in range(3) for o in range(20 - frames + 1) if np.array_equal(z_pairs[i, o: o + frames],
+                                                                                            zg)]
+        assert len(hits) == 1 and np.array_equal(tones[hits[0][0], hits[0][1] * 320:][: frames * 320], xg)
+    # the pairs' term: stft + mel of the decoded pair crops against their audio (no waveform term), added
+    loss_fn = ct.make_loss_fn(tuned, trainer.graphdef)
+    with_pairs, parts = loss_fn(fresh.params, fresh.rest, batch["x"], None, batch["zg"], batch["xg"])
+    without, _ = loss_fn(fresh.params, fresh.rest, batch["x"])
+    y = ct.trained_model(tuned, fresh).decode_latents(batch["zg"])[..., 0]
+    _, ref = ct.reconstruction_losses(y, batch["xg"], tuned, ct._mel_banks(tuned))
+    assert float(with_pairs - without) == pytest.approx(float(ref["stft"] + ref["mel"]), rel=1e-4)
+    assert float(parts["pairs"]) == pytest.approx(float(ref["stft"] + ref["mel"]), rel=1e-4)
+    x_bs = np.random.default_rng(1).normal(size=(2, 4000)).astype(np.float32) * 0.1
+    z0 = np.asarray(before.encode_latents(x_bs))
+    np.testing.assert_allclose(np.asarray(ct.trained_model(tuned, fresh).decode_latents(z0))[..., 0],
+                               np.asarray(before.decode_latents(z0)), atol=1e-6, rtol=0)  # eager vs jitted
+    state = ct.train_codec(tuned, tmp_path / "run", async_ckpt=False)
+    out = ct.export_codec(tmp_path / "run", tmp_path / "tuned")
+    w0, w1 = load_file(str(start / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert sorted(w0) == sorted(w1)
+    enc = [k for k in w0 if k.startswith("encoder.")]
+    dec = [k for k in w0 if k.startswith("decoder.")]
+    assert enc and dec and all(np.array_equal(w0[k], w1[k]) for k in enc)
+    assert all(not np.array_equal(w0[k], w1[k]) for k in dec if k.endswith(("weight_v", "bias")))
+    after = Codec.load(out)
+    np.testing.assert_array_equal(np.asarray(after.encode_latents(x_bs)), z0)
+    assert float(np.max(np.abs(np.asarray(after.decode_latents(z0)) - np.asarray(before.decode_latents(z0))))) > 1e-4
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert int(state.step) == steps and all(r["pairs"] > 0 for r in rows)
+    trained, _ = loss_fn(state.params, state.rest, batch["x"], None, batch["zg"], batch["xg"])
+    assert float(trained) < 0.95 * float(with_pairs), (float(with_pairs), float(trained))  # step 5's batch
+
+
+def test_init_from_errors_name_the_key(full_run, tmp_path):
+    cfg, workdir, _ = full_run
+    with pytest.raises(ct.CodecDataError, match=r"train\.init_from=.*config\.json missing"):
+        ct.initial_model(config_io.apply_overrides(cfg, [f"train.init_from={tmp_path / 'nothing'}"]))
+    start = ct.export_codec(workdir, tmp_path / "start")
+    wider = config_io.apply_overrides(cfg, [f"train.init_from={start}", "model.num_filters=8"])
+    with pytest.raises(ct.CodecDataError, match=r"train\.init_from=.* num_filters=4 where the config's model makes 8"):
+        ct.initial_model(wider)
+    save_pairs(tmp_path / "wide.npz", np.zeros((1, 20, 32), np.float32), np.zeros((1, 20 * 320), np.float32), SR, 320)
+    with pytest.raises(ct.CodecDataError, match=r"data\.pairs=.*32-d latents .* do not fit this codec .*16-d"):
+        ct.load_pairs(config_io.apply_overrides(cfg, [f"data.pairs={tmp_path / 'wide.npz'}", "data.pairs_batch=2",
+                                                      f"train.init_from={start}", "train.trainable=decoder"]))
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("model.bogus=1", "unknown config key 'model.bogus'"),
     ("model.norm_type=batch", "config key 'model.norm_type'"),
     ("data.segment_seconds=0.01", "config key 'data.segment_seconds'"),
     ("loss.mel_scales=((512,),)", "config key 'loss.mel_scales'"),
     ("loss.w_smooth=-1", "config key 'loss.w_smooth'"),
+    ("train.trainable=encoder", "config key 'train.trainable'"),
+    ("train.trainable=decoder", "set train.init_from"),
+    ("data.pairs=x.npz", "data.pairs_batch is 0"),
+    ("data.pairs_batch=4", "no data.pairs file is set"),
 ])
 def test_cli_bad_config_is_one_line_exit_2(override, fragment, tmp_path, capsys):
     from musicflow_jax.cli import train_codec

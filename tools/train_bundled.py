@@ -66,19 +66,13 @@ def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str,
                         transpositions_per_score=transpositions, jobs=jobs)
 
 
-def train_codec(manifest: Path, workdir: Path, steps: int | None) -> dict[str, Any]:
-    """configs/codec_corpus.py on the corpus, then its EMA weights exported to workdir/export."""
-    overrides = [f"data.manifest={manifest}"] + ([f"train.steps={steps}"] if steps else [])
-    cfg = codec_config.load_config("codec_corpus", overrides)
-    codec_trainer.train_codec(cfg, workdir, async_ckpt=False)
-    codec_trainer.export_codec(workdir, workdir / "export", ema=True)
-    return {"steps": cfg.train.steps, **_losses(workdir)}
-
-
-def train_decoder(manifest: Path, codec: Path, workdir: Path, steps: int | None) -> dict[str, Any]:
-    """configs/codec_decoder.py from the codec folder `codec`, its EMA weights exported to workdir/export."""
-    overrides = [f"data.manifest={manifest}", f"train.init_from={codec}"] + ([f"train.steps={steps}"] if steps else [])
-    cfg = codec_config.load_config("codec_decoder", overrides)
+def train_codec(config: str, manifest: Path, workdir: Path, steps: int | None, init_from: Path | None = None
+                ) -> dict[str, Any]:
+    """configs/<config>.py on the corpus (codec_corpus; codec_decoder from the codec folder `init_from`), then its EMA
+    weights exported to workdir/export."""
+    overrides = [f"data.manifest={manifest}"] + ([f"train.init_from={init_from}"] if init_from else []) + (
+        [f"train.steps={steps}"] if steps else [])
+    cfg = codec_config.load_config(config, overrides)
     codec_trainer.train_codec(cfg, workdir, async_ckpt=False)
     codec_trainer.export_codec(workdir, workdir / "export", ema=True)
     return {"steps": cfg.train.steps, **_losses(workdir)}
@@ -206,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     if a.until != "corpus":
-        report["codec"] = step("codec", train_codec, manifest, work / "codec", a.codec_steps)
+        report["codec"] = step("codec", train_codec, "codec_corpus", manifest, work / "codec", a.codec_steps)
     codec = work / "codec" / "export"
     if STEPS.index(a.until) >= STEPS.index("decoder"):
-        report["decoder"] = step("decoder", train_decoder, manifest, codec, work / "decoder", a.decoder_steps)
+        report["decoder"] = step("decoder", train_codec, "codec_decoder", manifest, work / "decoder", a.decoder_steps,
+                                 codec)
     if STEPS.index(a.until) >= STEPS.index("features"):
         index = step("features", precompute_features, manifest, codec, work / "features")
         report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},

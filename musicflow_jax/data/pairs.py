@@ -50,7 +50,7 @@ def read_pairs(path: str | Path) -> Pairs:
                           int(f["hop_length"]))
     except (OSError, KeyError, ValueError) as e:
         raise PairsFileError(f"{path}: not a pairs file ({e}): write one with musicflow_jax.inference.decoder_pairs "
-                             "(tools/train_bundled.py's pairs step)") from None
+                             "(docs/training.md)") from None
     if (problem := _check(pairs.latents, pairs.audio, pairs.hop_length)) is not None:
         raise PairsFileError(f"{path}: {problem}")
     return pairs

@@ -1,10 +1,9 @@
 """Training data for the codec's decoder from what stage 2 generates: each real clip's own semantic stream goes
 through stage 2 (its default sampling, the clip's caption), and the generated latents are paired with the clip's
-audio. A decoder-only codec run (training/codec_trainer.py, `data.pairs`) then learns to make clean audio from the
-latents the flow actually produces - stage 2's outputs are not the encoder's, and the decoder trained on encoded
-latents alone turns their differences into extra attacks (MODEL_CARD.md) - as TTS vocoders are fine-tuned on
-predicted spectrograms. The latents are frame-aligned with the clip (stage 2 follows the stream frame by frame), not
-sample-exact, so that run scores them by magnitudes only."""
+audio. A decoder-only codec run (training/codec_trainer.py, `data.pairs`) then also learns to decode the latents
+the flow actually produces, not only the encoder's, as TTS vocoders are fine-tuned on predicted spectrograms (its
+measured trade-off on the bundled model: docs/training.md). The latents are frame-aligned with the clip (stage 2
+follows the stream frame by frame), not sample-exact, so that run scores them by magnitudes only."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ def write_pairs(mf: MusicFlow, manifest: str | Path, out: str | Path, *, clips: 
                 split: str = "train", seed: int = 0, batch: int = 8, progress: bool = True) -> Path:
     """`clips` crops of `seconds` (whole codec frames) from the manifest's `split`, clips drawn without replacement and
     one uniform crop each from `seed`; stage 2 of `mf` on each crop's encoded semantic stream with its caption (noise
-    seed `seed` + batch index); the raw generated latents and the crops written to `out` (codec_trainer.save_pairs)."""
+    seed `seed` + batch index); the raw generated latents and the crops written to `out` (data/pairs.py's format)."""
     be = mf.backend
     codec = be.acoustic.codec
     hop, rate = codec.hop_length, mf.sample_rate
@@ -56,7 +55,7 @@ def write_pairs(mf: MusicFlow, manifest: str | Path, out: str | Path, *, clips: 
     latents = []
     for k in tqdm(range(0, clips, batch), desc="decoder pairs", disable=not progress):
         xs = audio[k: k + batch]
-        sem = np.stack([mf.encode(x)[0] for x in xs])
+        sem = be.normalize("semantic", be.encode_semantic(np.stack(xs)))  # the stream alone: no acoustic encode
         draft = Generation(audio=np.stack(xs), sample_rate=rate, semantic=sem, acoustic=np.zeros((len(xs), 0, 0)),
                            texts=texts[k: k + batch], seed=seed + k // batch, mode="generate", nfe={}, seconds=0.0)
         g = mf.refine(draft, progress=False)

@@ -19,7 +19,8 @@ def student_of(teacher: Config, name: str, steps: int = STEPS) -> Config:
         name=name,
         model=dataclasses.replace(teacher.model, interval=True),
         optim=dataclasses.replace(teacher.optim, lr=3e-4, warmup_steps=20),
-        train=dataclasses.replace(teacher.train, steps=steps, ckpt_every=100),
+        # the student starts from its teacher (distill.teacher), not from what the teacher started from
+        train=dataclasses.replace(teacher.train, steps=steps, ckpt_every=100, init_from="", init_partial=False),
         distill=DistillConfig(method="meanflow", cfg_scale=teacher.sample.cfg_scale),
         sample=dataclasses.replace(teacher.sample, solver="average", steps=2, cfg_scale=1.0),
     )

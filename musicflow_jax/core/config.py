@@ -158,7 +158,9 @@ class TrainConfig:
     sample_codec: str = ""  # converted Encodec folder decoding stage-2 samples to WAV; "" = the data's acoustic part
     block_every_step: bool = False  # wait for each step before the next (exact per-step timing; off = async dispatch)
     init_from: str = ""  # start from an exported stage (file/folder) or a run's workdir: fresh optimizer, EMA = loaded
-    init_partial: bool = False  # init_from may miss / add parameters (missing ones keep their fresh init)
+    # init_from may miss / add parameters (missing ones keep their fresh init) and have fewer input rows in a 2-D
+    # weight (a new input appended, e.g. model.beat: those rows start at zero, finetune.grow)
+    init_partial: bool = False
     trainable: str = ""  # regex of base parameter paths that train ("" = all; with LoRA: none, adapters only)
 
 

@@ -61,12 +61,20 @@ def check_init(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray]
                partial: bool) -> dict[str, list[str]]:
     """Strict shape check of init_from weights against the model: a wrong shape is an error naming the first
     parameter and both shapes; missing / unexpected parameters are errors unless `partial` (missing ones keep their
-    fresh initialisation). Returns {"loaded", "missing", "unexpected"} key lists."""
+    fresh initialisation). With `partial`, a 2-D weight that has more input rows in the model than in the file (a
+    stage given a new input, e.g. model.beat's grid appended to the input projection's features) is "grown": see
+    `grow`. Returns {"loaded", "grown", "missing", "unexpected"} key lists ("grown" keys are also in "loaded")."""
+    grown = []
     for k in sorted(set(expected) & set(flat)):
-        if tuple(flat[k].shape) != tuple(expected[k]):
-            raise FineTuneError(f"train.init_from {source} does not fit this model: '{k}' is {tuple(flat[k].shape)} "
-                                f"there but {tuple(expected[k])} here: use the model config it was trained with")
-    report = {"loaded": sorted(set(expected) & set(flat)), "missing": sorted(set(expected) - set(flat)),
+        have, want = tuple(flat[k].shape), tuple(expected[k])
+        if have == want:
+            continue
+        if partial and len(have) == len(want) == 2 and have[1] == want[1] and have[0] < want[0]:
+            grown.append(k)
+            continue
+        raise FineTuneError(f"train.init_from {source} does not fit this model: '{k}' is {have} there but {want} "
+                            "here: use the model config it was trained with")
+    report = {"loaded": sorted(set(expected) & set(flat)), "grown": grown, "missing": sorted(set(expected) - set(flat)),
               "unexpected": sorted(set(flat) - set(expected))}
     if not partial:
         for kind in ("missing", "unexpected"):
@@ -77,6 +85,12 @@ def check_init(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray]
                     f"({where} the file{' and not the model' if kind == 'unexpected' else ''}): use the config it was "
                     "trained with, or set train.init_partial=true to load the rest")
     return report
+
+
+def grow(weight: np.ndarray, rows: int) -> np.ndarray:
+    """A (n, d) input weight with zero rows appended to (rows, d): the inputs appended last start ignored, so the
+    grown layer computes what the file's did whatever they hold."""
+    return np.concatenate([weight, np.zeros((rows - weight.shape[0], weight.shape[1]), weight.dtype)])
 
 
 def load_values(params: nnx.State, flat: dict[str, Any]) -> nnx.State:

@@ -76,11 +76,14 @@ def init_weights(cfg: Config, verbose: bool = True) -> dict[str, Any] | None:
     if not cfg.train.init_from:
         return None
     flat, source = load_init(cfg.train.init_from)
-    report = finetune.check_init(param_shapes(cfg), flat, source, cfg.train.init_partial)
+    shapes = param_shapes(cfg)
+    report = finetune.check_init(shapes, flat, source, cfg.train.init_partial)
+    flat.update({k: finetune.grow(flat[k], shapes[k][0]) for k in report["grown"]})
     if verbose and jax.process_index() == 0:
         n = sum(int(np.prod(flat[k].shape)) for k in report["loaded"])
         print(f"init_from {source}: loaded {len(report['loaded'])} parameters ({n:,} values), missing "
-              f"{len(report['missing'])}{' ' + str(report['missing'][:3]) if report['missing'] else ''}, unexpected "
+              f"{len(report['missing'])}{' ' + str(report['missing'][:3]) if report['missing'] else ''}, grown "
+              f"{len(report['grown'])}{' ' + str(report['grown']) if report['grown'] else ''}, unexpected "
               f"{len(report['unexpected'])}{' ' + str(report['unexpected'][:3]) if report['unexpected'] else ''}",
               file=sys.stderr)
     return {k: flat[k] for k in report["loaded"]}

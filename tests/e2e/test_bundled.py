@@ -67,8 +67,10 @@ def test_bundle_is_complete_and_consistent(mf: MusicFlow) -> None:
     assert st2.cfg.model.cond_dim == st1.cfg.model.feature_dim == mf.backend.dims["semantic"]
     assert st2.cfg.model.feature_dim == mf.backend.dims["acoustic"]
     report = json.loads((BUNDLED / "train_report.json").read_text())
-    for stage in ("stage1", "stage2"):  # it was trained: the loss went down
+    for stage in ("stage1", "stage2_first"):  # it was trained: the loss went down
         assert report[stage]["last_loss"] < 0.6 * report[stage]["first_loss"], report[stage]
+    # stage 2's second pass started from the first's export and went lower still
+    assert report["stage2"]["last_loss"] < report["stage2_first"]["last_loss"], report["stage2"]
     # its few-step students (turbo/: float16 files of model.interval stages sampling 2 average-velocity jumps with the
     # teacher's guidance in their weights), drafts' default
     assert mf.turbo is not None
@@ -125,16 +127,19 @@ TURBO_FLOORS = {"template": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence"
                 "held-out": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}}
 
 
-TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a string quartet"
+TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a piano"
 TEMPI = (60, 66, 76, 84, 96, 104, 112, 120)  # the corpus' range (60-120 BPM)
 # measured on the shipped model (8 clips each, 8 midpoint steps; stage 1 with the beat grid, 2026-12-04): template key
-# exact 0.75 / MIREX 0.85, held-out wordings 0.875 / 0.94; tempi: the stage-1 streams within 4 % of the caption's in
-# 0.875 (7 of 8; 60 BPM read as 116), the audio's rank correlation of asked and estimated 0.45, none within 8 % (stage
-# 2: MODEL_CARD.md). Before the grid: streams 0.06 on the suite, rank 0.52 (seed 0) and 0.05 (seed 1). With the
-# codec's decoder trained on (2026-12-04): rank 0.36 (seed 0; seed 1: 0.71, the first-pass decoder 0.00), streams
-# unchanged; 8 clips make the rank a coarse guard (MODEL_CARD.md has the suite's 32-clip tempo rows)
+# exact 0.75 / MIREX 0.85, held-out wordings 0.875 / 0.94 (stage 2 trained on: 0.875 / 0.94 both); the stage-1
+# streams within 4 % of the caption's tempo in 0.875 (7 of 8; on a piano 8 of 8). The audio's tempo, read by the
+# suite's onset-autocorrelation estimator (stage 2 trained on, 2026-12-04; seeds 0-2): on a piano 8 of 8 within 4 %
+# and rank correlation of asked and estimated 1.0 at every seed (the first-pass stage 2 the same); on a harpsichord
+# 7 of 8, rank 1.0 (first pass 0.25-0.88, 0.48-1.0). On a string quartet (this test's caption until then) the
+# estimator reads the sustained instruments' extra attacks (MODEL_CARD.md): rank -0.98 to 0.31 over seeds 0-5 (the
+# first-pass stage 2 -0.69 to 0.71), so the audio test asks for a piano
 PARAPHRASE_FLOORS = {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}
-TEMPO_FLOOR_RANK = 0.3
+TEMPO_FLOOR_RANK = 0.9
+TEMPO_FLOOR_AUDIO = 0.75  # share of clips whose audio is within 4 % of the caption's tempo
 TEMPO_FLOOR_STREAM = 0.625
 
 
@@ -193,22 +198,22 @@ def test_generated_clips_play_notes_in_the_captions_key(generated: dict[str, np.
 @pytest.mark.slow
 def test_generated_tempo_follows_the_caption(generated: dict[str, np.ndarray]) -> None:
     """The evaluation suite's tempo estimators on clips asked for at TEMPI: the stage-1 stream's tempo (read off its
-    onsets, evaluate/model.py) within 4 % of the caption's, and the audio's: faster asked, faster played (rank
-    correlation of asked and estimated tempi)."""
+    onsets, evaluate/model.py) within 4 % of the caption's, and the audio's (a piano: see TEMPI's comment) within 4 %
+    of it, faster asked, faster played (rank correlation of asked and estimated tempi)."""
     from musicflow_jax.evaluate import music
     from musicflow_jax.evaluate.model import stream_tempo
 
     sr = int(generated["sample_rate"])
     est = np.array([music.estimate_tempo(a, sr) for a in generated["tempo_audio"]])
-    within = float(np.mean([music.tempo_class(e, b) in ("within_4pct", "within_8pct")
-                            for e, b in zip(est, TEMPI, strict=True)]))
+    within = float(np.mean([music.tempo_class(e, b) == "within_4pct" for e, b in zip(est, TEMPI, strict=True)]))
     rank = float(np.corrcoef(np.argsort(np.argsort(TEMPI)), np.argsort(np.argsort(est)))[0, 1])
     streams = [stream_tempo(x, 50.0) for x in generated["tempo_streams"]]
     in_stream = float(np.mean([music.tempo_class(e, b) == "within_4pct" for e, b in zip(streams, TEMPI, strict=True)]))
-    print(f"bundled model: tempi asked {TEMPI}, estimated {np.round(est, 1).tolist()}: within 8 % {within:.3f}, "
+    print(f"bundled model: tempi asked {TEMPI}, estimated {np.round(est, 1).tolist()}: within 4 % {within:.3f}, "
           f"rank correlation {rank:.3f}; stage-1 streams {np.round(streams, 1).tolist()}: within 4 % {in_stream:.3f}")
     assert in_stream >= TEMPO_FLOOR_STREAM, (in_stream, streams)
     assert rank >= TEMPO_FLOOR_RANK, (rank, est.tolist())
+    assert within >= TEMPO_FLOOR_AUDIO, (within, est.tolist())
 
 
 def test_bundled_long_form_has_no_seams(mf: MusicFlow) -> None:
@@ -252,15 +257,18 @@ def test_bundled_codec_was_trained_with_the_configs_in_configs() -> None:
 
 
 def test_bundled_stages_were_trained_with_the_configs_in_configs() -> None:
-    """configs/bundled_stage{1,2}.py are the bundled model's training configs and configs/bundled_turbo{1,2}.py its
-    students' (all but the paths the recipe sets)."""
+    """configs/bundled_stage{1,2}.py are the bundled model's training configs (stage 2's second pass, trained on from
+    configs/bundled_stage2_first.py's export) and configs/bundled_turbo{1,2}.py its students' (all but the paths the
+    recipe sets)."""
     from musicflow_jax.core import config
     from musicflow_jax.models.stage_file import load_stage
 
     for i in (1, 2):
         stored, _ = load_stage(BUNDLED / f"stage{i}.safetensors")
-        cfg = config.load(ROOT / "configs" / f"bundled_stage{i}.py", [f"data.path={stored.data.path}"])
+        cfg = config.load(ROOT / "configs" / f"bundled_stage{i}.py", [f"data.path={stored.data.path}",
+                                                                      f"train.init_from={stored.train.init_from}"])
         assert config.to_json(cfg) == config.to_json(stored)
+        assert bool(stored.train.init_from) == (i == 2)  # stage 2 was trained on from its first pass
         stored, _ = load_stage(BUNDLED / "turbo" / f"stage{i}.safetensors")
         cfg = config.load(ROOT / "configs" / f"bundled_turbo{i}.py", [
             f"data.path={stored.data.path}", f"data.stats={stored.data.stats}",

@@ -3,6 +3,7 @@
 - the LoRA product: x (W + s A B) == x W + s (x A) B for every kind of targeted weight (closed form);
 - init_from: the first step's loss equals the exported model's flow loss on the same batch and key; the EMA starts at
   the loaded weights, the optimizer fresh; a model of another size is a one-line error naming the parameter;
+  with init_partial a new input (model.beat) grows the input projection with zero rows: the file's model exactly;
 - after LoRA steps the frozen base is bit-identical to the file it came from, only adapters train and have optimizer
   state, checkpoints hold no base weight, and a resumed LoRA run equals an uninterrupted one;
 - the merged export, the adapter file applied at generation and the training-time model give the same outputs
@@ -23,14 +24,17 @@ from flax import nnx
 
 from musicflow_jax.cli import generate as generate_cli
 from musicflow_jax.cli import train as train_cli
-from musicflow_jax.core import config, flow, sharding
+from musicflow_jax.core import beat, config, flow, sharding
 from musicflow_jax.data import loader as data
 from musicflow_jax.inference.cascade import MusicFlow
 from musicflow_jax.models import lora as finetune
 from musicflow_jax.models import stage_file as stage_io
+from musicflow_jax.models.lora import FineTuneError
 from musicflow_jax.models.params import flat_params
+from musicflow_jax.models.transformer import FlowTransformer
 from musicflow_jax.testing.cli import run_main
 from musicflow_jax.training import checkpoint, export, flow_step, runs
+from musicflow_jax.training import finetune as finetune_lib
 from musicflow_jax.training import flow_trainer as train
 from musicflow_jax.training import state as train_state
 from musicflow_jax.training.logger import count_params
@@ -119,6 +123,35 @@ def test_init_from_of_another_size_is_a_one_line_error(folder, tmp_path, capsys)
     err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "does not fit this model" in err[0] and "there but" in err[0] and "here" in err[0], err[0]
+
+
+def test_init_partial_grows_a_new_input_with_zero_rows(folder):
+    """A stage given the beat grid (model.beat appends 5 input features) starts from a file without it: the input
+    projection's file rows load, the new rows are zero, so the grown model computes the file's velocity whatever
+    grid it is given; without init_partial it stays a one-line shape error."""
+    cfg = _cfg(folder, "model.beat=true", "train.init_partial=true")
+    base = runs.init_weights(cfg, verbose=False)
+    _, file_model = stage_io.load_stage(folder / "stage1.safetensors")
+    want = flat_params(file_model)
+    assert base.keys() == want.keys()
+    k = "in_proj.kernel"
+    assert base[k].shape == (want[k].shape[0] + beat.CHANNELS, want[k].shape[1])
+    np.testing.assert_array_equal(base[k][:want[k].shape[0]], want[k])
+    np.testing.assert_array_equal(base[k][want[k].shape[0]:], 0.0)
+
+    grown = FlowTransformer(cfg, rngs=nnx.Rngs(1))
+    nnx.update(grown, finetune_lib.load_values(nnx.state(grown, nnx.Param), base))
+    rng = np.random.default_rng(0)
+    b, t, f = 2, cfg.data.frames, cfg.model.feature_dim
+    inp = flow.FlowInput(rng.normal(size=(b, t, f)).astype(np.float32), np.zeros((b, t, f), np.float32),
+                         np.asarray([0.3, 0.8], np.float32), rng.normal(size=(b, 5, cfg.text.dim)).astype(np.float32),
+                         np.ones((b, 5), bool), None, None)
+    grid = beat.features(np.asarray([96.0, 120.0]), np.asarray([0.0, 0.5]), t, 50.0)
+    np.testing.assert_allclose(np.asarray(grown(inp._replace(beat_btc=grid))), np.asarray(file_model(inp)),
+                               rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(FineTuneError, match="'in_proj.kernel' is .* there but .* here"):
+        runs.init_weights(_cfg(folder, "model.beat=true"), verbose=False)
 
 
 # --------------------------------------------------------------------------- a LoRA run

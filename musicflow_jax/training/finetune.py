@@ -69,11 +69,13 @@ def check_init(expected: dict[str, tuple[int, ...]], flat: dict[str, np.ndarray]
         have, want = tuple(flat[k].shape), tuple(expected[k])
         if have == want:
             continue
-        if partial and len(have) == len(want) == 2 and have[1] == want[1] and have[0] < want[0]:
+        growable = len(have) == len(want) == 2 and have[1] == want[1] and have[0] < want[0]
+        if partial and growable:
             grown.append(k)
             continue
+        fix = (" (or set train.init_partial=true to grow it: the new input rows start at zero)" if growable else "")
         raise FineTuneError(f"train.init_from {source} does not fit this model: '{k}' is {have} there but {want} "
-                            "here: use the model config it was trained with")
+                            f"here: use the model config it was trained with{fix}")
     report = {"loaded": sorted(set(expected) & set(flat)), "grown": grown, "missing": sorted(set(expected) - set(flat)),
               "unexpected": sorted(set(flat) - set(expected))}
     if not partial:

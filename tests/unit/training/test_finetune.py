@@ -150,7 +150,7 @@ def test_init_partial_grows_a_new_input_with_zero_rows(folder):
     np.testing.assert_allclose(np.asarray(grown(inp._replace(beat_btc=grid))), np.asarray(file_model(inp)),
                                rtol=1e-5, atol=1e-6)
 
-    with pytest.raises(FineTuneError, match="'in_proj.kernel' is .* there but .* here"):
+    with pytest.raises(FineTuneError, match="'in_proj.kernel' is .* there but .* here.*set train.init_partial=true"):
         runs.init_weights(_cfg(folder, "model.beat=true"), verbose=False)
 
 

@@ -3,7 +3,8 @@ for 1,500 more steps, decoder only, from its exported folder, with the same loss
 its latents - the features the flow stages are trained on - do not change, and the pass can run after the stages
 (MODEL_CARD.md: round-trip instrument 0.41 -> 0.81, FD proxy 4409 -> 2536). Point it at the corpus and the codec:
 --set data.manifest=CORPUS/manifest.jsonl --set train.init_from=CODEC_FOLDER (tools/train_bundled.py's "decoder"
-step does). `--set data.pairs=PAIRS.npz --set data.pairs_batch=8` adds stage 2's own latents (docs/training.md)."""
+step does). `--set data.pairs=PAIRS.npz --set data.pairs_batch=8` adds stage 2's own latents, `--set loss.w_flux=5`
+the onset-flux term (docs/training.md: both measured; the bundled codec uses neither)."""
 
 import dataclasses
 

@@ -71,6 +71,7 @@ class CodecLossConfig:
     w_wave: float = 0.1
     latent_noise: float = 0.0  # decoder input noise, relative to the latents' RMS (training only)
     w_smooth: float = 0.0  # weight of the latents' temporal smoothness term (1 - lag-1 autocorrelation)
+    w_flux: float = 0.0  # weight of the onset-flux term: L1 between the two signals' band-wise rises (codec_trainer)
 
 
 CODEC_OPTIM = OptimConfig(lr=3e-4, b2=0.99, weight_decay=0.0, warmup_steps=200, ema_decay=0.999)  # grad_accum unused
@@ -139,12 +140,15 @@ def validate(cfg: CodecTrainConfig) -> None:
         isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in lo.mel_scales),
         "loss.mel_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
                            f"{lo.mel_scales!r}")
-    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales)))
+    # the onset-flux term's window (codec_trainer.FLUX_FFT_24K, scaled with the rate) when it is on
+    flux_fft = int(2 ** round(math.log2(2048 * m.sample_rate / 24_000))) if lo.w_flux else 0
+    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales), flux_fft))
     check(cfg.segment_samples > longest, "data.segment_seconds",
            f"a crop of {cfg.segment_samples} samples is not longer than the largest FFT ({longest}): raise "
-           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales")
+           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales (or set loss.w_flux=0)")
     for key, value in (("loss.w_stft", lo.w_stft), ("loss.w_mel", lo.w_mel), ("loss.w_wave", lo.w_wave),
                        ("loss.latent_noise", lo.latent_noise), ("loss.w_smooth", lo.w_smooth),
+                       ("loss.w_flux", lo.w_flux),
                        ("optim.weight_decay", o.weight_decay), ("optim.grad_clip", o.grad_clip)):
         check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key,
                f"must be a finite number >= 0, got {value!r}")

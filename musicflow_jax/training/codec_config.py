@@ -74,6 +74,14 @@ class CodecLossConfig:
     w_flux: float = 0.0  # weight of the onset-flux term: L1 between the two signals' band-wise rises (codec_trainer)
 
 
+FLUX_FFT_24K = 2048  # the onset-flux term's window at 24 kHz (codec_trainer.band_rises), scaled with the rate
+
+
+def flux_n_fft(sample_rate: int) -> int:
+    """The onset-flux term's FFT size at `sample_rate`: FLUX_FFT_24K scaled with the rate, a power of 2."""
+    return int(2 ** round(math.log2(FLUX_FFT_24K * sample_rate / 24_000)))
+
+
 CODEC_OPTIM = OptimConfig(lr=3e-4, b2=0.99, weight_decay=0.0, warmup_steps=200, ema_decay=0.999)  # grad_accum unused
 
 
@@ -140,8 +148,7 @@ def validate(cfg: CodecTrainConfig) -> None:
         isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in lo.mel_scales),
         "loss.mel_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
                            f"{lo.mel_scales!r}")
-    # the onset-flux term's window (codec_trainer.FLUX_FFT_24K, scaled with the rate) when it is on
-    flux_fft = int(2 ** round(math.log2(2048 * m.sample_rate / 24_000))) if lo.w_flux else 0
+    flux_fft = flux_n_fft(m.sample_rate) if lo.w_flux else 0
     longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales), flux_fft))
     check(cfg.segment_samples > longest, "data.segment_seconds",
            f"a crop of {cfg.segment_samples} samples is not longer than the largest FFT ({longest}): raise "

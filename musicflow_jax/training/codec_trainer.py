@@ -84,7 +84,7 @@ from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.models.encodec import Encodec
 from musicflow_jax.models.params import flat_params
 from musicflow_jax.training import checkpoint, loop
-from musicflow_jax.training.codec_config import CodecTrainConfig, from_dict
+from musicflow_jax.training.codec_config import CodecTrainConfig, flux_n_fft, from_dict
 from musicflow_jax.training.state import TrainState, adam_count, guarded_update, make_optimizer, make_schedule
 from musicflow_jax.utils import atomic_io
 
@@ -209,13 +209,14 @@ def _mel_banks(cfg: CodecTrainConfig) -> list[np.ndarray]:
 
 # the onset-flux term's analysis: what the evaluation's onset detector reads (evaluate/music.py note_onset_strength:
 # 100 frames/s, a 2048-point window at 24 kHz, log(1 + 100 |X|) in bands, each band's rise over 2 frames)
-FLUX_RATE, FLUX_FFT_24K, FLUX_BANDS, FLUX_LAG, FLUX_FMIN, FLUX_FMAX = 100.0, 2048, 96, 2, 27.5, 8000.0
+# (the window: codec_config.flux_n_fft, which the config's crop-length check also reads)
+FLUX_RATE, FLUX_BANDS, FLUX_LAG, FLUX_FMIN, FLUX_FMAX = 100.0, 96, 2, 27.5, 8000.0
 
 
 @functools.lru_cache(maxsize=4)
 def _flux_bank(sample_rate: int) -> tuple[int, int, np.ndarray]:
     """(n_fft, hop, (FLUX_BANDS, n_fft // 2 + 1) HTK mel matrix) of the onset-flux term at `sample_rate`."""
-    n_fft = int(2 ** np.round(np.log2(FLUX_FFT_24K * sample_rate / 24_000)))
+    n_fft = flux_n_fft(sample_rate)
     bank = mel_filterbank(MelConfig(sample_rate=sample_rate, n_fft=n_fft, n_mels=FLUX_BANDS, fmin=FLUX_FMIN,
                                     fmax=min(FLUX_FMAX, sample_rate / 2)))
     return n_fft, int(round(sample_rate / FLUX_RATE)), bank

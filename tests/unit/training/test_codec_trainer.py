@@ -159,7 +159,7 @@ def _bursts(onsets_s: tuple[float, ...], seconds: float, f0_hz: float = 220.0) -
 def test_band_rises_peak_at_note_onsets_and_the_flux_term_adds_its_weight():
     """The onset-flux term's per-band rises, summed over bands, have exactly one peak per note, each within 50 ms
     (mir_eval's onset window) of the note's start; a held note adds none. The term is 0 for a perfect
-    reconstruction, > 0 when the reconstruction gains a note the target does not have, and the total is the
+    reconstruction, > 0 when the reconstruction misses one of the target's onsets, and the total is the
     w_flux = 0 total plus w_flux times it."""
     import jax.numpy as jnp
     from scipy.signal import find_peaks

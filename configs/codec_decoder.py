@@ -4,7 +4,8 @@ its latents - the features the flow stages are trained on - do not change, and t
 (MODEL_CARD.md: round-trip instrument 0.41 -> 0.81, FD proxy 4409 -> 2536). Point it at the corpus and the codec:
 --set data.manifest=CORPUS/manifest.jsonl --set train.init_from=CODEC_FOLDER (tools/train_bundled.py's "decoder"
 step does). `--set data.pairs=PAIRS.npz --set data.pairs_batch=8` adds stage 2's own latents, `--set loss.w_flux=5`
-the onset-flux term (docs/training.md: both measured; the bundled codec uses neither)."""
+the onset-flux term, `--set loss.w_adv=0.1 --set loss.w_feat=0.3 --set loss.adv_warmup=100` a discriminator
+(docs/training.md: all three measured; the bundled codec uses none)."""
 
 import dataclasses
 

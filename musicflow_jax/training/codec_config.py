@@ -72,6 +72,18 @@ class CodecLossConfig:
     latent_noise: float = 0.0  # decoder input noise, relative to the latents' RMS (training only)
     w_smooth: float = 0.0  # weight of the latents' temporal smoothness term (1 - lag-1 autocorrelation)
     w_flux: float = 0.0  # weight of the onset-flux term: L1 between the two signals' band-wise rises (codec_trainer)
+    # adversarial training (codec_trainer; off while both weights are 0): a multi-scale log-mel discriminator
+    # (models/discriminator.py) trained with the hinge loss beside the codec, whose loss gains w_adv x its hinge term
+    # and w_feat x the discriminator features' relative L1 (feature matching)
+    w_adv: float = 0.0
+    w_feat: float = 0.0
+    disc_scales: tuple[tuple[int, int], ...] = ((2048, 128), (1024, 64), (512, 64))  # (n_fft, n_mels), hop n_fft/4
+    disc_filters: int = 16
+    adv_warmup: int = 0  # steps in which only the discriminator learns; the codec's adversarial terms start after
+
+    @property
+    def adversarial(self) -> bool:
+        return self.w_adv > 0 or self.w_feat > 0
 
 
 FLUX_FFT_24K = 2048  # the onset-flux term's window at 24 kHz (codec_trainer.band_rises), scaled with the rate
@@ -148,14 +160,22 @@ def validate(cfg: CodecTrainConfig) -> None:
         isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in lo.mel_scales),
         "loss.mel_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
                            f"{lo.mel_scales!r}")
+    check(isinstance(lo.disc_scales, tuple) and len(lo.disc_scales) > 0 and all(
+        isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in lo.disc_scales),
+        "loss.disc_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
+                            f"{lo.disc_scales!r}")
+    check(is_int(lo.disc_filters, 1), "loss.disc_filters", f"must be an integer >= 1, got {lo.disc_filters!r}")
+    check(is_int(lo.adv_warmup, 0), "loss.adv_warmup", f"must be an integer >= 0, got {lo.adv_warmup!r}")
     flux_fft = flux_n_fft(m.sample_rate) if lo.w_flux else 0
-    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales), flux_fft))
+    disc_fft = max(sc[0] for sc in lo.disc_scales) if lo.w_adv or lo.w_feat else 0
+    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales), flux_fft, disc_fft))
     check(cfg.segment_samples > longest, "data.segment_seconds",
            f"a crop of {cfg.segment_samples} samples is not longer than the largest FFT ({longest}): raise "
-           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales (or set loss.w_flux=0)")
+           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales (or set loss.w_flux=0, or lower "
+           "loss.disc_scales)")
     for key, value in (("loss.w_stft", lo.w_stft), ("loss.w_mel", lo.w_mel), ("loss.w_wave", lo.w_wave),
                        ("loss.latent_noise", lo.latent_noise), ("loss.w_smooth", lo.w_smooth),
-                       ("loss.w_flux", lo.w_flux),
+                       ("loss.w_flux", lo.w_flux), ("loss.w_adv", lo.w_adv), ("loss.w_feat", lo.w_feat),
                        ("optim.weight_decay", o.weight_decay), ("optim.grad_clip", o.grad_clip)):
         check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key,
                f"must be a finite number >= 0, got {value!r}")

@@ -25,7 +25,17 @@ Pieces, in the order `train_codec()` uses them:
         (27.5 Hz - 8 kHz) rise of log(1 + 100 |X|) over 2 frames, half-wave rectified, on a 2048-point STFT at
         100 frames/s (at 24 kHz): what the evaluation's onset detector reads (evaluate/music.py
         note_onset_strength), so attacks the decoder softens or adds to a held note cost directly;
-      total = loss.w_stft * stft + loss.w_mel * mel + loss.w_wave * wave (+ loss.w_flux * flux). No discriminator.
+      total = loss.w_stft * stft + loss.w_mel * mel + loss.w_wave * wave (+ loss.w_flux * flux).
+  * Adversarial training (`loss.w_adv` or `loss.w_feat` > 0): a multi-scale discriminator D
+    (models/discriminator.py) on the log-mels of `loss.disc_scales` (log(max(M |X|, 1e-5)), hop n_fft/4) is trained
+    beside the codec, each step from the same state (simultaneous updates, each with its own AdamW of the optim
+    settings and its own gradient clipping):
+      D's loss (hinge)      mean_s [ mean relu(1 - D_s(x)) + mean relu(1 + D_s(sg(x_hat))) ]
+      the codec's loss      total + on * ( w_adv * mean_s mean relu(1 - D_s(x_hat))
+                                         + w_feat * mean_{s,l} mean|f_sl(x_hat) - f_sl(x)| / mean|f_sl(x)| )
+    with f_sl the activations of D's layer l at scale s, and on = 0 for the first `loss.adv_warmup` steps (D learns
+    alone), else 1. The state's params, EMA and optimizer state then hold {"codec": ..., "disc": ...}; the export
+    and evaluation read the codec's part (`codec_params`), and the eval loss stays the reconstruction total.
     With `loss.latent_noise` = s > 0 the decoder sees z + s * rms(z) * n (n standard normal, rms over the batch,
     no gradient through the scale) during training: a decoder robust to small latent errors, which a flow model
     generating the latents will make. `loss.w_smooth` adds w * smooth, smooth = mean |z_t - z_{t-1}|^2 / (2 var(z))
@@ -81,6 +91,7 @@ from musicflow_jax.data.manifest import read_manifest
 from musicflow_jax.data.pairs import Pairs, PairsFileError, read_pairs
 from musicflow_jax.encoders.converted import ENCODEC, load_encodec, save_converted
 from musicflow_jax.errors import MusicFlowError
+from musicflow_jax.models.discriminator import DiscriminatorConfig, SpectrogramDiscriminator
 from musicflow_jax.models.encodec import Encodec
 from musicflow_jax.models.params import flat_params
 from musicflow_jax.training import checkpoint, loop
@@ -200,11 +211,12 @@ def stft_mag(x_bs: jax.Array, n_fft: int, hop: int | None = None) -> jax.Array:
     return jnp.sqrt(jnp.maximum(jnp.real(spec) ** 2 + jnp.imag(spec) ** 2, 1e-7))
 
 
-def _mel_banks(cfg: CodecTrainConfig) -> list[np.ndarray]:
-    """(n_mels, n_fft // 2 + 1) HTK mel matrices, one per loss.mel_scales entry."""
+def _mel_banks(cfg: CodecTrainConfig, scales: tuple[tuple[int, int], ...] | None = None) -> list[np.ndarray]:
+    """(n_mels, n_fft // 2 + 1) HTK mel matrices (0 .. sr/2), one per (n_fft, n_mels) of `scales` (loss.mel_scales
+    unless given)."""
     sr = cfg.model.sample_rate
     return [mel_filterbank(MelConfig(sample_rate=sr, n_fft=n_fft, n_mels=n_mels, fmin=0.0, fmax=sr / 2))
-            for n_fft, n_mels in cfg.loss.mel_scales]
+            for n_fft, n_mels in (cfg.loss.mel_scales if scales is None else scales)]
 
 
 # the onset-flux term's analysis: what the evaluation's onset detector reads (evaluate/music.py note_onset_strength:
@@ -296,11 +308,39 @@ def initial_model(cfg: CodecTrainConfig) -> Encodec:
     return model
 
 
+def build_discriminator(cfg: CodecTrainConfig, seed: int) -> SpectrogramDiscriminator:
+    return SpectrogramDiscriminator(DiscriminatorConfig(scales=len(cfg.loss.disc_scales),
+                                                        filters=cfg.loss.disc_filters), rngs=nnx.Rngs(seed))
+
+
+def discriminator_graphdef(cfg: CodecTrainConfig) -> Any:
+    return nnx.split(nnx.eval_shape(lambda: build_discriminator(cfg, 0)), nnx.Param)[0]
+
+
+def codec_params(cfg: CodecTrainConfig, tree: Any) -> Any:
+    """The codec's part of a state's params / EMA (the whole tree unless the run is adversarial)."""
+    return tree["codec"] if cfg.loss.adversarial else tree
+
+
+def make_codec_optimizer(cfg: CodecTrainConfig) -> optax.GradientTransformation:
+    """state.make_optimizer's AdamW; an adversarial run gets one for the codec and one for the discriminator."""
+    if not cfg.loss.adversarial:
+        return make_optimizer(cfg)
+
+    def labels(params: dict[str, Any]) -> dict[str, Any]:
+        return {k: jax.tree.map(lambda _, k=k: k, v) for k, v in params.items()}
+
+    return optax.multi_transform({"codec": make_optimizer(cfg), "disc": make_optimizer(cfg)}, labels)
+
+
 def init_state(cfg: CodecTrainConfig, tx: optax.GradientTransformation, model: Encodec | None = None
                ) -> tuple[Any, TrainState]:
-    """(graphdef, fresh TrainState) of `model`, random from train.seed when None."""
+    """(graphdef, fresh TrainState) of `model`, random from train.seed when None; an adversarial run's params are
+    {"codec": the model's trainable params, "disc": a discriminator random from train.seed + 1}."""
     model = build_model(cfg, cfg.train.seed) if model is None else model
     graphdef, params, rest = nnx.split(model, trainable_filter(cfg), ...)
+    if cfg.loss.adversarial:
+        params = {"codec": params, "disc": nnx.split(build_discriminator(cfg, cfg.train.seed + 1), nnx.Param)[1]}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
                        ema=jax.tree.map(jnp.copy, params), nan_in_row=jnp.zeros((), jnp.int32),
                        nan_total=jnp.zeros((), jnp.int32))
@@ -327,16 +367,16 @@ def latent_roughness(z_btd: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(z_btd[:, 1:] - z_btd[:, :-1])) / (2.0 * var + 1e-8)
 
 
-def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
+def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any, *, with_audio: bool = False) -> Any:
     """loss(params, rest, x_bs, noise_key=None, zg_btd=None, xg_bs=None) -> (total, parts): encode -> (latent noise
     when a key is given and loss.latent_noise > 0) -> decode -> reconstruction losses; with generated pairs also
-    their stft + mel terms (parts["pairs"])."""
+    their stft + mel terms (parts["pairs"]). `params` are the codec's (codec_params). `with_audio`: (total, (parts,
+    the reconstruction x_hat (B, S)))."""
     banks = _mel_banks(cfg)
     noise = cfg.loss.latent_noise
 
     def loss_fn(params: Any, rest: Any, x_bs: jax.Array, noise_key: jax.Array | None = None,
-                zg_btd: jax.Array | None = None, xg_bs: jax.Array | None = None
-                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                zg_btd: jax.Array | None = None, xg_bs: jax.Array | None = None) -> tuple[jax.Array, Any]:
         model = nnx.merge(graphdef, params, rest)
         z_btd = model.encode_latents(x_bs[..., None])
         smooth = latent_roughness(z_btd)
@@ -351,14 +391,64 @@ def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any) -> Any:
             _, gen = reconstruction_losses(model.decode_latents(zg_btd)[..., 0], xg_bs, cfg, banks)
             parts["pairs"] = cfg.loss.w_stft * gen["stft"] + cfg.loss.w_mel * gen["mel"]
             total = total + parts["pairs"]
-        return total, parts
+        return total, ((parts, y_bs) if with_audio else parts)
 
     return loss_fn
+
+
+def disc_inputs(x_bs: jax.Array, cfg: CodecTrainConfig, banks: list[np.ndarray]) -> list[jax.Array]:
+    """The discriminator's input: one (B, frames, n_mels) log-mel per loss.disc_scales entry."""
+    return [jnp.log(jnp.maximum(stft_mag(x_bs, n_fft) @ jnp.asarray(bank.T), 1e-5))
+            for (n_fft, _), bank in zip(cfg.loss.disc_scales, banks)]
+
+
+def hinge_disc_loss(real: list[tuple[jax.Array, list[jax.Array]]], fake: list[tuple[jax.Array, list[jax.Array]]]
+                    ) -> jax.Array:
+    """The discriminator's hinge loss: mean over scales of mean relu(1 - D(x)) + mean relu(1 + D(x_hat))."""
+    return jnp.mean(jnp.stack([jnp.mean(jax.nn.relu(1.0 - r)) + jnp.mean(jax.nn.relu(1.0 + f))
+                               for (r, _), (f, _) in zip(real, fake)]))
+
+
+def generator_terms(real: list[tuple[jax.Array, list[jax.Array]]], fake: list[tuple[jax.Array, list[jax.Array]]]
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(adv, feat): the codec's hinge term mean_s mean relu(1 - D(x_hat)) and the feature-matching term, the mean
+    over scales and layers of mean |f(x_hat) - f(x)| / mean |f(x)| (real features without gradient)."""
+    adv = jnp.mean(jnp.stack([jnp.mean(jax.nn.relu(1.0 - f)) for f, _ in fake]))
+    terms = [jnp.mean(jnp.abs(ff - jax.lax.stop_gradient(fr))) / (jnp.mean(jnp.abs(jax.lax.stop_gradient(fr))) + 1e-8)
+             for (_, frs), (_, ffs) in zip(real, fake) for fr, ff in zip(frs, ffs)]
+    return adv, jnp.mean(jnp.stack(terms))
+
+
+def make_adversarial_losses(cfg: CodecTrainConfig, graphdef: Any) -> tuple[Any, Any]:
+    """(codec_loss, disc_loss) of an adversarial run (module docstring):
+    codec_loss(codec_params, disc_params, rest, x_bs, noise_key, zg_btd, xg_bs, on) -> (total, (parts, x_hat)) and
+    disc_loss(disc_params, x_bs, x_hat) -> (hinge loss, {"d_real", "d_fake"}: mean logits)."""
+    recon = make_loss_fn(cfg, graphdef, with_audio=True)
+    d_graph, banks, lo = discriminator_graphdef(cfg), _mel_banks(cfg, cfg.loss.disc_scales), cfg.loss
+
+    def run_disc(disc_params: Any, x_bs: jax.Array) -> list[tuple[jax.Array, list[jax.Array]]]:
+        return nnx.merge(d_graph, disc_params)(disc_inputs(x_bs, cfg, banks))
+
+    def codec_loss(params: Any, disc_params: Any, rest: Any, x_bs: jax.Array, noise_key: jax.Array | None,
+                   zg_btd: jax.Array | None, xg_bs: jax.Array | None, on: jax.Array) -> tuple[jax.Array, Any]:
+        total, (parts, y_bs) = recon(params, rest, x_bs, noise_key, zg_btd, xg_bs)
+        parts["adv"], parts["feat"] = generator_terms(run_disc(disc_params, x_bs), run_disc(disc_params, y_bs))
+        return total + on * (lo.w_adv * parts["adv"] + lo.w_feat * parts["feat"]), (parts, y_bs)
+
+    def disc_loss(disc_params: Any, x_bs: jax.Array, y_bs: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        real, fake = run_disc(disc_params, x_bs), run_disc(disc_params, y_bs)
+        means = {"d_real": jnp.mean(jnp.stack([jnp.mean(r) for r, _ in real])),
+                 "d_fake": jnp.mean(jnp.stack([jnp.mean(f) for f, _ in fake]))}
+        return hinge_disc_loss(real, fake), means
+
+    return codec_loss, disc_loss
 
 
 def make_train_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTransformation) -> Any:
     """Jitted `step(state, x_bs) -> (state, metrics)` (state donated); metrics are device scalars. The latent noise
     of step k is drawn from fold_in(key(train.seed), k), so a resumed run draws what an uninterrupted one would."""
+    if cfg.loss.adversarial:
+        return make_adversarial_step(cfg, graphdef, tx)
     grad_fn = jax.value_and_grad(make_loss_fn(cfg, graphdef), has_aux=True)
     schedule = make_schedule(cfg)
     decay = cfg.optim.ema_decay
@@ -369,6 +459,34 @@ def make_train_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTran
                                        batch.get("zg"), batch.get("xg"))
         new_state, grad_norm, _ = guarded_update(state, grads, loss, state.rest, tx, decay)
         out = {"loss": loss, **parts, "grad_norm": grad_norm, "param_norm": optax.global_norm(new_state.params),
+               "lr": schedule(adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,
+               "nan_total": new_state.nan_total}
+        return new_state, out
+
+    return jax.jit(step_fn, donate_argnums=(0,))
+
+
+def make_adversarial_step(cfg: CodecTrainConfig, graphdef: Any, tx: optax.GradientTransformation) -> Any:
+    """make_train_step of an adversarial run: the codec's and the discriminator's gradients from the same state,
+    one guarded update of both (a non-finite loss of either skips the step)."""
+    codec_loss, disc_loss = make_adversarial_losses(cfg, graphdef)
+    codec_grad = jax.value_and_grad(codec_loss, has_aux=True)
+    disc_grad = jax.value_and_grad(disc_loss, has_aux=True)
+    schedule = make_schedule(cfg)
+    decay, warmup = cfg.optim.ema_decay, cfg.loss.adv_warmup
+    base_key = jax.random.key(cfg.train.seed)
+
+    def step_fn(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        on = (state.step >= warmup).astype(jnp.float32)
+        p = state.params
+        (loss, (parts, y_bs)), g_codec = codec_grad(p["codec"], p["disc"], state.rest, batch["x"],
+                                                    jax.random.fold_in(base_key, state.step), batch.get("zg"),
+                                                    batch.get("xg"), on)
+        (d_loss, d_parts), g_disc = disc_grad(p["disc"], batch["x"], jax.lax.stop_gradient(y_bs))
+        new_state, _, _ = guarded_update(state, {"codec": g_codec, "disc": g_disc}, loss + d_loss, state.rest, tx,
+                                         decay)
+        out = {"loss": loss, **parts, "disc_loss": d_loss, **d_parts, "grad_norm": optax.global_norm(g_codec),
+               "disc_grad_norm": optax.global_norm(g_disc), "param_norm": optax.global_norm(new_state.params["codec"]),
                "lr": schedule(adam_count(state.opt_state)), "nan_in_row": new_state.nan_in_row,
                "nan_total": new_state.nan_total}
         return new_state, out
@@ -397,7 +515,7 @@ def evaluate(eval_fn: Any, params: Any, rest: Any, batches: list[np.ndarray]) ->
 def _compiled(cfg: CodecTrainConfig) -> tuple[Any, optax.GradientTransformation, TrainState, Any, Any]:
     """(graphdef, optimizer, abstract state, jitted train step, jitted eval) of a config, kept per process so that
     a resumed or repeated run in the same process (tests, notebooks) reuses the compiled programs."""
-    tx = make_optimizer(cfg)
+    tx = make_codec_optimizer(cfg)
     graphdef, abstract = abstract_state(cfg, tx)
     return graphdef, tx, abstract, make_train_step(cfg, graphdef, tx), make_eval_fn(cfg, graphdef)
 
@@ -442,7 +560,7 @@ class CodecTrainer(loop.Trainer):
         return scalars
 
     def evaluate(self, state: TrainState) -> dict[str, float]:
-        return evaluate(self.eval_fn, state.params, state.rest, self.eval_data)
+        return evaluate(self.eval_fn, codec_params(self.cfg, state.params), state.rest, self.eval_data)
 
 
 def train_codec(cfg: CodecTrainConfig, workdir: str | Path, *, stop_at: int | None = None,
@@ -476,7 +594,7 @@ def read_run_config(workdir: str | Path) -> CodecTrainConfig:
 def load_trained(workdir: str | Path, step: int | None = None) -> tuple[CodecTrainConfig, TrainState, int]:
     """(config, state, step) of a codec run's checkpoint (latest unless `step`)."""
     cfg = read_run_config(workdir)
-    tx = make_optimizer(cfg)
+    tx = make_codec_optimizer(cfg)
     _, abstract = abstract_state(cfg, tx)
     manager = checkpoint.make_manager(Path(workdir), cfg, async_save=False)
     try:
@@ -489,7 +607,8 @@ def load_trained(workdir: str | Path, step: int | None = None) -> tuple[CodecTra
 def trained_model(cfg: CodecTrainConfig, state: TrainState, *, ema: bool = False) -> Encodec:
     """The Encodec module holding the state's parameters (or their EMA) and its untrained quantiser."""
     graphdef = nnx.split(nnx.eval_shape(lambda: build_model(cfg, 0)), trainable_filter(cfg), ...)[0]
-    return nnx.merge(graphdef, jax.device_get(state.ema if ema else state.params), jax.device_get(state.rest))
+    return nnx.merge(graphdef, jax.device_get(codec_params(cfg, state.ema if ema else state.params)),
+                     jax.device_get(state.rest))
 
 
 def export_codec(source: str | Path | TrainState, out: str | Path, *, cfg: CodecTrainConfig | None = None,

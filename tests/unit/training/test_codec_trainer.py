@@ -190,6 +190,78 @@ def test_band_rises_peak_at_note_onsets_and_the_flux_term_adds_its_weight():
         config_io.apply_overrides(CodecTrainConfig(), [*short, "loss.w_flux=1"])
 
 
+def test_adversarial_terms_closed_forms():
+    """The discriminator's hinge loss and the codec's hinge and feature-matching terms on hand-set logits and
+    features, and the discriminator's output shapes: time kept, frequency halved by each of the 3 strided convs."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from musicflow_jax.models.discriminator import DiscriminatorConfig, SpectrogramDiscriminator
+
+    rng = np.random.default_rng(0)
+    r = [jnp.asarray(rng.normal(size=(2, 5, 4)), jnp.float32), jnp.asarray(rng.normal(size=(2, 9, 2)), jnp.float32)]
+    f = [jnp.asarray(rng.normal(size=(2, 5, 4)), jnp.float32), jnp.asarray(rng.normal(size=(2, 9, 2)), jnp.float32)]
+    feats = [[jnp.asarray(rng.normal(size=(2, 5, 8, 3)), jnp.float32)], [jnp.asarray(rng.normal(size=(2, 9, 4, 3)),
+                                                                                    jnp.float32)] * 2]
+    real = [(a, fs) for a, fs in zip(r, feats)]
+    fake = [(a, [1.5 * x for x in fs]) for a, fs in zip(f, feats)]
+    want_d = np.mean([np.mean(np.maximum(1 - np.asarray(a), 0)) + np.mean(np.maximum(1 + np.asarray(b), 0))
+                      for a, b in zip(r, f)])
+    assert float(ct.hinge_disc_loss(real, fake)) == pytest.approx(want_d, rel=1e-6)
+    adv, feat = ct.generator_terms(real, fake)
+    assert float(adv) == pytest.approx(np.mean([np.mean(np.maximum(1 - np.asarray(b), 0)) for b in f]), rel=1e-6)
+    assert float(feat) == pytest.approx(0.5, rel=1e-5)  # every fake feature map is 1.5x the real one
+    sure = [(jnp.full((2, 5, 4), 2.0), feats[0]), (jnp.full((2, 9, 2), 2.0), feats[1])]
+    fooled = [(jnp.full((2, 5, 4), -2.0), feats[0]), (jnp.full((2, 9, 2), -2.0), feats[1])]
+    assert float(ct.hinge_disc_loss(sure, fooled)) == 0.0  # both margins met
+    assert [float(v) for v in ct.generator_terms(sure, fooled)] == [3.0, 0.0]
+    disc = SpectrogramDiscriminator(DiscriminatorConfig(scales=2, filters=4), rngs=nnx.Rngs(0))
+    out = disc([jnp.zeros((2, 11, 32)), jnp.zeros((2, 23, 16))])
+    assert [o[0].shape for o in out] == [(2, 11, 4), (2, 23, 2)]
+    assert [[x.shape[2] for x in o[1]] for o in out] == [[32, 16, 8, 4, 4], [16, 8, 4, 2, 2]]
+    with pytest.raises(ValueError, match="2 scales and was given 1"):
+        disc([jnp.zeros((2, 11, 32))])
+
+
+@pytest.mark.slow  # compiles the tiny codec's adversarial train step (~60 s on 2 CPU cores)
+def test_adversarial_run_warms_up_on_the_plain_codec_and_resumes_exactly(full_run, tmp_path):
+    """loss.w_adv / w_feat: during loss.adv_warmup only the discriminator learns, so the codec's weights equal the
+    plain run's (same config without the discriminator); after it the adversarial terms move them. A run stopped
+    and resumed equals an uninterrupted one (the discriminator's weights and optimizer state are checkpointed), and
+    the export holds the codec alone, as the plain run's does."""
+    from safetensors.numpy import load_file
+
+    cfg, _, _ = full_run
+    adv = config_io.apply_overrides(cfg, ["loss.w_adv=1", "loss.w_feat=2", "loss.adv_warmup=2",
+                                          "loss.disc_scales=((512, 16), (256, 8))", "loss.disc_filters=4",
+                                          "train.eval_every=0"])
+    leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]  # noqa: E731
+    ct.train_codec(cfg, tmp_path / "plain", stop_at=2, async_ckpt=False)
+    ct.train_codec(cfg, tmp_path / "plain", stop_at=4, async_ckpt=False)
+    ct.train_codec(adv, tmp_path / "a", stop_at=2, async_ckpt=False)
+    resumed = ct.train_codec(adv, tmp_path / "a", stop_at=4, async_ckpt=False)
+    straight = ct.train_codec(adv, tmp_path / "b", stop_at=4, async_ckpt=False)
+    _, plain2, _ = ct.load_trained(tmp_path / "plain", 2)
+    _, plain4, _ = ct.load_trained(tmp_path / "plain", 4)
+    _, adv2, _ = ct.load_trained(tmp_path / "a", 2)
+    fresh = ct.CodecTrainer(adv).fresh_state()
+    for x, y in zip(leaves(adv2.params["codec"]), leaves(plain2.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+    assert max(np.abs(x - y).max() for x, y in zip(leaves(adv2.params["disc"]), leaves(fresh.params["disc"]))) > 1e-5
+    moved = max(np.abs(x - y).max() for x, y in zip(leaves(resumed.params["codec"]), leaves(plain4.params)))
+    assert moved > 1e-5, moved
+    for x, y in zip(leaves(resumed), leaves(straight), strict=True):
+        np.testing.assert_array_equal(x, y)
+    rows = read_jsonl(tmp_path / "a" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all({"adv", "feat", "disc_loss", "d_real", "d_fake"} <= set(r) for r in rows)
+    plain_rows = read_jsonl(tmp_path / "plain" / "metrics.jsonl")
+    np.testing.assert_allclose([r["mel"] for r in rows[:2]], [r["mel"] for r in plain_rows[:2]], rtol=1e-5)
+    a = load_file(str(ct.export_codec(tmp_path / "a", tmp_path / "a_codec", ema=True) / "model.safetensors"))
+    p = load_file(str(ct.export_codec(tmp_path / "plain", tmp_path / "p_codec", ema=True) / "model.safetensors"))
+    assert sorted(a) == sorted(p)
+
+
 @pytest.mark.slow  # compiles the decoder-only train step of the tiny codec (~60 s on 2 CPU cores)
 def test_decoder_only_run_starts_from_the_folder_and_keeps_its_latents(full_run, manifest, tmp_path):
     """train.init_from + train.trainable=decoder: the fresh state is the folder's codec, the encoder is not trained
@@ -273,6 +345,9 @@ def test_init_from_errors_name_the_key(full_run, tmp_path):
     ("loss.mel_scales=((512,),)", "config key 'loss.mel_scales'"),
     ("loss.w_smooth=-1", "config key 'loss.w_smooth'"),
     ("loss.w_flux=-1", "config key 'loss.w_flux'"),
+    ("loss.w_adv=-1", "config key 'loss.w_adv'"),
+    ("loss.disc_scales=((512,),)", "config key 'loss.disc_scales'"),
+    ("loss.w_adv=1 --set loss.disc_scales=((48000, 64),)", "loss.disc_scales"),
     ("train.trainable=encoder", "config key 'train.trainable'"),
     ("train.trainable=decoder", "set train.init_from"),
     ("data.pairs=x.npz", "data.pairs_batch is 0"),
@@ -281,8 +356,8 @@ def test_init_from_errors_name_the_key(full_run, tmp_path):
 def test_cli_bad_config_is_one_line_exit_2(override, fragment, tmp_path, capsys):
     from musicflow_jax.cli import train_codec
 
-    rc = train_codec.main(["--config", "codec_corpus", "--workdir", str(tmp_path / "w"),
-                           "--set", override])
+    sets = [a for o in override.split(" --set ") for a in ("--set", o)]
+    rc = train_codec.main(["--config", "codec_corpus", "--workdir", str(tmp_path / "w"), *sets])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
 

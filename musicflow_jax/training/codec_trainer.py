@@ -26,6 +26,13 @@ Pieces, in the order `train_codec()` uses them:
         100 frames/s (at 24 kHz): what the evaluation's onset detector reads (evaluate/music.py
         note_onset_strength), so attacks the decoder softens or adds to a held note cost directly;
       total = loss.w_stft * stft + loss.w_mel * mel + loss.w_wave * wave (+ loss.w_flux * flux).
+    With `loss.latent_noise` = s > 0 the decoder sees z + s * rms(z) * n (n standard normal, rms over the batch,
+    no gradient through the scale) during training: a decoder robust to small latent errors, which a flow model
+    generating the latents will make. `loss.w_smooth` adds w * smooth, smooth = mean |z_t - z_{t-1}|^2 / (2 var(z))
+    (var over time per clip and channel, averaged; = 1 - the latents' lag-1 autocorrelation): left free, the
+    latents follow the waveform's phase frame to frame (lag-1 autocorrelation ~0, white noise to a flow model);
+    with it they follow what changes slowly (pitch, loudness, timbre) and the decoder makes the phase, which the
+    magnitude losses leave free.
   * Adversarial training (`loss.w_adv` or `loss.w_feat` > 0): a multi-scale discriminator D
     (models/discriminator.py) on the log-mels of `loss.disc_scales` (log(max(M |X|, 1e-5)), hop n_fft/4) is trained
     beside the codec, each step from the same state (simultaneous updates, each with its own AdamW of the optim
@@ -36,13 +43,6 @@ Pieces, in the order `train_codec()` uses them:
     with f_sl the activations of D's layer l at scale s, and on = 0 for the first `loss.adv_warmup` steps (D learns
     alone), else 1. The state's params, EMA and optimizer state then hold {"codec": ..., "disc": ...}; the export
     and evaluation read the codec's part (`codec_params`), and the eval loss stays the reconstruction total.
-    With `loss.latent_noise` = s > 0 the decoder sees z + s * rms(z) * n (n standard normal, rms over the batch,
-    no gradient through the scale) during training: a decoder robust to small latent errors, which a flow model
-    generating the latents will make. `loss.w_smooth` adds w * smooth, smooth = mean |z_t - z_{t-1}|^2 / (2 var(z))
-    (var over time per clip and channel, averaged; = 1 - the latents' lag-1 autocorrelation): left free, the
-    latents follow the waveform's phase frame to frame (lag-1 autocorrelation ~0, white noise to a flow model);
-    with it they follow what changes slowly (pitch, loudness, timbre) and the decoder makes the phase, which the
-    magnitude losses leave free.
   * Generated pairs (`data.pairs`, `data.pairs_batch`, decoder-only runs): latents a flow stage generated, each
     paired with the audio it should decode to (stage 2 run on a real clip's own semantic stream: the latents are
     frame-aligned with the clip, not sample-exact). Each step adds `data.pairs_batch` aligned crops of them; their

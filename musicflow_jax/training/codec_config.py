@@ -166,19 +166,19 @@ def validate(cfg: CodecTrainConfig) -> None:
                             f"{lo.disc_scales!r}")
     check(is_int(lo.disc_filters, 1), "loss.disc_filters", f"must be an integer >= 1, got {lo.disc_filters!r}")
     check(is_int(lo.adv_warmup, 0), "loss.adv_warmup", f"must be an integer >= 0, got {lo.adv_warmup!r}")
-    flux_fft = flux_n_fft(m.sample_rate) if lo.w_flux else 0
-    disc_fft = max(sc[0] for sc in lo.disc_scales) if lo.w_adv or lo.w_feat else 0
-    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales), flux_fft, disc_fft))
-    check(cfg.segment_samples > longest, "data.segment_seconds",
-           f"a crop of {cfg.segment_samples} samples is not longer than the largest FFT ({longest}): raise "
-           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales (or set loss.w_flux=0, or lower "
-           "loss.disc_scales)")
     for key, value in (("loss.w_stft", lo.w_stft), ("loss.w_mel", lo.w_mel), ("loss.w_wave", lo.w_wave),
                        ("loss.latent_noise", lo.latent_noise), ("loss.w_smooth", lo.w_smooth),
                        ("loss.w_flux", lo.w_flux), ("loss.w_adv", lo.w_adv), ("loss.w_feat", lo.w_feat),
                        ("optim.weight_decay", o.weight_decay), ("optim.grad_clip", o.grad_clip)):
         check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key,
                f"must be a finite number >= 0, got {value!r}")
+    flux_fft = flux_n_fft(m.sample_rate) if lo.w_flux else 0
+    disc_fft = max(sc[0] for sc in lo.disc_scales) if lo.adversarial else 0
+    longest = max((*lo.stft_sizes, *(sc[0] for sc in lo.mel_scales), flux_fft, disc_fft))
+    check(cfg.segment_samples > longest, "data.segment_seconds",
+           f"a crop of {cfg.segment_samples} samples is not longer than the largest FFT ({longest}): raise "
+           "data.segment_seconds or lower loss.stft_sizes / loss.mel_scales (or set loss.w_flux=0, or lower "
+           "loss.disc_scales)")
     check(lo.w_stft + lo.w_mel + lo.w_wave > 0, "loss.w_stft", "all loss weights are 0: set one > 0")
     check(isinstance(o.lr, (int, float)) and o.lr > 0, "optim.lr", f"must be > 0, got {o.lr!r}")
     check(isinstance(o.eps, (int, float)) and o.eps > 0, "optim.eps", f"must be > 0, got {o.eps!r}")

@@ -156,14 +156,10 @@ def validate(cfg: CodecTrainConfig) -> None:
            f"data.split / data.eval_split must be train | valid | test, got {d.split!r} / {d.eval_split!r}")
     check(isinstance(lo.stft_sizes, tuple) and all(is_int(n, 16) for n in lo.stft_sizes), "loss.stft_sizes",
            f"must be a tuple of FFT sizes >= 16 such as (512, 1024, 2048), got {lo.stft_sizes!r}")
-    check(isinstance(lo.mel_scales, tuple) and len(lo.mel_scales) > 0 and all(
-        isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in lo.mel_scales),
-        "loss.mel_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
-                           f"{lo.mel_scales!r}")
-    check(isinstance(lo.disc_scales, tuple) and len(lo.disc_scales) > 0 and all(
-        isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in lo.disc_scales),
-        "loss.disc_scales", f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got "
-                            f"{lo.disc_scales!r}")
+    for key, scales in (("loss.mel_scales", lo.mel_scales), ("loss.disc_scales", lo.disc_scales)):
+        check(isinstance(scales, tuple) and len(scales) > 0 and all(
+            isinstance(sc, tuple) and len(sc) == 2 and is_int(sc[0], 16) and is_int(sc[1], 1) for sc in scales),
+            key, f"must be a tuple of (n_fft >= 16, n_mels >= 1) pairs such as ((1024, 64),), got {scales!r}")
     check(is_int(lo.disc_filters, 1), "loss.disc_filters", f"must be an integer >= 1, got {lo.disc_filters!r}")
     check(is_int(lo.adv_warmup, 0), "loss.adv_warmup", f"must be an integer >= 0, got {lo.adv_warmup!r}")
     for key, value in (("loss.w_stft", lo.w_stft), ("loss.w_mel", lo.w_mel), ("loss.w_wave", lo.w_wave),

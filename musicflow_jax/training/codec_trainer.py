@@ -219,6 +219,12 @@ def _mel_banks(cfg: CodecTrainConfig, scales: tuple[tuple[int, int], ...] | None
             for n_fft, n_mels in (cfg.loss.mel_scales if scales is None else scales)]
 
 
+def log_mel(x_bs: jax.Array, n_fft: int, bank_mf: np.ndarray) -> jax.Array:
+    """log(max(M |X|, 1e-5)) (B, frames, n_mels): the mel loss's and the discriminator's spectrogram (stft_mag's
+    n_fft-point STFT, hop n_fft/4; M a _mel_banks matrix)."""
+    return jnp.log(jnp.maximum(stft_mag(x_bs, n_fft) @ jnp.asarray(bank_mf).T, 1e-5))
+
+
 # the onset-flux term's analysis: what the evaluation's onset detector reads (evaluate/music.py note_onset_strength:
 # 100 frames/s, a 2048-point window at 24 kHz, log(1 + 100 |X|) in bands, each band's rise over 2 frames)
 # (the window: codec_config.flux_n_fft, which the config's crop-length check also reads)
@@ -257,10 +263,7 @@ def reconstruction_losses(y_bs: jax.Array, x_bs: jax.Array, cfg: CodecTrainConfi
     parts["stft"] = jnp.mean(jnp.stack(stft_terms)) if stft_terms else jnp.zeros(())
     mel_terms = []
     for (n_fft, _), bank_mf in zip(lo.mel_scales, mel_banks):
-        bank = jnp.asarray(bank_mf)
-        ymel = jnp.log(jnp.maximum(stft_mag(y_bs, n_fft) @ bank.T, 1e-5))
-        xmel = jnp.log(jnp.maximum(stft_mag(x_bs, n_fft) @ bank.T, 1e-5))
-        mel_terms.append(jnp.mean(jnp.abs(ymel - xmel)))
+        mel_terms.append(jnp.mean(jnp.abs(log_mel(y_bs, n_fft, bank_mf) - log_mel(x_bs, n_fft, bank_mf))))
     parts["mel"] = jnp.mean(jnp.stack(mel_terms))
     parts["wave"] = jnp.mean(jnp.abs(y_bs - x_bs))
     total = lo.w_stft * parts["stft"] + lo.w_mel * parts["mel"] + lo.w_wave * parts["wave"]
@@ -398,8 +401,7 @@ def make_loss_fn(cfg: CodecTrainConfig, graphdef: Any, *, with_audio: bool = Fal
 
 def disc_inputs(x_bs: jax.Array, cfg: CodecTrainConfig, banks: list[np.ndarray]) -> list[jax.Array]:
     """The discriminator's input: one (B, frames, n_mels) log-mel per loss.disc_scales entry."""
-    return [jnp.log(jnp.maximum(stft_mag(x_bs, n_fft) @ jnp.asarray(bank.T), 1e-5))
-            for (n_fft, _), bank in zip(cfg.loss.disc_scales, banks)]
+    return [log_mel(x_bs, n_fft, bank) for (n_fft, _), bank in zip(cfg.loss.disc_scales, banks)]
 
 
 def hinge_disc_loss(real: list[tuple[jax.Array, list[jax.Array]]], fake: list[tuple[jax.Array, list[jax.Array]]]

@@ -6,7 +6,8 @@ settings; continuation (2 s real prompt -> 6 s, the generated 4 s evaluated); NF
 (midpoint solver: steps 2 / 4 / 8 / 16); CFG 1 / 3 / 5 (4 s); real halves of 10-s clips (the 10-s row's floor);
 infilling ([2, 4) s of a 6-s real clip regenerated); the 8-s rows of issue 12's targets (real halves, ceiling,
 text-to-music, continuation 4 s -> 8 s with the continuation's key against the prompt's and its pitch-class profile
-against the true continuation's and another piece's, one-sided paired Wilcoxon p). FD on the model's own backend
+against the true continuation's and another piece's, one-sided paired Wilcoxon p; the held-out wordings; text-to-music
+at temperature 1). FD on the model's own backend
 features in every row (`--features model`; VGGish / PANNs / AST / CLAP when their local weights are given); the
 same-piece rows (ceiling, continuation, infilling) also get chroma similarity / onset F-measure against the score
 and the seam score. Each row's results.json lands in `<out>/<row>/`; a rerun skips rows that already have one, so
@@ -50,6 +51,9 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "t2m_8s_paraphrase": ("text-to-music 8 s, held-out wordings", {"duration": 8.0, "captions": "heldout"}),
     "continue_4to8": ("continuation 4 s prompt -> 8 s", {"mode": "continue", "duration": 8.0,
                                                          "prompt_seconds": 4.0}),
+    # the starting noise at unit scale in both stages (sample.temperature = 1, as trained): beside a model whose
+    # stages sample at a lower temperature, what it buys
+    "t2m_8s_temperature1": ("text-to-music 8 s, temperature 1", {"duration": 8.0, "temperature": (1.0, 1.0)}),
     # draft then refine (issue 15): a draft is both stages at pipeline.DRAFT_STEPS midpoint steps; refining it
     # redoes stage 2 at its defaults with the same seed and rows, i.e. exactly stage 1 at 4 steps + stage 2 at 16
     "draft_8s": ("draft 8 s (midpoint 4 + 4)", {"duration": 8.0, "steps": (4, 4), "solver": "midpoint"}),
@@ -121,7 +125,8 @@ def table(out: Path) -> str:
 
 
 def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
-    """The spec with each stage's default steps / CFG / solver filled in from the model folder's stage configs."""
+    """The spec with each stage's default steps / CFG / temperature / solver filled in from the model folder's stage
+    configs."""
     import dataclasses
 
     from musicflow_jax.inference.model_folder import BUNDLED
@@ -134,7 +139,9 @@ def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
         return spec
     return dataclasses.replace(spec, solver=solvers.pop(),
                                steps=tuple(c.sample.steps if s is None else s for c, s in zip(cfgs, spec.steps)),
-                               cfg=tuple(c.sample.cfg_scale if v is None else v for c, v in zip(cfgs, spec.cfg)))
+                               cfg=tuple(c.sample.cfg_scale if v is None else v for c, v in zip(cfgs, spec.cfg)),
+                               temperature=tuple(c.sample.temperature if v is None else v
+                                                 for c, v in zip(cfgs, spec.temperature)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         for flag in ("features", "vggish", "panns", "ast", "clap", "classifier"):
             if getattr(a, flag):
                 argv_row += [f"--{flag}", getattr(a, flag)]
-        for flag, vals in (("--steps", spec.steps), ("--cfg", spec.cfg)):
+        for flag, vals in (("--steps", spec.steps), ("--cfg", spec.cfg), ("--temperature", spec.temperature)):
             for i, v in enumerate(vals, 1):
                 if v is not None:
                     argv_row += [f"{flag}{i}", str(v)]

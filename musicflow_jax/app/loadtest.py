@@ -41,10 +41,12 @@ class Heavy:
     cfg: float = 2.0
 
 
-def _args(text: str, seed: int, duration: float, variations: int, steps: int, solver: str, cfg: float) -> list[Any]:
+def _args(text: str, seed: int, duration: float, variations: int, steps: int, solver: str, cfg: float,
+          temperature: float = 1.0) -> list[Any]:
     """The /generate endpoint's inputs (ui.py's order): mode, text, duration, seed, variations, prompt, regions,
-    then steps / solver / guidance of stage 1 and of stage 2."""
-    return ["generate", text, duration, seed, variations, None, "", steps, solver, cfg, steps, solver, cfg]
+    then steps / solver / guidance / temperature of stage 1 and of stage 2."""
+    stage = [steps, solver, cfg, temperature]
+    return ["generate", text, duration, seed, variations, None, "", *stage, *stage]
 
 
 class Page:

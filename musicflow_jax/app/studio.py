@@ -114,12 +114,13 @@ class Studio:
 
     def draft_settings(self, page: Sequence[StageSettings]) -> tuple[StageSettings, StageSettings]:
         """What "Draft" runs with the page's settings: the model's few-step students at their own sampler (the
-        guidance is in their weights), else its stages at the draft's steps and solver with the page's guidance."""
+        guidance is in their weights), else its stages at the draft's steps and solver with the page's guidance and
+        temperature."""
         if self.mf.turbo is not None:
             s1, s2 = (MusicFlow.draft_settings(st) for st in self.mf.turbo)
         else:
-            s1, s2 = (dataclasses.replace(MusicFlow.draft_settings(st), cfg_scale=s.cfg_scale)
-                      for st, s in zip(self.mf.stages, page))
+            s1, s2 = (dataclasses.replace(MusicFlow.draft_settings(st), cfg_scale=s.cfg_scale,
+                                          temperature=s.temperature) for st, s in zip(self.mf.stages, page))
         return s1, s2
 
     def refine(self, g: Generation | None, which: float, settings: StageSettings, session: str = LOCAL
@@ -249,6 +250,7 @@ def _int(value: Any, name: str) -> int:
     return int(v)
 
 
-def settings_of(steps: float, solver: str, cfg: float, stage: str) -> StageSettings:
+def settings_of(steps: float, solver: str, cfg: float, temperature: float, stage: str) -> StageSettings:
     """A stage's settings from the page's controls."""
-    return StageSettings(steps=_int(steps, f"{stage} steps"), solver=str(solver), cfg_scale=float(cfg))
+    return StageSettings(steps=_int(steps, f"{stage} steps"), solver=str(solver), cfg_scale=float(cfg),
+                         temperature=float(temperature))

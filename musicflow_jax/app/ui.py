@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from musicflow_jax.app.studio import MAX_VARIATIONS, MODES, Studio, settings_of
+from musicflow_jax.core.config import MAX_TEMPERATURE
 from musicflow_jax.core.sampling import SOLVERS
 from musicflow_jax.inference.checks import GenerateError
 from musicflow_jax.inference.generation import Generation
@@ -52,10 +53,10 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
         return outputs_of(g, folder, f"{what}: {len(g.texts)} x {g.duration:.2f} s in {g.seconds:.1f} s (NFE {nfe})")
 
     def generate_fn(draft: bool) -> Any:
-        def fn(mode, text, dur, seed, n, prompt, regions, k1, so1, c1, k2, so2, c2, request: gr.Request,
+        def fn(mode, text, dur, seed, n, prompt, regions, k1, so1, c1, t1, k2, so2, c2, t2, request: gr.Request,
                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio injects the request and progress tracker
             def go() -> tuple[Generation, Path]:
-                settings = (settings_of(k1, so1, c1, "stage 1"), settings_of(k2, so2, c2, "stage 2"))
+                settings = (settings_of(k1, so1, c1, t1, "stage 1"), settings_of(k2, so2, c2, t2, "stage 2"))
                 if draft:
                     settings = studio.draft_settings(settings)
                 return studio.run(mode, text, dur, seed, n, prompt, regions, settings, draft, _session(request))
@@ -64,8 +65,8 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
 
         return fn
 
-    def refine(g, which, k2, so2, c2, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        return handle(lambda: studio.refine(g, which, settings_of(k2, so2, c2, "stage 2"), _session(request)))
+    def refine(g, which, k2, so2, c2, t2, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        return handle(lambda: studio.refine(g, which, settings_of(k2, so2, c2, t2, "stage 2"), _session(request)))
 
     def closed(request: gr.Request) -> None:  # the page was closed or reloaded: stop its requests
         if studio.cancel_session(_session(request)):
@@ -99,7 +100,9 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
                                 gr.Slider(1, 64, value=s.steps, step=1, label=f"{st.name} steps"),
                                 gr.Dropdown([x for x in SOLVERS if (x == "average") == st.cfg.model.interval],
                                             value=s.solver, label=f"{st.name} solver"),
-                                gr.Slider(0.0, 20.0, value=s.cfg_scale, step=0.5, label=f"{st.name} guidance")]
+                                gr.Slider(0.0, 20.0, value=s.cfg_scale, step=0.5, label=f"{st.name} guidance"),
+                                gr.Slider(0.05, MAX_TEMPERATURE, value=s.temperature, step=0.05,
+                                          label=f"{st.name} temperature")]
                 with gr.Row():
                     go_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     draft_btn = gr.Button("Draft (fast)", elem_id="draft")
@@ -122,7 +125,7 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
         common = [mode, text, dur, seed, n, prompt, regions, *stage_inputs]
         go_btn.click(generate_fn(False), common, outs, api_name="generate")
         draft_btn.click(generate_fn(True), common, outs, api_name="draft")
-        refine_btn.click(refine, [last, which, *stage_inputs[3:]], outs, api_name="refine")
+        refine_btn.click(refine, [last, which, *stage_inputs[4:]], outs, api_name="refine")
         ui.unload(closed)
     return ui
 

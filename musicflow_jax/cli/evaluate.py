@@ -4,9 +4,9 @@ weights, the CLAP score, VGGish FAD, PANNs FD/KL/IS, AST KL/IS and FD on a Music
 generated clips against a reference set, written to DIR/results.json and DIR/results.md
 (musicflow_jax.evaluate.report). Per-clip analyses are cached in DIR/cache by content hash, so re-runs are fast.
 `python -m musicflow_jax.evaluate --checkpoint MODEL --manifest test.jsonl --out DIR [--mode generate|continue|
-infill|ceiling|halves --n N --seed S --duration D --steps1/--steps2 --cfg1/--cfg2 ...]`: generate from the
-manifest's captions with fixed seeds (or the backend-ceiling / real-halves reference rows) and evaluate in one go
-(musicflow_jax.evaluate.model; `--checkpoint bundled` = the bundled model).
+infill|ceiling|halves --n N --seed S --duration D --steps1/--steps2 --cfg1/--cfg2 --temperature1/--temperature2
+...]`: generate from the manifest's captions with fixed seeds (or the backend-ceiling / real-halves reference rows) and
+evaluate in one go (musicflow_jax.evaluate.model; `--checkpoint bundled` = the bundled model).
 `python -m musicflow_jax.evaluate --compare A/results.json B/results.json` prints both runs side by side with paired
 bootstrap 95% intervals over clips (musicflow_jax.evaluate.compare); a side may list several runs of the same prompts
 at other seeds, comma-separated (`A0/results.json,A1/results.json`): per-clip values are averaged over them.
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--cfg", type=float, default=None, help="CFG scale of both stages (default: each stage's)")
     g.add_argument("--cfg1", type=float, default=None)
     g.add_argument("--cfg2", type=float, default=None)
+    g.add_argument("--temperature", type=float, default=None, help="starting-noise scale of both stages (default: "
+                   "each stage's)")
+    g.add_argument("--temperature1", type=float, default=None)
+    g.add_argument("--temperature2", type=float, default=None)
     g.add_argument("--solver", default=None, help="solver of both stages (default: each stage's)")
     g.add_argument("--captions", default="as_written", choices=("as_written", "heldout"),
                    help="prompt each clip's caption as written, or (heldout) its facts in held-out wordings no "
@@ -115,7 +119,9 @@ def _model(ap: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     spec = EvalSpec(mode=a.mode, n=a.n, duration=a.duration, seed=a.seed, batch=a.batch,
                     prompt_seconds=a.prompt_seconds, infill_seconds=a.infill_seconds,
                     steps=(pick(a.steps, a.steps1), pick(a.steps, a.steps2)),
-                    cfg=(pick(a.cfg, a.cfg1), pick(a.cfg, a.cfg2)), solver=a.solver, captions=a.captions,
+                    cfg=(pick(a.cfg, a.cfg1), pick(a.cfg, a.cfg2)),
+                    temperature=(pick(a.temperature, a.temperature1), pick(a.temperature, a.temperature2)),
+                    solver=a.solver, captions=a.captions,
                     turbo=a.turbo)
     out = Path(a.out)
     results = evaluate_model(None if a.checkpoint == "bundled" else a.checkpoint, a.manifest, out, spec,

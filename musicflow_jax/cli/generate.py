@@ -40,7 +40,8 @@ from musicflow_jax.utils import atomic_io
 from musicflow_jax.utils.plots import spectrogram_png
 
 FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-audio", "steps": "--steps",
-         "solver": "--solver", "cfg_scale": "--cfg", "overlap": "--overlap", "checkpoint": "--checkpoint",
+         "solver": "--solver", "cfg_scale": "--cfg", "temperature": "--temperature", "overlap": "--overlap",
+         "checkpoint": "--checkpoint",
          "texts": "--text", "seed": "--seed", "draft": "--refine", "dtype": "--dtype",
          "device": "--device", "lora": "--lora",
          "lora_scale": "--lora-scale",
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", default=None, help="ODE steps, N or N1,N2 per stage (default: the stage configs)")
     ap.add_argument("--solver", default=None, help="euler|midpoint|heun|dopri5, or S1,S2 per stage")
     ap.add_argument("--cfg", default=None, help="classifier-free guidance scale, W or W1,W2 per stage")
+    ap.add_argument("--temperature", default=None, help="scale of the starting noise, T or T1,T2 per stage, in (0, 2] "
+                    "(1 = as trained; default: the stage configs')")
     ap.add_argument("--batch", type=int, default=8, help="prompts generated together on the device")
     ap.add_argument("--checkpoint", default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--stage1-checkpoint", default=None, help="exported stage-1 .safetensors replacing the folder's")
@@ -101,16 +104,18 @@ def _pair(value: str | None, cast: Any, name: str) -> tuple[Any, Any]:
     return (vals[0], vals[-1])
 
 
-def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | None, draft: bool = False
-                   ) -> tuple[StageSettings, StageSettings]:
+def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | None, draft: bool = False,
+                   temperature: str | None = None) -> tuple[StageSettings, StageSettings]:
     """Per-stage settings: the flags where given, else the stage's defaults (a draft's with `draft`)."""
     st, so, cf = _pair(steps, int, "steps"), _pair(solver, str, "solver"), _pair(cfg, float, "cfg")
+    te = _pair(temperature, float, "temperature")
     out = []
     stages = mf.draft_stages if draft else mf.stages
     for i, base in enumerate(mf.draft_settings(st) if draft else st.settings for st in stages):
         out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
                                  solver=base.solver if so[i] is None else so[i],
-                                 cfg_scale=base.cfg_scale if cf[i] is None else cf[i]))
+                                 cfg_scale=base.cfg_scale if cf[i] is None else cf[i],
+                                 temperature=base.temperature if te[i] is None else te[i]))
     return out[0], out[1]
 
 
@@ -269,11 +274,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.draft and mode != "generate":
         raise GenerateError(f"--draft is for text-to-music (--mode generate), not --mode {mode}")
     mf = _load(args)
-    s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg, draft=args.draft)
+    s1, s2 = stage_settings(mf, args.steps, args.solver, args.cfg, draft=args.draft, temperature=args.temperature)
     prompt = mf.read_prompt(args.prompt_audio) if args.prompt_audio else None
     ran = mf.draft_stages if args.draft else mf.stages
     extra = {"config_hash": "+".join(config_hash(st.cfg) for st in ran), "model": str(mf.folder),
-             "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale]}
+             "steps": [s1.steps, s2.steps], "solver": [s1.solver, s2.solver], "cfg": [s1.cfg_scale, s2.cfg_scale],
+             "temperature": [s1.temperature, s2.temperature]}
     if args.lora:
         extra["lora"] = [str(p) for p in args.lora]
         extra["lora_scale"] = lora_scales(args.lora_scale, len(args.lora))
@@ -334,7 +340,7 @@ def _refine(args: argparse.Namespace) -> list[Path]:
         raise GenerateError(f"--refine: {e}") from None
     outs = out_paths(args.out, [{"out": None}])
     mf = _load(args)
-    _, s2 = stage_settings(mf, args.steps, args.solver, args.cfg)
+    _, s2 = stage_settings(mf, args.steps, args.solver, args.cfg, temperature=args.temperature)
     seed = draft.seed if args.seed is None else check_seed(args.seed)
     g = mf.refine(draft, args.text or None, seed=seed, stage2=s2, overlap=args.overlap, progress=not args.quiet)
     extra = {"config_hash": "+".join(config_hash(st.cfg) for st in mf.stages), "model": str(mf.folder),

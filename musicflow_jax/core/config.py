@@ -171,6 +171,12 @@ class SampleConfig:
     rtol: float = 1e-5
     atol: float = 1e-5
     cfg_scale: float = 3.0
+    # the starting noise of the generated frames is N(0, temperature^2) (core/sampling.py): < 1 draws nearer the
+    # flow's high-density paths, trading diversity for fidelity; 1 = the distribution the flow was trained from
+    temperature: float = 1.0
+
+
+MAX_TEMPERATURE = 2.0  # sample.temperature's and StageSettings.temperature's upper bound
 
 
 DISTILL_METHODS = ("meanflow", "shortcut", "trajectory")  # flow.distill_loss's targets
@@ -253,8 +259,11 @@ def _validate_counts(cfg: Config) -> None:
             ("data.acoustic_rate", d.acoustic_rate, 0.0, "Hz", True),
             ("sample.rtol", s.rtol, 0.0, "dopri5 relative tolerance", True),
             ("sample.atol", s.atol, 0.0, "dopri5 absolute tolerance", True),
-            ("sample.cfg_scale", s.cfg_scale, 0.0, "guidance scale; 1 = none", False)):
+            ("sample.cfg_scale", s.cfg_scale, 0.0, "guidance scale; 1 = none", False),
+            ("sample.temperature", s.temperature, 0.0, "scale of the starting noise; 1 = as trained", True)):
         number_at_least(value, key, low, what, strict=strict)
+    check(s.temperature <= MAX_TEMPERATURE, "sample.temperature",
+          f"must be <= {MAX_TEMPERATURE} (scale of the starting noise; 1 = as trained), got {s.temperature!r}")
     for key, value in (("optim.b1", o.b1), ("optim.b2", o.b2)):
         config_io.in_unit_interval(value, key)
 

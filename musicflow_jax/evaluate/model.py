@@ -68,6 +68,7 @@ class EvalSpec:
     infill_seconds: float = 2.0  # "infill": the region's length
     steps: tuple[int | None, int | None] = (None, None)  # per stage; None = the stage's own default
     cfg: tuple[float | None, float | None] = (None, None)
+    temperature: tuple[float | None, float | None] = (None, None)
     solver: str | None = None
     captions: str = "as_written"  # | "heldout": the facts in held-out wordings (the paraphrase row)
     turbo: bool = False  # the model folder's few-step students (turbo/) as the stages
@@ -123,10 +124,11 @@ def prompts(entries: Sequence[Any], captions: str) -> list[str]:
 
 def _settings(mf: Any, spec: EvalSpec) -> tuple[Any, Any]:
     out = []
-    for st, steps, cfg in zip(mf.stages, spec.steps, spec.cfg):
+    for st, steps, cfg, temp in zip(mf.stages, spec.steps, spec.cfg, spec.temperature, strict=True):
         d = st.settings
         out.append(StageSettings(steps=d.steps if steps is None else int(steps), solver=spec.solver or d.solver,
-                                 cfg_scale=d.cfg_scale if cfg is None else float(cfg)))
+                                 cfg_scale=d.cfg_scale if cfg is None else float(cfg),
+                                 temperature=d.temperature if temp is None else float(temp)))
     return out[0], out[1]
 
 

@@ -186,7 +186,7 @@ class Stage:
                           cond=None if cond is None else jnp.asarray(pad(cond, nb)),
                           beat=None if grid is None else jnp.asarray(pad(grid, nb)),
                           solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale, sigma_min=self.cfg.flow.sigma_min,
-                      rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol, on_eval=on_eval,
+                      temperature=s.temperature, rtol=self.cfg.sample.rtol, atol=self.cfg.sample.atol, on_eval=on_eval,
                       rows=None if rows is None else jnp.asarray(rows, jnp.uint32), max_steps=s.max_steps)
 
     def cost(self, rows: int, frames: int, s: StageSettings, overlap: float = 0.5) -> int:
@@ -353,11 +353,12 @@ class MusicFlow:
 
     @staticmethod
     def draft_settings(stage: Stage) -> StageSettings:
-        """A draft's sampling for `stage`: DRAFT_STEPS midpoint steps, the stage's own guidance; a few-step student
-        (its config samples with the average-velocity solver) at its own settings."""
+        """A draft's sampling for `stage`: DRAFT_STEPS midpoint steps, the stage's own guidance and temperature; a
+        few-step student (its config samples with the average-velocity solver) at its own settings."""
         if stage.settings.solver == "average":
             return stage.settings
-        return StageSettings(steps=DRAFT_STEPS, solver="midpoint", cfg_scale=stage.settings.cfg_scale)
+        return StageSettings(steps=DRAFT_STEPS, solver="midpoint", cfg_scale=stage.settings.cfg_scale,
+                             temperature=stage.settings.temperature)
 
     def refine(self, draft: Generation | Draft | str | Path, texts: Sequence[str] | None = None, *,
                seed: int | None = None, stage2: StageSettings | None = None, overlap: float = 0.5,

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from musicflow_jax.core.config import Config
+from musicflow_jax.core.config import MAX_TEMPERATURE, Config
 from musicflow_jax.core.sampling import MAX_ADAPTIVE_STEPS, SOLVERS
 from musicflow_jax.errors import MusicFlowError
 
@@ -36,11 +36,13 @@ class StageSettings:
     solver: str = "midpoint"
     cfg_scale: float = 3.0
     max_steps: int = MAX_ADAPTIVE_STEPS  # dopri5 only: it stops with an error after this many steps
+    temperature: float = 1.0  # the starting noise's scale (core/sampling.py); a stage's default: sample.temperature
 
     @classmethod
     def from_config(cls, cfg: Config) -> StageSettings:
         """The stage's own defaults (cfg.sample)."""
-        return cls(steps=cfg.sample.steps, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale)
+        return cls(steps=cfg.sample.steps, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale,
+                   temperature=cfg.sample.temperature)
 
 
 
@@ -100,6 +102,10 @@ def check_settings(s: StageSettings, stage: str) -> StageSettings:
         raise GenerateError(f"steps {s.steps} ({stage}) must be an integer in 1..1000", "steps")
     if not math.isfinite(s.cfg_scale) or s.cfg_scale < 0 or s.cfg_scale > MAX_CFG:
         raise GenerateError(f"cfg_scale {s.cfg_scale} ({stage}) must be in 0..50 (1 = no guidance)", "cfg_scale")
+    if isinstance(s.temperature, bool) or not isinstance(s.temperature, (int, float, np.floating)) or not (
+            math.isfinite(s.temperature) and 0 < s.temperature <= MAX_TEMPERATURE):
+        raise GenerateError(f"temperature {s.temperature} ({stage}) must be in (0, {MAX_TEMPERATURE:g}] (1 = the noise "
+                            "the flow was trained from)", "temperature")
     if not isinstance(s.max_steps, int) or not 1 <= s.max_steps <= MAX_ADAPTIVE_STEPS:
         raise GenerateError(f"max_steps {s.max_steps} ({stage}) must be an integer in 1..{MAX_ADAPTIVE_STEPS} "
                             "(dopri5's step limit)", "max_steps")

@@ -250,7 +250,8 @@ def generation_step(cfg1: Config, cfg2: Config, seconds: float, batch: int,
         s = cfg.sample
         return sampling.sample(model, key, text_emb=emb, text_mask=mask, frames=n, feature_dim=cfg.model.feature_dim,
                                cond=cond, solver=s.solver, steps=s.steps, cfg_scale=s.cfg_scale,
-                               sigma_min=cfg.flow.sigma_min,  # a beat grid's cost does not depend on its values
+                               temperature=s.temperature, sigma_min=cfg.flow.sigma_min,
+                               # a beat grid's cost does not depend on its values
                                beat=jnp.zeros((emb.shape[0], n, beat.CHANNELS)) if cfg.model.beat else None)
 
     def generate(p1: Any, p2: Any, key: jax.Array, emb: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

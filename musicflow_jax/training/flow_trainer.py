@@ -137,6 +137,7 @@ def write_samples(cfg: Config, setup: flow_step.Setup, state: TrainState, encode
                    frames=cfg.data.frames, feature_dim=cfg.model.feature_dim,
                    cond=None if cond is None else jnp.asarray(cond[:n]), solver=cfg.sample.solver,
                    steps=cfg.sample.steps, cfg_scale=cfg.sample.cfg_scale, sigma_min=cfg.flow.sigma_min,
+                   temperature=cfg.sample.temperature,
                    beat=meta.beat_grid(SAMPLE_PROMPTS[:n], cfg.data.frames, cfg.frame_rate) if cfg.model.beat else None)
     x1 = np.asarray(x1)
     out = workdir / "samples"

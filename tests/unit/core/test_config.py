@@ -129,6 +129,8 @@ def test_missing_config_file_is_clear(tmp_path):
         ("optim.lr=1e999", "optim.lr"),
         ("optim.b2=1.0", "optim.b2"),
         ("sample.cfg_scale=-1.0", "sample.cfg_scale"),
+        ("sample.temperature=0", "sample.temperature"),
+        ("sample.temperature=2.5", "sample.temperature"),
         ("data.acoustic_rate=0.0", "data.acoustic_rate"),
     ],
 )

@@ -75,7 +75,7 @@ def clips_of(res: dict) -> list[np.ndarray]:
 
 def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path: Path) -> None:
     res = run(setup, tmp_path / "a", "--duration", "1.5", "--seed", "7", "--batch", "1", "--steps1", "2",
-              "--cfg2", "1.5")
+              "--cfg2", "1.5", "--temperature2", "0.7")
     assert set(res) == {"format", "generated", "reference", "fd_proxy", "fd_proxy_reference_halves",
                         "instrument_accuracy", "clap", "cache_hits", "clips", "run", "embeddings", "alignment",
                         "stage1_stream"}
@@ -86,6 +86,7 @@ def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path:
     assert run_["mode"] == "generate" and run_["spec"]["n"] == N and run_["audio_seconds_per_clip"] == 1.5
     assert run_["stage1"]["steps"] == 2 and run_["stage2"]["steps"] == 4  # stage 2 keeps its default (tiny: 4)
     assert run_["stage2"]["cfg_scale"] == 1.5 and run_["stage1"]["cfg_scale"] == 2.0
+    assert run_["stage2"]["temperature"] == 0.7 and run_["stage1"]["temperature"] == 1.0
     assert run_["classifier_clips"] == len(CAPTIONS) - 2 * N and res["instrument_accuracy"] is not None
     assert res["generated"]["n"] == res["reference"]["n"] == N and res["generated"]["key_n"] == N
     assert [c["caption"] for c in res["clips"]] == CAPTIONS[:N]
@@ -94,7 +95,7 @@ def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path:
 
     mf = MusicFlow.load(setup[0])
     s1 = StageSettings(steps=2, solver="euler", cfg_scale=2.0)
-    s2 = StageSettings(steps=4, solver="euler", cfg_scale=1.5)
+    s2 = StageSettings(steps=4, solver="euler", cfg_scale=1.5, temperature=0.7)
     for k, got in enumerate(clips_of(res)):
         g = mf.generate([CAPTIONS[k]], 1.5, seed=7 + k, stage1=s1, stage2=s2, progress=False)
         np.testing.assert_array_equal(got, g.audio[0])
@@ -105,14 +106,14 @@ def test_generate_row_schema_and_fixed_seeds(setup: tuple[Path, Path], tmp_path:
                                [0][: int(1.5 * SR)], atol=1e-6)
     # fixed seeds reproduce: a second run elsewhere writes the same audio; the table names the run
     again = run(setup, tmp_path / "b", "--duration", "1.5", "--seed", "7", "--batch", "1", "--steps1", "2",
-                "--cfg2", "1.5")
+                "--cfg2", "1.5", "--temperature2", "0.7")
     for x, y in zip(clips_of(res), clips_of(again)):
         np.testing.assert_array_equal(x, y)
     assert again["generated"] == res["generated"] and again["fd_proxy"] == res["fd_proxy"]
     assert "run: mode generate, 2 clips of 1.5 s" in (tmp_path / "a" / "results.md").read_text()
     # another seed gives other audio
     other = run(setup, tmp_path / "c", "--duration", "1.5", "--seed", "8", "--batch", "1", "--steps1", "2",
-                "--cfg2", "1.5")
+                "--cfg2", "1.5", "--temperature2", "0.7")
     assert not np.array_equal(clips_of(other)[0], clips_of(res)[0])
 
 

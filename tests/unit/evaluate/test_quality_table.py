@@ -34,11 +34,11 @@ def test_quality_table_rows(tmp_path: Path, capsys) -> None:
     assert main([*common, "--rows", "t2m_4s,t2m_4s_paraphrase"]) == 0
     rows = json.loads((out / "table.json").read_text())
     assert set(rows) == {"t2m_4s", "t2m_4s_paraphrase"}
-    # the tiny model's stage defaults spelled out (euler, 4 steps, CFG 2); the paraphrase row prompts held-out
-    # wordings and is scored against the same captions
+    # the tiny model's stage defaults spelled out (euler, 4 steps, CFG 2, temperature 1); the paraphrase row prompts
+    # held-out wordings and is scored against the same captions
     spec = rows["t2m_4s"]["run"]["spec"]
-    assert (spec["solver"], spec["steps"], spec["cfg"], spec["captions"]) == ("euler", [4, 4], [2.0, 2.0],
-                                                                              "as_written")
+    assert (spec["solver"], spec["steps"], spec["cfg"], spec["temperature"], spec["captions"]) == (
+        "euler", [4, 4], [2.0, 2.0], [1.0, 1.0], "as_written")
     para, plain = (json.loads((out / row / "results.json").read_text()) for row in ("t2m_4s_paraphrase", "t2m_4s"))
     assert para["run"]["spec"]["captions"] == "heldout"
     assert [c["caption"] for c in para["clips"]] == [c["caption"] for c in plain["clips"]] == \

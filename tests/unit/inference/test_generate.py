@@ -151,8 +151,45 @@ def test_stage_settings_parsing(mf: MusicFlow) -> None:
     s1, s2 = generate.stage_settings(mf, "16,8", "midpoint", "3,1.5")
     assert (s1.steps, s2.steps, s1.solver, s2.solver, s1.cfg_scale, s2.cfg_scale) == (16, 8, "midpoint", "midpoint",
                                                                                     3.0, 1.5)
+    assert (s1.temperature, s2.temperature) == (1.0, 1.0)  # the tiny stages' sample.temperature
+    s1, s2 = generate.stage_settings(mf, None, None, None, temperature="1,0.6")
+    assert (s1.temperature, s2.temperature) == (1.0, 0.6) and s2.steps == mf.stages[1].settings.steps
     with pytest.raises(GenerateError, match="--steps"):
         generate.stage_settings(mf, "a,b", None, None)
+    with pytest.raises(GenerateError, match="--temperature"):
+        generate.stage_settings(mf, None, None, None, temperature="warm")
+
+
+def test_a_stages_sample_temperature_is_its_default(folder: Path, tmp_path: Path) -> None:
+    """A stage whose config samples at sample.temperature=0.5 generates, by default and in a draft, what its
+    untempered twin generates when asked for 0.5; the CLI's --temperature is the same setting and lands in the WAV's
+    metadata."""
+    import shutil
+
+    from musicflow_jax.models.stage_file import load_stage
+
+    hot = tmp_path / "hot"
+    shutil.copytree(folder, hot)
+    cfg, model = load_stage(folder / "stage2.safetensors")
+    save_stage(hot / "stage2.safetensors", dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample,
+                                                                                               temperature=0.5)), model)
+    plain, tempered = MusicFlow.load(folder), MusicFlow.load(hot)
+    assert tempered.stages[1].settings.temperature == 0.5 and plain.stages[1].settings.temperature == 1.0
+    assert MusicFlow.draft_settings(tempered.stages[1]).temperature == 0.5
+    text = ["a calm organ chorale in G minor"]
+    a = tempered.generate(text, 1.0, seed=2, progress=False)
+    b = plain.generate(text, 1.0, seed=2, progress=False,
+                       stage2=dataclasses.replace(plain.stages[1].settings, temperature=0.5))
+    c = plain.generate(text, 1.0, seed=2, progress=False)
+    np.testing.assert_array_equal(a.acoustic, b.acoustic)
+    np.testing.assert_array_equal(a.semantic, c.semantic)  # stage 1 samples at its own temperature, 1
+    assert np.abs(a.acoustic - c.acoustic).max() > 1e-3
+    assert a.settings["stage2"]["temperature"] == 0.5 and a.settings["stage1"]["temperature"] == 1.0
+    out = tmp_path / "cli" / "x.wav"
+    args = ["--checkpoint", str(folder), "--out", str(out), "--quiet", "--text", text[0], "--duration", "1",
+            "--seed", "2", "--temperature", "1,0.5"]
+    assert generate.main(args) == 0
+    assert read_wav_metadata(out)["temperature"] == [1.0, 0.5]
 
 
 # ----------------------------------------------------------------------------------------- bad input -> exit 2
@@ -190,6 +227,7 @@ def test_bad_inputs_exit_2_with_one_line(folder: Path, bad_files: dict[str, Path
         "wrong stage": (["--text", "x", "--stage1-checkpoint", str(folder / "stage2.safetensors")], "swap"),
         "mismatched config": (["--text", "x", "--stage2-checkpoint", str(f["stage2_bad"])], "mismatched stages"),
         "bad option": (["--text", "x", "--no-such-flag"], "unrecognized arguments"),
+        "zero temperature": (["--text", "x", "--temperature", "1,0"], "--temperature 0.0 (stage2) must be in (0, 2]"),
     }
     for name, (args, needle) in cases.items():  # in this process: generate.main is what the entry point runs
         done = run_main(generate.main, ["--checkpoint", m, "--out", str(f["out"]), "--quiet", *args], capsys)

@@ -91,15 +91,15 @@ def test_drafts_run_the_students_as_turbo_does(folder: Path) -> None:
 
 def test_the_apps_draft_button_runs_the_students(folder: Path, tiny_mf: MusicFlow, tmp_path: Path) -> None:
     """The page's settings (here 8 midpoint steps at CFG 3) give way to the students' own sampler; without students
-    the draft is the stages at DRAFT_STEPS midpoint steps with the page's guidance."""
-    page = (StageSettings(steps=8, solver="midpoint", cfg_scale=3.0),) * 2
+    the draft is the stages at DRAFT_STEPS midpoint steps with the page's guidance and temperature."""
+    page = (StageSettings(steps=8, solver="midpoint", cfg_scale=3.0, temperature=0.6),) * 2
     studio = Studio(MusicFlow.load(folder), tmp_path / "a", limits=Limits(max_duration=2.0))
     s = studio.draft_settings(page)
     assert s == (StageSettings(steps=2, solver="average", cfg_scale=1.0),) * 2
     g, _ = studio.run("generate", TEXT[0], 1.0, 0, 1, None, "", s, True)
     assert g.mode == "draft" and g.nfe == {"stage1": 2, "stage2": 2}
     plain = Studio(tiny_mf, tmp_path / "b", limits=Limits(max_duration=2.0)).draft_settings(page)
-    assert plain == (StageSettings(steps=DRAFT_STEPS, solver="midpoint", cfg_scale=3.0),) * 2
+    assert plain == (StageSettings(steps=DRAFT_STEPS, solver="midpoint", cfg_scale=3.0, temperature=0.6),) * 2
 
 
 def test_stages_given_in_place_of_the_folders_drop_its_students(folder: Path, tiny_folder: Path) -> None:

@@ -13,8 +13,9 @@ bit-for-bit; only the masked frames are generated.
 
 Temperature: the generated frames start from x0 ~ N(0, temperature^2 I) instead of the N(0, I) the flow was trained
 from (Glow-TTS's and Matcha-TTS's noise scale: Matcha samples at 0.667). The ODE's map carries the smaller noise to
-samples nearer the high-density paths of the data: less diverse, closer to the typical sample. The context frames
-keep unit noise, so their path stays the one training drew.
+samples nearer the high-density paths of the data, closer to the typical sample (and in general less diverse; in a
+cascade the earlier stage's output still varies). The context frames keep unit noise, so their path stays the one
+training drew.
 """
 
 from __future__ import annotations

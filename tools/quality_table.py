@@ -7,11 +7,11 @@ settings; continuation (2 s real prompt -> 6 s, the generated 4 s evaluated); NF
 infilling ([2, 4) s of a 6-s real clip regenerated); the 8-s rows of issue 12's targets (real halves, ceiling,
 text-to-music, continuation 4 s -> 8 s with the continuation's key against the prompt's and its pitch-class profile
 against the true continuation's and another piece's, one-sided paired Wilcoxon p; the held-out wordings; text-to-music
-at temperature 1). FD on the model's own backend
-features in every row (`--features model`; VGGish / PANNs / AST / CLAP when their local weights are given); the
-same-piece rows (ceiling, continuation, infilling) also get chroma similarity / onset F-measure against the score
-and the seam score. Each row's results.json lands in `<out>/<row>/`; a rerun skips rows that already have one, so
-rows can be run in several sittings (`--rows a,b`). `<out>/table.md` and `table.json` collect the rows found.
+at temperature 1). FD on the model's own backend features in every row (`--features model`; VGGish / PANNs / AST /
+CLAP when their local weights are given); the same-piece rows (ceiling, continuation, infilling) also get chroma
+similarity / onset F-measure against the score and the seam score. Each row's results.json lands in `<out>/<row>/`;
+a rerun skips rows that already have one, so rows can be run in several sittings (`--rows a,b`). `<out>/table.md` and
+`table.json` collect the rows found.
 
     python tools/quality_table.py --manifest /tmp/heldout/manifest.jsonl --out eval/bundled --n 32
 """

@@ -41,8 +41,7 @@ from musicflow_jax.utils.plots import spectrogram_png
 
 FLAGS = {"duration": "--duration", "regions": "--regions", "prompt": "--prompt-audio", "steps": "--steps",
          "solver": "--solver", "cfg_scale": "--cfg", "temperature": "--temperature", "overlap": "--overlap",
-         "checkpoint": "--checkpoint",
-         "texts": "--text", "seed": "--seed", "draft": "--refine", "dtype": "--dtype",
+         "checkpoint": "--checkpoint", "texts": "--text", "seed": "--seed", "draft": "--refine", "dtype": "--dtype",
          "device": "--device", "lora": "--lora",
          "lora_scale": "--lora-scale",
          "turbo": "--turbo"}  # API parameter (GenerateError.param) -> the flag that sets it

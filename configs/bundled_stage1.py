@@ -5,7 +5,9 @@ captions in varied wordings drawn from each clip's facts (musicflow_jax/data/cap
 tokens parsed from each caption (text.meta, musicflow_jax/encoders/meta.py): linear probes show the sentence encoder
 carries the instrument but not the tempo (tools/probe_text_encoder.py), and the caption's tempo as a beat grid on the
 stream's frames (model.beat, musicflow_jax/core/beat.py): with the token alone no stage 1 put the tempo into its stream
-(docs/training.md)."""
+(docs/training.md). flow.p_drop_caption: in 0.3 of the text-kept examples the caption's own tokens are dropped and
+its tempo / key tokens kept, so the stage learns to follow them whatever the wording (measured: MODEL_CARD.md, "Stage 1
+trained with caption dropout")."""
 
 from musicflow_jax.backends.chroma import ChromaSemantic
 from musicflow_jax.core.config import (
@@ -29,7 +31,7 @@ def get_config() -> Config:
         text=TextConfig(checkpoint=MINILM, max_len=32, dim=384, meta=True),  # longest wording: 26 word pieces
         model=ModelConfig(stage="semantic", feature_dim=ChromaSemantic().dim, cond_dim=0, dim=128, depth=4, heads=4,
                           mlp_dim=512, time_dim=64, dtype="float32", beat=True),
-        flow=FlowConfig(),
+        flow=FlowConfig(p_drop_caption=0.3),
         data=DataConfig(source="arrayrecord", path="data/features", frames=int(50 * WINDOW_SECONDS), batch_size=16,
                         captions="varied"),
         optim=OptimConfig(lr=1e-3, warmup_steps=50, ema_decay=0.995, weight_decay=0.01),

@@ -18,6 +18,8 @@ def get_config() -> Config:
         name="bundled_stage2_first",
         model=dataclasses.replace(s1.model, stage="acoustic", feature_dim=codec_config().model.hidden_size,
                                   cond_dim=s1.model.feature_dim, beat=False),  # the rhythm comes in the stream
+        # caption dropout (flow.p_drop_caption) is stage 1's, measured there; the shipped stage 2 was trained without it
+        flow=dataclasses.replace(s1.flow, p_drop_caption=0.0),
         data=dataclasses.replace(s1.data, frames=int(75 * WINDOW_SECONDS)),
         train=dataclasses.replace(s1.train, steps=1500),
         # no guidance at stage 2 (and so half its evaluations): measured on the held-out suite (text-to-music 8 s, 32

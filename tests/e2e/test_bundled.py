@@ -118,15 +118,17 @@ def test_instrument_prompts_differ_as_the_corpus_does(generated: dict[str, np.nd
 KEYS = ("A minor", "G major", "C major", "G minor", "D major", "F major", "A major", "B flat major")
 KEY_CAPTION = "A Bach chorale in {} at 90 BPM played on a string quartet"
 # measured on the shipped model (stage 2 at temperature 0.6, 2026-12-05): key exact 0.875 / MIREX 0.94 (chance 0.04 /
-# ~0.08), note presence 1.000; at temperature 1 0.75 / 0.85 (the previous bundled model: MIREX 0.19)
+# ~0.08), note presence 1.000; at temperature 1 0.75 / 0.85 (the previous bundled model: MIREX 0.19); with the stage 1
+# trained with caption dropout (2026-12-05): 0.875 / 0.94, note presence 1.000
 KEY_FLOORS = {"key_exact": 0.75, "key_mirex": 0.8, "note_presence": 0.9}
 
 
 # the few-step students (turbo/: 2 jumps per window and stage), measured on the shipped ones (the beat-grid stage 1's
 # student, 2026-12-04): template key exact 0.75 / MIREX 0.85, held-out wordings 0.875 / 0.91, note presence 1.0;
-# measured again 2026-12-05 (this file, seed 0): template 0.875 / 0.91, held-out 0.875 / 0.91
-TURBO_FLOORS = {"template": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9},
-                "held-out": {"key_exact": 0.5, "key_mirex": 0.6, "note_presence": 0.9}}
+# measured again 2026-12-05 (this file, seed 0): template 0.875 / 0.91, held-out 0.875 / 0.91; the student of the
+# stage 1 trained with caption dropout (2026-12-05): template 0.875 / 0.91, held-out 0.75 / 0.79, note presence 1.0
+TURBO_FLOORS = {"template": {"key_exact": 0.625, "key_mirex": 0.7, "note_presence": 0.9},
+                "held-out": {"key_exact": 0.625, "key_mirex": 0.7, "note_presence": 0.9}}
 
 
 TEMPO_CAPTION = "A Bach chorale in G major at {} BPM played on a piano"
@@ -139,11 +141,13 @@ TEMPI = (60, 66, 76, 84, 96, 104, 112, 120)  # the corpus' range (60-120 BPM)
 # 7 of 8, rank 1.0 (first pass 0.25-0.88, 0.48-1.0). On a string quartet (this test's caption until then) the
 # estimator reads the sustained instruments' extra attacks (MODEL_CARD.md): rank -0.98 to 0.31 over seeds 0-5 (the
 # first-pass stage 2 -0.69 to 0.71), so the audio test asks for a piano. With stage 2 at temperature 0.6 (2026-12-05,
-# seed 0): held-out wordings 0.75 / 0.81, notes 1.0; the stage-1 streams 8 of 8 within 4 %; on a piano 8 of 8, rank 1.0
+# seed 0): held-out wordings 0.75 / 0.81, notes 1.0; the stage-1 streams 8 of 8 within 4 %; on a piano 8 of 8, rank 1.0.
+# With the stage 1 trained with caption dropout (2026-12-05): held-out wordings 0.75 / 0.84, notes 1.0; streams 8 of 8;
+# on a piano 8 of 8, rank 1.0
 PARAPHRASE_FLOORS = {"key_exact": 0.625, "key_mirex": 0.7, "note_presence": 0.9}
 TEMPO_FLOOR_RANK = 0.9
 TEMPO_FLOOR_AUDIO = 0.75  # share of clips whose audio is within 4 % of the caption's tempo
-TEMPO_FLOOR_STREAM = 0.625
+TEMPO_FLOOR_STREAM = 0.75
 
 
 def generate_clips(mf: MusicFlow, captions: list[str], streams: bool = False

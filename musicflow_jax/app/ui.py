@@ -125,7 +125,8 @@ def build_ui(studio: Studio, duration: float = 8.0, max_duration: float = 30.0) 
         common = [mode, text, dur, seed, n, prompt, regions, *stage_inputs]
         go_btn.click(generate_fn(False), common, outs, api_name="generate")
         draft_btn.click(generate_fn(True), common, outs, api_name="draft")
-        refine_btn.click(refine, [last, which, *stage_inputs[4:]], outs, api_name="refine")
+        stage2_inputs = stage_inputs[len(stage_inputs) // 2:]  # the second row's controls
+        refine_btn.click(refine, [last, which, *stage2_inputs], outs, api_name="refine")
         ui.unload(closed)
     return ui
 

@@ -17,8 +17,9 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
                wording drawn per example (musicflow_jax/data/captions.py), plus the tempo / key tokens parsed from it
                (encoders/meta.py);
   5. stage 2   the flow trainer with configs/bundled_stage2_first.py (chroma + text -> codec latents), exported,
-               then trained on from that export with configs/bundled_stage2.py (1,500 more steps, a fresh optimizer
-               and schedule), exported - the model folder's stage 2;
+               then trained on twice, each pass from the previous one's export: configs/bundled_stage2_second.py and
+               configs/bundled_stage2.py (1,500 more steps each, a fresh optimizer and schedule) - the last export is
+               the model folder's stage 2;
   6. bundle    the model folder (inference/model_folder.py's assemble: stages, the text encoder they were trained
                with - a folder pinning the MiniLM weights by sha256 -, features.json with the stats and the codec
                folder), per-clip corpus features for the bundled model's tests, and
@@ -60,7 +61,8 @@ from musicflow_jax.utils.atomic_io import write_text
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 REPORT = "train_report.json"
-STEPS = ("corpus", "codec", "decoder", "features", "stage1", "stage2_first", "stage2", "bundle", "turbo")
+STEPS = ("corpus", "codec", "decoder", "features", "stage1", "stage2_first", "stage2_second", "stage2", "bundle",
+         "turbo")
 
 
 def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoder-steps", type=int, default=None, help="default: configs/codec_decoder.py's")
     ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
     ap.add_argument("--steps2-first", type=int, default=None, help="default: configs/bundled_stage2_first.py's")
+    ap.add_argument("--steps2-second", type=int, default=None, help="default: configs/bundled_stage2_second.py's")
     ap.add_argument("--steps2", type=int, default=None, help="default: configs/bundled_stage2.py's")
     ap.add_argument("--until", choices=STEPS, default="turbo", help="stop after this step")
     ap.add_argument("--only", choices=("turbo",), default=None, help="run this step alone, on what --out holds")
@@ -212,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
         index = step("features", precompute_features, manifest, codec, work / "features")
         report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
                           "audio_seconds": index.get("totals", {}).get("audio_seconds")}
-    # stage 2 in two passes: the second starts from the first's export (and runs in its own folder)
+    # stage 2 in three passes: each starts from the previous one's export (and runs in its own folder)
     stages = {"stage1": (a.steps1, None, "run1"), "stage2_first": (a.steps2_first, None, "run2_first"),
-              "stage2": (a.steps2, work / "stage2_first.safetensors", "run2")}
+              "stage2_second": (a.steps2_second, work / "stage2_first.safetensors", "run2_second"),
+              "stage2": (a.steps2, work / "stage2_second.safetensors", "run2")}
     for name, (steps, init_from, run) in stages.items():
         if STEPS.index(a.until) >= STEPS.index(name):
             report[name] = step(name, train_stage, stage_config(name, work / "features", steps, init_from),

@@ -129,19 +129,18 @@ def _explicit(spec: EvalSpec, checkpoint: str) -> EvalSpec:
     configs."""
     import dataclasses
 
+    from musicflow_jax.inference.checks import StageSettings
     from musicflow_jax.inference.model_folder import BUNDLED
     from musicflow_jax.models.stage_file import load_stage
 
     folder = BUNDLED if checkpoint == "bundled" else Path(checkpoint)
     cfgs = [load_stage(folder / f"stage{i}.safetensors", stream)[0] for i, stream in ((1, "semantic"), (2, "acoustic"))]
-    solvers = {spec.solver or c.sample.solver for c in cfgs}
-    if len(solvers) > 1:  # one --solver flag covers both stages: keep the defaults implicit
+    st = [StageSettings.from_config(c).overridden(steps=s, solver=spec.solver or None, cfg_scale=v, temperature=t)
+          for c, s, v, t in zip(cfgs, spec.steps, spec.cfg, spec.temperature, strict=True)]
+    if len({x.solver for x in st}) > 1:  # one --solver flag covers both stages: keep the defaults implicit
         return spec
-    return dataclasses.replace(spec, solver=solvers.pop(),
-                               steps=tuple(c.sample.steps if s is None else s for c, s in zip(cfgs, spec.steps)),
-                               cfg=tuple(c.sample.cfg_scale if v is None else v for c, v in zip(cfgs, spec.cfg)),
-                               temperature=tuple(c.sample.temperature if v is None else v
-                                                 for c, v in zip(cfgs, spec.temperature)))
+    return dataclasses.replace(spec, solver=st[0].solver, steps=tuple(x.steps for x in st),
+                               cfg=tuple(x.cfg_scale for x in st), temperature=tuple(x.temperature for x in st))
 
 
 def main(argv: list[str] | None = None) -> int:

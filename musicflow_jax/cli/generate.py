@@ -111,10 +111,7 @@ def stage_settings(mf: Any, steps: str | None, solver: str | None, cfg: str | No
     out = []
     stages = mf.draft_stages if draft else mf.stages
     for i, base in enumerate(mf.draft_settings(st) if draft else st.settings for st in stages):
-        out.append(StageSettings(steps=base.steps if st[i] is None else st[i],
-                                 solver=base.solver if so[i] is None else so[i],
-                                 cfg_scale=base.cfg_scale if cf[i] is None else cf[i],
-                                 temperature=base.temperature if te[i] is None else te[i]))
+        out.append(base.overridden(steps=st[i], solver=so[i], cfg_scale=cf[i], temperature=te[i]))
     return out[0], out[1]
 
 

@@ -52,7 +52,7 @@ from musicflow_jax.evaluate.alignment import AlignmentError, clip_alignment, con
 from musicflow_jax.evaluate.embedders import build
 from musicflow_jax.evaluate.embedders.base import EmbedError
 from musicflow_jax.evaluate.report import Clip, EvaluateError, evaluate, load_clips, read_entries
-from musicflow_jax.inference.cascade import GenerateError, MusicFlow, StageSettings
+from musicflow_jax.inference.cascade import GenerateError, MusicFlow
 
 MODES = ("generate", "continue", "infill", "ceiling", "halves")
 
@@ -125,10 +125,9 @@ def prompts(entries: Sequence[Any], captions: str) -> list[str]:
 def _settings(mf: Any, spec: EvalSpec) -> tuple[Any, Any]:
     out = []
     for st, steps, cfg, temp in zip(mf.stages, spec.steps, spec.cfg, spec.temperature, strict=True):
-        d = st.settings
-        out.append(StageSettings(steps=d.steps if steps is None else int(steps), solver=spec.solver or d.solver,
-                                 cfg_scale=d.cfg_scale if cfg is None else float(cfg),
-                                 temperature=d.temperature if temp is None else float(temp)))
+        out.append(st.settings.overridden(steps=None if steps is None else int(steps), solver=spec.solver or None,
+                                          cfg_scale=None if cfg is None else float(cfg),
+                                          temperature=None if temp is None else float(temp)))
     return out[0], out[1]
 
 

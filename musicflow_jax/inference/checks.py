@@ -44,6 +44,13 @@ class StageSettings:
         return cls(steps=cfg.sample.steps, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale,
                    temperature=cfg.sample.temperature)
 
+    def overridden(self, *, steps: int | None = None, solver: str | None = None, cfg_scale: float | None = None,
+                   temperature: float | None = None) -> StageSettings:
+        """These settings with each given field replaced; None keeps the field (a flag or spec left unset). The one
+        merge of "a caller's choice, else the stage's default" for the CLI, the evaluation and the quality table."""
+        given = {"steps": steps, "solver": solver, "cfg_scale": cfg_scale, "temperature": temperature}
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:

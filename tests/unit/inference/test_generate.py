@@ -160,6 +160,14 @@ def test_stage_settings_parsing(mf: MusicFlow) -> None:
         generate.stage_settings(mf, None, None, None, temperature="warm")
 
 
+def test_overridden_replaces_the_given_fields_and_keeps_the_rest() -> None:
+    """StageSettings.overridden, the one "given, else the stage's default" merge (CLI, evaluation, quality table)."""
+    base = StageSettings(steps=16, solver="midpoint", cfg_scale=5.0, max_steps=77, temperature=0.6)
+    assert base.overridden() == base
+    assert base.overridden(steps=4, temperature=1.0) == StageSettings(4, "midpoint", 5.0, 77, 1.0)
+    assert base.overridden(solver="euler", cfg_scale=1.0) == StageSettings(16, "euler", 1.0, 77, 0.6)
+
+
 def test_a_stages_sample_temperature_is_its_default(folder: Path, tmp_path: Path) -> None:
     """A stage whose config samples at sample.temperature=0.5 generates, by default and in a draft, what its
     untempered twin generates when asked for 0.5; the CLI's --temperature is the same setting and lands in the WAV's

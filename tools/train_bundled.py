@@ -8,8 +8,9 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
   2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a
                converted Encodec folder (the EMA weights);
   2b. decoder  configs/codec_decoder.py: that codec's decoder trained on for 1,500 more steps from its folder, the
-               encoder kept bit-exact (the features below read the encoder alone: the same either way), exported -
-               the model folder's codec;
+               encoder kept bit-exact (the features below read the encoder alone: the same either way), exported,
+               then trained on once more from that export (`decoder_second`, the same config: a fresh optimizer and
+               schedule) - the model folder's codec;
   3. features  musicflow_jax.data.precompute with the "chroma+encodec" backend (weight-free chroma semantic stream at
                50 Hz, the codec's continuous latents at 75 Hz), 8-s end-aligned segments;
   4. stage 1   the flow trainer with configs/bundled_stage1.py (text -> chroma), EMA weights exported: the frozen
@@ -61,8 +62,8 @@ from musicflow_jax.utils.atomic_io import write_text
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 REPORT = "train_report.json"
-STEPS = ("corpus", "codec", "decoder", "features", "stage1", "stage2_first", "stage2_second", "stage2", "bundle",
-         "turbo")
+STEPS = ("corpus", "codec", "decoder", "decoder_second", "features", "stage1", "stage2_first", "stage2_second",
+         "stage2", "bundle", "turbo")
 
 
 def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
@@ -154,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transpositions", type=int, default=2, help="transposed copies rendered per score")
     ap.add_argument("--jobs", type=int, default=2, help="scores rendered at a time")
     ap.add_argument("--codec-steps", type=int, default=CODEC_STEPS, help="codec training steps (~0.8 s each)")
-    ap.add_argument("--decoder-steps", type=int, default=None, help="default: configs/codec_decoder.py's")
+    ap.add_argument("--decoder-steps", type=int, default=None,
+                    help="steps of each decoder pass; default: configs/codec_decoder.py's")
     ap.add_argument("--steps1", type=int, default=None, help="default: configs/bundled_stage1.py's")
     ap.add_argument("--steps2-first", type=int, default=None, help="default: configs/bundled_stage2_first.py's")
     ap.add_argument("--steps2-second", type=int, default=None, help="default: configs/bundled_stage2_second.py's")
@@ -208,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.until != "corpus":
         report["codec"] = step("codec", train_codec, "codec_corpus", manifest, work / "codec", a.codec_steps)
     codec = work / "codec" / "export"
-    if STEPS.index(a.until) >= STEPS.index("decoder"):
-        report["decoder"] = step("decoder", train_codec, "codec_decoder", manifest, work / "decoder", a.decoder_steps,
-                                 codec)
+    # the decoder in two passes, the second from the first's export (the encoder, hence the features, unchanged)
+    for name, init_from in (("decoder", codec), ("decoder_second", work / "decoder" / "export")):
+        if STEPS.index(a.until) >= STEPS.index(name):
+            report[name] = step(name, train_codec, "codec_decoder", manifest, work / name, a.decoder_steps, init_from)
     if STEPS.index(a.until) >= STEPS.index("features"):
         index = step("features", precompute_features, manifest, codec, work / "features")
         report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                 work / run, work / f"{name}.safetensors")
     if STEPS.index(a.until) >= STEPS.index("bundle"):
         step("bundle", bundle, work / "stage1.safetensors", work / "stage2.safetensors",
-             work / "features" / "index.json", work / "decoder" / "export", work / "features", out)
+             work / "features" / "index.json", work / "decoder_second" / "export", work / "features", out)
     if a.until == "turbo":
         report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
     if STEPS.index(a.until) >= STEPS.index("bundle"):

@@ -1,0 +1,105 @@
+"""tools/train_bundled.py's wiring, with every step's work replaced by a recorder: the steps run in the documented
+order, each training pass starts from the previous pass's export (the codec's two decoder passes, stage 2's three),
+the model folder is bundled from the last decoder pass's codec and the last stage-2 pass, `--until` stops where it
+says, and the report sums each step's wall time over sittings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def load_recipe() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("train_bundled", ROOT / "tools" / "train_bundled.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def recipe(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[str, ...]]]:
+    """The recipe module with its work functions recording (name, arguments that say where from and to)."""
+    tb, calls = load_recipe(), []
+
+    def train_codec(config: str, manifest: Path, workdir: Path, steps: int | None, init_from: Path | None = None
+                    ) -> dict[str, Any]:
+        calls.append(("codec", config, workdir.name, str(init_from)))
+        return {"steps": steps}
+
+    def precompute_features(manifest: Path, codec: Path, out: Path) -> dict[str, Any]:
+        calls.append(("features", str(codec)))
+        return {"splits": {"train": {"clips": 3}}}
+
+    def stage_config(name: str, data: Path, steps: int | None, init_from: Path | None = None) -> tuple[str, str]:
+        return name, str(init_from)
+
+    def train_stage(cfg: tuple[str, str], workdir: Path, out_file: Path) -> dict[str, Any]:
+        calls.append(("stage", *cfg, workdir.name, out_file.name))
+        return {"steps": 1}
+
+    def bundle(stage1: Path, stage2: Path, index: Path, codec: Path, data: Path, out: Path) -> None:
+        calls.append(("bundle", stage1.name, stage2.name, str(codec)))
+        out.mkdir(parents=True, exist_ok=True)
+
+    def distill_turbo(folder: Path, data: Path, work: Path, steps: int | None) -> dict[str, Any]:
+        calls.append(("turbo", str(data)))
+        return {}
+
+    for name, fn in (("train_codec", train_codec), ("precompute_features", precompute_features),
+                     ("stage_config", stage_config), ("train_stage", train_stage), ("bundle", bundle),
+                     ("distill_turbo", distill_turbo)):
+        monkeypatch.setattr(tb, name, fn)
+    return tb, calls
+
+
+def run(tb: ModuleType, tmp_path: Path, *extra: str) -> int:
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(exist_ok=True)
+    (corpus / "manifest.jsonl").write_text("{}\n")
+    return tb.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--corpus", str(corpus), *extra])
+
+
+def test_each_pass_starts_from_the_previous_export_and_the_folder_takes_the_last(
+        recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path) -> None:
+    tb, calls = recipe
+    assert run(tb, tmp_path) == 0
+    w = tmp_path / "w"
+    assert calls == [
+        ("codec", "codec_corpus", "codec", "None"),
+        ("codec", "codec_decoder", "decoder", str(w / "codec" / "export")),
+        ("codec", "codec_decoder", "decoder_second", str(w / "decoder" / "export")),
+        ("features", str(w / "codec" / "export")),  # the encoder the decoder passes keep bit-exact
+        ("stage", "stage1", "None", "run1", "stage1.safetensors"),
+        ("stage", "stage2_first", "None", "run2_first", "stage2_first.safetensors"),
+        ("stage", "stage2_second", str(w / "stage2_first.safetensors"), "run2_second", "stage2_second.safetensors"),
+        ("stage", "stage2", str(w / "stage2_second.safetensors"), "run2", "stage2.safetensors"),
+        ("bundle", "stage1.safetensors", "stage2.safetensors", str(w / "decoder_second" / "export")),
+        ("turbo", str(w / "features")),
+    ]
+    report = json.loads((tmp_path / "out" / "train_report.json").read_text())
+    assert list(report["wall_seconds"]) == [s for s in tb.STEPS if s != "corpus"]  # --corpus given: not rendered
+    assert report["total_wall_seconds"] == pytest.approx(sum(report["wall_seconds"].values()), abs=0.2)
+
+
+def test_until_stops_after_its_step_and_a_second_sitting_adds_to_the_first(
+        recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path) -> None:
+    tb, calls = recipe
+    assert run(tb, tmp_path, "--until", "decoder_second") == 0
+    assert [c[2] for c in calls] == ["codec", "decoder", "decoder_second"]
+    first = json.loads((tmp_path / "w" / "train_report.json").read_text())
+    assert first["sittings"] == 1 and list(first["wall_seconds"]) == ["codec", "decoder", "decoder_second"]
+    calls.clear()
+    assert run(tb, tmp_path, "--until", "stage1") == 0
+    second = json.loads((tmp_path / "w" / "train_report.json").read_text())
+    assert second["sittings"] == 2 and list(second["wall_seconds"]) == [
+        "codec", "decoder", "decoder_second", "features", "stage1"]
+    for step in ("codec", "decoder", "decoder_second"):  # the reruns' (recorded, so instant) time is added
+        assert second["wall_seconds"][step] >= first["wall_seconds"][step]

@@ -32,7 +32,7 @@ Steps, each resumable (a rerun skips what is finished and resumes runs from thei
                float16 and written as the folder's turbo/ stages (drafts and --turbo use them).
 
 `--only turbo --turbo-data FEATURES` distils the students of the model folder at --out alone (the shipped ones:
-python tools/train_bundled.py --only turbo --work /tmp/turbo --turbo-data <held-out Bach 160-223 features>, see
+python tools/train_bundled.py --only turbo --work /tmp/turbo --turbo-data <held-out Bach 194-225 features>, see
 docs/training.md).
 """
 

@@ -2,7 +2,8 @@
 
     python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled
 
-Steps, each resumable (a rerun skips what is finished and resumes runs from their checkpoints):
+Steps, each resumable (a rerun skips what is finished and resumes runs from their checkpoints; a run stopped by
+SIGTERM or Ctrl-C saves its step and ends the recipe with exit 1, and the same command resumes it):
   1. corpus    musicflow_jax.data.corpus (python -m musicflow_jax.build_corpus): `--limit` Bach scores (seed 0),
                each also in `--transpositions` seeded keys, rendered by fluidsynth to 24 kHz mono, cut to 30 s;
   2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a
@@ -54,6 +55,7 @@ from musicflow_jax.data.corpus import build_corpus
 from musicflow_jax.data.loader import load_index, shard_paths
 from musicflow_jax.data.precompute import Segmenting, precompute
 from musicflow_jax.data.records import ShardSource
+from musicflow_jax.errors import RunStoppedError
 from musicflow_jax.inference import model_folder
 from musicflow_jax.training import codec_config, codec_trainer, flow_trainer
 from musicflow_jax.training.export import export
@@ -71,6 +73,14 @@ def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str,
                         transpositions_per_score=transpositions, jobs=jobs)
 
 
+def finished(state: Any, steps: int, workdir: Path) -> None:
+    """Raise RunStoppedError when the training loop returned before `steps` (SIGTERM or Ctrl-C: it saved its step
+    and returned), so that nothing after it is built from an unfinished run; the same command resumes it."""
+    done = int(np.asarray(state.step))
+    if done < steps:
+        raise RunStoppedError(f"{workdir} stopped after step {done} of {steps}: rerun the same command to resume")
+
+
 def train_codec(config: str, manifest: Path, workdir: Path, steps: int | None, init_from: Path | None = None
                 ) -> dict[str, Any]:
     """configs/<config>.py on the corpus (codec_corpus; codec_decoder from the codec folder `init_from`), then its EMA
@@ -78,7 +88,7 @@ def train_codec(config: str, manifest: Path, workdir: Path, steps: int | None, i
     overrides = [f"data.manifest={manifest}"] + ([f"train.init_from={init_from}"] if init_from else []) + (
         [f"train.steps={steps}"] if steps else [])
     cfg = codec_config.load_config(config, overrides)
-    codec_trainer.train_codec(cfg, workdir, async_ckpt=False)
+    finished(codec_trainer.train_codec(cfg, workdir, async_ckpt=False), cfg.train.steps, workdir)
     codec_trainer.export_codec(workdir, workdir / "export", ema=True)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
@@ -99,7 +109,7 @@ def stage_config(name: str, data: Path, steps: int | None, init_from: Path | Non
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
     """Train with the flow trainer (resuming the workdir), then export the EMA weights with the config's sampling
     defaults (chosen by evaluation after training: a rerun re-exports with the config's current ones)."""
-    flow_trainer.train(cfg, workdir, async_ckpt=False)
+    finished(flow_trainer.train(cfg, workdir, async_ckpt=False), cfg.train.steps, workdir)
     export(workdir, out_file, sample=cfg.sample)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
@@ -122,7 +132,7 @@ def distill_turbo(folder: Path, data: Path, work: Path, steps: int | None) -> di
                                                     f"distill.teacher={folder / f'stage{i}.safetensors'}"]
                               + ([f"train.steps={steps}"] if steps else []))
         run = work / f"turbo{i}"
-        flow_trainer.train(cfg, run, async_ckpt=False)
+        finished(flow_trainer.train(cfg, run, async_ckpt=False), cfg.train.steps, run)
         students.append(export(run, work / f"turbo{i}.safetensors", store_dtype="float16"))
         report[f"stage{i}"] = {"steps": cfg.train.steps, "method": cfg.distill.method, **_losses(run)}
     model_folder.write_turbo(folder, *students)
@@ -147,6 +157,14 @@ def bundle(stage1: Path, stage2: Path, index: Path, codec: Path, data: Path, out
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except RunStoppedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+def _main(argv: list[str] | None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/bundled", help="scratch folder (corpus, codec, features, run dirs)")
     ap.add_argument("--out", default=str(model_folder.BUNDLED))
@@ -178,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def step(name: str, fn: Any, *args: Any) -> Any:
         t0 = time.perf_counter()
-        result = fn(*args)
-        report["wall_seconds"][name] = round(report["wall_seconds"].get(name, 0.0) + time.perf_counter() - t0, 1)
-        work.mkdir(parents=True, exist_ok=True)
-        write_text(report_file, json.dumps(report, indent=1) + "\n")
-        print(json.dumps({"step": name, "wall_seconds": report["wall_seconds"][name]}), flush=True)
-        return result
+        try:
+            return fn(*args)
+        finally:  # a stopped step's time counts too: its run resumes from the step it saved
+            report["wall_seconds"][name] = round(report["wall_seconds"].get(name, 0.0) + time.perf_counter() - t0, 1)
+            work.mkdir(parents=True, exist_ok=True)
+            write_text(report_file, json.dumps(report, indent=1) + "\n")
+            print(json.dumps({"step": name, "wall_seconds": report["wall_seconds"][name]}), flush=True)
 
     def finish() -> None:  # the model folder's copy of the report, with the total
         report["total_wall_seconds"] = round(sum(report["wall_seconds"].values()), 1)

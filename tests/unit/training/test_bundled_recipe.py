@@ -1,17 +1,21 @@
 """tools/train_bundled.py's wiring, with every step's work replaced by a recorder: the steps run in the documented
 order, each training pass starts from the previous pass's export (the codec's two decoder passes, stage 2's three),
 the model folder is bundled from the last decoder pass's codec and the last stage-2 pass, `--until` stops where it
-says, and the report sums each step's wall time over sittings."""
+says, the report sums each step's wall time over sittings, and a run its loop stopped early (SIGTERM, Ctrl-C: saved,
+returned) ends the recipe there with exit 1 instead of building on it."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
+
+from musicflow_jax.errors import RunStoppedError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -38,11 +42,11 @@ def recipe(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, list[tuple[str,
         calls.append(("features", str(codec)))
         return {"splits": {"train": {"clips": 3}}}
 
-    def stage_config(name: str, data: Path, steps: int | None, init_from: Path | None = None) -> tuple[str, str]:
-        return name, str(init_from)
+    def stage_config(name: str, data: Path, steps: int | None, init_from: Path | None = None) -> SimpleNamespace:
+        return SimpleNamespace(name=name, init_from=str(init_from), train=SimpleNamespace(steps=10), sample=None)
 
-    def train_stage(cfg: tuple[str, str], workdir: Path, out_file: Path) -> dict[str, Any]:
-        calls.append(("stage", *cfg, workdir.name, out_file.name))
+    def train_stage(cfg: SimpleNamespace, workdir: Path, out_file: Path) -> dict[str, Any]:
+        calls.append(("stage", cfg.name, cfg.init_from, workdir.name, out_file.name))
         return {"steps": 1}
 
     def bundle(stage1: Path, stage2: Path, index: Path, codec: Path, data: Path, out: Path) -> None:
@@ -103,3 +107,19 @@ def test_until_stops_after_its_step_and_a_second_sitting_adds_to_the_first(
         "codec", "decoder", "decoder_second", "features", "stage1"]
     for step in ("codec", "decoder", "decoder_second"):  # the reruns' (recorded, so instant) time is added
         assert second["wall_seconds"][step] >= first["wall_seconds"][step]
+
+
+def test_a_run_stopped_early_ends_the_recipe_and_counts_its_time(
+        recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    tb, calls = recipe
+    real = load_recipe()
+    monkeypatch.setattr(tb, "train_stage", real.train_stage)  # the real one, its loop stopped after step 4 of 10
+    monkeypatch.setattr(tb.flow_trainer, "train", lambda cfg, workdir, **kw: SimpleNamespace(step=np.int32(4)))
+    monkeypatch.setattr(real, "export", lambda *a, **kw: pytest.fail("exported an unfinished run"))
+    assert run(tb, tmp_path) == RunStoppedError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run1 stopped after step 4 of 10: rerun the same command" in err[0], err
+    assert [c[0] for c in calls] == ["codec", "codec", "codec", "features"]  # nothing after stage 1
+    report = json.loads((tmp_path / "w" / "train_report.json").read_text())
+    assert "stage1" in report["wall_seconds"] and "stage1" not in report and "bundle" not in report["wall_seconds"]

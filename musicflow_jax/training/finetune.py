@@ -11,6 +11,7 @@ changing).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -101,8 +102,28 @@ def load_values(params: nnx.State, flat: dict[str, Any]) -> nnx.State:
                                 for p, v in nnx.to_flat_state(params)])
 
 
-def fingerprint(path: str | Path) -> str:
-    """sha256 of an init_from file (or of a folder's files, or a run's latest checkpoint step + config)."""
+def _safetensors_content(f: Path, h: Any) -> None:
+    """Feed `h` a .safetensors file's content, not its bytes: the metadata and the tensors' names, dtypes, shapes
+    and data in sorted order. The writer emits `__metadata__` in a varying key order, so two saves of one model
+    differ in bytes."""
+    with f.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+        start = 8 + n
+        meta = header.pop("__metadata__", None) or {}
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        for name in sorted(header):
+            info = header[name]
+            h.update(json.dumps([name, info["dtype"], info["shape"]]).encode())
+            lo, hi = info["data_offsets"]
+            fh.seek(start + lo)
+            h.update(fh.read(hi - lo))
+
+
+def fingerprint(path: str | Path, *, by_content: bool = True) -> str:
+    """sha256 of an init_from file (or of a folder's files, or a run's latest checkpoint step + config).
+    .safetensors files count by content (`_safetensors_content`), so re-exporting the same weights keeps the
+    fingerprint; `by_content=False` hashes raw bytes, as runs recorded before 2026-12-05 did."""
     path = Path(path)
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if path.is_dir() and (path / "checkpoints").is_dir():
@@ -110,9 +131,10 @@ def fingerprint(path: str | Path) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        if by_content and f.suffix == ".safetensors":
+            _safetensors_content(f, h)
+            continue
         with f.open("rb") as fh:
             for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-

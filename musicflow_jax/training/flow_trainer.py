@@ -195,10 +195,13 @@ def check_init_source(cfg: Config, workdir: Path, resuming: bool) -> None:
     if resuming and record.is_file():
         was = json.loads(record.read_text())
         for key, name, fp, path in sources:
-            if was.get(fp) != now[fp]:
+            # a record written before fingerprints read .safetensors by content holds the raw bytes' hash
+            if was.get(fp) != now[fp] and was.get(fp) != finetune.fingerprint(path, by_content=False):
                 raise TrainInputError(f"{key} {path} differs from the weights this run started from "
                                       f"({was.get(name)}, fingerprint {was.get(fp)} vs {now[fp]}): "
                                       "restore that file, or start a new --workdir")
+        if was != now and jax.process_index() == 0:  # such a record, matched: now by content
+            atomic_io.write_text(record, json.dumps(now, indent=2) + "\n")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_io.write_text(record, json.dumps(now, indent=2) + "\n")

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -37,6 +39,7 @@ from musicflow_jax.training import checkpoint, export, flow_step, runs
 from musicflow_jax.training import finetune as finetune_lib
 from musicflow_jax.training import flow_trainer as train
 from musicflow_jax.training import state as train_state
+from musicflow_jax.training.flow_trainer import TrainInputError
 from musicflow_jax.training.logger import count_params
 
 
@@ -152,6 +155,70 @@ def test_init_partial_grows_a_new_input_with_zero_rows(folder):
 
     with pytest.raises(FineTuneError, match="'in_proj.kernel' is .* there but .* here.*set train.init_partial=true"):
         runs.init_weights(_cfg(folder, "model.beat=true"), verbose=False)
+
+
+def _rewrite_safetensors(src: Path, dst: Path, *, reverse: bool = True, flip_byte: bool = False,
+                         meta: dict[str, str] | None = None) -> None:
+    """`src` written again as the safetensors writer may write it: its header keys (metadata and tensors) in
+    another order; optionally one data byte flipped or metadata entries changed."""
+    raw = src.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    header["__metadata__"] = {**header["__metadata__"], **(meta or {})}
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items(), reverse=reverse))
+    header = dict(sorted(header.items(), reverse=reverse))
+    head = json.dumps(header).encode()
+    data = bytearray(raw[8 + n:])
+    if flip_byte:
+        data[-1] ^= 1
+    dst.write_bytes(len(head).to_bytes(8, "little") + head + bytes(data))
+
+
+def test_a_reexported_init_from_keeps_its_fingerprint_and_a_changed_one_is_refused(folder, tmp_path):
+    """Two saves of the same weights differ in bytes (metadata key order): the fingerprint reads the content, so a
+    resumed run accepts the re-export; a changed tensor or metadata value is refused with a one-line error naming
+    train.init_from; a record written with the raw bytes' fingerprint (before 2026-12-05) still resumes and is
+    rewritten by content."""
+    src = folder / "stage1.safetensors"
+    assert len(json.loads(src.read_bytes()[8:8 + int.from_bytes(src.read_bytes()[:8], "little")])["__metadata__"]) > 1
+    path = tmp_path / "init.safetensors"
+    _rewrite_safetensors(src, path, reverse=False)
+    shutil.copy(path, tmp_path / "init.safetensors.orig")
+    again, flipped, relabelled = (tmp_path / n / path.name for n in ("again", "flipped", "relabelled"))
+    for f in (again, flipped, relabelled):
+        f.parent.mkdir()
+    _rewrite_safetensors(src, again)
+    _rewrite_safetensors(src, flipped, reverse=False, flip_byte=True)
+    _rewrite_safetensors(src, relabelled, reverse=False, meta={"format": "other"})
+    assert path.read_bytes() != again.read_bytes() and path.stat().st_size == again.stat().st_size
+    assert finetune_lib.fingerprint(path) == finetune_lib.fingerprint(again)
+    assert finetune_lib.fingerprint(path, by_content=False) != finetune_lib.fingerprint(again, by_content=False)
+    assert finetune_lib.fingerprint(flipped) != finetune_lib.fingerprint(path)
+    assert finetune_lib.fingerprint(relabelled) != finetune_lib.fingerprint(path)
+
+    cfg = _cfg(folder, f"train.init_from={path}")
+    work = tmp_path / "run"
+    train.check_init_source(cfg, work, resuming=False)
+    record = json.loads((work / train.INIT_RECORD).read_text())
+    assert record == {"init_from": str(path), "fingerprint": finetune_lib.fingerprint(path)}
+    shutil.copy(again, path)
+    train.check_init_source(cfg, work, resuming=True)  # the re-export resumes
+    for changed in (flipped, relabelled):
+        shutil.copy(changed, path)
+        with pytest.raises(TrainInputError, match=f"^train.init_from {path} differs from the weights this run "
+                                                  "started from.*start a new --workdir$"):
+            train.check_init_source(cfg, work, resuming=True)
+
+    shutil.copy(again, path)  # an old record: the raw bytes' fingerprint of the file the run started from
+    (work / train.INIT_RECORD).write_text(json.dumps(
+        {"init_from": str(path), "fingerprint": finetune_lib.fingerprint(path, by_content=False)}))
+    train.check_init_source(cfg, work, resuming=True)
+    assert json.loads((work / train.INIT_RECORD).read_text()) == record  # the record now reads by content ...
+    shutil.copy(work.parent / "init.safetensors.orig", path)
+    train.check_init_source(cfg, work, resuming=True)  # ... so a later re-export resumes too
+    shutil.copy(flipped, path)
+    with pytest.raises(TrainInputError, match="train.init_from"):
+        train.check_init_source(cfg, work, resuming=True)
 
 
 # --------------------------------------------------------------------------- a LoRA run

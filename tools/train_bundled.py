@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from musicflow_jax.backends.registry import PartFiles
+from musicflow_jax.cli import _common
 from musicflow_jax.core import config as config_lib
 from musicflow_jax.core.config import Config
 from musicflow_jax.data.corpus import build_corpus
@@ -157,11 +158,8 @@ def bundle(stage1: Path, stage2: Path, index: Path, codec: Path, data: Path, out
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except RunStoppedError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    """The recipe; a MusicFlowError (a stopped run, bad input) is one `error:` line and its exit code."""
+    return _common.run(lambda: _main(argv))
 
 
 def _main(argv: list[str] | None) -> int:

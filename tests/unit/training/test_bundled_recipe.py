@@ -2,7 +2,8 @@
 order, each training pass starts from the previous pass's export (the codec's two decoder passes, stage 2's three),
 the model folder is bundled from the last decoder pass's codec and the last stage-2 pass, `--until` stops where it
 says, the report sums each step's wall time over sittings, and a run its loop stopped early (SIGTERM, Ctrl-C: saved,
-returned) ends the recipe there with exit 1 instead of building on it."""
+returned) ends the recipe there with exit 1 instead of building on it, and a bad input inside a step is one error
+line."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from musicflow_jax.errors import RunStoppedError
+from musicflow_jax.training.flow_trainer import TrainInputError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -123,3 +125,19 @@ def test_a_run_stopped_early_ends_the_recipe_and_counts_its_time(
     assert [c[0] for c in calls] == ["codec", "codec", "codec", "features"]  # nothing after stage 1
     report = json.loads((tmp_path / "w" / "train_report.json").read_text())
     assert "stage1" in report["wall_seconds"] and "stage1" not in report and "bundle" not in report["wall_seconds"]
+
+
+def test_a_bad_input_inside_a_step_is_one_line(
+        recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A MusicFlowError raised by a step (here a resumed run whose init_from changed) is the CLIs' one `error:` line
+    and exit 2, not a traceback."""
+    tb, _ = recipe
+
+    def refuse(cfg: SimpleNamespace, workdir: Path, out_file: Path) -> dict[str, Any]:
+        raise TrainInputError(f"train.init_from {cfg.init_from} differs from the weights this run started from")
+
+    monkeypatch.setattr(tb, "train_stage", refuse)
+    assert run(tb, tmp_path) == TrainInputError.exit_code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: train.init_from None differs from the weights this run started from"], err

@@ -2,8 +2,9 @@
 
     python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled
 
-Steps, each resumable (a rerun skips what is finished and resumes runs from their checkpoints; a run stopped by
-SIGTERM or Ctrl-C saves its step and ends the recipe with exit 1, and the same command resumes it):
+Steps, each resumable (a rerun skips what is finished - the corpus, each finished run - and resumes runs from their
+checkpoints; a run stopped by SIGTERM or Ctrl-C saves its step and ends the recipe with exit 1, and the same command
+resumes it):
   1. corpus    musicflow_jax.data.corpus (python -m musicflow_jax.build_corpus): `--limit` Bach scores (seed 0),
                each also in `--transpositions` seeded keys, rendered by fluidsynth to 24 kHz mono, cut to 30 s;
   2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a
@@ -219,7 +220,14 @@ def _main(argv: list[str] | None) -> int:
         print(json.dumps(report["turbo"], indent=1))
         return 0
     if a.corpus is None:
-        report["corpus"] = step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
+        # a corpus rendered in an earlier sitting with these settings is not re-checked (re-parsing the scores takes
+        # ~1.5 min); the manifest is written last, when every score is rendered
+        settings = {"limit": a.limit, "transpositions": a.transpositions}
+        if manifest.is_file() and report.get("corpus", {}).get("settings") == settings:
+            print(json.dumps({"step": "corpus", "finished": "in an earlier sitting"}), flush=True)
+        else:
+            report["corpus"] = {**step("corpus", build, corpus, a.limit, a.transpositions, a.jobs),
+                                "settings": settings}
     if not manifest.is_file():
         print(f"error: {manifest} does not exist: pass --corpus with a python -m musicflow_jax.build_corpus folder",
               file=sys.stderr)

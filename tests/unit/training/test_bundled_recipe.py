@@ -1,7 +1,7 @@
 """tools/train_bundled.py's wiring, with every step's work replaced by a recorder: the steps run in the documented
 order, each training pass starts from the previous pass's export (the codec's two decoder passes, stage 2's three),
 the model folder is bundled from the last decoder pass's codec and the last stage-2 pass, `--until` stops where it
-says, the report sums each step's wall time over sittings, and a run its loop stopped early (SIGTERM, Ctrl-C: saved,
+says, the report sums each step's wall time over sittings, a rendered corpus is not rendered again, and a run its loop stopped early (SIGTERM, Ctrl-C: saved,
 returned) ends the recipe there with exit 1 instead of building on it, and a bad input inside a step is one error
 line."""
 
@@ -141,3 +141,28 @@ def test_a_bad_input_inside_a_step_is_one_line(
     assert run(tb, tmp_path) == TrainInputError.exit_code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: train.init_from None differs from the weights this run started from"], err
+
+
+def test_a_corpus_rendered_in_an_earlier_sitting_is_not_rendered_again(
+        recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --corpus the recipe renders one; a second sitting with the same settings skips it (its time stays the
+    first sitting's), other settings render it again."""
+    tb, _ = recipe
+    rendered: list[tuple[int, int]] = []
+
+    def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
+        rendered.append((limit, transpositions))
+        corpus.mkdir(parents=True, exist_ok=True)
+        (corpus / "manifest.jsonl").write_text("{}\n")
+        return {"ok": limit}
+
+    monkeypatch.setattr(tb, "build", build)
+    argv = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--until", "codec"]
+    assert tb.main([*argv, "--limit", "5"]) == 0
+    first = json.loads((tmp_path / "w" / "train_report.json").read_text())
+    assert tb.main([*argv, "--limit", "5"]) == 0
+    second = json.loads((tmp_path / "w" / "train_report.json").read_text())
+    assert rendered == [(5, 2)] and second["wall_seconds"]["corpus"] == first["wall_seconds"]["corpus"]
+    assert second["corpus"] == {"ok": 5, "settings": {"limit": 5, "transpositions": 2}}
+    assert tb.main([*argv, "--limit", "6"]) == 0
+    assert rendered == [(5, 2), (6, 2)]

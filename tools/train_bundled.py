@@ -2,9 +2,10 @@
 
     python tools/train_bundled.py --work /tmp/bundled --out musicflow_jax/assets/bundled
 
-Steps, each resumable (a rerun skips what is finished - the corpus, each finished run - and resumes runs from their
-checkpoints; a run stopped by SIGTERM or Ctrl-C saves its step and ends the recipe with exit 1, and the same command
-resumes it):
+Steps, each resumable: a rerun skips the corpus rendered whole with the same --limit / --transpositions and resumes
+each run from its checkpoint (a finished run is only exported again: a .safetensors file's fingerprint is its content,
+so the next pass accepts the re-export). A run stopped by SIGTERM or Ctrl-C saves its step and ends the recipe with
+exit 1; Ctrl-C elsewhere ends it with exit 130; the same command resumes either way:
   1. corpus    musicflow_jax.data.corpus (python -m musicflow_jax.build_corpus): `--limit` Bach scores (seed 0),
                each also in `--transpositions` seeded keys, rendered by fluidsynth to 24 kHz mono, cut to 30 s;
   2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a
@@ -66,6 +67,7 @@ from musicflow_jax.utils.atomic_io import write_text
 SEGMENT_SECONDS = 8.0
 CODEC_STEPS = 1500  # ~20 min here; configs/codec_corpus.py's 20k are for a real machine
 REPORT = "train_report.json"
+CORPUS_DONE = "recipe_corpus.json"  # in the corpus folder: the settings it was rendered with, once it is whole
 STEPS = ("corpus", "codec", "decoder", "decoder_second", "features", "stage1", "stage2_first", "stage2_second",
          "stage2", "bundle", "turbo")
 
@@ -193,10 +195,14 @@ def _main(argv: list[str] | None) -> int:
     report.update(command=" ".join(sys.argv), sittings=report.get("sittings", 0) + 1)
     report.setdefault("wall_seconds", {})
 
-    def step(name: str, fn: Any, *args: Any) -> Any:
+    def step(name: str, fn: Any, *args: Any, keep: bool = True) -> Any:
+        """Run `fn(*args)`, its result the report's `name` entry (`keep`), the report written at once."""
         t0 = time.perf_counter()
         try:
-            return fn(*args)
+            result = fn(*args)
+            if keep:
+                report[name] = result
+            return result
         finally:  # a stopped step's time counts too: its run resumes from the step it saved
             report["wall_seconds"][name] = round(report["wall_seconds"].get(name, 0.0) + time.perf_counter() - t0, 1)
             work.mkdir(parents=True, exist_ok=True)
@@ -215,32 +221,33 @@ def _main(argv: list[str] | None) -> int:
             return 2
         report = json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else report
         report.setdefault("wall_seconds", {})
-        report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
+        step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
         finish()
         print(json.dumps(report["turbo"], indent=1))
         return 0
     if a.corpus is None:
-        # a corpus rendered in an earlier sitting with these settings is not re-checked (re-parsing the scores takes
-        # ~1.5 min); the manifest is written last, when every score is rendered
-        settings = {"limit": a.limit, "transpositions": a.transpositions}
-        if manifest.is_file() and report.get("corpus", {}).get("settings") == settings:
+        # a corpus rendered whole in an earlier sitting with these settings is not re-checked (re-parsing the scores
+        # takes ~1.5 min): CORPUS_DONE is removed before rendering and written after it
+        settings, done = {"limit": a.limit, "transpositions": a.transpositions}, corpus / CORPUS_DONE
+        if manifest.is_file() and done.is_file() and json.loads(done.read_text()) == settings:
             print(json.dumps({"step": "corpus", "finished": "in an earlier sitting"}), flush=True)
         else:
-            report["corpus"] = {**step("corpus", build, corpus, a.limit, a.transpositions, a.jobs),
-                                "settings": settings}
+            done.unlink(missing_ok=True)
+            step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
+            write_text(done, json.dumps(settings) + "\n")
     if not manifest.is_file():
         print(f"error: {manifest} does not exist: pass --corpus with a python -m musicflow_jax.build_corpus folder",
               file=sys.stderr)
         return 2
     if a.until != "corpus":
-        report["codec"] = step("codec", train_codec, "codec_corpus", manifest, work / "codec", a.codec_steps)
+        step("codec", train_codec, "codec_corpus", manifest, work / "codec", a.codec_steps)
     codec = work / "codec" / "export"
     # the decoder in two passes, the second from the first's export (the encoder, hence the features, unchanged)
     for name, init_from in (("decoder", codec), ("decoder_second", work / "decoder" / "export")):
         if STEPS.index(a.until) >= STEPS.index(name):
-            report[name] = step(name, train_codec, "codec_decoder", manifest, work / name, a.decoder_steps, init_from)
+            step(name, train_codec, "codec_decoder", manifest, work / name, a.decoder_steps, init_from)
     if STEPS.index(a.until) >= STEPS.index("features"):
-        index = step("features", precompute_features, manifest, codec, work / "features")
+        index = step("features", precompute_features, manifest, codec, work / "features", keep=False)
         report["data"] = {"clips": {k: v["clips"] for k, v in index["splits"].items()},
                           "audio_seconds": index.get("totals", {}).get("audio_seconds")}
     # stage 2 in three passes: each starts from the previous one's export (and runs in its own folder)
@@ -249,13 +256,13 @@ def _main(argv: list[str] | None) -> int:
               "stage2": (a.steps2, work / "stage2_second.safetensors", "run2")}
     for name, (steps, init_from, run) in stages.items():
         if STEPS.index(a.until) >= STEPS.index(name):
-            report[name] = step(name, train_stage, stage_config(name, work / "features", steps, init_from),
-                                work / run, work / f"{name}.safetensors")
+            step(name, train_stage, stage_config(name, work / "features", steps, init_from), work / run,
+                 work / f"{name}.safetensors")
     if STEPS.index(a.until) >= STEPS.index("bundle"):
         step("bundle", bundle, work / "stage1.safetensors", work / "stage2.safetensors",
-             work / "features" / "index.json", work / "decoder_second" / "export", work / "features", out)
+             work / "features" / "index.json", work / "decoder_second" / "export", work / "features", out, keep=False)
     if a.until == "turbo":
-        report["turbo"] = step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
+        step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
     if STEPS.index(a.until) >= STEPS.index("bundle"):
         finish()
     print(json.dumps(report, indent=1))

@@ -102,22 +102,37 @@ def load_values(params: nnx.State, flat: dict[str, Any]) -> nnx.State:
                                 for p, v in nnx.to_flat_state(params)])
 
 
-def _safetensors_content(f: Path, h: Any) -> None:
+MAX_HEADER = 100_000_000  # bytes of a safetensors header, the format's own limit
+
+
+def _safetensors_content(f: Path, h: Any) -> bool:
     """Feed `h` a .safetensors file's content, not its bytes: the metadata and the tensors' names, dtypes, shapes
     and data in sorted order. The writer emits `__metadata__` in a varying key order, so two saves of one model
-    differ in bytes."""
-    with f.open("rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-        start = 8 + n
-        meta = header.pop("__metadata__", None) or {}
-        h.update(json.dumps(meta, sort_keys=True).encode())
-        for name in sorted(header):
-            info = header[name]
-            h.update(json.dumps([name, info["dtype"], info["shape"]]).encode())
-            lo, hi = info["data_offsets"]
-            fh.seek(start + lo)
-            h.update(fh.read(hi - lo))
+    differ in bytes. False, with nothing fed, when `f` is no readable safetensors file (a Git LFS pointer, a
+    truncated file): the caller hashes its bytes."""
+    size = f.stat().st_size
+    try:
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or not 0 < n <= min(MAX_HEADER, size - 8):
+                return False
+            header = json.loads(fh.read(n))
+            meta = header.pop("__metadata__", None) or {}
+            tensors = []
+            for name in sorted(header):
+                lo, hi = header[name]["data_offsets"]
+                if not 0 <= lo <= hi <= size - 8 - n:
+                    return False
+                tensors.append((json.dumps([name, header[name]["dtype"], header[name]["shape"]]), lo, hi))
+            h.update(json.dumps(meta, sort_keys=True).encode())
+            for head, lo, hi in tensors:
+                h.update(head.encode())
+                fh.seek(8 + n + lo)
+                for at in range(lo, hi, 1 << 20):
+                    h.update(fh.read(min(1 << 20, hi - at)))
+    except (ValueError, KeyError, TypeError, AttributeError):  # JSON, a missing field, a non-dict header
+        return False
+    return True
 
 
 def fingerprint(path: str | Path, *, by_content: bool = True) -> str:
@@ -131,8 +146,7 @@ def fingerprint(path: str | Path, *, by_content: bool = True) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        if by_content and f.suffix == ".safetensors":
-            _safetensors_content(f, h)
+        if by_content and f.suffix == ".safetensors" and _safetensors_content(f, h):
             continue
         with f.open("rb") as fh:
             for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):

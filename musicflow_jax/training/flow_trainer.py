@@ -189,19 +189,26 @@ def check_init_source(cfg: Config, workdir: Path, resuming: bool) -> None:
     if not sources:
         return
     record = workdir / INIT_RECORD
-    now: dict[str, str] = {}
+    now: dict[str, str] = {"fingerprints": "content"}  # .safetensors by content (records before 2026-12-05: bytes)
     for _, name, fp, path in sources:
         now[name], now[fp] = path, finetune.fingerprint(path)
     if resuming and record.is_file():
         was = json.loads(record.read_text())
+        by_bytes = was.get("fingerprints") != "content"
+        migrated = False
         for key, name, fp, path in sources:
-            # a record written before fingerprints read .safetensors by content holds the raw bytes' hash
-            if was.get(fp) != now[fp] and was.get(fp) != finetune.fingerprint(path, by_content=False):
-                raise TrainInputError(f"{key} {path} differs from the weights this run started from "
-                                      f"({was.get(name)}, fingerprint {was.get(fp)} vs {now[fp]}): "
-                                      "restore that file, or start a new --workdir")
-        if was != now and jax.process_index() == 0:  # such a record, matched: now by content
-            atomic_io.write_text(record, json.dumps(now, indent=2) + "\n")
+            if was.get(fp) == now[fp]:
+                continue
+            if by_bytes and was.get(fp) == finetune.fingerprint(path, by_content=False):
+                migrated = True
+                continue
+            hint = (f" (the record predates content fingerprints: if the file is a re-export of the same weights, "
+                    f"delete {record} to accept it)") if by_bytes else ""
+            raise TrainInputError(f"{key} {path} differs from the weights this run started from "
+                                  f"({was.get(name)}, fingerprint {was.get(fp)} vs {now[fp]}): "
+                                  f"restore that file, or start a new --workdir{hint}")
+        if (migrated or by_bytes) and jax.process_index() == 0:  # an old record, matched: from now on by content
+            atomic_io.write_text(record, json.dumps({**was, **now}, indent=2) + "\n")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_io.write_text(record, json.dumps(now, indent=2) + "\n")

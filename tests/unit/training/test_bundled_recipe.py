@@ -145,24 +145,36 @@ def test_a_bad_input_inside_a_step_is_one_line(
 
 def test_a_corpus_rendered_in_an_earlier_sitting_is_not_rendered_again(
         recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without --corpus the recipe renders one; a second sitting with the same settings skips it (its time stays the
-    first sitting's), other settings render it again."""
+    """Without --corpus the recipe renders one; a later sitting with the settings it was rendered with skips it (its
+    recorded time stays), other settings render it again, also when that sitting stops right after the corpus; a
+    rendering that did not finish is redone."""
     tb, _ = recipe
-    rendered: list[tuple[int, int]] = []
+    rendered: list[int] = []
 
     def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str, Any]:
-        rendered.append((limit, transpositions))
+        rendered.append(limit)
         corpus.mkdir(parents=True, exist_ok=True)
-        (corpus / "manifest.jsonl").write_text("{}\n")
+        (corpus / "manifest.jsonl").write_text(f'{{"limit": {limit}}}\n')
+        if limit == 7:
+            raise KeyboardInterrupt  # stopped after the manifest, before the recipe marks the corpus whole
         return {"ok": limit}
 
     monkeypatch.setattr(tb, "build", build)
-    argv = ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "out"), "--until", "codec"]
-    assert tb.main([*argv, "--limit", "5"]) == 0
-    first = json.loads((tmp_path / "w" / "train_report.json").read_text())
-    assert tb.main([*argv, "--limit", "5"]) == 0
-    second = json.loads((tmp_path / "w" / "train_report.json").read_text())
-    assert rendered == [(5, 2)] and second["wall_seconds"]["corpus"] == first["wall_seconds"]["corpus"]
-    assert second["corpus"] == {"ok": 5, "settings": {"limit": 5, "transpositions": 2}}
-    assert tb.main([*argv, "--limit", "6"]) == 0
-    assert rendered == [(5, 2), (6, 2)]
+    w = tmp_path / "w"
+
+    def sitting(limit: int, until: str = "codec") -> dict[str, Any]:
+        tb.main(["--work", str(w), "--out", str(tmp_path / "out"), "--until", until, "--limit", str(limit)])
+        return json.loads((w / "train_report.json").read_text())
+
+    first = sitting(5)
+    assert rendered == [5] and first["corpus"] == {"ok": 5}
+    report = json.loads((w / "train_report.json").read_text())
+    report["wall_seconds"]["corpus"] = 12.3  # what a real rendering took
+    (w / "train_report.json").write_text(json.dumps(report))
+    assert sitting(5)["wall_seconds"]["corpus"] == 12.3 and rendered == [5]
+    assert sitting(6, "corpus")["corpus"] == {"ok": 6} and rendered == [5, 6]
+    assert sitting(5)["corpus"] == {"ok": 5} and rendered == [5, 6, 5]  # the limit-6 corpus is not taken for 5
+    assert (w / "corpus" / "manifest.jsonl").read_text() == '{"limit": 5}\n'
+    assert tb.main(["--work", str(w), "--out", str(tmp_path / "out"), "--until", "corpus", "--limit", "7"]) == 130
+    sitting(5)
+    assert rendered == [5, 6, 5, 7, 5]  # the unfinished one left no mark, so 5 renders again

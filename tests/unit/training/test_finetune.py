@@ -200,7 +200,8 @@ def test_a_reexported_init_from_keeps_its_fingerprint_and_a_changed_one_is_refus
     work = tmp_path / "run"
     train.check_init_source(cfg, work, resuming=False)
     record = json.loads((work / train.INIT_RECORD).read_text())
-    assert record == {"init_from": str(path), "fingerprint": finetune_lib.fingerprint(path)}
+    assert record == {"fingerprints": "content", "init_from": str(path),
+                      "fingerprint": finetune_lib.fingerprint(path)}
     shutil.copy(again, path)
     train.check_init_source(cfg, work, resuming=True)  # the re-export resumes
     for changed in (flipped, relabelled):
@@ -209,16 +210,41 @@ def test_a_reexported_init_from_keeps_its_fingerprint_and_a_changed_one_is_refus
                                                   "started from.*start a new --workdir$"):
             train.check_init_source(cfg, work, resuming=True)
 
-    shutil.copy(again, path)  # an old record: the raw bytes' fingerprint of the file the run started from
-    (work / train.INIT_RECORD).write_text(json.dumps(
-        {"init_from": str(path), "fingerprint": finetune_lib.fingerprint(path, by_content=False)}))
-    train.check_init_source(cfg, work, resuming=True)
-    assert json.loads((work / train.INIT_RECORD).read_text()) == record  # the record now reads by content ...
+    # an old record: the raw bytes' fingerprint of the file the run started from (`again`'s bytes)
+    old = {"init_from": str(path), "fingerprint": finetune_lib.fingerprint(again, by_content=False)}
+    (work / train.INIT_RECORD).write_text(json.dumps(old))
+    for changed in (flipped, work.parent / "init.safetensors.orig"):  # other bytes: refused, saying what to do
+        shutil.copy(changed, path)
+        with pytest.raises(TrainInputError, match=r"--workdir \(the record predates content fingerprints: if the "
+                                                  f"file is a re-export of the same weights, delete {work}"):
+            train.check_init_source(cfg, work, resuming=True)
+        assert json.loads((work / train.INIT_RECORD).read_text()) == old
+    shutil.copy(again, path)
+    train.check_init_source(cfg, work, resuming=True)  # the same bytes resume ...
+    assert json.loads((work / train.INIT_RECORD).read_text()) == record  # ... and the record now reads by content,
     shutil.copy(work.parent / "init.safetensors.orig", path)
-    train.check_init_source(cfg, work, resuming=True)  # ... so a later re-export resumes too
+    train.check_init_source(cfg, work, resuming=True)  # so a later re-export resumes too
     shutil.copy(flipped, path)
-    with pytest.raises(TrainInputError, match="train.init_from"):
+    with pytest.raises(TrainInputError, match="started from.*start a new --workdir$"):
         train.check_init_source(cfg, work, resuming=True)
+
+
+def test_a_file_named_safetensors_that_is_not_one_is_fingerprinted_by_its_bytes(tmp_path):
+    """A Git LFS pointer or a truncated file: no header read (no huge allocation, no traceback), the raw bytes'
+    fingerprint."""
+    pointer = tmp_path / "a" / "model.safetensors"
+    pointer.parent.mkdir()
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:53aa\nsize 90868376\n")
+    truncated = tmp_path / "b" / "model.safetensors"
+    truncated.parent.mkdir()
+    head = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    truncated.write_bytes(len(head).to_bytes(8, "little") + head + bytes(8))  # 8 of its 16 data bytes
+    for f in (pointer, truncated, pointer.parent):
+        assert finetune_lib.fingerprint(f) == finetune_lib.fingerprint(f, by_content=False)
+    whole = tmp_path / "c" / "model.safetensors"
+    whole.parent.mkdir()
+    whole.write_bytes(len(head).to_bytes(8, "little") + head + bytes(16))
+    assert finetune_lib.fingerprint(whole) != finetune_lib.fingerprint(whole, by_content=False)
 
 
 # --------------------------------------------------------------------------- a LoRA run

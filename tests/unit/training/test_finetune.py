@@ -229,6 +229,33 @@ def test_a_reexported_init_from_keeps_its_fingerprint_and_a_changed_one_is_refus
         train.check_init_source(cfg, work, resuming=True)
 
 
+def test_a_reexported_teacher_or_folder_keeps_its_fingerprint(folder, tmp_path):
+    """distill.teacher is recorded and checked as train.init_from is; a folder's fingerprint reads its .safetensors
+    files by content too (a model folder with one stage re-exported) and its other files by bytes."""
+    teacher = tmp_path / "teacher.safetensors"
+    _rewrite_safetensors(folder / "stage1.safetensors", teacher, reverse=False)
+    cfg = _cfg(folder, f"distill.teacher={teacher}", "model.interval=true", "sample.solver=average",
+               "sample.steps=2", "sample.cfg_scale=1")
+    work = tmp_path / "student"
+    train.check_init_source(cfg, work, resuming=False)
+    record = json.loads((work / train.INIT_RECORD).read_text())
+    assert record["teacher"] == str(teacher) and record["teacher_fingerprint"] == finetune_lib.fingerprint(teacher)
+    _rewrite_safetensors(folder / "stage1.safetensors", teacher)  # re-exported: accepted
+    train.check_init_source(cfg, work, resuming=True)
+    _rewrite_safetensors(folder / "stage1.safetensors", teacher, flip_byte=True)
+    with pytest.raises(TrainInputError, match=f"^distill.teacher {teacher} differs from the weights"):
+        train.check_init_source(cfg, work, resuming=True)
+
+    copy = tmp_path / "folder"
+    shutil.copytree(folder, copy)
+    was = finetune_lib.fingerprint(copy)
+    _rewrite_safetensors(folder / "stage2.safetensors", copy / "stage2.safetensors")
+    assert (copy / "stage2.safetensors").read_bytes() != (folder / "stage2.safetensors").read_bytes()
+    assert finetune_lib.fingerprint(copy) == was
+    (copy / "features.json").write_text((copy / "features.json").read_text() + " ")
+    assert finetune_lib.fingerprint(copy) != was
+
+
 def test_a_file_named_safetensors_that_is_not_one_is_fingerprinted_by_its_bytes(tmp_path):
     """A Git LFS pointer or a truncated file: no header read (no huge allocation, no traceback), the raw bytes'
     fingerprint."""

@@ -58,9 +58,8 @@ from musicflow_jax.data.corpus import build_corpus
 from musicflow_jax.data.loader import load_index, shard_paths
 from musicflow_jax.data.precompute import Segmenting, precompute
 from musicflow_jax.data.records import ShardSource
-from musicflow_jax.errors import RunStoppedError
 from musicflow_jax.inference import model_folder
-from musicflow_jax.training import codec_config, codec_trainer, flow_trainer
+from musicflow_jax.training import codec_config, codec_trainer, flow_trainer, loop
 from musicflow_jax.training.export import export
 from musicflow_jax.utils.atomic_io import write_text
 
@@ -77,14 +76,6 @@ def build(corpus: Path, limit: int, transpositions: int, jobs: int) -> dict[str,
                         transpositions_per_score=transpositions, jobs=jobs)
 
 
-def finished(state: Any, steps: int, workdir: Path) -> None:
-    """Raise RunStoppedError when the training loop returned before `steps` (SIGTERM or Ctrl-C: it saved its step
-    and returned), so that nothing after it is built from an unfinished run; the same command resumes it."""
-    done = int(np.asarray(state.step))
-    if done < steps:
-        raise RunStoppedError(f"{workdir} stopped after step {done} of {steps}: rerun the same command to resume")
-
-
 def train_codec(config: str, manifest: Path, workdir: Path, steps: int | None, init_from: Path | None = None
                 ) -> dict[str, Any]:
     """configs/<config>.py on the corpus (codec_corpus; codec_decoder from the codec folder `init_from`), then its EMA
@@ -92,7 +83,7 @@ def train_codec(config: str, manifest: Path, workdir: Path, steps: int | None, i
     overrides = [f"data.manifest={manifest}"] + ([f"train.init_from={init_from}"] if init_from else []) + (
         [f"train.steps={steps}"] if steps else [])
     cfg = codec_config.load_config(config, overrides)
-    finished(codec_trainer.train_codec(cfg, workdir, async_ckpt=False), cfg.train.steps, workdir)
+    loop.require_finished(codec_trainer.train_codec(cfg, workdir, async_ckpt=False), cfg.train.steps, workdir)
     codec_trainer.export_codec(workdir, workdir / "export", ema=True)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
@@ -113,7 +104,7 @@ def stage_config(name: str, data: Path, steps: int | None, init_from: Path | Non
 def train_stage(cfg: Config, workdir: Path, out_file: Path) -> dict[str, Any]:
     """Train with the flow trainer (resuming the workdir), then export the EMA weights with the config's sampling
     defaults (chosen by evaluation after training: a rerun re-exports with the config's current ones)."""
-    finished(flow_trainer.train(cfg, workdir, async_ckpt=False), cfg.train.steps, workdir)
+    loop.require_finished(flow_trainer.train(cfg, workdir, async_ckpt=False), cfg.train.steps, workdir)
     export(workdir, out_file, sample=cfg.sample)
     return {"steps": cfg.train.steps, **_losses(workdir)}
 
@@ -136,7 +127,7 @@ def distill_turbo(folder: Path, data: Path, work: Path, steps: int | None) -> di
                                                     f"distill.teacher={folder / f'stage{i}.safetensors'}"]
                               + ([f"train.steps={steps}"] if steps else []))
         run = work / f"turbo{i}"
-        finished(flow_trainer.train(cfg, run, async_ckpt=False), cfg.train.steps, run)
+        loop.require_finished(flow_trainer.train(cfg, run, async_ckpt=False), cfg.train.steps, run)
         students.append(export(run, work / f"turbo{i}.safetensors", store_dtype="float16"))
         report[f"stage{i}"] = {"steps": cfg.train.steps, "method": cfg.distill.method, **_losses(run)}
     model_folder.write_turbo(folder, *students)

@@ -15,7 +15,9 @@ import pytest
 from musicflow_jax.core import config_io
 from musicflow_jax.core.audio import write_wav
 from musicflow_jax.data.pairs import save_pairs
+from musicflow_jax.errors import RunStoppedError
 from musicflow_jax.training import codec_trainer as ct
+from musicflow_jax.training import loop
 from musicflow_jax.training.codec_config import CodecTrainConfig
 from musicflow_jax.training.logger import read_jsonl
 
@@ -84,8 +86,11 @@ def test_training_lowers_the_reconstruction_loss(full_run):
 @pytest.mark.slow  # shares one ~60-100 s compile of the tiny codec's train step (2-core CPU)
 def test_resume_equals_uninterrupted(full_run, manifest, tmp_path):
     cfg, workdir, full_state = full_run
-    ct.train_codec(cfg, tmp_path, stop_at=STEPS // 2, async_ckpt=False)
+    stopped = ct.train_codec(cfg, tmp_path, stop_at=STEPS // 2, async_ckpt=False)
+    with pytest.raises(RunStoppedError, match=f"stopped after step {STEPS // 2} of {STEPS}: rerun the same command"):
+        loop.require_finished(stopped, cfg.train.steps, tmp_path)  # what a caller building on the run checks
     resumed = ct.train_codec(cfg, tmp_path, async_ckpt=False)
+    loop.require_finished(resumed, cfg.train.steps, tmp_path)
     a, b = read_jsonl(workdir / "metrics.jsonl"), read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in b] == list(range(1, STEPS + 1))
     np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=0, atol=1e-6)

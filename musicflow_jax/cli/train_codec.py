@@ -2,7 +2,7 @@
 data.manifest=CORPUS/manifest.jsonl ...] [--export OUT] [--ema]`: train (or resume) the project's own codec
 (musicflow_jax/training/codec_trainer.py) in W, then with --export write the converted Encodec folder OUT (what
 `Codec.load` and the "encodec" acoustic part read). Bad input: one `error:` line naming it and the fix, exit 2;
-divergence or a locked workdir: exit 1.
+divergence, a locked workdir or a run stopped (SIGTERM, Ctrl-C) before --export: exit 1.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 from musicflow_jax.cli import _common
 from musicflow_jax.cli.train import add_run_flags
-from musicflow_jax.training import codec_config, codec_trainer
+from musicflow_jax.training import codec_config, codec_trainer, loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = codec_config.load_config(args.config, args.set)
-        codec_trainer.train_codec(cfg, args.workdir)
-        if args.export:
+        state = codec_trainer.train_codec(cfg, args.workdir)
+        if args.export:  # not from a run its loop stopped early (SIGTERM, Ctrl-C): exit 1, the same command resumes
+            loop.require_finished(state, cfg.train.steps, args.workdir)
             print(f"exported codec: {codec_trainer.export_codec(args.workdir, args.export, ema=args.ema)}")
 
     return _common.run(body, debug=args.debug)

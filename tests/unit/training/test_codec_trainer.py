@@ -375,6 +375,25 @@ def test_cli_missing_manifest_is_one_line_exit_2(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "data.manifest" in err[0], err
 
 
+def test_cli_does_not_export_a_run_that_stopped_early(manifest, tmp_path, capsys, monkeypatch):
+    """--export after a run its loop stopped (SIGTERM / Ctrl-C: saved step 3 of 10 and returned) is one error line and
+    exit 1, nothing exported; a finished run is exported."""
+    from types import SimpleNamespace
+
+    from musicflow_jax.cli import train_codec
+
+    exported: list[str] = []
+    monkeypatch.setattr(ct, "export_codec", lambda workdir, out, ema: exported.append(out) or out)
+    argv = ["--config", "codec_corpus", "--workdir", str(tmp_path / "w"), "--set", f"data.manifest={manifest}",
+            "--set", "train.steps=10", "--export", str(tmp_path / "out")]
+    monkeypatch.setattr(ct, "train_codec", lambda cfg, workdir: SimpleNamespace(step=np.int32(3)))
+    assert train_codec.main(argv) == 1 and exported == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'w'} stopped after step 3 of 10: rerun the same command to resume"], err
+    monkeypatch.setattr(ct, "train_codec", lambda cfg, workdir: SimpleNamespace(step=np.int32(10)))
+    assert train_codec.main(argv) == 0 and exported == [str(tmp_path / "out")]
+
+
 def test_unreadable_files_are_skipped_and_listed(manifest, tmp_path, capsys):
     """One missing file, one that is not audio and one bad line do not stop codec training: the readable clips load
     (exactly the clean manifest's), the others are listed on stderr (issue 26)."""

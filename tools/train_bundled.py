@@ -58,6 +58,7 @@ from musicflow_jax.data.corpus import build_corpus
 from musicflow_jax.data.loader import load_index, shard_paths
 from musicflow_jax.data.precompute import Segmenting, precompute
 from musicflow_jax.data.records import ShardSource
+from musicflow_jax.errors import MusicFlowError
 from musicflow_jax.inference import model_folder
 from musicflow_jax.training import codec_config, codec_trainer, flow_trainer, loop
 from musicflow_jax.training.export import export
@@ -207,9 +208,8 @@ def _main(argv: list[str] | None) -> int:
     turbo_data = Path(a.turbo_data) if a.turbo_data else work / "features"
     if a.only == "turbo":
         if not (turbo_data / "index.json").is_file() or not (out / "stage1.safetensors").is_file():
-            print(f"error: --only turbo needs a model folder at --out ({out}) and precomputed features at "
-                  f"--turbo-data ({turbo_data}/index.json)", file=sys.stderr)
-            return 2
+            raise MusicFlowError(f"--only turbo needs a model folder at --out ({out}) and precomputed features at "
+                                 f"--turbo-data ({turbo_data}/index.json)")
         report = json.loads((out / REPORT).read_text()) if (out / REPORT).is_file() else report
         report.setdefault("wall_seconds", {})
         step("turbo", distill_turbo, out, turbo_data, work / "turbo", a.turbo_steps)
@@ -227,9 +227,8 @@ def _main(argv: list[str] | None) -> int:
             step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
             write_text(done, json.dumps(settings) + "\n")
     if not manifest.is_file():
-        print(f"error: {manifest} does not exist: pass --corpus with a python -m musicflow_jax.build_corpus folder",
-              file=sys.stderr)
-        return 2
+        raise MusicFlowError(f"{manifest} does not exist: pass --corpus with a python -m musicflow_jax.build_corpus "
+                             "folder")
     if a.until != "corpus":
         step("codec", train_codec, "codec_corpus", manifest, work / "codec", a.codec_steps)
     codec = work / "codec" / "export"

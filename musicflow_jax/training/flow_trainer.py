@@ -195,19 +195,15 @@ def check_init_source(cfg: Config, workdir: Path, resuming: bool) -> None:
     if resuming and record.is_file():
         was = json.loads(record.read_text())
         by_bytes = was.get("fingerprints") != "content"
-        migrated = False
         for key, name, fp, path in sources:
-            if was.get(fp) == now[fp]:
-                continue
-            if by_bytes and was.get(fp) == finetune.fingerprint(path, by_content=False):
-                migrated = True
+            if was.get(fp) == now[fp] or (by_bytes and was.get(fp) == finetune.fingerprint(path, by_content=False)):
                 continue
             hint = (f" (the record predates content fingerprints: if the file is a re-export of the same weights, "
                     f"delete {record} to accept it)") if by_bytes else ""
             raise TrainInputError(f"{key} {path} differs from the weights this run started from "
                                   f"({was.get(name)}, fingerprint {was.get(fp)} vs {now[fp]}): "
                                   f"restore that file, or start a new --workdir{hint}")
-        if (migrated or by_bytes) and jax.process_index() == 0:  # an old record, matched: from now on by content
+        if by_bytes and jax.process_index() == 0:  # an old record, matched: from now on by content
             atomic_io.write_text(record, json.dumps({**was, **now}, indent=2) + "\n")
     elif jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)

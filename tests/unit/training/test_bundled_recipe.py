@@ -178,3 +178,20 @@ def test_a_corpus_rendered_in_an_earlier_sitting_is_not_rendered_again(
     assert tb.main(["--work", str(w), "--out", str(tmp_path / "out"), "--until", "corpus", "--limit", "7"]) == 130
     sitting(5)
     assert rendered == [5, 6, 5, 7, 5]  # the unfinished one left no mark, so 5 renders again
+
+
+def test_missing_inputs_are_one_line_exit_2(recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A --corpus folder without a manifest, and --only turbo without a model folder: one `error:` line, exit 2,
+    nothing run."""
+    tb, calls = recipe
+    (tmp_path / "empty").mkdir()
+    assert tb.main(["--work", str(tmp_path / "w"), "--corpus", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'empty' / 'manifest.jsonl'} does not exist: pass --corpus with a python -m "
+                   "musicflow_jax.build_corpus folder"], err
+    assert tb.main(["--work", str(tmp_path / "w"), "--out", str(tmp_path / "none"), "--only", "turbo"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    want = f"error: --only turbo needs a model folder at --out ({tmp_path / 'none'})"
+    assert len(err) == 1 and err[0].startswith(want), err
+    assert calls == []

@@ -5,7 +5,7 @@
 Steps, each resumable: a rerun skips the corpus rendered whole with the same --limit / --transpositions and resumes
 each run from its checkpoint (a finished run is only exported again: a .safetensors file's fingerprint is its content,
 so the next pass accepts the re-export). A run stopped by SIGTERM or Ctrl-C saves its step and ends the recipe with
-exit 1; Ctrl-C elsewhere ends it with exit 130; the same command resumes either way:
+exit 75; Ctrl-C elsewhere ends it with exit 130; the same command resumes either way:
   1. corpus    musicflow_jax.data.corpus (python -m musicflow_jax.build_corpus): `--limit` Bach scores (seed 0),
                each also in `--transpositions` seeded keys, rendered by fluidsynth to 24 kHz mono, cut to 30 s;
   2. codec     the codec trainer with configs/codec_corpus.py on the corpus' train split, exported as a

@@ -1,7 +1,8 @@
 """What every command line shares: an argparse parser whose usage errors are one line (exit 2) and which has --debug,
 and `run`, which turns a `MusicFlowError` (the one user-facing error type, musicflow_jax/errors.py) into `error:
-<one line>` on stderr with its exit code (2 bad input, 1 a run that stopped) and Ctrl-C into exit 130; anything
-else is a bug and keeps its traceback. --debug shows the traceback of input errors too.
+<one line>` on stderr with its exit code (2 bad input, 1 a run that could not go on, 75 a training run stopped early
+that the same command resumes) and Ctrl-C into exit 130; anything else is a bug and keeps its traceback. --debug
+shows the traceback of input errors too.
 """
 
 from __future__ import annotations

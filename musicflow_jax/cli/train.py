@@ -4,9 +4,10 @@
 
 The config is a file (configs/<name>.py) or a name (stage1_tiny). Both trainers run the one training loop
 (musicflow_jax/training/loop.py): SIGTERM (preemption) or Ctrl-C saves a checkpoint after the current step and
-returns; rerunning the same command resumes exactly. Several processes (TPU pods, SLURM, Open MPI, or
-JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set) join one run with jax.distributed.
-Bad input: one `error:` line, exit 2; divergence or a locked workdir: exit 1.
+exits 75 (EX_TEMPFAIL: not finished - a scheduler retries, it does not complete the job); rerunning the same command
+resumes exactly. Several processes (TPU pods, SLURM, Open MPI, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID set) join one run with jax.distributed, and every one of them exits so.
+Bad input: one `error:` line, exit 2; divergence or a locked workdir: exit 1; finished: exit 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 from musicflow_jax.cli import _common
 from musicflow_jax.core import config_io
 from musicflow_jax.core.config import Config
-from musicflow_jax.training import codec_trainer, flow_trainer, hosts
+from musicflow_jax.training import codec_trainer, flow_trainer, hosts, loop
 from musicflow_jax.training.codec_config import CodecTrainConfig
 
 
@@ -38,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = config_io.load(args.config, args.set, (Config, CodecTrainConfig))
         if isinstance(cfg, CodecTrainConfig):
-            codec_trainer.train_codec(cfg, args.workdir)
+            state = codec_trainer.train_codec(cfg, args.workdir)
         else:
-            flow_trainer.train(cfg, args.workdir)
+            state = flow_trainer.train(cfg, args.workdir)
+        loop.require_finished(state, cfg.train.steps, args.workdir)  # stopped early: exit 75, the command resumes
 
     return _common.run(body, debug=args.debug)
 

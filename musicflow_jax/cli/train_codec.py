@@ -2,7 +2,8 @@
 data.manifest=CORPUS/manifest.jsonl ...] [--export OUT] [--ema]`: train (or resume) the project's own codec
 (musicflow_jax/training/codec_trainer.py) in W, then with --export write the converted Encodec folder OUT (what
 `Codec.load` and the "encodec" acoustic part read). Bad input: one `error:` line naming it and the fix, exit 2;
-divergence, a locked workdir or a run stopped (SIGTERM, Ctrl-C) before --export: exit 1.
+divergence or a locked workdir: exit 1; a run stopped early (SIGTERM, Ctrl-C; its step saved, nothing exported):
+exit 75, the same command resumes.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         cfg = codec_config.load_config(args.config, args.set)
         state = codec_trainer.train_codec(cfg, args.workdir)
-        if args.export:  # not from a run its loop stopped early (SIGTERM, Ctrl-C): exit 1, the same command resumes
-            loop.require_finished(state, cfg.train.steps, args.workdir)
+        loop.require_finished(state, cfg.train.steps, args.workdir)  # stopped early: exit 75, nothing exported
+        if args.export:
             print(f"exported codec: {codec_trainer.export_codec(args.workdir, args.export, ema=args.ema)}")
 
     return _common.run(body, debug=args.debug)

@@ -9,7 +9,8 @@ logged; at checkpoint steps the state is saved unless the last step was non-fini
 
 Stops: SIGTERM (preemption) or SIGINT (Ctrl-C) on any host stops every host after the same step, saves it and
 returns (hosts.StopSignal); `stop_at` does the same after that step (tests interrupt runs with it). A caller that
-builds on the run (an export, a next pass) checks `require_finished` first.
+builds on the run (an export, a next pass) checks `require_finished` first, and the training CLIs end with it (exit
+75 after a stop, so a scheduler retries rather than completes the job).
 `train.max_nan_in_row` non-finite steps in a row raise `TrainingDivergedError` without saving (the last good
 checkpoint stays). Outputs in workdir: config.json, metrics.jsonl, tb/, checkpoints/, train.lock while running.
 """
@@ -28,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from musicflow_jax.core import config_io
-from musicflow_jax.errors import RunStoppedError
+from musicflow_jax.errors import RunStoppedError, RunUnfinishedError
 from musicflow_jax.training import checkpoint, hosts
 from musicflow_jax.training.logger import MetricsWriter
 from musicflow_jax.utils import atomic_io
@@ -100,12 +101,12 @@ def run(trainer: Trainer, workdir: str | Path, *, async_ckpt: bool = True, stop_
 
 
 def require_finished(state: Any, steps: int, workdir: str | Path) -> None:
-    """For a caller that builds on a run (exports it, starts the next pass from it): `run` returns normally after a
-    stop (SIGTERM, Ctrl-C: it saved its step), so raise RunStoppedError (exit 1) when the run's state is short of
-    `steps`; the same command resumes it."""
+    """For a caller that builds on a run (exports it, starts the next pass from it) and for the training CLIs: `run`
+    returns normally after a stop (SIGTERM, Ctrl-C: it saved its step), so raise RunUnfinishedError (exit 75) when the
+    run's state is short of `steps`; the same command resumes it."""
     done = int(np.asarray(state.step))
     if done < steps:
-        raise RunStoppedError(f"{workdir} stopped after step {done} of {steps}: rerun the same command to resume")
+        raise RunUnfinishedError(f"{workdir} stopped after step {done} of {steps}: rerun the same command to resume")
 
 
 def _restore_or_start(trainer: Trainer, manager: Any, is_main: bool) -> tuple[int, Any]:

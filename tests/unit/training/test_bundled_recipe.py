@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from musicflow_jax.errors import RunStoppedError
+from musicflow_jax.errors import RunUnfinishedError
 from musicflow_jax.training.flow_trainer import TrainInputError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -119,7 +119,7 @@ def test_a_run_stopped_early_ends_the_recipe_and_counts_its_time(
     monkeypatch.setattr(tb, "train_stage", real.train_stage)  # the real one, its loop stopped after step 4 of 10
     monkeypatch.setattr(tb.flow_trainer, "train", lambda cfg, workdir, **kw: SimpleNamespace(step=np.int32(4)))
     monkeypatch.setattr(real, "export", lambda *a, **kw: pytest.fail("exported an unfinished run"))
-    assert run(tb, tmp_path) == RunStoppedError.exit_code
+    assert run(tb, tmp_path) == RunUnfinishedError.exit_code == 75
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run1 stopped after step 4 of 10: rerun the same command" in err[0], err
     assert [c[0] for c in calls] == ["codec", "codec", "codec", "features"]  # nothing after stage 1

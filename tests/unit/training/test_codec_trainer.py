@@ -15,7 +15,7 @@ import pytest
 from musicflow_jax.core import config_io
 from musicflow_jax.core.audio import write_wav
 from musicflow_jax.data.pairs import save_pairs
-from musicflow_jax.errors import RunStoppedError
+from musicflow_jax.errors import RunUnfinishedError
 from musicflow_jax.training import codec_trainer as ct
 from musicflow_jax.training import loop
 from musicflow_jax.training.codec_config import CodecTrainConfig
@@ -87,7 +87,7 @@ def test_training_lowers_the_reconstruction_loss(full_run):
 def test_resume_equals_uninterrupted(full_run, manifest, tmp_path):
     cfg, workdir, full_state = full_run
     stopped = ct.train_codec(cfg, tmp_path, stop_at=STEPS // 2, async_ckpt=False)
-    with pytest.raises(RunStoppedError, match=f"stopped after step {STEPS // 2} of {STEPS}: rerun the same command"):
+    with pytest.raises(RunUnfinishedError, match=f"stopped after step {STEPS // 2} of {STEPS}: rerun the same command"):
         loop.require_finished(stopped, cfg.train.steps, tmp_path)  # what a caller building on the run checks
     resumed = ct.train_codec(cfg, tmp_path, async_ckpt=False)
     loop.require_finished(resumed, cfg.train.steps, tmp_path)
@@ -376,8 +376,8 @@ def test_cli_missing_manifest_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_cli_does_not_export_a_run_that_stopped_early(manifest, tmp_path, capsys, monkeypatch):
-    """--export after a run its loop stopped (SIGTERM / Ctrl-C: saved step 3 of 10 and returned) is one error line and
-    exit 1, nothing exported; a finished run is exported."""
+    """A run its loop stopped (SIGTERM / Ctrl-C: saved step 3 of 10 and returned) is one error line and exit 75, with
+    --export or without, nothing exported; a finished run exits 0 and is exported."""
     from types import SimpleNamespace
 
     from musicflow_jax.cli import train_codec
@@ -387,9 +387,10 @@ def test_cli_does_not_export_a_run_that_stopped_early(manifest, tmp_path, capsys
     argv = ["--config", "codec_corpus", "--workdir", str(tmp_path / "w"), "--set", f"data.manifest={manifest}",
             "--set", "train.steps=10", "--export", str(tmp_path / "out")]
     monkeypatch.setattr(ct, "train_codec", lambda cfg, workdir: SimpleNamespace(step=np.int32(3)))
-    assert train_codec.main(argv) == 1 and exported == []
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: {tmp_path / 'w'} stopped after step 3 of 10: rerun the same command to resume"], err
+    for args in (argv, argv[:-2]):
+        assert train_codec.main(args) == 75 and exported == []
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: {tmp_path / 'w'} stopped after step 3 of 10: rerun the same command to resume"], err
     monkeypatch.setattr(ct, "train_codec", lambda cfg, workdir: SimpleNamespace(step=np.int32(10)))
     assert train_codec.main(argv) == 0 and exported == [str(tmp_path / "out")]
 

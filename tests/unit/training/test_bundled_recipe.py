@@ -2,7 +2,7 @@
 order, each training pass starts from the previous pass's export (the codec's two decoder passes, stage 2's three),
 the model folder is bundled from the last decoder pass's codec and the last stage-2 pass, `--until` stops where it
 says, the report sums each step's wall time over sittings, a rendered corpus is not rendered again, and a run its
-loop stopped early (SIGTERM, Ctrl-C: saved, returned) ends the recipe there with exit 1 instead of building on it,
+loop stopped early (SIGTERM, Ctrl-C: saved, returned) ends the recipe there with exit 75 instead of building on it,
 and a bad input inside a step is one error line."""
 
 from __future__ import annotations

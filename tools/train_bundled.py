@@ -226,6 +226,8 @@ def _main(argv: list[str] | None) -> int:
             done.unlink(missing_ok=True)
             step("corpus", build, corpus, a.limit, a.transpositions, a.jobs)
             write_text(done, json.dumps(settings) + "\n")
+    else:  # not an earlier sitting's rendering: the report names the corpus this model is trained on
+        report["corpus"] = {"given": str(corpus)}
     if not manifest.is_file():
         raise MusicFlowError(f"{manifest} does not exist: pass --corpus with a python -m musicflow_jax.build_corpus "
                              "folder")

@@ -92,7 +92,18 @@ def test_each_pass_starts_from_the_previous_export_and_the_folder_takes_the_last
     ]
     report = json.loads((tmp_path / "out" / "train_report.json").read_text())
     assert list(report["wall_seconds"]) == [s for s in tb.STEPS if s != "corpus"]  # --corpus given: not rendered
+    assert report["corpus"] == {"given": str(tmp_path / "corpus")}
     assert report["total_wall_seconds"] == pytest.approx(sum(report["wall_seconds"].values()), abs=0.2)
+
+
+def test_a_given_corpus_replaces_an_earlier_sittings_rendering_in_the_report(
+        recipe: tuple[ModuleType, list[tuple[str, ...]]], tmp_path: Path) -> None:
+    tb, _ = recipe
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "train_report.json").write_text(json.dumps({"corpus": {"clips": 99}, "wall_seconds": {}}))
+    assert run(tb, tmp_path, "--until", "codec") == 0
+    report = json.loads((tmp_path / "w" / "train_report.json").read_text())
+    assert report["corpus"] == {"given": str(tmp_path / "corpus")} and report["sittings"] == 1
 
 
 def test_until_stops_after_its_step_and_a_second_sitting_adds_to_the_first(

@@ -5,8 +5,7 @@ kind, a locked workdir, a diverged run) raises a subclass of `MusicFlowError` wh
 input and the fix. The CLIs catch this one type and print `error: <message>` with `exit_code` (2: bad input; 1: the
 run could not go on - locked workdir, divergence; 75, EX_TEMPFAIL: a training run stopped early by SIGTERM or Ctrl-C,
 its step saved - rerun to resume, and a scheduler's retry policy can match the code); anything else is a bug and keeps
-its traceback. The web app shows the
-message in the page.
+its traceback. The web app shows the message in the page.
 
 `param` names the API parameter the message is about (e.g. "duration"), so a front end can name its own control
 instead (the generate CLI says "--duration"). It subclasses ValueError so existing `except ValueError` callers keep
